@@ -1,0 +1,5 @@
+import sys
+
+from rawsvc.cli import main
+
+sys.exit(main())

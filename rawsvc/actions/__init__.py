@@ -1,0 +1,1 @@
+"""Built-in actions.  Each module holds one action type."""

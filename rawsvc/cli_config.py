@@ -1,0 +1,26 @@
+"""C{rawsvc check-config FILE}: the service's own validation, nothing started."""
+
+from __future__ import annotations
+
+import sys
+
+from rawsvc.config import load
+from rawsvc.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check-config", help="validate a config file without starting anything")
+    p.add_argument("file", help="path to the TOML config")
+    p.set_defaults(func=check_config)
+
+
+def check_config(args) -> int:
+    try:
+        config = load(args.file)
+    except ConfigError as e:
+        print(f"{args.file}: {len(e.errors)} error(s):", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(config.summary())
+    return 0

@@ -1,0 +1,283 @@
+"""
+Loading and validating the TOML config, completely, before anything listens.
+
+Every problem is collected and reported with the file, the table and the
+key; the caller gets either a L{Config} (flows and triggers built, nothing
+started) or a L{ConfigError} listing them all.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from rawsvc import options as o
+from rawsvc.context import BuildContext
+from rawsvc.errors import ConfigError, ConfigIssue
+from rawsvc.flow import Flow
+from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
+
+SERVICE_OPTIONS = o.Schema(
+    o.Option("state_dir", str, "var/rawsvc", doc="spool, host keys, temp files"),
+    o.Option(
+        "allowed_destinations",
+        list,
+        None,
+        o.string_list,
+        doc="host[:port|:lo-hi] or CIDR[:ports] that send_tcp may reach",
+    ),
+    o.Option(
+        "spill_threshold",
+        int,
+        1 << 20,
+        o.positive,
+        doc="bytes past which a job's payload moves from memory to a file",
+    ),
+    o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
+    o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
+    o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
+    o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
+)
+
+#: Admin sections: name -> dotted path to their Schema, loaded on first use.
+ADMIN_SECTIONS = {
+    "manhole": "rawsvc.admin.manhole:MANHOLE_OPTIONS",
+    "http": "rawsvc.admin.web:HTTP_OPTIONS",
+}
+
+FLOW_OPTIONS = o.Schema(
+    o.Option("name", str, doc="the flow's name, used by triggers"),
+    o.Option("actions", list, doc="the actions, in order"),
+    o.Option("on_error", list, [], doc="actions run when an action fails"),
+    o.Option("description", str, "", doc="free text"),
+)
+
+TOP_LEVEL = ("service", "trigger", "flow", "admin")
+
+
+@attrs.define(eq=False)
+class Config:
+    """A validated config: built flows and triggers, nothing started."""
+
+    path: str
+    service: dict[str, Any]
+    flows: dict[str, Flow]
+    triggers: dict[str, Any]
+    admin: dict[str, dict[str, Any]]
+    context: BuildContext
+
+    def summary(self) -> str:
+        kinds = ", ".join(
+            f"{name} ({getattr(t, 'type_name', '?')})" for name, t in self.triggers.items()
+        )
+        return (
+            f"{self.path}: OK: {len(self.triggers)} trigger(s) [{kinds}], "
+            f"{len(self.flows)} flow(s) [{', '.join(self.flows)}]"
+            + (f", admin: {', '.join(self.admin)}" if self.admin else "")
+        )
+
+
+class _Errors:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, table: str, issue: ConfigIssue | str, key: str | None = None) -> None:
+        if isinstance(issue, ConfigIssue):
+            key = issue.key or key
+            message = issue.message
+        else:
+            message = issue
+        where = f"{self.path}: {table}"
+        if key:
+            where += f": key '{key}'"
+        self.lines.append(f"{where}: {message}")
+
+    def extend(self, table: str, issues: list[ConfigIssue]) -> None:
+        for issue in issues:
+            self.add(table, issue)
+
+
+def load(path: str, context: BuildContext | None = None) -> Config:
+    """Read, validate and build the config at C{path}."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read config: {e.strerror}"]) from None
+    return loads(raw, path, context)
+
+
+def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None = None) -> Config:
+    """Validate and build a config from its TOML text."""
+    errors = _Errors(path)
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    try:
+        doc = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
+
+    for key in doc:
+        if key not in TOP_LEVEL:
+            errors.add("top level", f"unknown table or key (expected one of: {', '.join(TOP_LEVEL)})", key)
+
+    service_table = doc.get("service", {})
+    if not isinstance(service_table, dict):
+        errors.add("[service]", "must be a table")
+        service_table = {}
+    service, issues = SERVICE_OPTIONS.validate(service_table)
+    errors.extend("[service]", issues)
+
+    if context is None:
+        context = BuildContext(config_path=path)
+    context.config_path = path
+    context.state_dir = service.get("state_dir") or "var/rawsvc"
+    context.service_options = service
+
+    flows = _load_flows(doc.get("flow", []), errors, context)
+    triggers = _load_triggers(doc.get("trigger", []), flows, errors, context)
+    admin = _load_admin(doc.get("admin", {}), errors)
+
+    if errors.lines:
+        raise ConfigError(errors.lines)
+    return Config(path, service, flows, triggers, admin, context)
+
+
+def _table_list(value: Any, name: str, errors: _Errors) -> list[Any]:
+    if isinstance(value, dict):
+        errors.add(f"[{name}]", f"must be written [[{name}]] (a list of tables)")
+        return []
+    if not isinstance(value, list):
+        errors.add("top level", f"must be a list of [[{name}]] tables", name)
+        return []
+    return value
+
+
+def _load_flows(value: Any, errors: _Errors, context: BuildContext) -> dict[str, Flow]:
+    flows: dict[str, Flow] = {}
+    for i, table in enumerate(_table_list(value, "flow", errors)):
+        label = f"[[flow]] #{i + 1}"
+        if not isinstance(table, dict):
+            errors.add(label, "must be a table")
+            continue
+        name = table.get("name")
+        if isinstance(name, str) and name:
+            label = f"[[flow]] {name!r}"
+        values, issues = FLOW_OPTIONS.validate(table)
+        errors.extend(label, issues)
+        if "name" in values and not values["name"]:
+            errors.add(label, "must not be empty", "name")
+        if isinstance(name, str) and name in flows:
+            errors.add(label, f"duplicate flow name {name!r}", "name")
+        actions = _load_actions(values.get("actions", []), label, "actions", errors, context)
+        if "actions" in values and not values["actions"]:
+            errors.add(label, "must list at least one action", "actions")
+        handlers = _load_actions(values.get("on_error", []), label, "on_error", errors, context)
+        if isinstance(name, str) and name and name not in flows:
+            flows[name] = Flow(name, actions, handlers)
+    return flows
+
+
+def _load_actions(items: list, label: str, key: str, errors: _Errors, context: BuildContext) -> list:
+    built = []
+    for j, table in enumerate(items):
+        where = f"{label} {key}[{j}]"
+        if not isinstance(table, dict):
+            errors.add(where, "must be a table such as { type = \"log\", message = \"...\" }")
+            continue
+        type_name = table.get("type")
+        if not isinstance(type_name, str):
+            errors.add(where, "is required (a string naming the action type)", "type")
+            continue
+        where = f"{where} ({type_name})"
+        try:
+            action_type = find_action_type(type_name)
+        except ConfigIssue as e:
+            errors.add(where, e, "type")
+            continue
+        values, issues = action_type.options.validate(table, ignore=("type",))
+        errors.extend(where, issues)
+        if issues:
+            continue
+        try:
+            built.append(action_type.from_config(values, context))
+        except ConfigIssue as e:
+            errors.add(where, e)
+    return built
+
+
+def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, context: BuildContext) -> dict[str, Any]:
+    tables: list[tuple[str, Any, dict[str, Any]]] = []
+    names: set[str] = set()
+    for i, table in enumerate(_table_list(value, "trigger", errors)):
+        label = f"[[trigger]] #{i + 1}"
+        if not isinstance(table, dict):
+            errors.add(label, "must be a table")
+            continue
+        name = table.get("name")
+        if isinstance(name, str) and name:
+            label = f"[[trigger]] {name!r}"
+            if name in names:
+                errors.add(label, f"duplicate trigger name {name!r}", "name")
+                continue
+            names.add(name)
+        else:
+            errors.add(label, "is required (a non-empty string)", "name")
+        type_name = table.get("type")
+        if not isinstance(type_name, str):
+            errors.add(label, "is required (a string: tcp, printer, appsocket-status or a plugin)", "type")
+            continue
+        try:
+            trigger_type = find_trigger_type(type_name)
+        except ConfigIssue as e:
+            errors.add(label, e, "type")
+            continue
+        values, issues = trigger_type.options.validate(table)
+        errors.extend(label, issues)
+        for key, val in values.items():
+            if (key == "flow" or key.endswith("_flow")) and isinstance(val, str) and val and val not in flows:
+                errors.add(label, f"names flow {val!r}, which is not defined", key)
+                issues.append(ConfigIssue("", key))
+        if not issues and isinstance(name, str) and name:
+            context.trigger_options[name] = dict(values, type=type_name)
+            tables.append((label, trigger_type, values))
+    context.flows = dict(flows)
+    triggers: dict[str, Any] = {}
+    for label, trigger_type, values in tables:
+        try:
+            triggers[values["name"]] = trigger_type.from_config(values, context)
+        except ConfigIssue as e:
+            errors.add(label, e)
+    return triggers
+
+
+def _load_admin(value: Any, errors: _Errors) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        errors.add("[admin]", "must be a table with [admin.manhole] and/or [admin.http]")
+        return {}
+    admin: dict[str, dict[str, Any]] = {}
+    for section, table in value.items():
+        where = f"[admin.{section}]"
+        if section not in ADMIN_SECTIONS:
+            errors.add("[admin]", f"unknown section (expected one of: {', '.join(ADMIN_SECTIONS)})", section)
+            continue
+        if not isinstance(table, dict):
+            errors.add(where, "must be a table")
+            continue
+        try:
+            schema = load_dotted(ADMIN_SECTIONS[section])
+        except ConfigIssue as e:
+            errors.add(where, f"not available in this build: {e}")
+            continue
+        values, issues = schema.validate(table)
+        errors.extend(where, issues)
+        if not issues:
+            admin[section] = values
+    return admin

@@ -1,0 +1,40 @@
+"""Errors that people read: each carries a message meant for an operator."""
+
+from __future__ import annotations
+
+
+class RawsvcError(Exception):
+    """Base class of rawsvc's own errors."""
+
+
+class ActionError(RawsvcError):
+    """
+    An action failed; C{str(error)} is what goes into C{${error}}.
+    """
+
+
+class TemplateError(ActionError):
+    """A template could not be rendered (unknown variable, bad encoding)."""
+
+
+class ConfigIssue(RawsvcError):
+    """
+    One thing wrong with a config value: raised by option checks, collected
+    by the loader, which adds the file and table.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+
+class ConfigError(RawsvcError):
+    """
+    A config file has one or more errors; C{errors} holds a line for each,
+    naming the file, the table and the key.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors

@@ -1,0 +1,114 @@
+"""
+Flows: a named, ordered list of actions run for one job.
+
+An action that fails stops the flow, marks the job failed, sets C{${error}}
+and runs the flow's C{on_error} actions.  Actions return Deferreds, so a
+slow action never stalls other jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+from rawsvc.errors import ActionError
+from rawsvc.interfaces import IAction
+from rawsvc.job import Job
+
+log = Logger(namespace="rawsvc.flow")
+
+
+def describe_failure(failure) -> str:
+    """The message an operator reads for a failed action."""
+    exc = failure.value
+    if isinstance(exc, ActionError):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@attrs.define(eq=False)
+class Flow:
+    """A named list of actions plus the actions to run when one fails."""
+
+    name: str
+    actions: Sequence[IAction]
+    on_error: Sequence[IAction] = ()
+
+    @inlineCallbacks
+    def run(self, job: Job, start_at: int = 0):
+        """
+        Run the actions for C{job}, from action C{start_at}.  The returned
+        Deferred fires with C{job} (state C{done} or C{failed}); it never
+        fails for a failing action.
+        """
+        job.state = "running"
+        started = time.monotonic()
+        for index in range(start_at, len(self.actions)):
+            action = self.actions[index]
+            job.variables["action_index"] = str(index)
+            try:
+                yield maybeDeferred(action.run, job)
+            except Exception:
+                from twisted.python.failure import Failure
+
+                failure = Failure()
+                message = describe_failure(failure)
+                if not isinstance(failure.value, ActionError):
+                    log.failure(
+                        "action {index} ({type}) of flow {flow} crashed for job {job_id}",
+                        failure,
+                        index=index,
+                        type=getattr(action, "type_name", "?"),
+                        flow=self.name,
+                        job_id=job.job_id,
+                    )
+                yield self._fail(job, index, action, message)
+                break
+        else:
+            job.state = "done"
+            log.info(
+                "job {job_id} done: flow {flow} in {ms:.1f} ms",
+                job_id=job.job_id,
+                flow=self.name,
+                ms=(time.monotonic() - started) * 1000,
+            )
+        job.finished_at = time.time()
+        return job
+
+    @inlineCallbacks
+    def _fail(self, job: Job, index: int, action: IAction, message: str):
+        job.state = "failed"
+        job.error = message
+        job.variables["error"] = message
+        job.variables["failed_action"] = getattr(action, "type_name", "?")
+        log.warn(
+            "job {job_id} failed at action {index} ({type}) of flow {flow}: {error}",
+            job_id=job.job_id,
+            index=index,
+            type=getattr(action, "type_name", "?"),
+            flow=self.name,
+            error=message,
+        )
+        for handler in self.on_error:
+            try:
+                yield maybeDeferred(handler.run, job)
+            except Exception:
+                from twisted.python.failure import Failure
+
+                log.warn(
+                    "on_error action ({type}) of flow {flow} failed for job {job_id}: {error}",
+                    type=getattr(handler, "type_name", "?"),
+                    flow=self.name,
+                    job_id=job.job_id,
+                    error=describe_failure(Failure()),
+                )
+
+
+def run_job(flow: Flow, job: Job) -> Deferred:
+    """Feed one job to one flow without any socket (for tests and the CLI)."""
+    return flow.run(job)

@@ -1,0 +1,230 @@
+"""
+Jobs: one unit of received data plus its metadata and variables.
+
+A payload is held in memory while small and spills to a temporary file in
+the state directory (mode 0600) past a threshold, so that memory does not
+grow with job size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, MutableMapping
+from typing import Any, BinaryIO
+
+import attrs
+
+from rawsvc.errors import TemplateError
+
+#: Past this size a payload lives in a file rather than in memory.
+SPILL_THRESHOLD = 1 << 20
+
+#: Largest payload that may be used as the ${data} text variable.
+MAX_DATA_VARIABLE = 16 << 20
+
+
+def new_job_id() -> str:
+    """A sortable, unique job id: time in ms plus random bits."""
+    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:8]}"
+
+
+class Payload:
+    """
+    The bytes of a job, written once by a trigger and then read.
+
+    C{write} appends; past C{threshold} the bytes move to a temporary file
+    under C{spool_dir}.  C{close} finishes writing; C{discard} removes any
+    file.  File writes are small sequential appends to the page cache; the
+    durable spool (not this class) does fsyncs, off the reactor thread.
+    """
+
+    def __init__(
+        self,
+        data: bytes = b"",
+        spool_dir: str | None = None,
+        threshold: int = SPILL_THRESHOLD,
+    ) -> None:
+        self._chunks: list[bytes] = [data] if data else []
+        self._size = len(data)
+        self._spool_dir = spool_dir
+        self._threshold = threshold
+        self._file: BinaryIO | None = None
+        self.path: str | None = None
+        self.closed = False
+
+    @classmethod
+    def from_file(cls, path: str) -> "Payload":
+        p = cls()
+        p.path = path
+        p._size = os.path.getsize(path)
+        p.closed = True
+        return p
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path is None
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ValueError("payload is closed")
+        self._size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._chunks.append(data)
+        if self._size > self._threshold and self._spool_dir is not None:
+            self._spill()
+
+    def _spill(self) -> None:
+        os.makedirs(self._spool_dir, mode=0o700, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix="job-", suffix=".part", dir=self._spool_dir)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 16)
+        self._file.write(b"".join(self._chunks))
+        self._chunks = []
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.closed = True
+
+    def discard(self) -> None:
+        self.close()
+        self._chunks = []
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def bytes(self) -> bytes:
+        """All the bytes; reads the file when spilled (use for small jobs)."""
+        if self.path is None:
+            if len(self._chunks) > 1:
+                self._chunks = [b"".join(self._chunks)]
+            return self._chunks[0] if self._chunks else b""
+        if self._file is not None:
+            self._file.flush()
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def open(self) -> BinaryIO:
+        """A binary file object reading the payload from the start."""
+        if self.path is None:
+            import io
+
+            return io.BytesIO(self.bytes())
+        if self._file is not None:
+            self._file.flush()
+        return open(self.path, "rb")
+
+
+class Variables(MutableMapping[str, Any]):
+    """
+    A job's variables: a flat string map.  C{data} is the payload, decoded
+    lazily with the job's source encoding; templates rendered with encoding
+    C{auto} receive the raw bytes instead (see L{raw}).
+    """
+
+    def __init__(self, job: "Job", initial: dict[str, str]) -> None:
+        self._job = job
+        self._values = dict(initial)
+
+    def raw(self, name: str) -> Any:
+        if name == "data" and "data" not in self._values:
+            return self._payload_bytes()
+        return self[name]
+
+    def _payload_bytes(self) -> bytes:
+        if self._job.payload.size > MAX_DATA_VARIABLE:
+            raise TemplateError(
+                f"payload of {self._job.payload.size} bytes is too large for ${{data}} "
+                f"(limit {MAX_DATA_VARIABLE}); leave 'data' unset to stream the payload"
+            )
+        return self._job.payload.bytes()
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "data" and "data" not in self._values:
+            raw = self._payload_bytes()
+            return raw.decode(self._job.encoding, "surrogateescape" if self._job.encoding == "utf-8" else "replace")
+        return self._values[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._values[name] = value if isinstance(value, str) else str(value)
+
+    def __delitem__(self, name: str) -> None:
+        del self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "data"
+        yield from (k for k in self._values if k != "data")
+
+    def __len__(self) -> int:
+        return len(self._values) + (0 if "data" in self._values else 1)
+
+    def snapshot(self) -> dict[str, str]:
+        """Every variable except the payload, for records and logs."""
+        return {k: v for k, v in self._values.items() if k != "data"}
+
+
+_counter = itertools.count(1)
+
+
+@attrs.define(eq=False)
+class Job:
+    """One unit of received data, with its metadata and variables."""
+
+    trigger: str
+    payload: Payload = attrs.field(factory=Payload)
+    peer_host: str = ""
+    peer_port: int = 0
+    job_id: str = attrs.field(factory=new_job_id)
+    received_at: float = attrs.field(factory=time.time)
+    encoding: str = "utf-8"
+    reply_channel: Any = None
+    state: str = "received"
+    error: str | None = None
+    seq: int = attrs.field(factory=lambda: next(_counter))
+    finished_at: float | None = None
+    variables: Variables = attrs.field(init=False)
+    extra: dict[str, str] = attrs.field(factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        base = {
+            "job_id": self.job_id,
+            "trigger": self.trigger,
+            "peer_host": self.peer_host,
+            "peer_port": str(self.peer_port),
+            "received_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(self.received_at)
+            )
+            + f".{int(self.received_at * 1000) % 1000:03d}Z",
+            "size": str(self.payload.size),
+        }
+        base.update(self.extra)
+        self.variables = Variables(self, base)
+
+    @property
+    def size(self) -> int:
+        return self.payload.size
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able record of the job (no payload)."""
+        return {
+            "job_id": self.job_id,
+            "trigger": self.trigger,
+            "peer": f"{self.peer_host}:{self.peer_port}" if self.peer_host else "",
+            "received_at": self.received_at,
+            "finished_at": self.finished_at,
+            "size": self.size,
+            "state": self.state,
+            "error": self.error,
+        }

@@ -1,0 +1,101 @@
+"""
+RawService: the service tree built from a validated config.
+
+One child service per trigger, the admin listeners, and any shared
+component that is itself a service (destination queues, the spool).  On
+stop, listeners close first, then jobs in flight are given time to finish.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from rawsvc.config import Config
+from rawsvc.dispatch import Dispatcher
+from rawsvc.plugins import load_dotted
+
+log = Logger(namespace="rawsvc.service")
+
+#: Admin section -> dotted factory C{(options, service) -> IService}.
+ADMIN_FACTORIES = {
+    "manhole": "rawsvc.admin.manhole:make_service",
+    "http": "rawsvc.admin.web:make_service",
+}
+
+#: Seconds to wait at stop for jobs in flight.
+SHUTDOWN_GRACE = 30.0
+
+
+class RawService(MultiService):
+    """The whole of rawsvc, as one Twisted service."""
+
+    def __init__(self, config: Config, sink: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.context = config.context
+        self.reactor = config.context.reactor
+        self.flows = config.flows
+        self.triggers = config.triggers
+        os.makedirs(self.context.state_dir, mode=0o700, exist_ok=True)
+        if sink is None:
+            sink = self._make_sink()
+        self.sink = sink
+        self.context.components["sink"] = sink
+        self.context.components["service"] = self
+        for trigger in self.triggers.values():
+            trigger.sink = sink
+            trigger.setServiceParent(self)
+        for section, options in config.admin.items():
+            factory = load_dotted(ADMIN_FACTORIES[section])
+            factory(options, self).setServiceParent(self)
+        self._add_component_services()
+
+    def _make_sink(self) -> Any:
+        factory = self.context.components.get("sink_factory")
+        if factory is not None:
+            return factory(self)
+        return Dispatcher(self.flows, self.config.service.get("history", 1000))
+
+    def _add_component_services(self) -> None:
+        for name, component in list(self.context.components.items()):
+            if name in ("sink", "service"):
+                continue
+            if IService.providedBy(component) and component.parent is None:
+                component.setServiceParent(self)
+
+    @property
+    def jobs(self) -> Any:
+        return self.sink
+
+    def startService(self) -> None:
+        log.info(
+            "rawsvc starting: triggers {triggers}; flows {flows}",
+            triggers=", ".join(f"{n} ({t.type_name})" for n, t in self.triggers.items()) or "none",
+            flows=", ".join(self.flows) or "none",
+        )
+        super().startService()
+
+    @inlineCallbacks
+    def stopService(self):
+        # Listeners first (reverse order of start), then jobs in flight.
+        yield super().stopService()
+        drain = getattr(self.sink, "drain", None)
+        if drain is not None:
+            d: Deferred = drain()
+            timeout = self.reactor.callLater(SHUTDOWN_GRACE, d.cancel)
+            try:
+                yield d
+            except Exception:
+                log.warn("stopped with jobs still in flight after {s} s", s=SHUTDOWN_GRACE)
+            finally:
+                if timeout.active():
+                    timeout.cancel()
+        log.info("rawsvc stopped")
+
+    def status(self) -> dict[str, Any]:
+        return {name: t.status() for name, t in self.triggers.items()}

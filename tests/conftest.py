@@ -1,0 +1,90 @@
+"""
+Shared test habits (pytest + pytest-twisted only):
+
+- the reactor is imported inside fixtures and tests, never at module top;
+- an autouse fixture fails any test that leaves listening ports,
+  connections or delayed calls behind;
+- a test that needs an external tool skips on a laptop without it, and fails
+  under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+import pytest_twisted
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; skip (fail under CI) when it is missing."""
+    path = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK) else None)
+    if path:
+        return path
+    message = f"{name} is not installed (see .ci/run for the Debian package)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _reactor_state():
+    from twisted.internet import reactor
+
+    readers = set(reactor.getReaders()) | set(reactor.getWriters())
+    waker = getattr(reactor, "waker", None)
+    readers.discard(waker)
+    return readers, {c for c in reactor.getDelayedCalls() if c.active()}
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor(request):
+    """Fail a test that leaves sockets or delayed calls in the reactor."""
+    before_sockets, before_calls = _reactor_state()
+    yield
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    leftovers = None
+    for _ in range(50):  # let closing connections finish (up to ~0.5 s)
+        sockets, calls = _reactor_state()
+        new_sockets = sockets - before_sockets
+        new_calls = {c for c in calls - before_calls if not _is_internal(c)}
+        if not new_sockets and not new_calls:
+            return
+        leftovers = (new_sockets, new_calls)
+        pytest_twisted.blockon(deferLater(reactor, 0.01, lambda: None))
+    sockets, calls = leftovers
+    for s in sockets:
+        try:
+            s.loseConnection() if hasattr(s, "loseConnection") else s.stopListening()
+        except Exception:
+            pass
+    for c in calls:
+        c.cancel()
+    pytest.fail(
+        f"test left the reactor dirty: sockets={[repr(s) for s in sockets]} "
+        f"delayed calls={[repr(c) for c in calls]}"
+    )
+
+
+def _is_internal(call) -> bool:
+    text = repr(call)
+    # Twisted's own thread-pool shutdown and log flushing are not the test's.
+    return "ThreadPool" in text or "_runUntilCurrent" in text
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor as _reactor
+
+    return _reactor
+
+
+@pytest.fixture
+def python():
+    return sys.executable
