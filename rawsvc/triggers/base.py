@@ -1,0 +1,224 @@
+"""
+What every listening trigger shares: its options, the listener's lifetime
+(start, stop, pause, resume), the client allow-list and connection limit,
+counters, and a status record.
+
+A trigger is a Twisted service; the protocol it builds does framing and I/O
+only and hands finished jobs to the service's job sink.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rawsvc import options as o
+from rawsvc.errors import ConfigIssue
+from rawsvc.interfaces import ITrigger
+from rawsvc.metrics import TriggerCounters
+
+log = Logger(namespace="rawsvc.trigger")
+
+
+def _networks(value: list) -> list:
+    nets = []
+    for item in o.string_list(value):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigIssue(f"{item!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+    return nets
+
+
+def _max_bytes(value: int) -> int:
+    if value < 0:
+        raise ConfigIssue("must be 0 (no limit) or more")
+    return value
+
+
+#: Options every stream trigger accepts.
+LISTENER_OPTIONS = o.Schema(
+    o.Option("name", str, doc="the trigger's name"),
+    o.Option("type", str, doc="trigger type"),
+    o.Option("listen", str, check=o.server_endpoint, doc="Twisted server endpoint string"),
+    o.Option("flow", str, doc="the flow each job runs"),
+    o.Option("description", str, "", doc="free text"),
+    o.Option("max_connections", int, 100, o.positive, doc="open connections allowed at once"),
+    o.Option("allow", list, [], _networks, doc="client CIDRs allowed to connect; empty: any"),
+    o.Option("idle_timeout", (int, float), 300.0, o.non_negative,
+             doc="close a connection silent this long, in seconds (0: never)"),
+    o.Option("job_timeout", (int, float), 600.0, o.non_negative,
+             doc="refuse a job that takes longer than this to arrive (0: never)"),
+    o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse jobs larger than this (0: no limit)"),
+    o.Option("refusal", str, "", o.optional_template,
+             doc="text written to a refused client; ${reason} says why (empty: just close)"),
+    o.Option("encoding", str, "utf-8", o.encoding, doc="how ${data} decodes the payload"),
+)
+
+
+def peer_of(transport: Any) -> tuple[str, int]:
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return "unix", 0
+    return host, getattr(peer, "port", 0)
+
+
+def allowed(host: str, networks: list) -> bool:
+    if not networks:
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+class TriggerFactory(ServerFactory):
+    """Builds one protocol per accepted connection; turns away disallowed peers."""
+
+    noisy = False
+
+    def __init__(self, trigger: "ListenerTrigger") -> None:
+        self.trigger = trigger
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None and not allowed(host, self.trigger.allow):
+            self.trigger.counters.connections_refused += 1
+            log.warn(
+                "trigger {trigger}: refused {host}: not in allow list",
+                trigger=self.trigger.name,
+                host=host,
+            )
+            return None
+        p = self.trigger.build_protocol()
+        p.factory = self
+        return p
+
+
+@implementer(ITrigger)
+class ListenerTrigger(Service):
+    """A trigger that listens on a stream endpoint (tcp, ssl, unix)."""
+
+    type_name = "?"
+    options = LISTENER_OPTIONS
+
+    def __init__(self, options: dict[str, Any], context: Any) -> None:
+        self.name = options["name"]
+        self.opts = options
+        self.context = context
+        self.reactor = context.reactor
+        self.listen = options["listen"]
+        self.flow = options["flow"]
+        self.allow = options["allow"]
+        self.max_connections = options["max_connections"]
+        self.idle_timeout = options["idle_timeout"]
+        self.job_timeout = options["job_timeout"]
+        self.max_job_bytes = options["max_job_bytes"] or None
+        self.refusal = options["refusal"]
+        self.encoding = options["encoding"]
+        self.counters = TriggerCounters()
+        self.connections: set = set()
+        self.sink: Any = None
+        self.port: Any = None
+        self.paused = False
+        self.spill_threshold = context.service_options.get("spill_threshold", 1 << 20)
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], context: Any) -> "ListenerTrigger":
+        return cls(options, context)
+
+    # Lifetime ---------------------------------------------------------------
+
+    def build_protocol(self):
+        raise NotImplementedError
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+    def _listen(self) -> Deferred:
+        endpoint = serverFromString(self.reactor, self.listen)
+        d = endpoint.listen(TriggerFactory(self))
+
+        def up(port):
+            self.port = port
+            host = port.getHost()
+            log.info(
+                "trigger {trigger} ({type}) listening on {addr}, flow {flow}",
+                trigger=self.name,
+                type=self.type_name,
+                addr=f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}",
+                flow=self.flow,
+            )
+            return port
+
+        return d.addCallback(up)
+
+    def startService(self) -> None:
+        super().startService()
+        failures: list = []
+        d = self._listen()
+        d.addErrback(failures.append)
+        if failures:  # endpoints listen synchronously for tcp/unix/ssl
+            self.running = 0
+            raise failures[0].value
+
+    @inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield port.stopListening()
+        for conn in list(self.connections):
+            conn.shutdown()
+
+    def pause(self) -> Deferred:
+        """Stop accepting: the port closes, so new clients are refused."""
+        self.paused = True
+        if self.port is None:
+            return succeed(None)
+        port, self.port = self.port, None
+        log.info("trigger {trigger} paused", trigger=self.name)
+        return port.stopListening()
+
+    def resume(self) -> Deferred:
+        self.paused = False
+        if self.port is not None or not self.running:
+            return succeed(None)
+        log.info("trigger {trigger} resumed", trigger=self.name)
+        return self._listen()
+
+    # Status -----------------------------------------------------------------
+
+    def address(self) -> str:
+        if self.port is None:
+            return ""
+        host = self.port.getHost()
+        return f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(getattr(host, "name", host))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "listen": self.listen,
+            "address": self.address(),
+            "listening": self.listening,
+            "paused": self.paused,
+            "flow": self.flow,
+            "connections": len(self.connections),
+            "counters": self.counters.as_dict(),
+        }
+
+    def connection_list(self) -> list[dict[str, Any]]:
+        return [c.describe() for c in self.connections]

@@ -1,0 +1,389 @@
+"""
+One client connection of a stream trigger: framing bytes into jobs, handing
+them to the job sink, writing replies in job order, and enforcing limits.
+
+Half-close aware: after the client's C{shutdown(SHUT_WR)} the socket stays
+writable, the jobs it sent run, their replies are written, and then rawsvc
+closes its side at once, so C{nc -N}, C{socat} and CUPS return promptly.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rawsvc.job import Job, Payload
+from rawsvc.triggers.base import peer_of
+from rawsvc.triggers.framing import DATA
+from rawsvc.triggers.replies import ReplyQueue
+
+log = Logger(namespace="rawsvc.trigger")
+
+
+@implementer(IPushProducer)
+class _ReadThrottle:
+    """
+    Registered as the producer of our own writes: when the client does not
+    read its replies and the write buffer fills, stop reading its input.
+    """
+
+    def __init__(self, conn: "JobConnection") -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        self.conn.pause_reading("backpressure")
+
+    def resumeProducing(self) -> None:
+        self.conn.resume_reading("backpressure")
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class JobConnection(Protocol):
+    """
+    Frames a connection's bytes into jobs.  Subclasses (the printer) supply
+    their framer and may intercept bytes with L{inspect}.
+    """
+
+    def __init__(self, trigger: Any, framer: Any) -> None:
+        self.trigger = trigger
+        self.framer = framer
+        self.payload: Payload | None = None
+        self.job_refused: str | None = None
+        self.ready: collections.deque[tuple[Payload, str]] = collections.deque()
+        self.running = 0
+        self.input_done = False
+        self.closed = False
+        self.closing = False
+        self.refused = False
+        self._paused: set[str] = set()
+        self._idle_call: Any = None
+        self._job_call: Any = None
+        self._frame_call: Any = None
+        self.connected_at = time.time()
+        self.jobs = 0
+
+    # Connection lifetime ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        t = self.trigger
+        self.peer_host, self.peer_port = peer_of(self.transport)
+        self.label = f"{self.peer_host}:{self.peer_port}"
+        self.replies = ReplyQueue(self._write)
+        if len(t.connections) >= t.max_connections:
+            t.counters.connections_refused += 1
+            self.refuse(f"too many connections (max_connections = {t.max_connections})")
+            return
+        t.connections.add(self)
+        t.counters.connections_open += 1
+        t.counters.connections_total += 1
+        self.transport.registerProducer(_ReadThrottle(self), True)
+        self._arm_idle()
+        self.accepted()
+
+    def accepted(self) -> None:
+        """Hook for subclasses: the connection was accepted."""
+        if self.trigger.opts.get("execute_on_connect"):
+            self.ready.append((Payload(), self.trigger.connect_flow))
+            self._dispatch()
+
+    def refuse(self, reason: str) -> None:
+        """Turn the client away: say why (if configured), log, close."""
+        self.refused = True
+        log.warn(
+            "trigger {trigger}: refused {peer}: {reason}",
+            trigger=self.trigger.name,
+            peer=self.label,
+            reason=reason,
+        )
+        self._send_refusal(reason)
+        self.transport.loseConnection()
+
+    def _send_refusal(self, reason: str) -> None:
+        template = self.trigger.refusal
+        if template is None:
+            return
+        try:
+            text = template.render({"reason": reason, "peer_host": self.peer_host, "trigger": self.trigger.name}, "utf-8")
+        except Exception as e:  # a template naming other variables
+            log.warn("trigger {trigger}: refusal template failed: {e}", trigger=self.trigger.name, e=e)
+            return
+        self._write(text)
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.trigger.counters.bytes_out += len(data)
+        self.transport.write(data)
+
+    def connectionLost(self, reason: Any = ConnectionDone) -> None:
+        self.closed = True
+        for name in ("_idle_call", "_job_call", "_frame_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        if self.refused:
+            return
+        t = self.trigger
+        t.connections.discard(self)
+        t.counters.connections_open -= 1
+        clean = reason.check(ConnectionDone) is not None
+        if not self.input_done:
+            self.input_done = True
+            self._end_of_input(clean, "close" if clean else f"lost ({reason.getErrorMessage()})")
+        self.replies.lost("closed" if clean else reason.getErrorMessage())
+
+    def readConnectionLost(self) -> None:
+        """The client half-closed: finish its jobs, reply, then close."""
+        if self.input_done:
+            return
+        self.input_done = True
+        self._end_of_input(True, "half-close")
+        self._maybe_close()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def shutdown(self) -> None:
+        """The service is stopping: close once the running jobs are done."""
+        self.closing = True
+        self._maybe_close()
+
+    # Reading ----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused or self.input_done:
+            return
+        self.trigger.counters.bytes_in += len(data)
+        self._arm_idle()
+        data = self.inspect(data)
+        for kind, chunk in self.framer.feed(data):
+            if kind == DATA:
+                self._append(chunk)
+            else:
+                self._end_job()
+        self.after_data()
+
+    def inspect(self, data: bytes) -> bytes:
+        """Hook for subclasses: see (and may strip) bytes before framing."""
+        return data
+
+    def after_data(self) -> None:
+        """Hook: idle framing re-arms its timer here."""
+        frame_idle = getattr(self.trigger, "idle_time", 0)
+        if frame_idle and self.payload is not None:
+            if self._frame_call is not None and self._frame_call.active():
+                self._frame_call.reset(frame_idle)
+            else:
+                self._frame_call = self.trigger.reactor.callLater(frame_idle, self._idle_end)
+
+    def _idle_end(self) -> None:
+        self._frame_call = None
+        self._end_job()
+
+    def _append(self, chunk: bytes) -> None:
+        t = self.trigger
+        if self.payload is None:
+            self.payload = Payload(spool_dir=t.context.temp_dir, threshold=t.spill_threshold)
+            self.job_refused = None
+            if t.job_timeout:
+                self._job_call = t.reactor.callLater(t.job_timeout, self._job_too_slow)
+        if self.job_refused:
+            return
+        if t.max_job_bytes is not None and self.payload.size + len(chunk) > t.max_job_bytes:
+            self.job_refused = f"job larger than max_job_bytes = {t.max_job_bytes}"
+            self.payload.discard()
+            return
+        self.payload.write(chunk)
+
+    def _end_job(self) -> None:
+        payload, self.payload = self.payload, None
+        if self._job_call is not None:
+            if self._job_call.active():
+                self._job_call.cancel()
+            self._job_call = None
+        if payload is None:
+            if not self.trigger.opts.get("skip_empty", True):
+                self.ready.append((Payload(), self.trigger.flow))
+                self._dispatch()
+            return
+        if self.job_refused:
+            reason, self.job_refused = self.job_refused, None
+            self.trigger.counters.jobs_refused += 1
+            log.warn(
+                "trigger {trigger}: refused a job from {peer}: {reason}",
+                trigger=self.trigger.name,
+                peer=self.label,
+                reason=reason,
+            )
+            self._send_refusal(reason)
+            return
+        payload.close()
+        self.ready.append((payload, self.trigger.flow))
+        self._dispatch()
+
+    def _end_of_input(self, clean: bool, how: str) -> None:
+        """The client sent its last byte (half-close, close or reset)."""
+        tail = self.framer.pending()
+        if tail:
+            self._append(tail)
+        if self._frame_call is not None and self._frame_call.active():
+            self._frame_call.cancel()
+        self._frame_call = None
+        if self.payload is None:
+            return
+        size = self.payload.size
+        if not clean and self.trigger.opts.get("on_reset", "discard") == "discard":
+            log.warn(
+                "trigger {trigger}: {peer} vanished mid-job ({how}); {size} bytes discarded",
+                trigger=self.trigger.name, peer=self.label, how=how, size=size,
+            )
+            self._drop_partial()
+            return
+        if self.framer_ends_at_close:
+            self._end_job()
+            return
+        partial = self.trigger.opts.get("partial", "process")
+        log.info(
+            "trigger {trigger}: {peer}: {size} bytes without an end at {how}: {action}",
+            trigger=self.trigger.name, peer=self.label, size=size, how=how,
+            action="processed" if partial == "process" else "discarded",
+        )
+        if partial == "process":
+            self._end_job()
+        else:
+            self._drop_partial()
+
+    @property
+    def framer_ends_at_close(self) -> bool:
+        return self.trigger.opts.get("execute_on", "disconnect") in ("disconnect", "idle")
+
+    def _drop_partial(self) -> None:
+        payload, self.payload = self.payload, None
+        if payload is not None:
+            payload.discard()
+        if self._job_call is not None and self._job_call.active():
+            self._job_call.cancel()
+        self._job_call = None
+
+    # Running jobs -----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        wait = self.trigger.opts.get("wait_for_flow", False)
+        while self.ready and not (wait and self.running):
+            payload, flow = self.ready.popleft()
+            self._submit(payload, flow)
+        if wait:
+            if self.ready or self.running:
+                self.pause_reading("flow")
+            else:
+                self.resume_reading("flow")
+
+    def _submit(self, payload: Payload, flow: str) -> None:
+        t = self.trigger
+        job = Job(
+            trigger=t.name,
+            payload=payload,
+            peer_host=self.peer_host,
+            peer_port=self.peer_port,
+            encoding=t.encoding if t.encoding != "auto" else "utf-8",
+        )
+        self.jobs += 1
+        slot = self.replies.new_slot(self.label)
+        job.reply_channel = slot
+        self.running += 1
+        self.job_submitted(job)
+        d = t.sink.submit(job, flow, t.counters)
+        d.addBoth(self._job_done, slot, job)
+
+    def job_submitted(self, job: Job) -> None:
+        """Hook for subclasses (the printer's state machine)."""
+
+    def job_finished(self, job: Job) -> None:
+        """Hook for subclasses."""
+
+    def _job_done(self, result: Any, slot: Any, job: Job) -> None:
+        self.running -= 1
+        self.replies.finish(slot)
+        try:
+            self.job_finished(job)
+        finally:
+            if self.trigger.opts.get("close_after_reply") and not self.closed:
+                self.input_done = True
+                self.transport.loseConnection()
+            self._dispatch()
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.closed or self.running or self.ready:
+            return
+        if self.input_done or (self.closing and self.payload is None):
+            self.transport.loseConnection()
+
+    # Flow control and timeouts ---------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and not self.closed:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self.closed:
+                self.transport.resumeProducing()
+
+    def _arm_idle(self) -> None:
+        timeout = self.trigger.idle_timeout
+        if not timeout or self.closed:
+            return
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(timeout)
+        else:
+            self._idle_call = self.trigger.reactor.callLater(timeout, self._idle_fired)
+
+    def _idle_fired(self) -> None:
+        self._idle_call = None
+        if self.running or self.ready:
+            self._arm_idle()  # a flow is still working for this client
+            return
+        reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
+        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        self._drop_partial()
+        self._send_refusal(reason)
+        self.input_done = True
+        self.transport.loseConnection()
+
+    def _job_too_slow(self) -> None:
+        self._job_call = None
+        reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
+        self.trigger.counters.jobs_refused += 1
+        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        self._drop_partial()
+        self._send_refusal(reason)
+        self.input_done = True
+        if self.running or self.ready:
+            self.transport.pauseProducing()
+        else:
+            self.transport.loseConnection()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger.name,
+            "peer": self.label,
+            "connected_at": self.connected_at,
+            "jobs": self.jobs,
+            "running": self.running,
+            "receiving": self.payload.size if self.payload is not None else None,
+            "half_closed": self.input_done,
+        }

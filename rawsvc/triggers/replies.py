@@ -1,0 +1,94 @@
+"""
+Replies to the sender, in job order.
+
+Each job on a connection gets a L{ReplySlot}.  The C{reply} action writes
+into its job's slot; a slot's bytes reach the socket only once every
+earlier job on that connection has finished, so replies go out in job order
+even when flows finish out of order.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from rawsvc.errors import ActionError
+from rawsvc.interfaces import IReplyChannel
+
+
+@implementer(IReplyChannel)
+class ReplySlot:
+    """One job's place in its connection's reply order."""
+
+    def __init__(self, queue: "ReplyQueue", label: str) -> None:
+        self._queue = queue
+        self.label = label
+        self.chunks: list[bytes] = []
+        self.finished = False
+
+    def reply(self, data: bytes) -> Deferred:
+        if self._queue.gone:
+            return fail(
+                ActionError(
+                    f"cannot reply: the sender {self.label} has closed the connection "
+                    f"({self._queue.gone})"
+                )
+            )
+        if self.finished:
+            return fail(ActionError("cannot reply: this job's flow has already finished"))
+        self.chunks.append(data)
+        self._queue.flush()
+        return succeed(len(data))
+
+    @property
+    def open(self) -> bool:
+        return not self._queue.gone
+
+
+class ReplyQueue:
+    """The ordered reply slots of one connection."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._slots: collections.deque[ReplySlot] = collections.deque()
+        self.gone: str | None = None
+        self.bytes_written = 0
+
+    def new_slot(self, label: str) -> ReplySlot:
+        slot = ReplySlot(self, label)
+        self._slots.append(slot)
+        return slot
+
+    def finish(self, slot: ReplySlot) -> None:
+        slot.finished = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the head slots hold; drop slots that are finished."""
+        if self.gone:
+            return
+        out: list[bytes] = []
+        while self._slots:
+            head = self._slots[0]
+            if head.chunks:
+                out.extend(head.chunks)
+                head.chunks = []
+            if not head.finished:
+                break
+            self._slots.popleft()
+        if out:
+            data = b"".join(out)
+            self.bytes_written += len(data)
+            self._write(data)
+
+    @property
+    def idle(self) -> bool:
+        """True when no job on this connection is still running."""
+        return not self._slots
+
+    def lost(self, reason: str) -> None:
+        self.gone = reason or "connection lost"
+        self._slots.clear()

@@ -1,0 +1,91 @@
+"""
+Trigger C{tcp}: the TCP server trigger.
+
+Listens on any Twisted server endpoint (tcp, ssl, unix); frames each
+client's bytes into jobs (on disconnect or half-close, on a delimiter, on a
+byte count, or on idle time) and runs a flow for each; can also run a flow
+when a client connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import provider
+
+from rawsvc import options as o
+from rawsvc.errors import ConfigIssue
+from rawsvc.interfaces import ITriggerType
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
+from rawsvc.triggers.connection import JobConnection
+from rawsvc.triggers.framing import DelimiterFramer, LengthFramer, StreamFramer
+
+TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
+    o.Option("execute_on", str, "disconnect", o.one_of("disconnect", "delimiter", "length", "idle"),
+             doc="how a job ends: disconnect (half-close or close), delimiter, length, idle"),
+    o.Option("delimiter", str, "", doc="delimiter framing: the bytes that end a message (TOML escapes)"),
+    o.Option("keep_delimiter", bool, False, doc="keep the delimiter in the payload"),
+    o.Option("skip_empty", bool, True, doc="delimiter framing: ignore empty messages"),
+    o.Option("length", int, 0, doc="length framing: message size in bytes"),
+    o.Option("idle_time", (int, float), 0.0, o.non_negative, doc="idle framing: seconds of silence that end a job"),
+    o.Option("partial", str, "process", o.one_of("process", "discard"),
+             doc="bytes left at close without a delimiter or short of length"),
+    o.Option("on_reset", str, "discard", o.one_of("process", "discard"),
+             doc="a job cut off by a connection reset"),
+    o.Option("execute_on_connect", bool, False, doc="run a flow when a client connects"),
+    o.Option("connect_flow", str, "", doc="flow for execute_on_connect (default: flow)"),
+    o.Option("close_after_reply", bool, False, doc="close the connection once a job's flow ends"),
+    o.Option("wait_for_flow", bool, False, doc="read the next job only after the current flow ends"),
+)
+
+
+@provider(ITriggerType)
+class TcpTrigger(ListenerTrigger):
+    """The TCP server trigger."""
+
+    type_name = "tcp"
+    options = TCP_OPTIONS
+
+    def __init__(self, options: dict[str, Any], context: Any) -> None:
+        super().__init__(options, context)
+        mode = options["execute_on"]
+        self.delimiter = b""
+        if mode == "delimiter":
+            if not options["delimiter"]:
+                raise ConfigIssue("is required with execute_on = \"delimiter\" (e.g. \"\\r\\n\")", "delimiter")
+            self.delimiter = o.byte_string(options["delimiter"])
+        elif options["delimiter"]:
+            raise ConfigIssue(f"only applies to execute_on = \"delimiter\", not {mode!r}", "delimiter")
+        if mode == "length":
+            if options["length"] <= 0:
+                raise ConfigIssue("is required with execute_on = \"length\" (a positive byte count)", "length")
+            if self.max_job_bytes is not None and options["length"] > self.max_job_bytes:
+                raise ConfigIssue("is larger than max_job_bytes, so every job would be refused", "length")
+        elif options["length"]:
+            raise ConfigIssue(f"only applies to execute_on = \"length\", not {mode!r}", "length")
+        self.idle_time = 0.0
+        if mode == "idle":
+            if options["idle_time"] <= 0:
+                raise ConfigIssue("is required with execute_on = \"idle\" (seconds)", "idle_time")
+            self.idle_time = options["idle_time"]
+        elif options["idle_time"]:
+            raise ConfigIssue(f"only applies to execute_on = \"idle\", not {mode!r}", "idle_time")
+        self.connect_flow = options["connect_flow"] or options["flow"]
+        if options["connect_flow"] and not options["execute_on_connect"]:
+            raise ConfigIssue("is set but execute_on_connect is false", "connect_flow")
+
+    def make_framer(self):
+        mode = self.opts["execute_on"]
+        if mode == "delimiter":
+            return DelimiterFramer(self.delimiter, self.opts["keep_delimiter"])
+        if mode == "length":
+            return LengthFramer(self.opts["length"])
+        return StreamFramer()
+
+    def build_protocol(self) -> JobConnection:
+        return JobConnection(self, self.make_framer())
+
+    def status(self) -> dict[str, Any]:
+        s = super().status()
+        s["execute_on"] = self.opts["execute_on"]
+        return s
