@@ -1,0 +1,330 @@
+"""
+Action C{http}: one HTTP request per job, with treq.
+
+The C{url}, C{headers} and C{body} are templates; the body defaults to the
+payload.  A connection error, a timeout or a 5xx answer is retried with
+back-off (C{retries} times); any other status outside C{expect_status}
+fails at once.  With C{save_reply}, the response body goes into that
+variable and the status into C{${name}_status}, also when the action fails,
+so that C{on_error} actions can report what the server said.
+
+TLS certificates are verified against the system trust store (or
+C{ca_file}) unless C{verify_tls = false}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web import client as webclient
+from twisted.web.http import RESPONSES, PotentialDataLoss
+from zope.interface import implementer, provider
+
+from rawsvc import options as o
+from rawsvc.errors import ActionError, ConfigIssue
+from rawsvc.interfaces import IAction, IActionType
+from rawsvc.template import Template
+
+log = Logger(namespace="rawsvc.action.http")
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+#: Failures that mean "the server could not be reached or did not answer".
+_RETRYABLE = (
+    ierror.ConnectError,  # refused, DNS, no route, connect timeout
+    webclient.ResponseNeverReceived,
+    webclient.RequestTransmissionFailed,
+    webclient.ResponseFailed,
+)
+
+
+class _Retryable(ActionError):
+    """An attempt failed in a way worth another try."""
+
+
+def _status_matcher(value: Any) -> tuple[str, ...]:
+    """C{200}, C{"2xx"} or a list of those -> patterns like C{"200"}, C{"2xx"}."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigIssue("must name at least one status")
+    out = []
+    for item in items:
+        text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if not isinstance(text, str) or len(text) != 3 or not text[0] in "12345" or not all(
+            c.isdigit() or c == "x" for c in text[1:]
+        ) or ("x" in text[1:2] and text[2] != "x"):
+            raise ConfigIssue(
+                f"{item!r} is not a status: write 200, \"2xx\" or a list such as [200, 202]"
+            )
+        out.append(text)
+    return tuple(out)
+
+
+def _status_ok(patterns: tuple[str, ...], status: int) -> bool:
+    s = str(status)
+    return any(all(p == "x" or p == c for p, c in zip(pat, s)) for pat in patterns)
+
+
+def _headers(value: dict) -> dict[str, Template]:
+    out = {}
+    for name, text in value.items():
+        if not name or any(c in name for c in " :\r\n\t"):
+            raise ConfigIssue(f"{name!r} is not a header name")
+        if not isinstance(text, str):
+            raise ConfigIssue(f"header {name!r} must be a string template")
+        out[name] = Template(text)
+    return out
+
+
+def _optional_variable(value: str) -> str:
+    return o.variable_name(value) if value else value
+
+
+def _url(value: str) -> Template:
+    t = Template(value)
+    literal_start = value.split("$", 1)[0].lower()
+    if not value.startswith("${") and not literal_start.startswith(("http://", "https://")):
+        raise ConfigIssue(f"{value!r} must start with http:// or https://")
+    return t
+
+
+@implementer(webclient.IPolicyForHTTPS)
+class _NoVerification:
+    """TLS without certificate checks (C{verify_tls = false})."""
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet.ssl import CertificateOptions
+
+        return CertificateOptions(verify=False)
+
+
+def tls_policy(verify: bool, ca_file: str) -> Any:
+    if not verify:
+        return _NoVerification()
+    if not ca_file:
+        return webclient.BrowserLikePolicyForHTTPS()
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(ca_file, "rb") as f:
+            root = Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise ConfigIssue(f"cannot read ca_file {ca_file!r}: {e.strerror}") from None
+    except Exception as e:
+        raise ConfigIssue(f"ca_file {ca_file!r} is not a PEM certificate: {e}") from None
+    return webclient.BrowserLikePolicyForHTTPS(trustRoot=root)
+
+
+class _ReplyReader(Protocol):
+    """Collect a response body up to C{limit} bytes; cancelling aborts it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done: Deferred = Deferred(self._cancel)
+
+    def _cancel(self, _d: Deferred) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            if not self.done.called:
+                self.done.errback(
+                    ActionError(f"reply larger than max_reply ({self.limit} bytes)")
+                )
+            self.transport.stopProducing()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.done.called:
+            return
+        if reason.check(webclient.ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+@provider(IActionType)
+@implementer(IAction)
+class HttpAction:
+    """Send an HTTP request for a job, with retries."""
+
+    type_name = "http"
+    options = o.Schema(
+        o.Option("url", str, check=_url, doc="URL template (http:// or https://)"),
+        o.Option("method", str, "POST", lambda m: o.one_of(*METHODS)(m.upper()), doc="HTTP method"),
+        o.Option("headers", dict, {}, _headers, doc="header name -> value template"),
+        o.Option("body", str, "", o.optional_template, doc="body template; default the payload"),
+        o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered body"),
+        o.Option("timeout", (int, float), 30.0, o.positive, doc="seconds per attempt, reply included"),
+        o.Option("retries", int, 3, o.non_negative, doc="extra attempts after a connection error, timeout or 5xx"),
+        o.Option("retry_delay", (int, float), 1.0, o.non_negative, doc="seconds before the first retry; doubles each time"),
+        o.Option("expect_status", (int, str, list), "2xx", _status_matcher, doc="accepted statuses: 200, \"2xx\" or a list"),
+        o.Option("save_reply", str, "", _optional_variable, doc="variable for the response body; the status goes to ${name}_status"),
+        o.Option("max_reply", int, 1 << 20, o.positive, doc="largest response body read, in bytes"),
+        o.Option("verify_tls", bool, True, doc="verify the server's TLS certificate"),
+        o.Option("ca_file", str, "", doc="PEM file of the CA to trust instead of the system store"),
+    )
+
+    def __init__(
+        self,
+        url: Template,
+        method: str = "POST",
+        headers: dict[str, Template] | None = None,
+        body: Template | None = None,
+        encoding: str = "auto",
+        timeout: float = 30.0,
+        retries: int = 3,
+        retry_delay: float = 1.0,
+        expect_status: tuple[str, ...] = ("2xx",),
+        save_reply: str = "",
+        max_reply: int = 1 << 20,
+        tls: Any = None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.url = url
+        self.method = method.upper()
+        self.headers = headers or {}
+        self.body = body
+        self.encoding = encoding
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.expect_status = expect_status
+        self.save_reply = save_reply
+        self.max_reply = max_reply
+        self.reactor = reactor
+        from treq.client import HTTPClient
+
+        agent = webclient.Agent(reactor, contextFactory=tls or webclient.BrowserLikePolicyForHTTPS())
+        self.client = HTTPClient(agent)
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], context: Any) -> "HttpAction":
+        ca_file = context.resolve_path(options["ca_file"]) if options["ca_file"] else ""
+        return cls(
+            options["url"],
+            options["method"],
+            options["headers"],
+            options["body"],
+            options["encoding"],
+            options["timeout"],
+            options["retries"],
+            options["retry_delay"],
+            options["expect_status"],
+            options["save_reply"],
+            options["max_reply"],
+            tls=tls_policy(options["verify_tls"], ca_file),
+            reactor=context.reactor,
+        )
+
+    def _body(self, job: Any) -> bytes | None:
+        if self.method in ("GET", "HEAD", "OPTIONS", "DELETE") and self.body is None:
+            return None
+        if self.body is not None:
+            return self.body.render(job.variables, self.encoding)
+        return job.payload.bytes()
+
+    @inlineCallbacks
+    def run(self, job: Any):
+        url = self.url.render_text(job.variables)
+        if not url.lower().startswith(("http://", "https://")):
+            raise ActionError(f"url {url!r} does not start with http:// or https://")
+        headers = {k: [t.render_text(job.variables)] for k, t in self.headers.items()}
+        body = self._body(job)
+        what = f"HTTP {self.method} {url}"
+        delay = self.retry_delay
+        for attempt in range(1, self.retries + 2):
+            try:
+                status, phrase, reply = yield self._attempt(url, headers, body, what)
+            except _Retryable as e:
+                last = str(e)
+            else:
+                self._save(job, status, reply)
+                if _status_ok(self.expect_status, status):
+                    log.debug("{what}: {status}", what=what, status=status, job_id=job.job_id)
+                    return
+                last = f"{what} answered {status} {phrase} (expected {_describe(self.expect_status)})"
+                if status < 500:
+                    raise ActionError(last)
+            if attempt <= self.retries:
+                log.info(
+                    "{error}; retry {n} of {retries} in {delay} s",
+                    error=last, n=attempt, retries=self.retries, delay=delay, job_id=job.job_id,
+                )
+                yield deferLater(self.reactor, delay, lambda: None)
+                delay *= 2
+        tries = self.retries + 1
+        raise ActionError(f"{last} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
+
+    @inlineCallbacks
+    def _attempt(self, url: str, headers: dict, body: bytes | None, what: str):
+        d = self.client.request(
+            self.method, url, headers=headers, data=body, unbuffered=True, allow_redirects=False
+        )
+
+        @inlineCallbacks
+        def exchange():
+            response = yield d
+            reader = _ReplyReader(self.max_reply)
+            response.original.deliverBody(reader)
+            content = yield reader.done
+            return response.code, response.phrase.decode("latin-1"), content
+
+        whole = exchange()
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            whole.cancel()
+
+        timer = self.reactor.callLater(self.timeout, expire)
+        try:
+            return (yield whole)
+        except Exception as e:
+            if timed_out:
+                raise _Retryable(f"{what}: no complete reply within {self.timeout:g} s") from None
+            if isinstance(e, ActionError):
+                raise
+            if isinstance(e, _RETRYABLE):
+                raise _Retryable(f"{what}: {_explain(e)}") from None
+            raise ActionError(f"{what}: {_explain(e)}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    def _save(self, job: Any, status: int, reply: bytes) -> None:
+        if self.save_reply:
+            job.variables[self.save_reply] = reply.decode("utf-8", "surrogateescape")
+            job.variables[f"{self.save_reply}_status"] = str(status)
+
+
+def _describe(patterns: tuple[str, ...]) -> str:
+    return " or ".join(patterns)
+
+
+def _explain(e: Exception) -> str:
+    """A readable reason for a request failure (treq wraps the real one)."""
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = reasons[0].value
+        return _explain(inner) if inner is not e else type(e).__name__
+    if isinstance(e, ierror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ierror.DNSLookupError):
+        return f"DNS lookup failed: {e}"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
