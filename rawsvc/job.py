@@ -155,6 +155,9 @@ class Variables(MutableMapping[str, Any]):
         if name == "data" and "data" not in self._values:
             raw = self._payload_bytes()
             return raw.decode(self._job.encoding, "surrogateescape" if self._job.encoding == "utf-8" else "replace")
+        if name == "size" and "size" not in self._values:
+            # Live: triggers usually write the payload after making the job.
+            return str(self._job.payload.size)
         return self._values[name]
 
     def __setitem__(self, name: str, value: Any) -> None:
@@ -165,14 +168,21 @@ class Variables(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         yield "data"
-        yield from (k for k in self._values if k != "data")
+        yield "size"
+        yield from (k for k in self._values if k not in _COMPUTED)
 
     def __len__(self) -> int:
-        return len(self._values) + (0 if "data" in self._values else 1)
+        return len(self._values) + sum(1 for k in _COMPUTED if k not in self._values)
 
     def snapshot(self) -> dict[str, str]:
         """Every variable except the payload, for records and logs."""
-        return {k: v for k, v in self._values.items() if k != "data"}
+        values = {k: v for k, v in self._values.items() if k != "data"}
+        values.setdefault("size", self["size"])
+        return values
+
+
+#: Variables computed from the payload unless a flow sets them.
+_COMPUTED = ("data", "size")
 
 
 _counter = itertools.count(1)
@@ -207,7 +217,6 @@ class Job:
                 "%Y-%m-%dT%H:%M:%S", time.gmtime(self.received_at)
             )
             + f".{int(self.received_at * 1000) % 1000:03d}Z",
-            "size": str(self.payload.size),
         }
         base.update(self.extra)
         self.variables = Variables(self, base)
