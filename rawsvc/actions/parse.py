@@ -94,8 +94,12 @@ class ParseAction:
                 raise ConfigIssue("names columns by header but header = false; use indexes", "fields")
         if fmt == "keyvalue" and (not options["pair_separator"] or not options["assign"]):
             raise ConfigIssue("must not be empty", "pair_separator" if not options["pair_separator"] else "assign")
-        if options["prefix"]:
-            o.variable_name(options["prefix"] + "x")
+        if options["prefix"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", options["prefix"]):
+            raise ConfigIssue(
+                f"{options['prefix']!r} cannot start a variable name "
+                "(letters, digits, _ . -; not starting with a digit)",
+                "prefix",
+            )
         return cls(fmt, options["source"], pattern=pattern, match=options["match"],
                    fields=options["fields"], pair_separator=options["pair_separator"],
                    assign=options["assign"], csv_delimiter=options["csv_delimiter"],
