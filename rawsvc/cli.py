@@ -17,6 +17,7 @@ from rawsvc import __version__
 #: Subcommand modules, each with a C{register(subparsers)} function.
 SUBCOMMANDS = [
     "rawsvc.cli_config",
+    "rawsvc.cli_plugincache",
     "rawsvc.client.cli",
     "rawsvc.triggers.status_cli",
     "rawsvc.spool.cli",
