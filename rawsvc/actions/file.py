@@ -55,8 +55,8 @@ def safe_path(folder: str, name: str) -> str:
 
 
 def _write_atomically(folder: str, name: str, source, mode: int, overwrite: bool) -> tuple[str, int]:
+    path = safe_path(folder, name)  # before creating anything
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    path = safe_path(folder, name)
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if not overwrite and os.path.exists(path):
@@ -144,7 +144,10 @@ class FileAction:
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "FileAction":
         if options["save_path"]:
-            o.variable_name(options["save_path"])
+            try:
+                o.variable_name(options["save_path"])
+            except ConfigIssue as e:
+                raise ConfigIssue(e.message, "save_path") from None
         return cls(
             context.resolve_path(options["folder"]),
             options["name"],
@@ -158,7 +161,7 @@ class FileAction:
 
     def run(self, job):
         name = self.name.render_text(job.variables)
-        safe_path(self.folder, name) if os.path.isdir(self.folder) else None
+        safe_path(self.folder, name)  # refuse a bad name before touching the disk
         if self.data is not None:
             source: Any = self.data.render(job.variables, self.encoding)
         elif job.payload.in_memory:
