@@ -1,0 +1,175 @@
+"""
+What an administrator sees and does: shared by the SSH manhole's REPL
+namespace and the HTTP status pages.
+
+Every answer is plain JSON-able data; L{Report} only adds a readable
+C{repr} for the REPL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger(namespace="rawsvc.admin")
+
+
+class Report(dict):
+    """A JSON-able dict that prints as indented JSON in the REPL."""
+
+    def __repr__(self) -> str:
+        return json.dumps(self, indent=2, default=str)
+
+
+class ReportList(list):
+    def __repr__(self) -> str:
+        return json.dumps(self, indent=2, default=str)
+
+
+def destinations(service: Any) -> dict[str, Any]:
+    """The outbound pool's per-destination status, or C{{}} when there is none."""
+    pool = service.context.components.get("destinations")
+    status = getattr(pool, "status", None)
+    if status is None:
+        return {}
+    try:
+        return dict(status())
+    except Exception:
+        log.failure("destination pool status() failed")
+        return {}
+
+
+def trigger_status(trigger: Any) -> dict[str, Any]:
+    """One trigger: its own C{status()}, type, listening flag and counters."""
+    try:
+        entry = dict(trigger.status())
+    except Exception:
+        log.failure("status() of trigger {name} failed", name=trigger.name)
+        entry = {"state": "status unavailable"}
+    entry.setdefault("type", trigger.type_name)
+    entry["listening"] = bool(trigger.listening)
+    entry["counters"] = trigger.counters.as_dict()
+    return entry
+
+
+def status(service: Any) -> Report:
+    """
+    Each trigger by name with its counters, each printer's state (triggers
+    whose status has a C{state}), each destination's queue.
+    """
+    triggers = {name: trigger_status(t) for name, t in service.triggers.items()}
+    printers = {name: t["state"] for name, t in triggers.items() if "state" in t}
+    return Report(triggers=triggers, printers=printers, destinations=destinations(service))
+
+
+def health(service: Any) -> tuple[bool, dict[str, Any]]:
+    """
+    (every listener up?, per listener C{{"up", "type", "state"}}).  A
+    trigger is up while it listens and is not paused.
+    """
+    listeners: dict[str, Any] = {}
+    for name, trigger in service.triggers.items():
+        try:
+            st = trigger.status()
+        except Exception:
+            st = {}
+        up = bool(trigger.listening) and not st.get("paused", False)
+        entry = {"up": up, "type": trigger.type_name}
+        if "state" in st:
+            entry["state"] = st["state"]
+        listeners[name] = entry
+    return all(v["up"] for v in listeners.values()), listeners
+
+
+def _peer(conn: Any) -> str:
+    transport = getattr(conn, "transport", conn)
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return repr(conn)
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)
+
+
+def connections(service: Any) -> ReportList:
+    """
+    Open connections per trigger: the trigger's C{connection_list()} when
+    it has one, else peers from its C{connections} collection, else the
+    open count.
+    """
+    out = ReportList()
+    for name, trigger in service.triggers.items():
+        listed: Any = None
+        describe = getattr(trigger, "connection_list", None)
+        if describe is not None:
+            listed = describe()
+        else:
+            conns = getattr(trigger, "connections", None)
+            if conns is not None and not isinstance(conns, (int, str)):
+                listed = [_peer(c) for c in conns]
+        if isinstance(listed, list):
+            out.extend(dict(p, trigger=name) if isinstance(p, dict) else {"trigger": name, "peer": p} for p in listed)
+        else:
+            out.append({"trigger": name, "open": trigger.counters.connections_open})
+    return out
+
+
+def _trigger(service: Any, name: str) -> Any:
+    try:
+        return service.triggers[name]
+    except KeyError:
+        known = ", ".join(sorted(service.triggers)) or "none"
+        raise KeyError(f"no trigger named {name!r}; known: {known}") from None
+
+
+def pause(service: Any, name: str) -> str:
+    """Stop trigger C{name} accepting (a printer then reports paused)."""
+    _trigger(service, name).pause()
+    log.info("trigger {name} paused by an administrator", name=name)
+    return f"paused {name}"
+
+
+def resume(service: Any, name: str) -> str:
+    """Let trigger C{name} accept again."""
+    _trigger(service, name).resume()
+    log.info("trigger {name} resumed by an administrator", name=name)
+    return f"resumed {name}"
+
+
+class RetryUnsupported(Exception):
+    """The job sink keeps no jobs it could run again."""
+
+
+def retry(service: Any, job_id: str) -> Any:
+    """Run a finished or failed job again, when the job sink supports it."""
+    do_retry = getattr(service.sink, "retry", None)
+    if do_retry is None:
+        raise RetryUnsupported(
+            f"retry is not supported by this job sink ({type(service.sink).__name__} keeps "
+            "no payloads); it needs the durable spool"
+        )
+    log.info("job {job_id} retried by an administrator", job_id=job_id)
+    return do_retry(job_id)
+
+
+def recent_jobs(service: Any, limit: int = 50) -> list[dict[str, Any]]:
+    recent = getattr(service.sink, "recent", None)
+    return [job.summary() for job in recent(limit)] if recent is not None else []
+
+
+def repl_namespace(service: Any) -> dict[str, Any]:
+    """The manhole's namespace: the live service and the helpers."""
+    return {
+        "service": service,
+        "triggers": service.triggers,
+        "flows": service.flows,
+        "jobs": service.sink,
+        "status": lambda: status(service),
+        "connections": lambda: connections(service),
+        "pause": lambda name: pause(service, name),
+        "resume": lambda name: resume(service, name),
+        "retry": lambda job_id: retry(service, job_id),
+        "recent": lambda limit=20: ReportList(recent_jobs(service, limit)),
+    }
