@@ -81,11 +81,11 @@ async def _stop(service):
     await service.stopService()
 
 
-def ssh(port: int, key, *extra: str, stdin: bytes = b"", timeout: float = 20):
+def ssh(port: int, key, *extra: str, stdin: bytes = b"", remote: tuple = (), timeout: float = 20):
     """Run the OpenSSH client in a thread (the reactor keeps serving)."""
     from twisted.internet.threads import deferToThread
 
-    command = [require_tool("ssh"), *SSH_OPTIONS, "-i", str(key), "-p", str(port), *extra, "127.0.0.1"]
+    command = [require_tool("ssh"), *SSH_OPTIONS, "-i", str(key), "-p", str(port), *extra, "127.0.0.1", *remote]
     return deferToThread(subprocess.run, command, input=stdin, capture_output=True, timeout=timeout)
 
 
@@ -219,7 +219,7 @@ def test_bad_authorized_keys_is_a_config_error(tmp_path, content, message):
 @pytest_twisted.inlineCallbacks
 def test_a_remote_command_is_refused_with_a_reason(running, keys, logged_errors):
     _service, port = running
-    result = yield ssh(port, keys / "admin", "-T", "print(1)")
+    result = yield ssh(port, keys / "admin", "-T", remote=("print(1)",))
     assert result.returncode == 1
     assert b"commands are not supported" in result.stdout
     assert not logged_errors
