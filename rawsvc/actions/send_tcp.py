@@ -1,0 +1,139 @@
+"""
+Action C{send_tcp}: send data to a TCP/IP port (the outbound printer client).
+
+The job goes through the shared destination pool (L{rawsvc.client.destinations}),
+one connection at a time per destination, with retries for busy printers.
+By default the payload is sent untouched (streamed from its spool file when
+large); C{data} sends a template instead.  The back-channel reply lands in
+the C{save_reply} variable, even when the action fails.  Destinations are
+checked against C{[service] allowed_destinations}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer, provider
+
+from rawsvc import options as o
+from rawsvc.client.address import AddressError, Destination
+from rawsvc.client.destinations import DeliveryResult, DestinationPool, pool_for
+from rawsvc.client.protocol import SendSettings, Source
+from rawsvc.errors import ActionError, ConfigIssue
+from rawsvc.interfaces import IAction, IActionType
+from rawsvc.template import Template
+
+
+def _retries(value: int) -> int:
+    if value < 0:
+        raise ConfigIssue(f"must be 0 or more, not {value!r}")
+    return value
+
+
+def _save_reply(value: str) -> str:
+    return o.variable_name(value) if value else value
+
+
+@provider(IActionType)
+@implementer(IAction)
+class SendTcpAction:
+    """Send a job to C{host:port} and keep what the printer answers."""
+
+    type_name = "send_tcp"
+    options = o.Schema(
+        o.Option("destination", str, check=o.template, doc="host:port template; IPv6 as [addr]:port"),
+        o.Option("data", str, "", o.optional_template, doc="what to send; default the payload, untouched"),
+        o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered data"),
+        o.Option("connect_timeout", (int, float), 10.0, o.positive, doc="seconds to wait for the connection"),
+        o.Option("disconnect_delay", (int, float), 0.0, o.non_negative,
+                 doc="seconds to keep reading the back-channel after every byte is written"),
+        o.Option("save_reply", str, "", _save_reply, doc="variable that receives the back-channel reply"),
+        o.Option("reply_encoding", str, "utf-8", o.encoding, doc="how the reply is decoded"),
+        o.Option("wait_for_eof", bool, False, doc="wait until the printer closes (AppSocket: job done)"),
+        o.Option("eof_timeout", (int, float), 30.0, o.positive, doc="seconds wait_for_eof waits"),
+        o.Option("half_close", bool, True, doc="shut down the write side once every byte is written"),
+        o.Option("retries", int, 3, _retries, doc="retries of a refused or reset connection"),
+        o.Option("retry_delay", (int, float), 1.0, o.positive, doc="first back-off, doubled each retry"),
+        o.Option("max_retry_delay", (int, float), 30.0, o.positive, doc="longest back-off"),
+    )
+
+    def __init__(
+        self,
+        destination: Template,
+        pool: DestinationPool,
+        settings: SendSettings,
+        data: Template | None = None,
+        encoding: str = "auto",
+        save_reply: str = "",
+        reply_encoding: str = "utf-8",
+    ) -> None:
+        self.destination = destination
+        self.pool = pool
+        self.settings = settings
+        self.data = data
+        self.encoding = encoding
+        self.save_reply = save_reply
+        self.reply_encoding = reply_encoding
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], context: Any) -> "SendTcpAction":
+        pool = pool_for(context)
+        destination: Template = options["destination"]
+        if not destination.names:
+            try:
+                literal = Destination.parse(destination.render_text({}))
+            except AddressError as e:
+                raise ConfigIssue(str(e), "destination") from None
+            if pool.explicit and not pool.allow.may_allow(literal):
+                raise ConfigIssue(
+                    f"{literal} is not in [service] allowed_destinations", "destination"
+                )
+            pool.add_literal(literal)
+        settings = SendSettings(
+            connect_timeout=float(options["connect_timeout"]),
+            disconnect_delay=float(options["disconnect_delay"]),
+            wait_for_eof=options["wait_for_eof"],
+            eof_timeout=float(options["eof_timeout"]),
+            half_close=options["half_close"],
+            retries=options["retries"],
+            retry_delay=float(options["retry_delay"]),
+            max_retry_delay=float(options["max_retry_delay"]),
+        )
+        return cls(
+            destination,
+            pool,
+            settings,
+            options["data"],
+            options["encoding"],
+            options["save_reply"],
+            options["reply_encoding"],
+        )
+
+    def run(self, job: Any) -> Deferred[DeliveryResult]:
+        text = self.destination.render_text(job.variables)
+        try:
+            dest = Destination.parse(text)
+        except AddressError as e:
+            raise ActionError(f"bad destination: {e}") from None
+        total: int | None
+        source: Source
+        if self.data is not None:
+            source = self.data.render(job.variables, self.encoding)
+            total = len(source)
+        elif job.payload.in_memory:
+            source = job.payload.bytes()
+            total = len(source)
+        else:
+            source = job.payload.open
+            total = job.payload.size
+        d = self.pool.deliver(dest, source, self.settings, job.job_id, total)
+        return d.addCallback(self._finished, job)
+
+    def _finished(self, result: DeliveryResult, job: Any) -> DeliveryResult:
+        if self.save_reply:
+            codec = "utf-8" if self.reply_encoding == "auto" else self.reply_encoding
+            job.variables[self.save_reply] = result.reply.decode(codec, "replace")
+        if not result.ok:
+            raise ActionError(result.message)
+        return result

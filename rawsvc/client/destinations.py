@@ -1,0 +1,368 @@
+"""
+The destination pool: one queue per C{host:port}, shared by every flow and
+trigger, so jobs for one printer never interleave or race for its single
+socket, while jobs for other printers go on in parallel.
+
+A job holds its destination's slot from its first attempt to its last: a
+refused connection (the printer is busy) or one reset before every byte was
+written is retried with exponential back-off (C{retry_delay}, doubled each
+time up to C{max_retry_delay}, at most C{retries} times), as CUPS's socket
+backend does.  Every C{deliver} fires with a L{DeliveryResult}; it never
+fails.
+
+The pool is a Twisted service: stopping it fails jobs still waiting for
+their turn or for a retry ("service stopping"), and lets connections in
+progress finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.logger import Logger
+
+from rawsvc.client.address import AddressError, AllowList, Destination, resolve
+from rawsvc.client.protocol import (
+    AttemptResult,
+    DeliveryMachine,
+    Ending,
+    SendProtocol,
+    SendSettings,
+    Source,
+    State,
+)
+from rawsvc.errors import ConfigIssue
+
+log = Logger(namespace="rawsvc.client")
+
+#: Outcomes of a delivery (C{DeliveryResult.outcome}).
+DELIVERED = "delivered"
+RETRYABLE = frozenset({"refused", "reset"})
+
+
+@attrs.frozen
+class DeliveryResult:
+    """How a delivery ended; C{message} is what goes into C{${error}}."""
+
+    outcome: str  # delivered refused connect_timeout connect_error dns_failure
+    #               reset reset_draining reply_timeout not_allowed source_error stopped
+    destination: str
+    attempts: int = 0
+    written: int = 0
+    total: int | None = None
+    reply: bytes = b""
+    ending: str = ""
+    address: str = ""
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == DELIVERED
+
+
+class _Stopping(Exception):
+    pass
+
+
+class _Queue:
+    """One destination's queue and counters."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.waiting: deque[Deferred[None]] = deque()
+        self.busy = False
+        self.state = "idle"
+        self.attempts = 0
+        self.delivered = 0
+        self.failures = 0
+        self.retries = 0
+        self.bytes_sent = 0
+        self.last_outcome = ""
+        self.last_error = ""
+        self.last_change = time.time()
+        self.job_id = ""
+        self.retry_wait: Deferred[None] | None = None
+        self.retry_call: Any = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "queued": len(self.waiting),
+            "in_progress": 1 if self.busy else 0,
+            "job_id": self.job_id,
+            "attempts": self.attempts,
+            "delivered": self.delivered,
+            "failures": self.failures,
+            "retries": self.retries,
+            "bytes_sent": self.bytes_sent,
+            "last_outcome": self.last_outcome,
+            "last_error": self.last_error,
+            "since": self.last_change,
+        }
+
+
+class DestinationPool(Service):
+    """Per-destination queues; see the module docstring."""
+
+    name = "destinations"
+
+    def __init__(self, reactor: Any = None, allow: AllowList | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self._explicit = allow
+        self._literals: list[Destination] = []
+        self._queues: dict[str, _Queue] = {}
+        self._stopping = False
+        self.configured = allow is not None
+
+    # Configuration ----------------------------------------------------------
+
+    def configure(self, allowed: list[str] | None) -> None:
+        """Set C{[service] allowed_destinations}; L{AddressError} when bad."""
+        self.configured = True
+        self._explicit = None if allowed is None else AllowList.parse(allowed)
+
+    def add_literal(self, dest: Destination) -> None:
+        """A destination the config names literally (allowed by default)."""
+        self._literals.append(dest)
+
+    @property
+    def allow(self) -> AllowList:
+        if self._explicit is not None:
+            return self._explicit
+        return AllowList.default(self._literals)
+
+    @property
+    def explicit(self) -> bool:
+        return self._explicit is not None
+
+    # Status and lifetime --------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per destination ("host:port"): state, queue depth and counters."""
+        return {key: q.status() for key, q in self._queues.items()}
+
+    def startService(self) -> None:
+        self._stopping = False
+        super().startService()
+
+    def stopService(self) -> None:
+        self._stopping = True
+        for q in self._queues.values():
+            while q.waiting:
+                q.waiting.popleft().errback(_Stopping())
+            if q.retry_call is not None and q.retry_call.active():
+                q.retry_call.cancel()
+                wait, q.retry_wait = q.retry_wait, None
+                if wait is not None:
+                    wait.errback(_Stopping())
+        return super().stopService()
+
+    # Delivery ------------------------------------------------------------------
+
+    def deliver(
+        self,
+        dest: Destination,
+        source: Source,
+        settings: SendSettings,
+        job_id: str = "",
+        total: int | None = None,
+    ) -> Deferred[DeliveryResult]:
+        """Queue one job for C{dest}; fires with a L{DeliveryResult}."""
+        key = str(dest)
+        if self._stopping:
+            return succeed(DeliveryResult("stopped", key, message=f"service stopping: {key} not tried"))
+        if not self.allow.may_allow(dest):
+            return succeed(_not_allowed(key))
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = _Queue(key)
+        turn: Deferred[None] = Deferred()
+        q.waiting.append(turn)
+        machine = DeliveryMachine()
+
+        def run(_: None) -> Deferred[DeliveryResult]:
+            return self._run(q, dest, source, settings, machine, job_id, total)
+
+        def stopped(failure: Any) -> DeliveryResult:
+            failure.trap(_Stopping)
+            machine.to(State.DONE)
+            return DeliveryResult("stopped", key, message=f"service stopping: {key} not tried")
+
+        d = turn.addCallbacks(run, stopped)
+        self._next(q)
+        return d
+
+    def _next(self, q: _Queue) -> None:
+        if not q.busy and q.waiting:
+            q.busy = True
+            q.waiting.popleft().callback(None)
+
+    def _set_state(self, q: _Queue, state: str) -> None:
+        q.state = state
+        q.last_change = time.time()
+
+    @inlineCallbacks
+    def _run(self, q, dest, source, settings, machine, job_id, total):
+        key = str(dest)
+        q.job_id = job_id
+        machine._on_change = lambda s: self._set_state(q, s.value)
+        attempt = 0
+        result: DeliveryResult
+        try:
+            while True:
+                attempt += 1
+                q.attempts += 1
+                machine.to(State.CONNECTING)
+                result = yield self._attempt(dest, source, settings, machine, attempt, total)
+                log.info(
+                    "job {job_id} to {dest}: attempt {attempt}: {outcome}",
+                    job_id=job_id, dest=key, attempt=attempt, outcome=result.outcome,
+                    written=result.written, error=result.message,
+                )
+                if result.outcome not in RETRYABLE or attempt > settings.retries or self._stopping:
+                    break
+                q.retries += 1
+                machine.to(State.QUEUED)
+                self._set_state(q, "retrying")
+                delay = settings.backoff(attempt)
+                q.retry_wait = Deferred()
+                q.retry_call = self.reactor.callLater(delay, q.retry_wait.callback, None)
+                try:
+                    yield q.retry_wait
+                except _Stopping:
+                    result = attrs.evolve(result, message=f"service stopping; {result.message}", outcome="stopped")
+                    break
+                finally:
+                    q.retry_wait = q.retry_call = None
+        except Exception as e:  # a bug: say so, never leave the queue stuck
+            log.failure("delivery to {dest} crashed", dest=key)
+            result = DeliveryResult("error", key, attempt, message=f"internal error sending to {key}: {e}")
+        finally:
+            if machine.state is not State.DONE:
+                machine.to(State.DONE)
+            q.busy = False
+            q.job_id = ""
+            self._set_state(q, "idle")
+            self.reactor.callLater(0, self._next, q)
+        result = attrs.evolve(result, attempts=attempt)
+        if result.outcome in RETRYABLE and attempt > 1:
+            result = attrs.evolve(result, message=f"{result.message} ({attempt} attempts)")
+        q.last_outcome = result.outcome
+        if result.ok:
+            q.delivered += 1
+            q.last_error = ""
+        else:
+            q.failures += 1
+            q.last_error = result.message
+        q.bytes_sent += result.written
+        return result
+
+    @inlineCallbacks
+    def _attempt(self, dest, source, settings, machine, attempt, total):
+        key = str(dest)
+        try:
+            addresses = yield resolve(self.reactor, dest)
+        except DNSLookupError as e:
+            return DeliveryResult("dns_failure", key, message=f"cannot resolve {dest.host!r} ({key}): {_dns_text(e)}")
+        allowed = self.allow.filter(dest, addresses)
+        if not allowed:
+            return _not_allowed(key, addresses)
+        failure: DeliveryResult | None = None
+        for address in allowed:
+            proto = SendProtocol(self.reactor, source, settings, machine, total)
+            kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            endpoint = kind(self.reactor, address, dest.port, timeout=settings.connect_timeout)
+            try:
+                yield connectProtocol(endpoint, proto)
+            except (ConnectError, CancelledError) as e:
+                this = _connect_failure(key, address, e, settings)
+                if failure is None or failure.outcome != "refused":
+                    failure = this
+                continue
+            ended: AttemptResult = yield proto.finished
+            return _from_attempt(key, address, ended, settings)
+        assert failure is not None
+        return failure
+
+
+def _not_allowed(key: str, addresses: list[str] | None = None) -> DeliveryResult:
+    if addresses:
+        return DeliveryResult(
+            "not_allowed", key,
+            message=f"destination {key} resolves to {', '.join(addresses)}, which [service] "
+            "allowed_destinations does not allow",
+        )
+    return DeliveryResult(
+        "not_allowed", key, message=f"destination {key} is not in [service] allowed_destinations"
+    )
+
+
+def _dns_text(e: Exception) -> str:
+    text = str(e)
+    return text.partition(": ")[2] or text if text.startswith("DNS lookup failed") else text
+
+
+def _connect_failure(key: str, address: str, e: Exception, settings: SendSettings) -> DeliveryResult:
+    if isinstance(e, ConnectionRefusedError):
+        return DeliveryResult("refused", key, address=address, message=f"connection refused by {key} (printer busy or not listening)")
+    if isinstance(e, (TimeoutError, CancelledError)):
+        return DeliveryResult(
+            "connect_timeout", key, address=address,
+            message=f"connecting to {key} timed out after {settings.connect_timeout:g} s",
+        )
+    reason = getattr(e, "osError", None) or (e.args[0] if e.args else "")
+    text = reason.strerror.lower() if isinstance(reason, OSError) and reason.strerror else str(reason or e)
+    return DeliveryResult("connect_error", key, address=address, message=f"cannot connect to {key}: {text}")
+
+
+def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettings) -> DeliveryResult:
+    common = dict(written=r.written, total=r.total, reply=r.reply, ending=r.ending.value, address=address)
+    total = r.total if r.total is not None else "?"
+    if r.ending in (Ending.EOF, Ending.DELAY, Ending.SENT):
+        return DeliveryResult(DELIVERED, key, message=f"delivered {r.written} bytes to {key}", **common)
+    if r.ending is Ending.EOF_TIMEOUT:
+        return DeliveryResult(
+            "reply_timeout", key,
+            message=f"reply timeout: {key} did not close the connection within "
+            f"{settings.eof_timeout:g} s after all {r.written} bytes were written",
+            **common,
+        )
+    if r.ending is Ending.RESET_DRAINING:
+        return DeliveryResult(
+            "reset_draining", key,
+            message=f"connection to {key} reset ({r.error}) after all {r.written} bytes were written, "
+            "while reading the back-channel",
+            **common,
+        )
+    if r.ending is Ending.SOURCE_ERROR:
+        return DeliveryResult("source_error", key, message=f"sending to {key}: {r.error}", **common)
+    return DeliveryResult(
+        "reset", key,
+        message=f"connection to {key} reset mid-job ({r.error}) after {r.written} of {total} bytes were written",
+        **common,
+    )
+
+
+def pool_for(context: Any) -> DestinationPool:
+    """
+    The config's shared pool, with C{[service] allowed_destinations} applied;
+    a bad entry is a L{ConfigIssue} naming that key (raised once).
+    """
+    pool = context.component("destinations", lambda: DestinationPool(context.reactor))
+    if not pool.configured:
+        try:
+            pool.configure(context.service_options.get("allowed_destinations"))
+        except AddressError as e:
+            raise ConfigIssue(f"[service] allowed_destinations: {e}", "allowed_destinations") from None
+    return pool

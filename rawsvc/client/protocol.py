@@ -1,0 +1,276 @@
+"""
+The outbound printer client: one connection that sends one job.
+
+A delivery moves through explicit states (L{State}): C{queued} (waiting for
+its destination, or for a retry), C{connecting}, C{sending}, C{draining}
+(every byte handed over, write side half-closed, reading the back-channel
+until EOF, the disconnect delay or the EOF timeout) and C{done}.
+
+L{SendProtocol} does the I/O of one attempt: it writes the job (small jobs
+in one write, spilled jobs streamed from their file with L{FileSender}),
+calls C{loseWriteConnection()}, keeps everything the printer says at any
+time, and fires C{finished} with an L{AttemptResult} saying how it ended.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, BinaryIO, Union
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger(namespace="rawsvc.client")
+
+#: What is sent: bytes, or a callable opening a binary file to stream.
+Source = Union[bytes, Callable[[], BinaryIO]]
+
+#: Back-channel bytes kept per job; more is dropped (and said so in the log).
+MAX_REPLY = 1 << 20
+
+#: Seconds a closing connection may take to flush before it is aborted.
+CLOSE_GRACE = 10.0
+
+
+class State(enum.Enum):
+    QUEUED = "queued"
+    CONNECTING = "connecting"
+    SENDING = "sending"
+    DRAINING = "draining"
+    DONE = "done"
+
+
+_TRANSITIONS = {
+    State.QUEUED: {State.CONNECTING, State.DONE},
+    State.CONNECTING: {State.SENDING, State.QUEUED, State.DONE},
+    State.SENDING: {State.DRAINING, State.QUEUED, State.DONE},
+    State.DRAINING: {State.QUEUED, State.DONE},
+    State.DONE: set(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class DeliveryMachine:
+    """The state of one delivery; every change is checked against the table."""
+
+    def __init__(self, on_change: Callable[[State], None] | None = None) -> None:
+        self.state = State.QUEUED
+        self.history = [State.QUEUED]
+        self._on_change = on_change
+
+    def to(self, new: State) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise InvalidTransition(f"delivery cannot go from {self.state.value} to {new.value}")
+        self.state = new
+        self.history.append(new)
+        if self._on_change is not None:
+            self._on_change(new)
+
+
+@attrs.frozen
+class SendSettings:
+    """How one job is sent (the C{send_tcp} options, minus what and where)."""
+
+    connect_timeout: float = 10.0
+    disconnect_delay: float = 0.0
+    wait_for_eof: bool = False
+    eof_timeout: float = 30.0
+    half_close: bool = True
+    retries: int = 3
+    retry_delay: float = 1.0
+    max_retry_delay: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number C{attempt} (1-based)."""
+        return min(self.retry_delay * (2 ** (attempt - 1)), self.max_retry_delay)
+
+
+class Ending(enum.Enum):
+    """How an attempt that connected ended."""
+
+    EOF = "eof"  # the printer closed: the job is done (AppSocket)
+    DELAY = "delay"  # the disconnect delay ran out, we closed
+    SENT = "sent"  # no delay, no EOF wait: closed once written
+    EOF_TIMEOUT = "eof_timeout"  # wait_for_eof, and the printer never closed
+    RESET = "reset"  # the connection broke before every byte was written
+    RESET_DRAINING = "reset_draining"  # it broke after every byte was written
+    SOURCE_ERROR = "source_error"  # the job's file could not be read
+
+
+@attrs.frozen
+class AttemptResult:
+    ending: Ending
+    written: int
+    total: int | None
+    reply: bytes
+    error: str = ""
+
+
+def _unsent(transport: Any) -> int:
+    """Bytes still buffered in a Twisted transport (0 when unknown)."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+
+
+@implementer(IHalfCloseableProtocol)
+class SendProtocol(Protocol):
+    """Send one job and read the back-channel; see the module docstring."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        source: Source,
+        settings: SendSettings,
+        machine: DeliveryMachine,
+        total: int | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.source = source
+        self.settings = settings
+        self.machine = machine
+        self.total = len(source) if isinstance(source, bytes) else total
+        self.finished: Deferred[AttemptResult] = Deferred()
+        self._reply: list[bytes] = []
+        self._reply_len = 0
+        self._handed = 0
+        self._file: BinaryIO | None = None
+        self._written_all = False
+        self._peer_eof = False
+        self._ending: Ending | None = None
+        self._error = ""
+        self._timer: Any = None
+        self._abort_timer: Any = None
+        self._lost = False
+
+    # I/O ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.machine.to(State.SENDING)
+        if isinstance(self.source, bytes):
+            self._handed = len(self.source)
+            self.transport.write(self.source)
+            self._all_written()
+            return
+        try:
+            self._file = self.source()
+        except OSError as e:
+            self._ending = Ending.SOURCE_ERROR
+            self._error = f"cannot read the job's data: {e.strerror or e}"
+            self.transport.abortConnection()
+            return
+        d = FileSender().beginFileTransfer(self._file, self.transport, self._count)
+        d.addCallbacks(lambda _: self._all_written(), self._stream_stopped)
+
+    def _count(self, chunk: bytes) -> bytes:
+        self._handed += len(chunk)
+        return chunk
+
+    def _stream_stopped(self, failure: Failure) -> None:
+        # The transport stopped the producer: connectionLost says why.
+        self._close_file()
+
+    def dataReceived(self, data: bytes) -> None:
+        room = MAX_REPLY - self._reply_len
+        if room <= 0:
+            return
+        if len(data) > room:
+            log.warn("back-channel reply longer than {limit} bytes; the rest is dropped", limit=MAX_REPLY)
+            data = data[:room]
+        self._reply.append(data)
+        self._reply_len += len(data)
+
+    def _all_written(self) -> None:
+        self._close_file()
+        if self._ending is not None or self._lost:
+            return
+        self._written_all = True
+        self.machine.to(State.DRAINING)
+        if self.settings.half_close:
+            self.transport.loseWriteConnection()
+        if self._peer_eof:
+            self._close(Ending.EOF)
+        elif self.settings.wait_for_eof:
+            self._timer = self.reactor.callLater(self.settings.eof_timeout, self._close, Ending.EOF_TIMEOUT)
+        elif self.settings.disconnect_delay > 0:
+            self._timer = self.reactor.callLater(self.settings.disconnect_delay, self._close, Ending.DELAY)
+        else:
+            self._close(Ending.SENT)
+
+    def readConnectionLost(self) -> None:
+        self._peer_eof = True
+        if self._written_all and self._ending is None:
+            self._close(Ending.EOF)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _close(self, ending: Ending) -> None:
+        self._cancel_timer()
+        if self._ending is not None:
+            return
+        self._ending = ending
+        # loseConnection waits for the buffer to flush; a printer that stopped
+        # reading must not hold the connection (and its queue) for ever.
+        self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self.transport.abortConnection)
+        self.transport.loseConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._lost = True
+        self._cancel_timer()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._close_file()
+        written = self._handed - _unsent(self.transport)
+        clean = reason.check(ConnectionDone) is not None
+        ending = self._ending
+        error = self._error
+        if ending in (Ending.DELAY, Ending.SENT, Ending.EOF, Ending.EOF_TIMEOUT) and not clean and written < self._handed:
+            ending = None  # the close did not flush: the printer reset meanwhile
+        if ending is None:
+            error = _reason_text(reason)
+            if self._written_all and written >= self._handed:
+                ending = Ending.RESET_DRAINING
+            else:
+                ending = Ending.RESET
+        elif ending is Ending.EOF and written < self._handed:
+            ending = Ending.RESET
+            error = "the printer closed the connection before taking every byte"
+        result = AttemptResult(ending, max(written, 0), self.total, b"".join(self._reply), error)
+        d, self.finished = self.finished, Deferred()
+        d.callback(result)
+
+
+def _reason_text(reason: Failure) -> str:
+    if reason.check(ConnectionDone):
+        return "the printer closed the connection"
+    text = str(reason.value)
+    inner = getattr(reason.value, "osError", None) or (reason.value.args[0] if reason.value.args else None)
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror.lower()
+    return text or type(reason.value).__name__

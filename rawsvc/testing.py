@@ -1,0 +1,211 @@
+"""
+Test doubles for rawsvc users and for rawsvc's own tests.
+
+L{FakePrinter} is a real TCP listener (on loopback) that records every job
+it receives byte for byte, answers on the back-channel, and can behave like
+a busy, broken or slow printer: refuse connections, reset mid-job, or never
+close.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+# --- FakePrinter (the outbound client's peer) ---------------------------------
+
+
+@attrs.define(eq=False)
+class ReceivedJob:
+    """One connection to a L{FakePrinter}: what arrived, and when."""
+
+    peer: str
+    opened: float
+    data: bytearray = attrs.field(factory=bytearray)
+    eof_at: float | None = None
+    closed: float | None = None
+    reset: bool = False
+
+    @property
+    def bytes(self) -> bytes:
+        return bytes(self.data)
+
+
+@implementer(IHalfCloseableProtocol)
+class _FakePrinterProtocol(Protocol):
+    def __init__(self, printer: "FakePrinter") -> None:
+        self.printer = printer
+        self.job: ReceivedJob | None = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.job = ReceivedJob(f"{peer.host}:{peer.port}", time.monotonic())
+        self.printer._opened(self)
+        if self.printer.greeting:
+            self.transport.write(self.printer.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.job is not None
+        self.job.data += data
+        limit = self.printer.reset_after
+        if limit is not None and len(self.job.data) >= limit and not self.job.reset:
+            self.reset()
+
+    def reset(self) -> None:
+        """Close with a TCP RST (SO_LINGER 0), like a printer giving up."""
+        assert self.job is not None
+        self.job.reset = True
+        try:
+            self.transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        except OSError:
+            pass
+        self.transport.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        assert self.job is not None
+        self.job.eof_at = time.monotonic()
+        if self.printer.reply:
+            self.transport.write(self.printer.reply)
+        if self.printer.close_on_eof:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.printer._closed(self)
+
+
+class FakePrinter(Factory):
+    """
+    A recording raw-TCP printer.
+
+    @param reply: written once the sender half-closes (the job's end).
+    @param greeting: written as soon as a connection opens (a status line a
+        printer sends unasked).
+    @param close_on_eof: close after the sender's EOF (AppSocket style); when
+        false the printer never closes, and the sender must.
+    @param reset_after: reset the connection once this many bytes arrived.
+
+    C{jobs} lists every connection; C{max_active} is the most connections
+    that were ever open at once.  Start with L{listen} (or L{refuse} then
+    L{accept}) and always L{stop}.
+    """
+
+    def __init__(
+        self,
+        reply: bytes = b"",
+        greeting: bytes = b"",
+        close_on_eof: bool = True,
+        reset_after: int | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.reply = reply
+        self.greeting = greeting
+        self.close_on_eof = close_on_eof
+        self.reset_after = reset_after
+        self.jobs: list[ReceivedJob] = []
+        self.active = 0
+        self.max_active = 0
+        self.port: int = 0
+        self._listening: Any = None
+        self._refusing: socket.socket | None = None
+        self._protocols: set[_FakePrinterProtocol] = set()
+        self._waiters: list[tuple[int, Deferred[list[ReceivedJob]]]] = []
+
+    def buildProtocol(self, addr: Any) -> _FakePrinterProtocol:
+        return _FakePrinterProtocol(self)
+
+    @property
+    def destination(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def listen(self, port: int = 0, interface: str = "127.0.0.1") -> int:
+        """Listen now; returns the port."""
+        self._listening = self.reactor.listenTCP(port, self, interface=interface)
+        self.port = self._listening.getHost().port
+        return self.port
+
+    def refuse(self, interface: str = "127.0.0.1") -> int:
+        """
+        Hold a port (bound, not listening) so that connections to it are
+        refused, like a printer that is busy; L{accept} starts listening.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((interface, 0))
+        self._refusing = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    def accept(self) -> None:
+        """Stop refusing: listen on the port L{refuse} held."""
+        sock, self._refusing = self._refusing, None
+        assert sock is not None, "accept() follows refuse()"
+        sock.listen(50)
+        sock.setblocking(False)
+        try:
+            self._listening = self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, self)
+        finally:
+            sock.close()
+
+    def wait_for(self, count: int) -> Deferred[list[ReceivedJob]]:
+        """Fires with C{jobs} once C{count} connections have closed."""
+        d: Deferred[list[ReceivedJob]] = Deferred()
+        self._waiters.append((count, d))
+        self._check_waiters()
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and drop every open connection."""
+        if self._refusing is not None:
+            self._refusing.close()
+            self._refusing = None
+        for p in list(self._protocols):
+            p.transport.abortConnection()
+        listening, self._listening = self._listening, None
+        d: Deferred[None] = Deferred()
+        if listening is not None:
+            stopped = listening.stopListening()
+            if stopped is not None:
+                return stopped
+        d.callback(None)
+        return d
+
+    def _opened(self, p: _FakePrinterProtocol) -> None:
+        assert p.job is not None
+        self.jobs.append(p.job)
+        self._protocols.add(p)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+
+    def _closed(self, p: _FakePrinterProtocol) -> None:
+        if p in self._protocols:
+            self._protocols.discard(p)
+            self.active -= 1
+            assert p.job is not None
+            p.job.closed = time.monotonic()
+            self._check_waiters()
+
+    def _check_waiters(self) -> None:
+        done = sum(1 for j in self.jobs if j.closed is not None)
+        for item in list(self._waiters):
+            count, d = item
+            if done >= count:
+                self._waiters.remove(item)
+                d.callback(self.jobs)
