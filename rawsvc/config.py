@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from zope.interface.verify import verifyObject
 
 from rawsvc import options as o
 from rawsvc.context import BuildContext
 from rawsvc.errors import ConfigError, ConfigIssue
 from rawsvc.flow import Flow
+from rawsvc.interfaces import IAction
 from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
 
 SERVICE_OPTIONS = o.Schema(
@@ -207,9 +209,19 @@ def _load_actions(items: list, label: str, key: str, errors: _Errors, context: B
         if issues:
             continue
         try:
-            built.append(action_type.from_config(values, context))
+            action = action_type.from_config(values, context)
         except ConfigIssue as e:
             errors.add(where, e)
+            continue
+        except Exception as e:  # a plugin's bug: an error line, not a traceback
+            errors.add(where, f"cannot be built: {type(e).__name__}: {e}")
+            continue
+        try:
+            verifyObject(IAction, action)
+        except Exception as e:
+            errors.add(where, f"type {type_name!r} built {action!r}, which does not provide IAction: {e}")
+            continue
+        built.append(action)
     return built
 
 
@@ -222,7 +234,8 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
             errors.add(label, "must be a table")
             continue
         name = table.get("name")
-        if isinstance(name, str) and name:
+        named = isinstance(name, str) and bool(name)
+        if named:
             label = f"[[trigger]] {name!r}"
             if name in names:
                 errors.add(label, f"duplicate trigger name {name!r}", "name")
@@ -240,7 +253,8 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
             errors.add(label, e, "type")
             continue
         values, issues = trigger_type.options.validate(table)
-        errors.extend(label, issues)
+        # A missing name was reported above; do not repeat the schema's line.
+        errors.extend(label, [i for i in issues if named or i.key != "name"])
         for key, val in values.items():
             if (key == "flow" or key.endswith("_flow")) and isinstance(val, str) and val and val not in flows:
                 errors.add(label, f"names flow {val!r}, which is not defined", key)
@@ -255,6 +269,8 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
             triggers[values["name"]] = trigger_type.from_config(values, context)
         except ConfigIssue as e:
             errors.add(label, e)
+        except Exception as e:  # a plugin's bug: an error line, not a traceback
+            errors.add(label, f"cannot be built: {type(e).__name__}: {e}")
     return triggers
 
 
