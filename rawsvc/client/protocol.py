@@ -199,7 +199,9 @@ class SendProtocol(Protocol):
         self._written_all = True
         self.machine.to(State.DRAINING)
         if self.settings.half_close:
-            self.transport.loseWriteConnection()
+            half_close = getattr(self.transport, "loseWriteConnection", None)
+            if half_close is not None:
+                half_close()
         if self._peer_eof:
             self._close(Ending.EOF)
         elif self.settings.wait_for_eof:
