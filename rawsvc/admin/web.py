@@ -1,0 +1,213 @@
+"""
+The HTTP admin listener: C{/healthz}, C{/metrics}, C{/jobs} and a plain
+status page at C{/}.  Read-only; it listens on loopback by default.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from rawsvc import options as o
+from rawsvc.admin import prometheus
+from rawsvc.admin.namespace import health, recent_jobs, status
+
+HTTP_OPTIONS = o.Schema(
+    o.Option(
+        "listen",
+        str,
+        "tcp:8080:interface=127.0.0.1",
+        o.server_endpoint,
+        doc="HTTP endpoint string; loopback by default",
+    ),
+    o.Option("refresh", int, 5, o.non_negative, doc="seconds between reloads of the / page; 0 never"),
+    o.Option("recent_jobs", int, 50, o.positive, doc="jobs listed on the / page"),
+)
+
+#: Most jobs one /jobs answer lists.
+MAX_JOBS = 1000
+
+
+def _json(request: Any, value: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(value, indent=1, default=str).encode("utf-8") + b"\n"
+
+
+class Health(Resource):
+    """200 while every listener is up, 503 otherwise; the body says which."""
+
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Any) -> bytes:
+        ok, listeners = health(self.service)
+        down = [name for name, v in listeners.items() if not v["up"]]
+        return _json(request, {"ok": ok, "down": down, "listeners": listeners}, 200 if ok else 503)
+
+
+class Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", prometheus.CONTENT_TYPE.encode())
+        return prometheus.render(self.service).encode("utf-8")
+
+
+def _arg(request: Any, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+class Jobs(Resource):
+    """
+    Recent and running jobs, newest first, as JSON.  Filters: C{trigger},
+    C{state} (queued, running, done, failed; comma-separated), C{since}
+    (received at or after, Unix seconds), C{limit} (default 100).
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Any) -> bytes:
+        try:
+            limit = int(_arg(request, "limit") or 100)
+            since = float(_arg(request, "since") or 0)
+            if limit < 1:
+                raise ValueError
+        except ValueError:
+            return _json(request, {"error": "limit must be a positive integer and since a number"}, 400)
+        trigger = _arg(request, "trigger")
+        states = set((_arg(request, "state") or "").split(",")) - {""}
+        jobs = [
+            j
+            for j in recent_jobs(self.service, MAX_JOBS)
+            if (trigger is None or j["trigger"] == trigger)
+            and (not states or j["state"] in states)
+            and j["received_at"] >= since
+        ][: min(limit, MAX_JOBS)]
+        return _json(request, {"count": len(jobs), "jobs": jobs})
+
+
+_STYLE = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em}"
+    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
+    ".failed,.down{color:#b00}.done,.up{color:#070}"
+)
+
+
+def _table(headers: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{html.escape(classes[i])}"' if classes and classes[i] else ""
+        cells = "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    if not rows:
+        body.append(f'<tr><td colspan="{len(headers)}">none</td></tr>')
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _when(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+class StatusPage(Resource):
+    """The human page at C{/}: triggers, printers, destinations, recent jobs."""
+
+    def __init__(self, service: Any, refresh: int, recent: int) -> None:
+        super().__init__()
+        self.service = service
+        self.refresh = refresh
+        self.recent = recent
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Any) -> bytes:
+        report = status(self.service)
+        triggers = report["triggers"]
+        t_rows, t_classes = [], []
+        for name, t in triggers.items():
+            c = t["counters"]
+            up = t["listening"] and not t.get("paused", False)
+            t_rows.append([
+                name, t.get("type", ""), t.get("address") or t.get("listen", ""),
+                "up" if up else ("paused" if t.get("paused") else "down"),
+                c["connections_open"], c["jobs_received"], c["jobs_ok"], c["jobs_failed"],
+                c["jobs_refused"], c["bytes_in"],
+            ])
+            t_classes.append("up" if up else "down")
+        printers = [[n, s] for n, s in report["printers"].items()]
+        dests = [
+            [d, s.get("state", ""), s.get("queued", 0), s.get("attempts", 0), s.get("delivered", 0),
+             s.get("failures", 0), s.get("retries", 0)]
+            for d, s in report["destinations"].items()
+        ]
+        jobs = recent_jobs(self.service, self.recent)
+        j_rows = [
+            [j["job_id"], j["trigger"], j["peer"], _when(j["received_at"]), j["size"], j["state"], j["error"] or ""]
+            for j in jobs
+        ]
+        refresh = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh else ""
+        page = (
+            f'<!doctype html><html><head><meta charset="utf-8">{refresh}'
+            f"<title>rawsvc</title><style>{_STYLE}</style></head><body>"
+            f"<h1>rawsvc</h1><p>{html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}"
+            ' &middot; <a href="/healthz">healthz</a> &middot; <a href="/metrics">metrics</a>'
+            ' &middot; <a href="/jobs">jobs</a></p>'
+            "<h2>Triggers</h2>"
+            + _table(["name", "type", "address", "state", "open", "received", "ok", "failed", "refused", "bytes in"],
+                     t_rows, t_classes)
+            + "<h2>Printers</h2>" + _table(["printer", "state"], printers)
+            + "<h2>Destinations</h2>"
+            + _table(["destination", "state", "queued", "attempts", "delivered", "failures", "retries"], dests)
+            + "<h2>Recent jobs</h2>"
+            + _table(["job", "trigger", "peer", "received", "bytes", "state", "error"], j_rows,
+                     [j["state"] for j in jobs])
+            + "</body></html>"
+        )
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return page.encode("utf-8")
+
+
+def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
+    root = StatusPage(service, refresh, recent)
+    root.putChild(b"healthz", Health(service))
+    root.putChild(b"metrics", Metrics(service))
+    root.putChild(b"jobs", Jobs(service))
+    site = Site(root)
+    site.displayTracebacks = False
+    return site
+
+
+def make_service(options: dict[str, Any], service: Any) -> StreamServerEndpointService:
+    """The HTTP admin listener for C{[admin.http]}."""
+    endpoint = serverFromString(service.context.reactor, options["listen"])
+    site = make_site(service, options["refresh"], options["recent_jobs"])
+    listener = StreamServerEndpointService(endpoint, site)
+    listener.setName("admin-http")
+    return listener
+
