@@ -171,8 +171,16 @@ class JobConnection(Protocol):
             if kind == DATA:
                 self._append(chunk)
             else:
-                self._end_job()
+                self.frame_ended(chunk)
         self.after_data()
+
+    def frame_ended(self, info: Any) -> None:
+        """
+        Hook: the framer ended a job; C{info} is the second item of its
+        C{END} event (C{None} for the built-in framers, a record for the
+        printer's).
+        """
+        self._end_job()
 
     def inspect(self, data: bytes) -> bytes:
         """Hook for subclasses: see (and may strip) bytes before framing."""
