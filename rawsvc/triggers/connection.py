@@ -78,7 +78,7 @@ class JobConnection(Protocol):
         t = self.trigger
         self.peer_host, self.peer_port = peer_of(self.transport)
         self.label = f"{self.peer_host}:{self.peer_port}"
-        self.replies = ReplyQueue(self._write)
+        self.replies = ReplyQueue(self._write, self.trigger.reactor)
         if len(t.connections) >= t.max_connections:
             t.counters.connections_refused += 1
             self.refuse(f"too many connections (max_connections = {t.max_connections})")
@@ -138,10 +138,11 @@ class JobConnection(Protocol):
         t.connections.discard(self)
         t.counters.connections_open -= 1
         clean = reason.check(ConnectionDone) is not None
+        # First: nothing more can be written, so replies from now on fail.
+        self.replies.lost("closed" if clean else reason.getErrorMessage())
         if not self.input_done:
             self.input_done = True
             self._end_of_input(clean, "close" if clean else f"lost ({reason.getErrorMessage()})")
-        self.replies.lost("closed" if clean else reason.getErrorMessage())
 
     def readConnectionLost(self) -> None:
         """The client half-closed: finish its jobs, reply, then close."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -41,7 +42,24 @@ class ReplySlot:
             return fail(ActionError("cannot reply: this job's flow has already finished"))
         self.chunks.append(data)
         self._queue.flush()
-        return succeed(len(data))
+        if self._queue.reactor is None:
+            return succeed(len(data))
+        # Give the reactor one turn to hand the bytes to the kernel: a peer
+        # that reset the connection shows up here rather than as a silent loss.
+        d: Deferred = Deferred()
+        self._queue.reactor.callLater(0, self._confirm, d, len(data))
+        return d
+
+    def _confirm(self, d: Deferred, size: int) -> None:
+        if self._queue.gone:
+            d.errback(
+                ActionError(
+                    f"reply not delivered: the sender {self.label} has closed the connection "
+                    f"({self._queue.gone})"
+                )
+            )
+        else:
+            d.callback(size)
 
     @property
     def open(self) -> bool:
@@ -51,8 +69,9 @@ class ReplySlot:
 class ReplyQueue:
     """The ordered reply slots of one connection."""
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+    def __init__(self, write: Callable[[bytes], None], reactor: Any = None) -> None:
         self._write = write
+        self.reactor = reactor
         self._slots: collections.deque[ReplySlot] = collections.deque()
         self.gone: str | None = None
         self.bytes_written = 0
