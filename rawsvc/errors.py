@@ -38,3 +38,7 @@ class ConfigError(RawsvcError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+class ListenError(RawsvcError):
+    """A listener could not be opened (address in use, no permission)."""

@@ -9,6 +9,7 @@ stop, listeners close first, then jobs in flight are given time to finish.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 
 from rawsvc.config import Config
 from rawsvc.dispatch import Dispatcher
+from rawsvc.errors import ListenError
 from rawsvc.plugins import load_dotted
 
 log = Logger(namespace="rawsvc.service")
@@ -33,6 +35,9 @@ SHUTDOWN_GRACE = 30.0
 
 class RawService(MultiService):
     """The whole of rawsvc, as one Twisted service."""
+
+    #: Set by the twistd plugin: a listener that cannot open ends the process.
+    exit_on_error = False
 
     def __init__(self, config: Config, sink: Any = None) -> None:
         super().__init__()
@@ -78,7 +83,15 @@ class RawService(MultiService):
             triggers=", ".join(f"{n} ({t.type_name})" for n, t in self.triggers.items()) or "none",
             flows=", ".join(self.flows) or "none",
         )
-        super().startService()
+        try:
+            super().startService()
+        except ListenError as e:
+            if not self.exit_on_error:
+                raise
+            # Under twistd: a clear line and a non-zero exit, not a traceback.
+            log.critical("{error}; not starting", error=str(e))
+            sys.stderr.write(f"rawsvc: {e}; not starting\n")
+            raise SystemExit(1)
 
     @inlineCallbacks
     def stopService(self):

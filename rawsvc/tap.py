@@ -35,4 +35,6 @@ def makeService(options: Options):
             sys.stderr.write(f"  {line}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    return RawService(config)
+    service = RawService(config)
+    service.exit_on_error = True
+    return service

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc import options as o
-from rawsvc.errors import ConfigIssue
+from rawsvc.errors import ConfigIssue, ListenError
 from rawsvc.interfaces import ITrigger
 from rawsvc.metrics import TriggerCounters
 
@@ -172,7 +172,10 @@ class ListenerTrigger(Service):
         d.addErrback(failures.append)
         if failures:  # endpoints listen synchronously for tcp/unix/ssl
             self.running = 0
-            raise failures[0].value
+            raise ListenError(
+                f"trigger {self.name!r} cannot listen on {self.listen!r}: "
+                f"{failures[0].getErrorMessage()}"
+            )
 
     @inlineCallbacks
     def stopService(self):
