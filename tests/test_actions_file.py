@@ -17,15 +17,6 @@ from rawsvc.interfaces import IAction, IActionType
 from rawsvc.job import Job, Payload
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
-
-
 def build(**table) -> FileAction:
     values, issues = FileAction.options.validate(table)
     if issues:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from rawsvc.actions.parse import ParseAction
@@ -11,15 +10,6 @@ from rawsvc.context import BuildContext
 from rawsvc.errors import ActionError, ConfigIssue
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.job import Job, Payload
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
 
 
 def build(**table) -> ParseAction:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import pytest_twisted
 
 from rawsvc import __version__
 from rawsvc.cli import main
@@ -41,15 +40,6 @@ actions = [
   { type = "log", level = 3 },
 ]
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import re
 import textwrap
 
 import pytest
-import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from rawsvc import options as o
@@ -64,15 +63,6 @@ class NotAnAction:
     def from_config(cls, options, context):
         return object()
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
 
 
 @pytest.fixture(autouse=True)

@@ -16,15 +16,6 @@ from rawsvc.job import Job, Payload
 from rawsvc.template import Template
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
-
-
 @implementer(IAction)
 class Record:
     """Appends its tag to ${trail}; optionally returns a Deferred or fails."""

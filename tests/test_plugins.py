@@ -53,15 +53,6 @@ class NotAType:
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """Start the reactor before conftest's first snapshot (see test_template)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
-
-
 @pytest.fixture
 def plugin_path(tmp_path, monkeypatch):
     """A directory on sys.path holding the plugin module and a dist-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,19 +12,6 @@ from rawsvc.template import ENCODINGS, Template, check_encoding, encode_text, re
 
 # Text without "$": any literal a template may hold.
 literal = st.text(alphabet=st.characters(blacklist_characters="$", blacklist_categories=("Cs",)))
-@pytest.fixture(scope="module", autouse=True)
-def reactor_running():
-    """
-    Start pytest-twisted's reactor before conftest's clean_reactor takes its
-    first snapshot: otherwise the SIGCHLD waker installed when the reactor
-    starts counts as a socket left behind by whichever test ran first.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
-
-
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,10}", fullmatch=True)
 
 
