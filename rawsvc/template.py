@@ -52,7 +52,9 @@ def encode_text(text: str, encoding: str) -> bytes:
     """
     codec = "utf-8" if encoding == "auto" else encoding
     try:
-        return text.encode(codec)
+        # auto: payload bytes that were not valid UTF-8 (decoded with
+        # surrogateescape, e.g. a saved reply) go back out untouched.
+        return text.encode(codec, "surrogateescape" if encoding == "auto" else "strict")
     except UnicodeEncodeError as e:
         bad = e.object[e.start : e.end]
         raise TemplateError(
