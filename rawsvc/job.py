@@ -154,13 +154,17 @@ class Variables(MutableMapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name == "data" and "data" not in self._values:
             raw = self._payload_bytes()
-            return raw.decode(self._job.encoding, "surrogateescape" if self._job.encoding == "utf-8" else "replace")
+            codec = "utf-8" if self._job.encoding == "auto" else self._job.encoding
+            return raw.decode(codec, "surrogateescape" if codec == "utf-8" else "replace")
         if name == "size" and "size" not in self._values:
             # Live: triggers usually write the payload after making the job.
             return str(self._job.payload.size)
         return self._values[name]
 
     def __setitem__(self, name: str, value: Any) -> None:
+        if isinstance(value, (bytes, bytearray)):
+            # str(b"OK") would be "b'OK'"; keep undecodable bytes recoverable.
+            value = bytes(value).decode("utf-8", "surrogateescape")
         self._values[name] = value if isinstance(value, str) else str(value)
 
     def __delitem__(self, name: str) -> None:
