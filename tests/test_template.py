@@ -166,6 +166,15 @@ def test_encode_text_auto_is_utf8():
     assert encode_text("é", "auto") == "é".encode()
 
 
+def test_encode_text_auto_restores_escaped_payload_bytes():
+    assert encode_text(b"\xff\xfe".decode("utf-8", "surrogateescape"), "auto") == b"\xff\xfe"
+
+
+def test_encode_text_auto_fails_clearly_on_a_lone_surrogate():
+    with pytest.raises(TemplateError, match="cannot encode '\\\\ud800' at position 0 as utf-8"):
+        encode_text("\ud800", "auto")
+
+
 def test_auto_passes_payload_bytes_through_untouched():
     raw = bytes(range(256))
     job = Job("t", payload=Payload(raw))
@@ -219,6 +228,18 @@ def test_variables_are_stored_as_strings():
     job = Job("t")
     job.variables["n"] = 5
     assert job.variables["n"] == "5"
+
+
+def test_bytes_stored_in_a_variable_become_text_not_their_repr():
+    job = Job("t")
+    job.variables["reply"] = b"OK \xff"
+    assert job.variables["reply"] == "OK \udcff"
+    assert Template("${reply}").render(job.variables, "auto") == b"OK \xff"
+
+
+def test_job_with_encoding_auto_decodes_data_as_utf8():
+    job = Job("t", payload=Payload("é".encode()), encoding="auto")
+    assert job.variables["data"] == "é"
 
 
 def test_data_can_be_overridden_by_a_flow():
