@@ -485,3 +485,30 @@ def test_variable_names():
     assert o.variable_name("order.id-2") == "order.id-2"
     with pytest.raises(ConfigIssue):
         o.variable_name("2x")
+
+
+# [admin.*] ---------------------------------------------------------------------
+
+
+def test_admin_http_section_is_validated():
+    pytest.importorskip("rawsvc.admin.web")
+    config = loads("[admin.http]\nlisten = 'tcp:0:interface=127.0.0.1'\n")
+    assert config.admin["http"]["listen"] == "tcp:0:interface=127.0.0.1"
+
+
+def test_admin_http_unknown_key_and_bad_endpoint_are_named():
+    pytest.importorskip("rawsvc.admin.web")
+    errors = errors_of("[admin.http]\nlisen = 'x'\nlisten = 'nope'\n")
+    assert errors[0] == "rawsvc.toml: [admin.http]: key 'lisen': unknown key (did you mean 'listen'?)"
+    assert errors[1].startswith("rawsvc.toml: [admin.http]: key 'listen': ")
+    assert len(errors) == 2
+
+
+def test_admin_manhole_bad_endpoint_is_named():
+    pytest.importorskip("rawsvc.admin.manhole")
+    errors = errors_of("[admin.manhole]\nlisten = 'tcp:x'\n")
+    assert any(e.startswith("rawsvc.toml: [admin.manhole]: key 'listen': ") for e in errors), errors
+
+
+def test_admin_must_be_a_table():
+    assert one_error("admin = 1\n").startswith("rawsvc.toml: [admin]: must be a table")

@@ -260,6 +260,38 @@ def test_a_slow_action_does_not_stall_other_jobs_on_the_reactor():
     assert order == ["fast", "slow"]
 
 
+def test_log_action_emits_the_rendered_message_at_its_level(caplog_twisted_events):
+    from twisted.logger import LogLevel
+
+    from rawsvc.actions.log import LogAction
+
+    job = Job("orders", payload=Payload(b"abc"), peer_host="10.1.2.3")
+    run_job(Flow("f", [LogAction(Template("got ${size} bytes from ${peer_host}, $$0"), "warn")]), job)
+    [event] = [e for e in caplog_twisted_events if e.get("log_namespace") == "rawsvc.action.log"]
+    assert event["message"] == "got 3 bytes from 10.1.2.3, $0"
+    assert event["log_level"] is LogLevel.warn
+    assert event["job_id"] == job.job_id and event["trigger"] == "orders"
+
+
+def test_log_action_default_message_renders_for_any_job(caplog_twisted_events):
+    from rawsvc.actions.log import LogAction
+
+    values, issues = LogAction.options.validate({})
+    job = Job("t", payload=Payload(b"xy"), peer_host="h")
+    run_job(Flow("f", [LogAction.from_config(values, BuildContext())]), job)
+    assert job.state == "done"
+    assert any(e.get("message") == f"job {job.job_id} from h: 2 bytes" for e in caplog_twisted_events)
+
+
+def test_set_action_sets_variables_from_templates():
+    from rawsvc.actions.log import SetAction
+
+    job = Job("t")
+    job.variables["a"] = "1"
+    run_job(Flow("f", [SetAction({"b": Template("${a}-x"), "c": Template("$$")})]), job)
+    assert (job.variables["b"], job.variables["c"]) == ("1-x", "$")
+
+
 def test_run_can_start_at_a_later_action():
     job = Job("t")
     Flow("f", [Record("a"), Record("b"), Record("c")]).run(job, start_at=1)
@@ -303,3 +335,14 @@ def caplog_twisted():
     globalLogPublisher.addObserver(observer)
     yield seen
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def caplog_twisted_events():
+    """Raw Twisted log events emitted during the test."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
