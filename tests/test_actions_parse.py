@@ -242,3 +242,34 @@ def test_fields_must_name_usable_variables():
 def test_unknown_format_is_a_config_issue():
     values, issues = ParseAction.options.validate({"format": "xml"})
     assert [i.key for i in issues] == ["format"]
+
+
+# Properties -------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+var_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+cell_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\n\u2028\u2029\x85"),
+                    max_size=20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(var_names, cell_text, min_size=1, max_size=6))
+def test_keyvalue_round_trips_any_pairs(pairs):
+    payload = "\n".join(f"{k}={v}" for k, v in pairs.items()).encode()
+    expected = {k: v.strip() for k, v in pairs.items()}
+    assert parse(payload, format="keyvalue") == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(cell_text, min_size=1, max_size=5))
+def test_csv_round_trips_any_row_written_by_the_csv_module(row):
+    import csv
+    import io
+
+    out = io.StringIO()
+    csv.writer(out).writerows([[f"h{i}" for i in range(len(row))], row])
+    fields = {f"v{i}": f"h{i}" for i in range(len(row))}
+    got = parse(out.getvalue().encode(), format="csv", fields=fields)
+    assert got == {f"v{i}": cell for i, cell in enumerate(row)}
