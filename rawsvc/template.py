@@ -33,7 +33,7 @@ def check_encoding(name: str) -> str:
         return name
     try:
         canonical = codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         raise ConfigIssue(
             f"unknown encoding {name!r}; use one of {', '.join(ENCODINGS)}"
         ) from None
