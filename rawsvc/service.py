@@ -64,6 +64,10 @@ class RawService(MultiService):
         factory = self.context.components.get("sink_factory")
         if factory is not None:
             return factory(self)
+        if self.config.service.get("spool", True):
+            from rawsvc.spool.sink import SpoolSink
+
+            return SpoolSink.for_service(self)
         return Dispatcher(self.flows, self.config.service.get("history", 1000))
 
     def _add_component_services(self) -> None:
