@@ -109,15 +109,19 @@ class JobConnection(Protocol):
         self.transport.loseConnection()
 
     def _send_refusal(self, reason: str) -> None:
+        text = self._render_refusal(reason)
+        if text is not None:
+            self._write(text)
+
+    def _render_refusal(self, reason: str) -> bytes | None:
         template = self.trigger.refusal
         if template is None:
-            return
+            return None
         try:
-            text = template.render({"reason": reason, "peer_host": self.peer_host, "trigger": self.trigger.name}, "utf-8")
+            return template.render({"reason": reason, "peer_host": self.peer_host, "trigger": self.trigger.name}, "utf-8")
         except Exception as e:  # a template naming other variables
             log.warn("trigger {trigger}: refusal template failed: {e}", trigger=self.trigger.name, e=e)
-            return
-        self._write(text)
+            return None
 
     def _write(self, data: bytes) -> None:
         if self.closed:
@@ -323,6 +327,12 @@ class JobConnection(Protocol):
 
     def _job_done(self, result: Any, slot: Any, job: Job) -> None:
         self.running -= 1
+        if job.state == "refused":
+            # The sink could not take the job (the spool is unavailable): the
+            # refusal text goes out in this job's place in the reply order.
+            text = self._render_refusal(job.error or "refused")
+            if text is not None:
+                slot.reply(text).addErrback(lambda f: None)
         self.replies.finish(slot)
         try:
             self.job_finished(job)
