@@ -36,9 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == name:
                 continue
-            raise
+            _broken(name, e)
+            continue
+        except Exception as e:  # one broken subcommand must not break the others
+            _broken(name, e)
+            continue
         module.register(sub)
     return parser
+
+
+def _broken(name: str, error: Exception) -> None:
+    print(f"rawsvc: warning: subcommands from {name} unavailable: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,12 @@ def start_reactor_once():
     pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
 
 
-def config_text(state_dir, admin: str = "") -> str:
+def config_text(state_dir, admin: str = "", spool: bool = True) -> str:
     return textwrap.dedent(
         f"""
         [service]
         state_dir = "{state_dir}"
+        spool = {str(spool).lower()}
 
         [[trigger]]
         name = "orders"

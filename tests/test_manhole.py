@@ -63,14 +63,15 @@ def logged_errors():
 
 
 @pytest.fixture
-def running(reactor, tmp_path, keys):
+def running(reactor, tmp_path, keys, request):
     """A started RawService with a tcp trigger and the manhole; yields (service, ssh port)."""
     admin = f"""
     [admin.manhole]
     listen = "tcp:0:interface=127.0.0.1"
     authorized_keys = "{keys / 'authorized_keys'}"
     """
-    service = build_service(reactor, config_text(tmp_path / "state", admin))
+    spool = getattr(request, "param", True)
+    service = build_service(reactor, config_text(tmp_path / "state", admin, spool=spool))
     service.startService()
     port = admin_port(service, "admin-manhole")
     yield service, port.getHost().port
@@ -116,6 +117,7 @@ def test_pause_in_the_repl_stops_the_trigger_listening(reactor, running, keys):
     assert service.triggers["orders"].listening is False
 
 
+@pytest.mark.parametrize("running", [False], indirect=True)
 @pytest_twisted.inlineCallbacks
 def test_retry_says_clearly_when_the_sink_cannot(reactor, running, keys):
     _service, port = running
@@ -223,3 +225,12 @@ def test_a_remote_command_is_refused_with_a_reason(running, keys, logged_errors)
     assert result.returncode == 1
     assert b"commands are not supported" in result.stdout
     assert not logged_errors
+
+
+@pytest_twisted.inlineCallbacks
+def test_retry_with_the_spool_names_an_unknown_job(running):
+    from rawsvc.admin.namespace import retry
+
+    service, _port = running
+    with pytest.raises(KeyError, match="no job 0-x in the spool"):
+        yield retry(service, "0-x")
