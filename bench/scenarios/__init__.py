@@ -1,0 +1,1 @@
+"""One module per benchmark scenario; each has C{run(ctx) -> dict}."""
