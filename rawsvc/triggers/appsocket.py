@@ -1,0 +1,244 @@
+"""
+Trigger C{appsocket-status}: the AppSocket UDP status port (9101 by
+convention) of a C{printer} trigger.
+
+A zero-length datagram, or one holding only CR/LF, is answered with one
+status datagram; anything else is ignored.  The real AppSocket status
+format is undocumented, so rawsvc's is plain ASCII text, one C{KEY=VALUE}
+per line, LF-ended, always in this order (new keys may be added at the
+end; values are single-line)::
+
+    STATE=idle|receiving|processing|paused|error
+    PRINTER=<printer trigger name>
+    JOB=<id of the job whose flow runs, or empty>
+    JOB_NAME=<its PJL job name, or empty>
+    CLIENT=<host:port of the client being served, or empty>
+    QUEUED=<clients held waiting (busy = "queue")>
+    JOBS_OK=<jobs whose flow succeeded since start>
+    JOBS_FAILED=<jobs whose flow failed since start>
+    LAST_ERROR=<the last failed flow's error, or empty>
+
+Replies are rate-limited per source address (C{rate_limit} per second,
+default 5, with a burst of the same size) and in total
+(C{rate_limit_total}), so the port cannot be used to amplify a flood: a
+reply is at most a few hundred bytes and never more than one per query.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer, provider
+
+from rawsvc import options as o
+from rawsvc.errors import ConfigIssue
+from rawsvc.interfaces import ITrigger, ITriggerType
+from rawsvc.metrics import TriggerCounters
+
+log = Logger(namespace="rawsvc.trigger")
+
+STATUS_KEYS = ("STATE", "PRINTER", "JOB", "JOB_NAME", "CLIENT", "QUEUED", "JOBS_OK", "JOBS_FAILED", "LAST_ERROR")
+
+APPSOCKET_OPTIONS = o.Schema(
+    o.Option("name", str, doc="the trigger's name"),
+    o.Option("type", str, doc="trigger type"),
+    o.Option("listen", str, check=o.udp_endpoint, doc="udp:PORT[:interface=ADDR] (9101 by convention)"),
+    o.Option("printer", str, doc="the printer trigger whose status is reported"),
+    o.Option("description", str, "", doc="free text"),
+    o.Option("rate_limit", (int, float), 5.0, o.positive, doc="replies per second per source address"),
+    o.Option("rate_limit_total", (int, float), 100.0, o.positive, doc="replies per second in all"),
+)
+
+
+def _line(value: Any) -> str:
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+def format_status(printer: Any) -> bytes:
+    """The status datagram for a live printer trigger."""
+    s = printer.state
+    job = s.current_job
+    fields = {
+        "STATE": s.state,
+        "PRINTER": printer.name,
+        "JOB": job.job_id if job is not None else "",
+        "JOB_NAME": job.variables.get("pjl_job_name", "") if job is not None else "",
+        "CLIENT": printer.active.label if printer.active is not None else "",
+        "QUEUED": len(printer.waiting),
+        "JOBS_OK": s.jobs_ok,
+        "JOBS_FAILED": s.jobs_failed,
+        "LAST_ERROR": s.last_error,
+    }
+    return "".join(f"{k}={_line(fields[k])}\n" for k in STATUS_KEYS).encode("utf-8", "replace")
+
+
+def parse_status(data: bytes) -> dict[str, str]:
+    """A status datagram back into a dict (for clients and tests)."""
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, eq, value = line.partition("=")
+        if eq:
+            out[key] = value
+    return out
+
+
+class TokenBuckets:
+    """At most C{rate} events per second per key (burst C{rate}), and C{total} in all."""
+
+    def __init__(self, rate: float, total: float, clock=time.monotonic, max_keys: int = 4096) -> None:
+        self.rate = rate
+        self.total = total
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[Any, tuple[float, float]] = {}
+        self._all = (total, clock())
+
+    @staticmethod
+    def _take(bucket: tuple[float, float], rate: float, now: float) -> tuple[bool, tuple[float, float]]:
+        tokens, then = bucket
+        tokens = min(rate, tokens + (now - then) * rate)
+        if tokens >= 1.0:
+            return True, (tokens - 1.0, now)
+        return False, (tokens, now)
+
+    def allow(self, key: Any) -> bool:
+        now = self.clock()
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            # Forget sources whose bucket has refilled: they are owed nothing.
+            full = now - 1.0
+            self._buckets = {k: v for k, v in self._buckets.items() if v[1] > full}
+            if len(self._buckets) >= self.max_keys:
+                return False
+        ok_all, all_next = self._take(self._all, self.total, now)
+        if not ok_all:
+            self._all = all_next
+            return False
+        ok, nxt = self._take(self._buckets.get(key, (self.rate, now)), self.rate, now)
+        self._buckets[key] = nxt
+        if ok:
+            self._all = all_next
+        return ok
+
+
+class StatusProtocol(DatagramProtocol):
+    noisy = False
+
+    def __init__(self, trigger: "AppSocketStatusTrigger") -> None:
+        self.trigger = trigger
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        t = self.trigger
+        t.counters.bytes_in += len(data)
+        if data.strip(b"\r\n"):
+            t.ignored += 1
+            return
+        if not t.limiter.allow(addr[0]):
+            t.counters.connections_refused += 1
+            return
+        reply = t.status_datagram()
+        t.counters.jobs_received += 1
+        t.counters.bytes_out += len(reply)
+        self.transport.write(reply, addr)
+
+
+@provider(ITriggerType)
+@implementer(ITrigger)
+class AppSocketStatusTrigger(Service):
+    """Answers UDP status queries for one printer trigger."""
+
+    type_name = "appsocket-status"
+    options = APPSOCKET_OPTIONS
+
+    def __init__(self, options: dict[str, Any], context: Any) -> None:
+        self.name = options["name"]
+        self.opts = options
+        self.context = context
+        self.reactor = context.reactor
+        self.listen = options["listen"]
+        self.udp_port, self.interface = options["listen"]
+        self.printer_name = options["printer"]
+        self.counters = TriggerCounters()
+        self.limiter = TokenBuckets(options["rate_limit"], options["rate_limit_total"])
+        self.ignored = 0
+        self.port: Any = None
+        self.paused = False
+        self.printer: Any = None
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], context: Any) -> "AppSocketStatusTrigger":
+        target = context.trigger_options.get(options["printer"])
+        if target is None:
+            raise ConfigIssue(f"names trigger {options['printer']!r}, which is not defined", "printer")
+        if target.get("type") != "printer":
+            raise ConfigIssue(
+                f"names trigger {options['printer']!r} of type {target.get('type')!r}; "
+                "it must name a trigger of type \"printer\"", "printer")
+        return cls(options, context)
+
+    def status_datagram(self) -> bytes:
+        return format_status(self.printer)
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+    def _listen(self) -> None:
+        self.port = self.reactor.listenUDP(self.udp_port, StatusProtocol(self), interface=self.interface)
+        log.info("trigger {trigger} (appsocket-status) for printer {printer} on udp {addr}:{port}",
+                 trigger=self.name, printer=self.printer_name, addr=self.interface,
+                 port=self.port.getHost().port)
+
+    def startService(self) -> None:
+        service = self.context.components.get("service")
+        triggers = getattr(service, "triggers", {})
+        self.printer = triggers.get(self.printer_name)
+        if self.printer is None:
+            raise RuntimeError(f"appsocket-status {self.name}: printer {self.printer_name!r} is not running")
+        super().startService()
+        if not self.paused:
+            self._listen()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self._close()
+
+    def _close(self) -> Deferred:
+        if self.port is None:
+            return succeed(None)
+        port, self.port = self.port, None
+        return port.stopListening() or succeed(None)
+
+    def pause(self) -> Deferred:
+        """Stop answering: the UDP port closes."""
+        self.paused = True
+        return self._close()
+
+    def resume(self) -> Deferred:
+        self.paused = False
+        if self.running and self.port is None:
+            self._listen()
+        return succeed(None)
+
+    def address(self) -> str:
+        if self.port is None:
+            return ""
+        host = self.port.getHost()
+        return f"{host.host}:{host.port}"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "listen": f"udp:{self.udp_port}:interface={self.interface}",
+            "address": self.address(),
+            "listening": self.listening,
+            "paused": self.paused,
+            "printer": self.printer_name,
+            "ignored": self.ignored,
+            "counters": self.counters.as_dict(),
+        }

@@ -1,0 +1,239 @@
+"""
+The printer's framer: splits an AppSocket stream into jobs at its
+end-of-job markers, and picks out the status queries it carries.
+
+Like the framers in L{rawsvc.triggers.framing} it does no I/O: C{feed}
+returns C{(DATA, bytes)} and C{(END, JobInfo)} events, and each query it
+meets (a C{@PJL} command or the Zebra C{~HS}) goes to C{on_command} as it
+is met, so the answer leaves before later data is processed.
+
+Two modes, as on an HP printer:
+
+- B{PJL mode} at the start of the connection, after a UEL and after a
+  Ctrl-D: lines starting with C{@PJL} are commands.  Queries (C{INFO},
+  C{ECHO}, C{USTATUS}, C{USTATUSOFF}, C{INQUIRE}) are answered and left out
+  of the payload; other commands (C{JOB}, C{EOJ}, C{SET}, C{ENTER}) stay in
+  it.  Any other byte switches to language mode.
+- B{language mode}: print data.  Only the UEL, Ctrl-D (when enabled) and
+  C{~HS} (when enabled) are looked for, with C{bytes.find}.
+
+A job ends at a Ctrl-D, or at a UEL once every C{@PJL JOB} has had its
+C{@PJL EOJ}, but only when the job holds print data: a job made of PJL
+commands, UELs and white space alone is not a job (status monitors send
+those).  The marker stays in the payload, so a forwarded job is the bytes
+the client sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import attrs
+
+from rawsvc.triggers.framing import DATA, END, Event
+from rawsvc.triggers.pjl import CTRL_D, HOST_STATUS, PJL_PREFIX, UEL, PjlCommand, parse_line
+
+_WS = re.compile(rb"[ \t\r\n\f]*")
+_NON_WS = re.compile(rb"[^ \t\r\n\f]")
+
+#: A C{@PJL} line longer than this without a line feed is taken as data.
+MAX_PJL_LINE = 4096
+
+
+@attrs.define
+class JobInfo:
+    """What the framer learnt about one job."""
+
+    content: bool = False  # holds print data (not only PJL, UELs, white space)
+    pjl_job_name: str = ""
+    pjl_language: str = ""
+    ended_by: str = ""  # ctrl-d | uel | half-close | close
+
+
+class PrinterFramer:
+    """
+    Frames one printer connection.  C{on_command} receives every C{@PJL}
+    command met in PJL mode (a L{PjlCommand}) and C{PjlCommand("~HS")} for
+    each Zebra host-status query.
+    """
+
+    def __init__(
+        self,
+        on_command: Callable[[PjlCommand], None],
+        ctrl_d: bool = True,
+        uel: bool = True,
+        zpl: bool = True,
+        after_eoj: str = "next",
+    ) -> None:
+        self.on_command = on_command
+        self.ctrl_d = ctrl_d
+        self.uel = uel
+        self.zpl = zpl
+        self.after_eoj = after_eoj
+        self.current = JobInfo()
+        self.pjl_mode = True
+        self.ignoring = False  # after_eoj = "ignore" and a job has ended
+        self.depth = 0  # @PJL JOB minus @PJL EOJ
+        self._held = b""
+        self._events: list[Event] = []
+        self._markers = [UEL] + ([CTRL_D] if ctrl_d else []) + ([HOST_STATUS] if zpl else [])
+
+    # Events -----------------------------------------------------------------
+
+    def _data(self, chunk: bytes, content: bool) -> None:
+        if not chunk or self.ignoring:
+            return
+        if content and not self.current.content and _NON_WS.search(chunk):
+            self.current.content = True
+        self._events.append((DATA, chunk))
+
+    def _end(self, how: str) -> None:
+        if self.ignoring:
+            return
+        info, self.current = self.current, JobInfo()
+        info.ended_by = how
+        self.depth = 0
+        self._events.append((END, info))  # type: ignore[arg-type]
+        if self.after_eoj == "ignore":
+            self.ignoring = True
+
+    # Feeding ----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Event]:
+        buf = self._held + data if self._held else data
+        self._held = b""
+        self._events = []
+        found: dict[bytes, int] = {}  # marker -> next index in buf (-1: none left)
+        pos, n = 0, len(buf)
+        while pos < n:
+            if self.pjl_mode:
+                pos = self._pjl_step(buf, pos)
+            else:
+                pos = self._language_step(buf, pos, found)
+            if pos < 0:  # bytes held back for the next chunk
+                break
+        events, self._events = self._events, []
+        return events
+
+    def _hold(self, buf: bytes, pos: int) -> int:
+        self._held = buf[pos:]
+        return -1
+
+    def _pjl_step(self, buf: bytes, pos: int) -> int:
+        n = len(buf)
+        j = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+        if j == n:
+            self._data(buf[pos:j], content=False)
+            return n
+        if buf.startswith(UEL, j):
+            self._data(buf[pos : j + len(UEL)], content=False)
+            self._after_uel()
+            return j + len(UEL)
+        if buf[j : j + 4].upper() == PJL_PREFIX:
+            e = buf.find(b"\n", j)
+            if e < 0:
+                if n - j <= MAX_PJL_LINE:
+                    return self._hold(buf, pos)
+                self.pjl_mode = False
+                return pos
+            cmd = parse_line(buf[j : e + 1])
+            if cmd is None:  # "@PJLX...": data
+                self.pjl_mode = False
+                return pos
+            self._data(buf[pos:j], content=False)
+            if not cmd.is_query:
+                self._data(buf[j : e + 1], content=False)
+            self._command(cmd)
+            return e + 1
+        if self.zpl and buf.startswith(HOST_STATUS, j):
+            self._data(buf[pos:j], content=False)
+            self.on_command(PjlCommand("~HS"))
+            return j + len(HOST_STATUS)
+        rest = buf[j:]
+        if len(rest) < len(UEL) and (
+            UEL.startswith(rest)
+            or PJL_PREFIX.startswith(rest[:4].upper())
+            or (self.zpl and HOST_STATUS.startswith(rest))
+        ):
+            return self._hold(buf, pos)
+        self._data(buf[pos:j], content=False)
+        self.pjl_mode = False
+        return j
+
+    def _command(self, cmd: PjlCommand) -> None:
+        if cmd.command == "JOB":
+            self.depth += 1
+            if "NAME" in cmd.params and not self.current.pjl_job_name:
+                self.current.pjl_job_name = cmd.params["NAME"]
+        elif cmd.command == "EOJ":
+            self.depth -= 1
+        elif cmd.command == "ENTER" and "LANGUAGE" in cmd.params:
+            self.current.pjl_language = cmd.params["LANGUAGE"].upper()
+            self.pjl_mode = False
+        self.on_command(cmd)
+
+    def _after_uel(self) -> None:
+        self.pjl_mode = True
+        if self.uel and self.current.content and self.depth <= 0:
+            self._end("uel")
+
+    def _language_step(self, buf: bytes, pos: int, found: dict[bytes, int]) -> int:
+        first, marker = -1, b""
+        for m in self._markers:
+            i = found.get(m)
+            if i is None or (0 <= i < pos):
+                i = found[m] = buf.find(m, pos)
+            if i >= 0 and (first < 0 or i < first):
+                first, marker = i, m
+        if first < 0:
+            hold = self._partial_marker(buf, pos)
+            self._data(buf[pos : len(buf) - hold], content=True)
+            if hold:
+                self._held = buf[len(buf) - hold :]
+                return -1
+            return len(buf)
+        self._data(buf[pos:first], content=True)
+        end = first + len(marker)
+        if marker == UEL:
+            self._data(UEL, content=False)
+            self._after_uel()
+        elif marker == CTRL_D:
+            self._data(CTRL_D, content=False)
+            self.pjl_mode = True
+            if self.current.content:
+                self._end("ctrl-d")
+        else:
+            self.on_command(PjlCommand("~HS"))
+        return end
+
+    def _partial_marker(self, buf: bytes, pos: int) -> int:
+        """Length of the longest tail of C{buf[pos:]} that could begin a marker."""
+        longest = 0
+        for m in self._markers:
+            for k in range(min(len(m) - 1, len(buf) - pos), longest, -1):
+                if buf.endswith(m[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def pending(self) -> bytes:
+        """
+        The bytes held back at the end of input.  A last C{@PJL} query
+        without its line feed is still answered (C{printf '@PJL INFO
+        STATUS' | nc -N} works).
+        """
+        tail, self._held = self._held, b""
+        if not tail:
+            return b""
+        if self.pjl_mode:
+            j = _WS.match(tail).end()  # type: ignore[union-attr]
+            cmd = parse_line(tail[j:]) if tail[j : j + 4].upper() == PJL_PREFIX else None
+            if cmd is not None:
+                self._command(cmd)
+                return b"" if cmd.is_query else tail
+        if self.ignoring:
+            return b""
+        if _NON_WS.search(tail) and not UEL.startswith(tail.strip()):
+            self.current.content = True
+        return tail
