@@ -266,10 +266,9 @@ class SpoolSink(Dispatcher):
 
     def resume_unfinished(self, stored_jobs: list[StoredJob]) -> None:
         """Start the unfinished jobs, in their original order."""
-        if stored_jobs:
-            log.info("spool: resuming {n} unfinished job(s)", n=len(stored_jobs))
-        for stored in stored_jobs:
-            self._resume(stored)
+        resumed = sum(self._resume(stored) is not None for stored in stored_jobs)
+        if resumed:
+            log.info("spool: resumed {n} unfinished job(s)", n=resumed)
         self.ready = True
         held, self._held = self._held, {}
         for d in held.values():

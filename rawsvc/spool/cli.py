@@ -1,0 +1,219 @@
+"""
+C{rawsvc jobs}, C{rawsvc job ID}, C{rawsvc retry ID}, C{rawsvc cancel ID}:
+the spool from the command line, safe while the service runs.
+
+Listing reads the database through a read-only connection (WAL: readers
+never block the service, nor it them).  C{retry} and C{cancel} do not touch
+a job themselves: they add a row to the C{requests} table, which the
+running service reads every second (and at its next start when it is not
+running), applies, and answers; the command waits C{--wait} seconds for the
+answer and prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+import tomllib
+from typing import Any
+
+from rawsvc.spool.store import COLUMNS, SCHEMA, connect, db_path
+
+DEFAULT_CONFIG = "etc/rawsvc.toml"
+DEFAULT_STATE_DIR = "var/rawsvc"
+
+
+def register(sub) -> None:
+    def common(p) -> None:
+        p.add_argument("--state-dir", metavar="DIR", help="the service's state directory (default: from --config)")
+        p.add_argument("-c", "--config", metavar="FILE", default=None,
+                       help=f"read [service] state_dir from this config (default {DEFAULT_CONFIG} if present, "
+                            f"else {DEFAULT_STATE_DIR})")
+
+    p = sub.add_parser("jobs", help="list the jobs in the spool, newest first")
+    common(p)
+    p.add_argument("--state", help="only jobs in this state (queued, running, done, failed, cancelled)")
+    p.add_argument("--trigger", help="only jobs from this trigger")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", help="show one job of the spool")
+    common(p)
+    p.add_argument("job_id", metavar="ID", help="a job id (or a unique prefix)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--payload", action="store_true", help="write the job's payload to stdout, nothing else")
+    p.set_defaults(func=cmd_job)
+
+    for name, what in (("retry", "run a failed, cancelled or done job again"),
+                       ("cancel", "cancel a queued or running job")):
+        p = sub.add_parser(name, help=what)
+        common(p)
+        p.add_argument("job_id", metavar="ID", help="a job id (or a unique prefix)")
+        p.add_argument("--wait", type=float, default=5.0, metavar="S",
+                       help="seconds to wait for the running service to answer (default 5)")
+        p.set_defaults(func=cmd_request, action=name)
+
+
+class CliError(Exception):
+    pass
+
+
+def state_dir_of(args) -> str:
+    if args.state_dir:
+        return args.state_dir
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return DEFAULT_STATE_DIR
+    try:
+        with open(path, "rb") as f:
+            service = tomllib.load(f).get("service", {})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise CliError(f"{path}: cannot read the config: {e}") from None
+    return service.get("state_dir", DEFAULT_STATE_DIR) if isinstance(service, dict) else DEFAULT_STATE_DIR
+
+
+def _open(args, readonly: bool = True) -> sqlite3.Connection:
+    path = db_path(state_dir_of(args))
+    if not os.path.exists(path):
+        raise CliError(f"no spool at {path} (has the service run with [service] spool = true?)")
+    try:
+        conn = connect(path, readonly=readonly)
+        if not readonly:
+            conn.executescript(SCHEMA)  # an older spool: add what is missing
+        return conn
+    except sqlite3.Error as e:
+        raise CliError(f"{path}: {e}") from None
+
+
+def _find(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+    rows = conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY seq LIMIT 2",
+        (job_id, job_id + "\U0010ffff"),
+    ).fetchall()
+    exact = [r for r in rows if r["job_id"] == job_id]
+    if exact:
+        return exact[0]
+    if not rows:
+        raise CliError(f"no job {job_id} in the spool")
+    if len(rows) > 1:
+        raise CliError(f"{job_id!r} matches more than one job; give more of the id")
+    return rows[0]
+
+
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    d = {k: row[k] for k in row.keys()}
+    d["variables"] = json.loads(d.get("variables") or "{}")
+    return d
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _run(func, args) -> int:
+    try:
+        return func(args)
+    except CliError as e:
+        print(f"rawsvc {args.command}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_jobs(args) -> int:
+    return _run(_jobs, args)
+
+
+def _jobs(args) -> int:
+    conn = _open(args)
+    where, params = [], []
+    if args.state:
+        where.append("state = ?")
+        params.append(args.state)
+    if args.trigger:
+        where.append("trigger = ?")
+        params.append(args.trigger)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC"
+    if args.limit > 0:
+        sql += f" LIMIT {int(args.limit)}"
+    rows = conn.execute(sql, params).fetchall()
+    out = sys.stdout
+    if args.json:
+        for row in rows:
+            out.write(json.dumps(_record(row)) + "\n")
+        return 0
+    out.write(f"{'JOB ID':24} {'STATE':9} {'TRIGGER':12} {'FLOW':12} {'ACT':>3} {'TRY':>3} "
+              f"{'SIZE':>9} {'RECEIVED':19}  ERROR\n")
+    for r in rows:
+        out.write(
+            f"{r['job_id']:24} {r['state']:9} {r['trigger'][:12]:12} {r['flow'][:12]:12} {r['action_index']:>3} "
+            f"{r['attempt']:>3} {r['size']:>9} {_when(r['received_at']):19}  {r['last_error'] or ''}\n"
+        )
+    return 0
+
+
+def cmd_job(args) -> int:
+    return _run(_job, args)
+
+
+def _job(args) -> int:
+    conn = _open(args)
+    row = _find(conn, args.job_id)
+    if args.payload:
+        if row["payload_path"]:
+            with open(row["payload_path"], "rb") as f:
+                while chunk := f.read(1 << 16):
+                    sys.stdout.buffer.write(chunk)
+        else:
+            blob = conn.execute("SELECT payload FROM jobs WHERE seq = ?", (row["seq"],)).fetchone()[0]
+            sys.stdout.buffer.write(blob or b"")
+        sys.stdout.buffer.flush()
+        return 0
+    record = _record(row)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    variables = record.pop("variables")
+    for key in COLUMNS:
+        if key == "variables":
+            continue
+        value = record.get(key)
+        if key.endswith("_at"):
+            value = f"{_when(value)}" + (f" ({value:.3f})" if value else "")
+        print(f"{key:16} {value if value is not None else '-'}")
+    print("variables:")
+    for name, value in sorted(variables.items()):
+        print(f"  {name} = {value!r}")
+    return 0
+
+
+def cmd_request(args) -> int:
+    return _run(_request, args)
+
+
+def _request(args) -> int:
+    conn = _open(args, readonly=False)
+    job_id = _find(conn, args.job_id)["job_id"]
+    cur = conn.execute(
+        "INSERT INTO requests (job_id, action, requested_at) VALUES (?, ?, ?)", (job_id, args.action, time.time())
+    )
+    request_id = cur.lastrowid
+    deadline = time.monotonic() + max(args.wait, 0)
+    while True:
+        row = conn.execute("SELECT done_at, ok, result FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row["done_at"] is not None:
+            print(row["result"], file=sys.stdout if row["ok"] else sys.stderr)
+            return 0 if row["ok"] else 1
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    print(f"{args.action} {job_id}: requested (#{request_id}); no answer from the service within {args.wait:g} s: "
+          "it applies the request within a second while it runs, else at its next start")
+    return 0
