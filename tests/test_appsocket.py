@@ -1,0 +1,182 @@
+"""Trigger appsocket-status: the UDP status port reports the printer's state of the moment."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from zope.interface.verify import verifyObject
+
+from conftest import require_tool
+from printer_support import (
+    FAIL_FLOW,
+    GateAction,
+    archive_flow,
+    printer,
+    status_trigger,
+    udp_port,
+    udp_query,
+    wait_for,
+)
+from rawsvc.config import loads
+from rawsvc.context import BuildContext
+from rawsvc.errors import ConfigError
+from rawsvc.interfaces import ITrigger
+from rawsvc.triggers.appsocket import STATUS_KEYS, TokenBuckets, parse_status
+from support import port_of, recv_all, start_service, stop_service
+
+
+@pytest.fixture
+def make(tmp_path):
+    started = []
+
+    def make(toml: str):
+        svc = start_service(tmp_path, toml)
+        started.append(svc)
+        return svc
+
+    yield make
+    GateAction.open_all()
+    for svc in started:
+        stop_service(svc)
+
+
+def query(svc, payload=b""):
+    return deferToThread(udp_query, udp_port(svc), payload)
+
+
+def state_of(svc):
+    return query(svc).addCallback(lambda data: parse_status(data)["STATE"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_idle_printer_answers_with_every_key_in_order(make, tmp_path):
+    svc = make(printer() + status_trigger() + archive_flow(tmp_path / "jobs"))
+    data = yield query(svc)
+    lines = data.decode().splitlines()
+    assert [line.split("=", 1)[0] for line in lines] == list(STATUS_KEYS)
+    assert lines[0] == "STATE=idle" and "PRINTER=p" in lines and data.endswith(b"\n")
+    assert verifyObject(ITrigger, svc.triggers["p-status"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_crlf_query_is_answered_and_anything_else_ignored(make, tmp_path):
+    svc = make(printer() + status_trigger() + archive_flow(tmp_path / "jobs"))
+    assert (yield query(svc, b"\r\n")).startswith(b"STATE=idle\n")
+    assert (yield deferToThread(udp_query, udp_port(svc), b"status?", 0.3)) is None
+    assert svc.triggers["p-status"].ignored == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_socat_query_reports_the_state(make, tmp_path):
+    socat = require_tool("socat")
+    svc = make(printer() + status_trigger() + archive_flow(tmp_path / "jobs"))
+    result = yield deferToThread(
+        subprocess.run, [socat, "-t", "0.5", "-", f"UDP:127.0.0.1:{udp_port(svc)}"],
+        input=b"\n", capture_output=True, timeout=10,
+    )
+    assert result.stdout.startswith(b"STATE=idle\nPRINTER=p\n")
+
+
+@pytest_twisted.inlineCallbacks
+def test_state_follows_the_job_receiving_processing_idle(make, tmp_path):
+    svc = make(printer() + status_trigger() + archive_flow(tmp_path / "jobs", gate=True))
+    port = port_of(svc, "p")
+    client = yield deferToThread(socket.create_connection, ("127.0.0.1", port), 5)
+    try:
+        yield deferToThread(client.sendall, b'@PJL JOB NAME="lbl"\r\n@PJL ENTER LANGUAGE=ZPL\r\n^XA')
+        yield wait_for(lambda: svc.triggers["p"].state.state == "receiving")
+        status = parse_status((yield query(svc)))
+        assert status["STATE"] == "receiving" and status["CLIENT"].startswith("127.0.0.1:")
+        yield deferToThread(client.shutdown, socket.SHUT_WR)
+        yield wait_for(lambda: GateAction.gates)
+        status = parse_status((yield query(svc)))
+        assert status["STATE"] == "processing" and status["JOB"] and status["JOB_NAME"] == "lbl"
+        GateAction.open_all()
+        assert (yield deferToThread(recv_all, client)) == b""
+    finally:
+        client.close()
+    yield wait_for(lambda: svc.triggers["p"].state.state == "idle")
+    status = parse_status((yield query(svc)))
+    assert status["STATE"] == "idle" and status["JOBS_OK"] == "1" and status["JOB"] == ""
+
+
+@pytest_twisted.inlineCallbacks
+def test_paused_printer_reports_paused(make, tmp_path):
+    svc = make(printer() + status_trigger() + archive_flow(tmp_path / "jobs"))
+    yield svc.triggers["p"].pause()
+    assert (yield state_of(svc)) == "paused"
+    yield svc.triggers["p"].resume()
+    assert (yield state_of(svc)) == "idle"
+
+
+@pytest_twisted.inlineCallbacks
+def test_failed_flow_reports_error_and_last_error(make, tmp_path):
+    svc = make(printer(flow="fail") + status_trigger() + FAIL_FLOW)
+    port = port_of(svc, "p")
+
+    def send():
+        s = socket.create_connection(("127.0.0.1", port), 5)
+        s.sendall(b"not a match")
+        s.shutdown(socket.SHUT_WR)
+        recv_all(s)
+        s.close()
+
+    yield deferToThread(send)
+    yield wait_for(lambda: svc.triggers["p"].state.state == "error")
+    status = parse_status((yield query(svc)))
+    assert status["STATE"] == "error" and status["JOBS_FAILED"] == "1" and status["LAST_ERROR"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_replies_are_rate_limited_per_source(make, tmp_path):
+    svc = make(printer() + status_trigger(rate_limit=2) + archive_flow(tmp_path / "jobs"))
+
+    def burst():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.3)
+            for _ in range(10):
+                s.sendto(b"", ("127.0.0.1", udp_port(svc)))
+            got = 0
+            try:
+                while True:
+                    s.recv(4096)
+                    got += 1
+            except socket.timeout:
+                return got
+
+    assert (yield deferToThread(burst)) == 2
+
+
+def test_token_buckets_refill_over_time():
+    now = [0.0]
+    buckets = TokenBuckets(rate=2, total=3, clock=lambda: now[0])
+    assert [buckets.allow("a") for _ in range(3)] == [True, True, False]
+    assert buckets.allow("b") is True and buckets.allow("c") is False  # total of 3 spent
+    now[0] = 1.0
+    assert buckets.allow("a") and buckets.allow("c")
+
+
+@pytest.mark.parametrize("target,message", [
+    ("nope", "names trigger 'nope', which is not defined"),
+    ("t", "it must name a trigger of type \"printer\""),
+])
+def test_printer_key_must_name_a_printer_trigger(target, message, tmp_path):
+    toml = (
+        '[[trigger]]\nname = "t"\ntype = "tcp"\nlisten = "tcp:0:interface=127.0.0.1"\nflow = "f"\n'
+        + status_trigger(printer_name=target)
+        + '[[flow]]\nname = "f"\nactions = [ { type = "log", message = "x" } ]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        loads(toml, "x.toml", BuildContext(state_dir=str(tmp_path)))
+    assert any("key 'printer'" in line and message in line for line in e.value.errors)
+
+
+def test_listen_must_be_a_udp_endpoint(tmp_path):
+    toml = printer() + status_trigger(listen="tcp:9101") + archive_flow(tmp_path / "j")
+    with pytest.raises(ConfigError) as e:
+        loads(toml, "x.toml", BuildContext(state_dir=str(tmp_path)))
+    assert any("key 'listen'" in line and "UDP" in line for line in e.value.errors)
