@@ -345,6 +345,13 @@ def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettin
             "while reading the back-channel",
             **common,
         )
+    if r.ending is Ending.STALLED:
+        return DeliveryResult(
+            "send_timeout", key,
+            message=f"send timeout: {key} took no data for {settings.send_timeout:g} s "
+            f"(printer stopped reading) after {r.written} of {total} bytes were written",
+            **common,
+        )
     if r.ending is Ending.SOURCE_ERROR:
         return DeliveryResult("source_error", key, message=f"sending to {key}: {r.error}", **common)
     return DeliveryResult(

@@ -10,6 +10,11 @@ L{SendProtocol} does the I/O of one attempt: it writes the job (small jobs
 in one write, spilled jobs streamed from their file with L{FileSender}),
 calls C{loseWriteConnection()}, keeps everything the printer says at any
 time, and fires C{finished} with an L{AttemptResult} saying how it ended.
+
+A printer that stops taking bytes (its window stays shut: jammed, offline,
+or a peer that never reads) is given C{send_timeout} seconds of no progress
+and then the attempt is aborted (L{Ending.STALLED}); without that, a job
+streamed from its file would wait for ever and hold its destination's queue.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class SendSettings:
     retries: int = 3
     retry_delay: float = 1.0
     max_retry_delay: float = 30.0
+    #: Seconds without any buffered byte reaching the kernel before the attempt is aborted (0: never).
+    send_timeout: float = 300.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number C{attempt} (1-based)."""
@@ -106,6 +113,7 @@ class Ending(enum.Enum):
     RESET = "reset"  # the connection broke before every byte was written
     RESET_DRAINING = "reset_draining"  # it broke after every byte was written
     SOURCE_ERROR = "source_error"  # the job's file could not be read
+    STALLED = "stalled"  # the printer took no byte for send_timeout seconds
 
 
 @attrs.frozen
@@ -154,11 +162,16 @@ class SendProtocol(Protocol):
         self._timer: Any = None
         self._abort_timer: Any = None
         self._lost = False
+        self._stall_timer: Any = None
+        self._progress = 0
+        self._stalled = False
 
     # I/O ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.machine.to(State.SENDING)
+        if self.settings.send_timeout > 0:
+            self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
         if isinstance(self.source, bytes):
             self._handed = len(self.source)
             self.transport.write(self.source)
@@ -229,6 +242,28 @@ class SendProtocol(Protocol):
         self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self.transport.abortConnection)
         self.transport.loseConnection()
 
+    def _check_progress(self) -> None:
+        """
+        Every C{send_timeout} seconds: when bytes wait in our buffer and none
+        of them reached the kernel since the last look, the printer has
+        stopped reading; give up on this attempt.
+        """
+        self._stall_timer = None
+        if self._lost:
+            return
+        unsent = _unsent(self.transport)
+        flushed = self._handed - unsent
+        if unsent > 0 and flushed <= self._progress:
+            self._stalled = True
+            log.warn(
+                "printer took no data for {seconds} s after {written} bytes; aborting",
+                seconds=self.settings.send_timeout, written=flushed,
+            )
+            self.transport.abortConnection()
+            return
+        self._progress = flushed
+        self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
+
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -245,6 +280,9 @@ class SendProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._lost = True
         self._cancel_timer()
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         self._close_file()
@@ -254,7 +292,10 @@ class SendProtocol(Protocol):
         error = self._error
         if ending in (Ending.DELAY, Ending.SENT, Ending.EOF, Ending.EOF_TIMEOUT) and not clean and written < self._handed:
             ending = None  # the close did not flush: the printer reset meanwhile
-        if ending is None:
+        if self._stalled and written < self._handed:
+            ending = Ending.STALLED
+            error = f"the printer took no data for {self.settings.send_timeout:g} s (send_timeout)"
+        elif ending is None:
             error = _reason_text(reason)
             if self._written_all and written >= self._handed:
                 ending = Ending.RESET_DRAINING
