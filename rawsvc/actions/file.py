@@ -54,11 +54,32 @@ def safe_path(folder: str, name: str) -> str:
     return target
 
 
+def _makedirs_private(path: str) -> None:
+    """
+    C{os.makedirs} with mode 0700 for every folder it creates: since Python
+    3.7 its C{mode} applies to the last folder only, and the ones above it
+    get the umask's default (usually 0755).
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def _write_atomically(folder: str, name: str, source, mode: int, overwrite: bool) -> tuple[str, int]:
     path = safe_path(folder, name)  # before creating anything
-    os.makedirs(folder, mode=0o700, exist_ok=True)
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        _makedirs_private(folder)
+        _makedirs_private(directory)
+    except OSError as e:
+        raise ActionError(f"cannot write {name!r} in {folder}: cannot create its folder: {e.strerror or e}") from None
     if not overwrite and os.path.exists(path):
         raise ActionError(f"file {name!r} already exists in {folder}")
     fd, tmp = tempfile.mkstemp(prefix=".part-", dir=directory)
