@@ -88,11 +88,23 @@ static char *g_payload;
 static size_t g_len;
 static int g_line;
 
+static unsigned g_next_src;
+
 static int start_job(struct conn *c) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Spread source addresses over 127.0.0.2-127.0.0.201: tens of thousands
+     * of short connections a second would otherwise run one 4-tuple space
+     * (28k ephemeral ports) into TIME_WAIT and stall on connect. */
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    src.sin_addr.s_addr = htonl(0x7f000002u + (g_next_src++ % 200));
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+        close(fd);
+        return -1;
+    }
     c->fd = fd;
     c->got = 0;
     c->started = now();
