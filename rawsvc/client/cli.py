@@ -76,7 +76,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "send",
         help="send a file to a raw TCP/IP port (JetDirect/AppSocket) and print the reply",
-        description=__doc__.split("Exit codes::")[0].strip().split("\n\n", 1)[1],
+        description=__doc__.split("Exit codes::")[0].strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes: 0 delivered, 1 other failure, 2 bad arguments, 3 refused, "
         "4 timeout, 5 reset mid-job, 6 host not found",
     )
