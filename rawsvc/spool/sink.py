@@ -354,6 +354,12 @@ class SpoolSink(Dispatcher):
         if count:
             log.info("spool: purged {count} finished job(s), {mb:.1f} MB", count=count, mb=freed / (1 << 20))
 
+    def drain_writes(self) -> Deferred:
+        """Fires once every background write queued so far is committed."""
+        if not self._writes:
+            return succeed(None)
+        return DeferredList(list(self._writes), consumeErrors=True)
+
     def drain(self) -> Deferred:
         """
         Fires once every job in flight and every pending write is done; at
@@ -387,12 +393,15 @@ class SpoolService(Service):
         self._poll = LoopingCall(sink.poll_requests)
         self._retention = LoopingCall(sink.purge)
         self._poll.clock = self._retention.clock = sink.reactor
+        self.stop_grace = STOP_GRACE
+        self.started: Deferred | None = None
 
     def startService(self) -> None:
         super().startService()
         self.sink.stopping = self.sink.closed = False
         self.sink.store.start()
-        self.open_and_resume()
+        #: Fires once the spool is open and unfinished jobs are resumed.
+        self.started = self.open_and_resume()
         self._poll.start(POLL_INTERVAL, now=False)
         self._retention.start(RETENTION_INTERVAL, now=True)
 
@@ -425,10 +434,10 @@ class SpoolService(Service):
                 call.stop()
         waited: Deferred = Deferred()
         sink.drain().addBoth(lambda _: waited.called or waited.callback(True))
-        timeout = sink.reactor.callLater(STOP_GRACE, lambda: waited.called or waited.callback(False))
+        timeout = sink.reactor.callLater(self.stop_grace, lambda: waited.called or waited.callback(False))
         if not (yield waited):
             log.warn("spool: {n} job(s) still running after {s} s; they resume at the next start",
-                     n=len(sink.running), s=STOP_GRACE)
+                     n=len(sink.running), s=self.stop_grace)
         if timeout.active():
             timeout.cancel()
         yield sink.store.stop()  # every write queued so far is committed first

@@ -276,7 +276,11 @@ class Store:
                     stopping = item[1]
                 else:
                     ops.append(item)
-            results = self._run_batch(ops)
+            try:
+                results = self._run_batch(ops)
+            except BaseException as e:  # never let the writer thread die
+                log.failure("spool writer: unexpected error")
+                results = [(op.deferred, False, _spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(_deliver, results)
         if self.conn is not None:
@@ -321,15 +325,17 @@ class Store:
         except sqlite3.Error as e:
             return [(op.deferred, False, _spool_error(e)) for op in ops]
         for op in ops:
-            conn.execute("SAVEPOINT op")
             try:
+                conn.execute("SAVEPOINT op")
                 value = op.fn(conn, *op.args)
-            except Exception as e:
-                conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+            except Exception as e:
+                if not self._rollback_to_savepoint(conn):
+                    # SQLite rolled the whole transaction back (a full disk does):
+                    # every write of the batch is lost, so every one fails.
+                    return self._fail_group(ops, _spool_error(e))
                 out.append((op.deferred, False, _spool_error(e)))
             else:
-                conn.execute("RELEASE op")
                 if isinstance(value, tuple) and len(value) == 2 and callable(value[1]):
                     value, op.undo = value
                 out.append((op.deferred, True, value))
@@ -343,15 +349,31 @@ class Store:
         except (sqlite3.Error, OSError) as e:
             error = _spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
+            return self._fail_group(ops, error)
+        return out
+
+    def _rollback_to_savepoint(self, conn: sqlite3.Connection) -> bool:
+        """Undo one write; False when the whole transaction is already gone."""
+        if not conn.in_transaction:
+            return False
+        try:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return True
+        except sqlite3.Error:
+            return False
+
+    def _fail_group(self, ops: list[_Op], error: SpoolError) -> list[tuple[Deferred, bool, Any]]:
+        assert self.conn is not None
+        if self.conn.in_transaction:
             try:
-                conn.execute("ROLLBACK")
+                self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for op in ops:
-                if op.undo is not None:
-                    op.undo()
-            return [(op.deferred, False, error) for op in ops]
-        return out
+        for op in ops:
+            if op.undo is not None:
+                op.undo()
+        return [(op.deferred, False, error) for op in ops]
 
     # Operations (writer thread) -------------------------------------------------
 
