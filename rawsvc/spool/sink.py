@@ -169,8 +169,8 @@ class SpoolSink(Dispatcher):
             if not self.ready:  # unfinished jobs from the last run go first
                 held: Deferred = Deferred()
                 self._held[job.job_id] = held
-                return held.addCallback(lambda _: self._run(job, flow_name, counters, 0))
-            return self._run(job, flow_name, counters, 0)
+                return held.addCallback(lambda _: self._run(job, flow_name, counters, 0, True))
+            return self._run(job, flow_name, counters, 0, True)
 
         def not_stored(failure: Any) -> Job:
             self._in_flight.discard(d)
@@ -190,10 +190,11 @@ class SpoolSink(Dispatcher):
         self.history.append(job)
         return job
 
-    def _run(self, job: Job, flow_name: str, counters: Any, start_at: int) -> Deferred:
+    def _run(self, job: Job, flow_name: str, counters: Any, start_at: int, fresh: bool = False) -> Deferred:
         """Run the stored job's flow from action C{start_at}; record how it ends."""
         self._start_at[job.job_id] = start_at
-        self._record(self.store.started(job.job_id, start_at))
+        if not fresh:  # a new job was stored as running, attempt 1
+            self._record(self.store.started(job.job_id, start_at))
         return Dispatcher.submit(self, job, flow_name, counters).addCallback(self._finished)
 
     def _finished(self, job: Job) -> Job:

@@ -200,7 +200,7 @@ class Store:
 
     def add(self, job: Any, flow: str, variables: dict[str, str]) -> Deferred:
         """
-        Store a new job (state C{queued}) durably.  Fires with the payload
+        Store a new job durably (state C{running}: its flow starts at once).  Fires with the payload
         file's path (or None when the payload is in the database).
         """
         payload = job.payload
@@ -324,21 +324,33 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             return [(op.deferred, False, _spool_error(e)) for op in ops]
-        for op in ops:
-            try:
-                conn.execute("SAVEPOINT op")
-                value = op.fn(conn, *op.args)
-                conn.execute("RELEASE op")
-            except Exception as e:
-                if not self._rollback_to_savepoint(conn):
-                    # SQLite rolled the whole transaction back (a full disk does):
-                    # every write of the batch is lost, so every one fails.
-                    return self._fail_group(ops, _spool_error(e))
-                out.append((op.deferred, False, _spool_error(e)))
-            else:
-                if isinstance(value, tuple) and len(value) == 2 and callable(value[1]):
-                    value, op.undo = value
-                out.append((op.deferred, True, value))
+        try:
+            # Fast path: every write at once; should one fail, start over
+            # with a savepoint per write, so that it fails alone.
+            for op in ops:
+                out.append((op.deferred, True, self._apply(conn, op)))
+        except Exception:
+            for op in ops:
+                if op.undo is not None:
+                    op.undo()
+                    op.undo = None
+            out = []
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                try:
+                    conn.execute("SAVEPOINT op")
+                    value = self._apply(conn, op)
+                    conn.execute("RELEASE op")
+                except Exception as e:
+                    if not self._rollback_to_savepoint(conn):
+                        # SQLite rolled the whole transaction back (a full disk
+                        # does): every write of the batch is lost, so all fail.
+                        return self._fail_group(ops, _spool_error(e))
+                    out.append((op.deferred, False, _spool_error(e)))
+                else:
+                    out.append((op.deferred, True, value))
         try:
             if self._dir_dirty:
                 _fsync_dir(self.files_dir)
@@ -351,6 +363,12 @@ class Store:
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
             return self._fail_group(ops, error)
         return out
+
+    def _apply(self, conn: sqlite3.Connection, op: _Op) -> Any:
+        value = op.fn(conn, *op.args)
+        if isinstance(value, tuple) and len(value) == 2 and callable(value[1]):
+            value, op.undo = value
+        return value
 
     def _rollback_to_savepoint(self, conn: sqlite3.Connection) -> bool:
         """Undo one write; False when the whole transaction is already gone."""
@@ -404,10 +422,11 @@ class Store:
             path = self._write_file(source, target)
         try:
             conn.execute(
+                # Its flow starts as soon as this commits: stored as running, attempt 1.
                 "INSERT INTO jobs (job_id, trigger, flow, state, peer_host, peer_port, encoding, size,"
-                " received_at, queued_at, updated_at, variables, payload, payload_path)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row[:9] + (row[8], json.dumps(variables), blob, path),
+                " received_at, queued_at, started_at, updated_at, attempt, variables, payload, payload_path)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                row[:9] + (row[8], row[8], json.dumps(variables), blob, path),
             )
         except Exception:
             if path is not None:
