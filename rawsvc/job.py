@@ -12,7 +12,6 @@ import itertools
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, MutableMapping
 from typing import Any, BinaryIO
 
@@ -29,7 +28,19 @@ MAX_DATA_VARIABLE = 16 << 20
 
 def new_job_id() -> str:
     """A sortable, unique job id: time in ms plus random bits."""
-    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:8]}"
+    return f"{int(time.time() * 1000):013x}-{os.urandom(4).hex()}"
+
+
+_second: list = [None, ""]
+
+
+def _utc_second(t: float) -> str:
+    """C{YYYY-MM-DDTHH:MM:SS} (UTC) of C{t}; the last second is remembered."""
+    whole = int(t // 1)  # gmtime floors
+    if _second[0] != whole:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = whole
+    return _second[1]
 
 
 class Payload:
@@ -217,10 +228,7 @@ class Job:
             "trigger": self.trigger,
             "peer_host": self.peer_host,
             "peer_port": str(self.peer_port),
-            "received_at": time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.gmtime(self.received_at)
-            )
-            + f".{int(self.received_at * 1000) % 1000:03d}Z",
+            "received_at": f"{_utc_second(self.received_at)}.{int(self.received_at * 1000) % 1000:03d}Z",
         }
         base.update(self.extra)
         self.variables = Variables(self, base)
