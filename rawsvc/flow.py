@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rawsvc.errors import ActionError
 from rawsvc.interfaces import IAction
@@ -39,23 +41,40 @@ class Flow:
     actions: Sequence[IAction]
     on_error: Sequence[IAction] = ()
 
-    @inlineCallbacks
-    def run(self, job: Job, start_at: int = 0):
+    def run(self, job: Job, start_at: int = 0) -> Deferred:
         """
         Run the actions for C{job}, from action C{start_at}.  The returned
         Deferred fires with C{job} (state C{done} or C{failed}); it never
         fails for a failing action.
+
+        Actions that return plain values run in a plain loop; from the first
+        one that returns a Deferred (or fails) the rest runs in L{_resume}.
         """
         job.state = "running"
         started = time.monotonic()
-        for index in range(start_at, len(self.actions)):
-            action = self.actions[index]
-            job.variables["action_index"] = str(index)
+        actions = self.actions
+        variables = job.variables
+        for index in range(start_at, len(actions)):
+            action = actions[index]
+            variables["action_index"] = str(index)
             try:
-                yield maybeDeferred(action.run, job)
+                result = action.run(job)
             except Exception:
-                from twisted.python.failure import Failure
+                return self._resume(job, index, action, Failure(), started)
+            if isinstance(result, (Deferred, Failure)):
+                return self._resume(job, index, action, result, started)
+        self._done(job, started)
+        job.finished_at = time.time()
+        return succeed(job)
 
+    @inlineCallbacks
+    def _resume(self, job: Job, index: int, action: IAction, pending: Any, started: float):
+        """Wait for action C{index}'s result C{pending}, then run the rest."""
+        actions = self.actions
+        while True:
+            try:
+                yield pending if isinstance(pending, Deferred) else fail(pending)
+            except Exception:
                 failure = Failure()
                 message = describe_failure(failure)
                 if not isinstance(failure.value, ActionError):
@@ -69,16 +88,24 @@ class Flow:
                     )
                 yield self._fail(job, index, action, message)
                 break
-        else:
-            job.state = "done"
-            log.info(
-                "job {job_id} done: flow {flow} in {ms:.1f} ms",
-                job_id=job.job_id,
-                flow=self.name,
-                ms=(time.monotonic() - started) * 1000,
-            )
+            index += 1
+            if index >= len(actions):
+                self._done(job, started)
+                break
+            action = actions[index]
+            job.variables["action_index"] = str(index)
+            pending = maybeDeferred(action.run, job)
         job.finished_at = time.time()
         return job
+
+    def _done(self, job: Job, started: float) -> None:
+        job.state = "done"
+        log.info(
+            "job {job_id} done: flow {flow} in {ms:.1f} ms",
+            job_id=job.job_id,
+            flow=self.name,
+            ms=(time.monotonic() - started) * 1000,
+        )
 
     @inlineCallbacks
     def _fail(self, job: Job, index: int, action: IAction, message: str):
@@ -98,8 +125,6 @@ class Flow:
             try:
                 yield maybeDeferred(handler.run, job)
             except Exception:
-                from twisted.python.failure import Failure
-
                 log.warn(
                     "on_error action ({type}) of flow {flow} failed for job {job_id}: {error}",
                     type=getattr(handler, "type_name", "?"),
