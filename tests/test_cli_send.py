@@ -173,7 +173,7 @@ def test_cli_reset_mid_job_exits_5(printer, tmp_path):
     printer.listen()
     (tmp_path / "big").write_bytes(b"z" * 800_000)
     done = yield rawsvc_send(printer.destination, str(tmp_path / "big"))
-    assert done.returncode == 5
+    assert done.returncode == 5, done.stderr
     assert b"reset mid-job" in done.stderr and b"of 800000 bytes were written" in done.stderr
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import pytest_twisted
 
+from rawsvc.client.address import Destination
 from rawsvc.config import loads
 from rawsvc.context import BuildContext
 from rawsvc.errors import ConfigError
@@ -305,7 +306,7 @@ def test_default_allows_literal_destinations_and_loopback_only(reactor, tmp_path
     flow, pool = build(reactor, tmp_path, '{ type = "send_tcp", destination = "${host}:9100" }')
     j = yield flow.run(job(host="192.0.2.7"))
     assert j.error == "destination 192.0.2.7:9100 is not in [service] allowed_destinations"
-    assert pool.allow.allows_name(__import__("rawsvc.client.address", fromlist=["x"]).Destination.parse("[::1]:9100"))
+    assert pool.allow.allows_name(Destination.parse("[::1]:9100"))
 
 
 @pytest_twisted.inlineCallbacks

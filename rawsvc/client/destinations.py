@@ -189,7 +189,7 @@ class DestinationPool(Service):
             q = self._queues[key] = _Queue(key)
         turn: Deferred[None] = Deferred()
         q.waiting.append(turn)
-        machine = DeliveryMachine()
+        machine = DeliveryMachine(lambda state: self._set_state(q, state.value))
 
         def run(_: None) -> Deferred[DeliveryResult]:
             return self._run(q, dest, source, settings, machine, job_id, total)
@@ -209,6 +209,8 @@ class DestinationPool(Service):
             q.waiting.popleft().callback(None)
 
     def _set_state(self, q: _Queue, state: str) -> None:
+        if state == State.DONE.value:
+            return  # the queue goes idle (or to its next job) in _run
         q.state = state
         q.last_change = time.time()
 
@@ -216,7 +218,6 @@ class DestinationPool(Service):
     def _run(self, q, dest, source, settings, machine, job_id, total):
         key = str(dest)
         q.job_id = job_id
-        machine._on_change = lambda s: self._set_state(q, s.value)
         attempt = 0
         result: DeliveryResult
         try:

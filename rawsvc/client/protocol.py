@@ -125,6 +125,27 @@ class AttemptResult:
     error: str = ""
 
 
+#: Seconds between looks at the kernel's send queue while draining.
+ACK_POLL = 0.02
+
+
+def _kernel_unacked(transport: Any) -> int | None:
+    """
+    Bytes in the socket's send queue that the peer has not acknowledged
+    (Linux C{SIOCOUTQ}); None where that cannot be asked.
+    """
+    try:
+        import array
+        import fcntl
+        import termios
+
+        buf = array.array("i", [0])
+        fcntl.ioctl(transport.getHandle().fileno(), termios.TIOCOUTQ, buf, True)
+        return buf[0]
+    except Exception:
+        return None
+
+
 def _unsent(transport: Any) -> int:
     """Bytes still buffered in a Twisted transport (0 when unknown)."""
     try:
@@ -165,6 +186,10 @@ class SendProtocol(Protocol):
         self._stall_timer: Any = None
         self._progress = 0
         self._stalled = False
+        #: Bytes the kernel still held unacknowledged at the last look (None: unknown).
+        self._unacked: int | None = None
+        self._acked_all = False
+        self._ack_poll: Any = None
 
     # I/O ------------------------------------------------------------------
 
@@ -215,6 +240,7 @@ class SendProtocol(Protocol):
             half_close = getattr(self.transport, "loseWriteConnection", None)
             if half_close is not None:
                 half_close()
+        self._poll_acks()
         if self._peer_eof:
             self._close(Ending.EOF)
         elif self.settings.wait_for_eof:
@@ -223,6 +249,22 @@ class SendProtocol(Protocol):
             self._timer = self.reactor.callLater(self.settings.disconnect_delay, self._close, Ending.DELAY)
         else:
             self._close(Ending.SENT)
+
+    def _poll_acks(self) -> None:
+        """
+        While draining, watch the kernel's send queue empty: once it has, every
+        byte reached the printer, and a reset after that does not lose data.
+        """
+        self._ack_poll = None
+        if self._lost:
+            return
+        self._unacked = _kernel_unacked(self.transport)
+        if self._unacked is None:
+            return
+        if self._unacked == 0 and _unsent(self.transport) == 0:
+            self._acked_all = True
+            return
+        self._ack_poll = self.reactor.callLater(ACK_POLL, self._poll_acks)
 
     def readConnectionLost(self) -> None:
         self._peer_eof = True
@@ -283,11 +325,17 @@ class SendProtocol(Protocol):
         if self._stall_timer is not None and self._stall_timer.active():
             self._stall_timer.cancel()
         self._stall_timer = None
+        if self._ack_poll is not None and self._ack_poll.active():
+            self._ack_poll.cancel()
+        self._ack_poll = None
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         self._close_file()
         written = self._handed - _unsent(self.transport)
         clean = reason.check(ConnectionDone) is not None
+        if not clean and not self._acked_all and self._unacked:
+            # Handed to the kernel is not received: count what the printer acked.
+            written -= self._unacked
         ending = self._ending
         error = self._error
         if ending in (Ending.DELAY, Ending.SENT, Ending.EOF, Ending.EOF_TIMEOUT) and not clean and written < self._handed:
@@ -297,7 +345,7 @@ class SendProtocol(Protocol):
             error = f"the printer took no data for {self.settings.send_timeout:g} s (send_timeout)"
         elif ending is None:
             error = _reason_text(reason)
-            if self._written_all and written >= self._handed:
+            if self._written_all and written >= self._handed and (self._acked_all or self._unacked is None):
                 ending = Ending.RESET_DRAINING
             else:
                 ending = Ending.RESET
