@@ -49,6 +49,7 @@ class Context:
         self.messages = args.messages
         self.relay_bytes = args.relay_mib * MiB
         self.idle = args.idle
+        self.durable_jobs = args.durable_jobs
 
 
 def load_average() -> str:
@@ -223,6 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--messages", type=int, default=1_000_000, help="stream scenario messages (default 1,000,000)")
     p.add_argument("--relay-mib", type=int, default=1024, help="relay job size in MiB (default 1024)")
     p.add_argument("--idle", type=int, default=10_000, help="idle connections (default 10,000)")
+    p.add_argument("--durable-jobs", type=int, default=20_000, help="jobs per mode in bench/spool_bench.py")
     args = p.parse_args(argv)
 
     raise_nofile()
