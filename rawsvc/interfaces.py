@@ -99,6 +99,9 @@ class IJobSink(Interface):
     def submit(job, flow_name):
         """
         Accept C{job} for C{flow_name}.  Returns a Deferred firing with the
-        finished job (its C{state} is C{"done"} or C{"failed"}); it does not
-        fail for a failing flow.
+        finished job; it does not fail for a failing flow.  The job's
+        C{state} is C{"done"} or C{"failed"} after its flow ran, or
+        C{"refused"} (with C{job.error} saying why) when the sink could not
+        take it (a durable spool that cannot store it): the flow did not run
+        and the trigger tells the sender.
         """
