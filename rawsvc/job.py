@@ -26,9 +26,16 @@ SPILL_THRESHOLD = 1 << 20
 MAX_DATA_VARIABLE = 16 << 20
 
 
+_id_sequence = itertools.count()
+
+
 def new_job_id() -> str:
-    """A sortable, unique job id: time in ms plus random bits."""
-    return f"{int(time.time() * 1000):013x}-{os.urandom(4).hex()}"
+    """
+    A unique job id that sorts in arrival order: time in ms, then a
+    per-process sequence (so jobs within one millisecond keep their order),
+    then random bits (so two processes never collide).
+    """
+    return f"{int(time.time() * 1000):013x}-{next(_id_sequence) & 0xFFFF:04x}{os.urandom(2).hex()}"
 
 
 _second: list = [None, ""]
