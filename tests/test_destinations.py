@@ -228,3 +228,35 @@ def test_stopping_the_pool_fails_waiting_jobs_and_cancels_retries(reactor):
         assert late.outcome == "stopped"
     finally:
         yield printer.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_cancelling_a_delivery_waiting_its_turn_does_not_stall_the_queue(reactor):
+    """A job cancelled in the queue gives its place up; the next job is served."""
+    from twisted.internet.defer import CancelledError
+
+    from rawsvc.client.address import Destination
+    from rawsvc.client.destinations import DestinationPool
+    from rawsvc.client.protocol import SendSettings
+    from rawsvc.testing import FakePrinter
+
+    printer = FakePrinter()
+    printer.listen()
+    pool = DestinationPool(reactor)
+    pool.startService()
+    try:
+        dest = Destination.parse(f"127.0.0.1:{printer.port}")
+        settings = SendSettings(retries=0)
+        first = pool.deliver(dest, b"one", settings, "j1")
+        second = pool.deliver(dest, b"two", settings, "j2")
+        third = pool.deliver(dest, b"three", settings, "j3")
+        second.cancel()
+        with pytest.raises(CancelledError):
+            yield second
+        results = [(yield first), (yield third)]
+        assert [r.ok for r in results] == [True, True]
+        yield printer.wait_for(2)
+        assert [j.bytes for j in printer.jobs] == [b"one", b"three"]
+    finally:
+        yield pool.stopService()
+        yield printer.stop()

@@ -187,7 +187,15 @@ class DestinationPool(Service):
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = _Queue(key)
-        turn: Deferred[None] = Deferred()
+        def leave_queue(cancelled: Deferred[None]) -> None:
+            # Cancelled while waiting its turn: give the place up, so the
+            # queue never hands its single connection to a dead job.
+            try:
+                q.waiting.remove(cancelled)
+            except ValueError:
+                pass
+
+        turn: Deferred[None] = Deferred(leave_queue)
         q.waiting.append(turn)
         machine = DeliveryMachine(lambda state: self._set_state(q, state.value))
 
@@ -204,9 +212,12 @@ class DestinationPool(Service):
         return d
 
     def _next(self, q: _Queue) -> None:
-        if not q.busy and q.waiting:
+        while not q.busy and q.waiting:
+            turn = q.waiting.popleft()
+            if turn.called:  # cancelled meanwhile
+                continue
             q.busy = True
-            q.waiting.popleft().callback(None)
+            turn.callback(None)
 
     def _set_state(self, q: _Queue, state: str) -> None:
         if state == State.DONE.value:
