@@ -42,6 +42,7 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
     o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
+    o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
 )
 
 #: Admin sections: name -> dotted path to their Schema, loaded on first use.
@@ -183,7 +184,7 @@ def _load_flows(value: Any, errors: _Errors, context: BuildContext) -> dict[str,
             errors.add(label, "must list at least one action", "actions")
         handlers = _load_actions(values.get("on_error", []), label, "on_error", errors, context)
         if isinstance(name, str) and name and name not in flows:
-            flows[name] = Flow(name, actions, handlers)
+            flows[name] = Flow(name, actions, handlers, log_jobs=bool(context.service_options.get("log_jobs")))
     return flows
 
 

@@ -40,6 +40,11 @@ class Flow:
     name: str
     actions: Sequence[IAction]
     on_error: Sequence[IAction] = ()
+    #: Log every finished job at info ([service] log_jobs); off by default
+    #: because one line per job costs more than the job itself at thousands
+    #: of jobs/s.  Job history lives in the spool, /jobs and `rawsvc jobs`;
+    #: failures are always logged at warn.
+    log_jobs: bool = False
 
     def run(self, job: Job, start_at: int = 0) -> Deferred:
         """
@@ -100,12 +105,13 @@ class Flow:
 
     def _done(self, job: Job, started: float) -> None:
         job.state = "done"
-        log.info(
-            "job {job_id} done: flow {flow} in {ms:.1f} ms",
-            job_id=job.job_id,
-            flow=self.name,
-            ms=(time.monotonic() - started) * 1000,
-        )
+        if self.log_jobs:
+            log.info(
+                "job {job_id} done: flow {flow} in {ms:.1f} ms",
+                job_id=job.job_id,
+                flow=self.name,
+                ms=(time.monotonic() - started) * 1000,
+            )
 
     @inlineCallbacks
     def _fail(self, job: Job, index: int, action: IAction, message: str):

@@ -133,6 +133,7 @@ class ListenerTrigger(Service):
         self.port: Any = None
         self.paused = False
         self.spill_threshold = context.service_options.get("spill_threshold", 1 << 20)
+        self.temp_dir = context.temp_dir
 
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "ListenerTrigger":

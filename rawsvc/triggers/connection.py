@@ -66,8 +66,12 @@ class JobConnection(Protocol):
         self.closing = False
         self.refused = False
         self._paused: set[str] = set()
-        self._idle_call: Any = None
-        self._job_call: Any = None
+        # One timer per connection serves idle_timeout and job_timeout: data
+        # only moves timestamps, and the timer re-arms itself lazily.
+        self._deadline_call: Any = None
+        self._idle_armed = False
+        self._last_active = 0.0
+        self._job_started: float | None = None
         self._frame_call: Any = None
         self.connected_at = time.time()
         self.jobs = 0
@@ -131,7 +135,7 @@ class JobConnection(Protocol):
 
     def connectionLost(self, reason: Any = ConnectionDone) -> None:
         self.closed = True
-        for name in ("_idle_call", "_job_call", "_frame_call"):
+        for name in ("_deadline_call", "_frame_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -170,7 +174,7 @@ class JobConnection(Protocol):
         if self.refused or self.input_done:
             return
         self.trigger.counters.bytes_in += len(data)
-        self._arm_idle()
+        self._last_active = self.trigger.reactor.seconds()
         data = self.inspect(data)
         for kind, chunk in self.framer.feed(data):
             if kind == DATA:
@@ -207,10 +211,11 @@ class JobConnection(Protocol):
     def _append(self, chunk: bytes) -> None:
         t = self.trigger
         if self.payload is None:
-            self.payload = Payload(spool_dir=t.context.temp_dir, threshold=t.spill_threshold)
+            self.payload = Payload(spool_dir=t.temp_dir, threshold=t.spill_threshold)
             self.job_refused = None
             if t.job_timeout:
-                self._job_call = t.reactor.callLater(t.job_timeout, self._job_too_slow)
+                self._job_started = t.reactor.seconds()
+                self._schedule_deadline()
         if self.job_refused:
             return
         if t.max_job_bytes is not None and self.payload.size + len(chunk) > t.max_job_bytes:
@@ -221,10 +226,7 @@ class JobConnection(Protocol):
 
     def _end_job(self) -> None:
         payload, self.payload = self.payload, None
-        if self._job_call is not None:
-            if self._job_call.active():
-                self._job_call.cancel()
-            self._job_call = None
+        self._job_started = None
         if payload is None:
             if not self.trigger.opts.get("skip_empty", True):
                 self.ready.append((Payload(), self.trigger.flow))
@@ -285,9 +287,7 @@ class JobConnection(Protocol):
         payload, self.payload = self.payload, None
         if payload is not None:
             payload.discard()
-        if self._job_call is not None and self._job_call.active():
-            self._job_call.cancel()
-        self._job_call = None
+        self._job_started = None
 
     # Running jobs -----------------------------------------------------------
 
@@ -363,16 +363,48 @@ class JobConnection(Protocol):
                 self.transport.resumeProducing()
 
     def _arm_idle(self) -> None:
-        timeout = self.trigger.idle_timeout
-        if not timeout or self.closed:
+        """(Re)start counting idle time from now."""
+        if not self.trigger.idle_timeout or self.closed:
             return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(timeout)
-        else:
-            self._idle_call = self.trigger.reactor.callLater(timeout, self._idle_fired)
+        self._idle_armed = True
+        self._last_active = self.trigger.reactor.seconds()
+        self._schedule_deadline()
+
+    def _disarm_idle(self) -> None:
+        """Stop counting idle time (a client held in a queue)."""
+        self._idle_armed = False
+
+    def _next_deadline(self) -> float | None:
+        t = self.trigger
+        deadlines = []
+        if self._idle_armed and t.idle_timeout:
+            deadlines.append(self._last_active + t.idle_timeout)
+        if self._job_started is not None and t.job_timeout:
+            deadlines.append(self._job_started + t.job_timeout)
+        return min(deadlines) if deadlines else None
+
+    def _schedule_deadline(self) -> None:
+        if self._deadline_call is not None or self.closed:
+            return  # the pending call re-checks and re-arms when it fires
+        deadline = self._next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self.trigger.reactor.seconds())
+            self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._deadline_call = None
+        if self.closed:
+            return
+        t = self.trigger
+        now = t.reactor.seconds()
+        if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
+            self._job_started = None
+            self._job_too_slow()
+        elif self._idle_armed and t.idle_timeout and now >= self._last_active + t.idle_timeout:
+            self._idle_fired()
+        self._schedule_deadline()
 
     def _idle_fired(self) -> None:
-        self._idle_call = None
         if self.running or self.ready:
             self._arm_idle()  # a flow is still working for this client
             return
@@ -384,7 +416,6 @@ class JobConnection(Protocol):
         self.transport.loseConnection()
 
     def _job_too_slow(self) -> None:
-        self._job_call = None
         reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
         self.trigger.counters.jobs_refused += 1
         log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)

@@ -100,9 +100,7 @@ class PrinterConnection(JobConnection):
         """Wait in the printer's queue: read nothing, no idle timer."""
         self.held = True
         self.pause_reading("queued")
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._disarm_idle()
 
     def activate(self) -> None:
         """This client now has the printer."""
