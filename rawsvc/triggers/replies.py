@@ -47,10 +47,10 @@ class ReplySlot:
         # Give the reactor one turn to hand the bytes to the kernel: a peer
         # that reset the connection shows up here rather than as a silent loss.
         d: Deferred = Deferred()
-        self._queue.reactor.callLater(0, self._confirm, d, len(data))
+        _confirmations.add(self._queue.reactor, self, d, len(data))
         return d
 
-    def _confirm(self, d: Deferred, size: int) -> None:
+    def confirm(self, d: Deferred, size: int) -> None:
         if self._queue.gone:
             d.errback(
                 ActionError(
@@ -111,3 +111,27 @@ class ReplyQueue:
     def lost(self, reason: str) -> None:
         self.gone = reason or "connection lost"
         self._slots.clear()
+
+
+class _Confirmations:
+    """
+    Replies written in one reactor turn are confirmed together in the next,
+    with one delayed call per reactor rather than one per reply.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Any, list[tuple[ReplySlot, Deferred, int]]] = {}
+
+    def add(self, reactor: Any, slot: ReplySlot, d: Deferred, size: int) -> None:
+        batch = self._pending.get(reactor)
+        if batch is None:
+            batch = self._pending[reactor] = []
+            reactor.callLater(0, self._run, reactor)
+        batch.append((slot, d, size))
+
+    def _run(self, reactor: Any) -> None:
+        for slot, d, size in self._pending.pop(reactor, ()):
+            slot.confirm(d, size)
+
+
+_confirmations = _Confirmations()
