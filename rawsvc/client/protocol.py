@@ -45,6 +45,12 @@ MAX_REPLY = 1 << 20
 CLOSE_GRACE = 10.0
 
 
+
+class _FileSender(FileSender):
+    """FileSender with 256 KiB reads: a quarter of the Python work per byte of its 16 KiB."""
+
+    CHUNK_SIZE = 1 << 18
+
 class State(enum.Enum):
     QUEUED = "queued"
     CONNECTING = "connecting"
@@ -209,7 +215,7 @@ class SendProtocol(Protocol):
             self._error = f"cannot read the job's data: {e.strerror or e}"
             self.transport.abortConnection()
             return
-        d = FileSender().beginFileTransfer(self._file, self.transport, self._count)
+        d = _FileSender().beginFileTransfer(self._file, self.transport, self._count)
         d.addCallbacks(lambda _: self._all_written(), self._stream_stopped)
 
     def _count(self, chunk: bytes) -> bytes:
