@@ -20,7 +20,7 @@ import time
 import tomllib
 from typing import Any
 
-from rawsvc.spool.store import COLUMNS, SCHEMA, connect, db_path
+from rawsvc.spool.schema import COLUMNS, connect, db_path, migrate
 
 DEFAULT_CONFIG = "etc/rawsvc.toml"
 DEFAULT_STATE_DIR = "var/rawsvc"
@@ -83,7 +83,7 @@ def _open(args, readonly: bool = True) -> sqlite3.Connection:
     try:
         conn = connect(path, readonly=readonly)
         if not readonly:
-            conn.executescript(SCHEMA)  # an older spool: add what is missing
+            migrate(conn)  # an older spool: add what is missing
         return conn
     except sqlite3.Error as e:
         raise CliError(f"{path}: {e}") from None

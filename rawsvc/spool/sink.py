@@ -16,8 +16,9 @@ new job: delivery is at-least-once, and C{${job_id}} lets a receiver spot
 a repeat.  A resumed job has no sender to answer: its C{reply} actions are
 skipped (logged), so the rest of the flow runs.
 
-The CLI (C{rawsvc retry}/C{cancel}) writes rows into the C{requests}
-table; the service polls it every L{POLL_INTERVAL} seconds (and at start).
+Resuming, retrying and cancelling stored jobs is in L{rawsvc.spool.resume}
+(mixed into L{SpoolSink}); the spool's lifetime (open, resume, poll the
+CLI's requests, retention, stop) in L{rawsvc.spool.service}.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,39 +34,17 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IJobSink, IReplyChannel
-from rawsvc.job import Job, Payload
-from rawsvc.spool.store import FINISHED, SpoolError, Store, StoredJob
+from rawsvc.interfaces import IAction, IJobSink
+from rawsvc.job import Job
+from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
+from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
+from rawsvc.spool.store import Store
+
+__all__ = [
+    "POLL_INTERVAL", "RETENTION_INTERVAL", "STOP_GRACE", "SenderGone", "SpoolPayload", "SpoolService", "SpoolSink",
+]
 
 log = Logger(namespace="rawsvc.spool")
-
-#: Seconds between looks at the CLI's requests table (and reopen attempts).
-POLL_INTERVAL = 1.0
-#: Seconds between retention passes.
-RETENTION_INTERVAL = 300.0
-#: Seconds the service waits at stop for jobs in flight before leaving them
-#: (they are on disk and resume at the next start).
-STOP_GRACE = 10.0
-
-
-class SpoolPayload(Payload):
-    """A payload in the spool: its file stays until retention purges the job."""
-
-    def discard(self) -> None:
-        self.close()
-
-
-@implementer(IReplyChannel)
-class SenderGone:
-    """The reply channel of a resumed job: replies are skipped, and logged."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-
-    def reply(self, data: bytes) -> Deferred:
-        log.info("job {job_id} resumed from the spool: reply skipped ({n} bytes), its sender is gone",
-                 job_id=self.job_id, n=len(data))
-        return succeed(0)
 
 
 @implementer(IAction)
@@ -106,7 +83,7 @@ def _delivery(result: Any) -> tuple[str, int] | None:
 
 
 @implementer(IJobSink)
-class SpoolSink(Dispatcher):
+class SpoolSink(Dispatcher, SpoolOperations):
     """A L{Dispatcher} whose jobs are stored before their flows run."""
 
     def __init__(self, flows: dict[str, Flow], store: Store, reactor: Any, history: int = 1000,
@@ -226,135 +203,6 @@ class SpoolSink(Dispatcher):
 
         d.addBoth(done)
 
-    # Resume, retry, cancel ------------------------------------------------------
-
-    def rebuild(self, stored: StoredJob) -> Job:
-        """A L{Job} again, from its row; the sender is gone."""
-        payload: Payload
-        if stored.payload_path:
-            payload = SpoolPayload.from_file(stored.payload_path)
-        else:
-            payload = Payload(stored.payload or b"")
-            payload.close()
-        job = Job(
-            trigger=stored.trigger, payload=payload, peer_host=stored.peer_host, peer_port=stored.peer_port,
-            job_id=stored.job_id, received_at=stored.received_at, encoding=stored.encoding,
-            reply_channel=SenderGone(stored.job_id),
-        )
-        for name, value in stored.variables.items():
-            if name not in ("data", "size"):
-                job.variables[name] = value
-        job.state = "queued"
-        return job
-
-    def _resume(self, stored: StoredJob) -> Deferred | None:
-        if stored.job_id in self.running or stored.job_id in self._held:
-            return None
-        if stored.flow not in self.flows:
-            error = f"flow {stored.flow!r} is no longer in the config"
-            log.error("job {job_id} cannot resume: {error}", job_id=stored.job_id, error=error)
-            self._record(self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None))
-            return None
-        try:
-            job = self.rebuild(stored)
-        except OSError as e:
-            error = f"payload lost: {e}"
-            self._record(self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None))
-            return None
-        log.info("job {job_id} ({trigger}) resumed at action {index} of flow {flow}",
-                 job_id=job.job_id, trigger=job.trigger, index=stored.action_index, flow=stored.flow)
-        return self._run(job, stored.flow, self.counters_for(job.trigger), stored.action_index)
-
-    def resume_unfinished(self, stored_jobs: list[StoredJob]) -> None:
-        """Start the unfinished jobs, in their original order."""
-        resumed = sum(self._resume(stored) is not None for stored in stored_jobs)
-        if resumed:
-            log.info("spool: resumed {n} unfinished job(s)", n=resumed)
-        self.ready = True
-        held, self._held = self._held, {}
-        for d in held.values():
-            d.callback(None)
-
-    @inlineCallbacks
-    def retry(self, job_id: str):
-        """Run a finished job again, from its first action not completed (a done job: from the start)."""
-        if job_id in self.running:
-            return f"job {job_id} is running"
-        rows = yield self.store.load(job_id=job_id)
-        if not rows:
-            raise KeyError(f"no job {job_id} in the spool")
-        stored = rows[0]
-        if stored.state not in FINISHED:
-            return f"job {job_id} is {stored.state}; it runs already"
-        stored.action_index = 0 if stored.state == "done" else stored.action_index
-        yield self.store.requeue(job_id, stored.action_index)
-        stored.variables.pop("error", None)
-        stored.variables.pop("failed_action", None)
-        self._resume(stored)
-        return f"job {job_id} ({stored.state}) queued again at action {stored.action_index}"
-
-    @inlineCallbacks
-    def cancel(self, job_id: str):
-        """Stop a job before its next action (an action already running completes)."""
-        if job_id in self.running:
-            self._cancel.add(job_id)
-            return f"job {job_id} cancelled: it stops before its next action"
-        rows = yield self.store.load(job_id=job_id)
-        if not rows:
-            raise KeyError(f"no job {job_id} in the spool")
-        stored = rows[0]
-        if stored.state in FINISHED:
-            return f"job {job_id} is already {stored.state}"
-        yield self.store.finish(job_id, "cancelled", "cancelled by an operator", stored.action_index,
-                                stored.variables, None)
-        return f"job {job_id} cancelled"
-
-    @inlineCallbacks
-    def poll_requests(self):
-        """Apply the CLI's retry/cancel requests (reopen the spool first if it failed)."""
-        if self._polling or self.stopping:
-            return
-        self._polling = True
-        try:
-            if self.store.error:
-                yield self.service.open_and_resume()
-            else:
-                yield self.apply_requests()
-        finally:
-            self._polling = False
-
-    @inlineCallbacks
-    def apply_requests(self):
-        """Apply the requests the CLI wrote into the C{requests} table."""
-        try:
-            requests = yield self.store.take_requests()
-            for request_id, job_id, action in requests:
-                handler = {"retry": self.retry, "cancel": self.cancel}.get(action)
-                try:
-                    if handler is None:
-                        raise ValueError(f"unknown request {action!r}")
-                    result, ok = (yield handler(job_id)), True
-                except Exception as e:
-                    result, ok = (e.args[0] if isinstance(e, KeyError) else str(e)), False
-                log.info("spool: request {id} {action} {job_id}: {result}", id=request_id,
-                         action=action, job_id=job_id, result=result)
-                yield self.store.answer(request_id, ok, result)
-        except SpoolError as e:
-            log.warn("spool: cannot read requests: {e}", e=e)
-
-    @inlineCallbacks
-    def purge(self):
-        """One retention pass."""
-        if self.store.error:
-            return
-        try:
-            count, freed = yield self.store.purge(self.retention_days * 86400, int(self.retention_mb * (1 << 20)))
-        except SpoolError as e:
-            log.warn("spool: retention pass failed: {e}", e=e)
-            return
-        if count:
-            log.info("spool: purged {count} finished job(s), {mb:.1f} MB", count=count, mb=freed / (1 << 20))
-
     def drain_writes(self) -> Deferred:
         """Fires once every background write queued so far is committed."""
         if not self._writes:
@@ -382,64 +230,3 @@ class _ResumableFlow:
 
     def run(self, job: Job, start_at: int = 0) -> Deferred:
         return self.flow.run(job, self.sink._start_at.get(job.job_id, start_at))
-
-
-class SpoolService(Service):
-    """The spool's lifetime: open and resume at start, poll, purge, flush at stop."""
-
-    name = "spool"
-
-    def __init__(self, sink: SpoolSink) -> None:
-        self.sink = sink
-        self._poll = LoopingCall(sink.poll_requests)
-        self._retention = LoopingCall(sink.purge)
-        self._poll.clock = self._retention.clock = sink.reactor
-        self.stop_grace = STOP_GRACE
-        self.started: Deferred | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.sink.stopping = self.sink.closed = False
-        self.sink.store.start()
-        #: Fires once the spool is open and unfinished jobs are resumed.
-        self.started = self.open_and_resume()
-        self._poll.start(POLL_INTERVAL, now=False)
-        self._retention.start(RETENTION_INTERVAL, now=True)
-
-    @inlineCallbacks
-    def open_and_resume(self):
-        store = self.sink.store
-        try:
-            yield store.open()
-        except SpoolError as e:
-            log.error("spool unavailable: {error}; new jobs are refused until it can be opened", error=e)
-            return
-        log.info("spool open: {path}", path=store.path)
-        # Requests first (a job cancelled while we were down must not resume),
-        # then every unfinished job, before any new one reaches a flow.
-        yield self.sink.apply_requests()
-        try:
-            unfinished = yield store.load()
-        except SpoolError as e:
-            log.error("spool: cannot read unfinished jobs: {error}", error=e)
-            unfinished = []
-        self.sink.resume_unfinished(unfinished)
-
-    @inlineCallbacks
-    def stopService(self):
-        super().stopService()
-        sink = self.sink
-        sink.stopping = True
-        for call in (self._poll, self._retention):
-            if call.running:
-                call.stop()
-        waited: Deferred = Deferred()
-        sink.drain().addBoth(lambda _: waited.called or waited.callback(True))
-        timeout = sink.reactor.callLater(self.stop_grace, lambda: waited.called or waited.callback(False))
-        if not (yield waited):
-            log.warn("spool: {n} job(s) still running after {s} s; they resume at the next start",
-                     n=len(sink.running), s=self.stop_grace)
-        if timeout.active():
-            timeout.cancel()
-        yield sink.store.stop()  # every write queued so far is committed first
-        sink.closed = True

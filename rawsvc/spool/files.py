@@ -1,0 +1,54 @@
+"""Payload files of the spool: private (0600), fsynced, their folder fsynced at commit."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+
+def write_file(source: bytes | str, target: str) -> None:
+    """
+    The payload (bytes, or the path of a spilled payload, hard-linked when
+    possible) into C{target}, 0600, fsynced.  The caller fsyncs the folder.
+    """
+    if isinstance(source, bytes):
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(source)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            unlink(target)
+            raise
+        os.close(fd)
+        return
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, target)
+    os.chmod(target, 0o600)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

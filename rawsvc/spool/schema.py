@@ -1,0 +1,100 @@
+"""
+The spool's database: where it lives, its tables and indexes, how to connect.
+
+One table of jobs (a row per job: metadata, progress, final state, and the
+payload up to L{rawsvc.spool.records.BLOB_MAX}) and one of requests (the
+CLI's retry/cancel, answered by the service).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+DB_NAME = "spool.db"
+FILES_DIR = "spool"
+
+UNFINISHED = ("queued", "running")
+FINISHED = ("done", "failed", "cancelled")
+
+#: Idempotent: creates what is missing.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id          TEXT NOT NULL UNIQUE,
+    trigger         TEXT NOT NULL,
+    flow            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    peer_host       TEXT NOT NULL DEFAULT '',
+    peer_port       INTEGER NOT NULL DEFAULT 0,
+    encoding        TEXT NOT NULL DEFAULT 'utf-8',
+    size            INTEGER NOT NULL DEFAULT 0,
+    received_at     REAL NOT NULL,
+    queued_at       REAL NOT NULL,
+    started_at      REAL,
+    updated_at      REAL NOT NULL,
+    finished_at     REAL,
+    action_index    INTEGER NOT NULL DEFAULT 0,
+    attempt         INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    destination     TEXT,
+    bytes_delivered INTEGER NOT NULL DEFAULT 0,
+    variables       TEXT NOT NULL DEFAULT '{}',
+    payload         BLOB,
+    payload_path    TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS requests (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    done_at      REAL,
+    ok           INTEGER,
+    result       TEXT
+);
+"""
+
+#: Columns shown by C{rawsvc jobs} / C{rawsvc job} (everything but the payload).
+COLUMNS = (
+    "seq", "job_id", "trigger", "flow", "state", "peer_host", "peer_port", "encoding", "size",
+    "received_at", "queued_at", "started_at", "updated_at", "finished_at", "action_index",
+    "attempt", "last_error", "destination", "bytes_delivered", "variables", "payload_path",
+)
+
+
+class SpoolError(Exception):
+    """The spool cannot store jobs (unwritable, full, not open)."""
+
+
+def db_path(state_dir: str) -> str:
+    return os.path.join(state_dir, DB_NAME)
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves), WAL."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a new or older spool to this schema."""
+    conn.executescript(SCHEMA)
+
+
+def describe(e: BaseException) -> str:
+    """An OS or SQLite error as an operator reads it."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}" + (f" ({e.filename})" if e.filename else "")
+    return str(e) or type(e).__name__
+
+
+def spool_error(e: BaseException) -> SpoolError:
+    return e if isinstance(e, SpoolError) else SpoolError(describe(e))

@@ -1,0 +1,308 @@
+"""
+The spool's writer thread: every write of the spool goes through it.
+
+It takes everything queued since its last commit and writes it in one
+transaction: one commit, one fsync, for as many jobs as arrived meanwhile
+(group commit).  Batches that hold a durable write (a new job, a final
+state) are committed with C{synchronous=FULL}; batches of progress records
+only with C{NORMAL} (WAL: no fsync; a later FULL commit or a checkpoint
+makes them durable).  Results come back to the reactor thread with one
+C{callFromThread} per batch, in the order the writes were queued, so the
+reactor never waits on the disk.
+
+Runs of new jobs, progress and final states are written as one multi-row
+statement each; should a write fail, the batch starts over with a savepoint
+per write, so that it fails alone.  A failed commit (a full disk) fails the
+whole batch; the thread never dies.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rawsvc.spool import records
+from rawsvc.spool.files import fsync_dir, unlink, write_file
+from rawsvc.spool.schema import SpoolError, spool_error
+
+log = Logger(namespace="rawsvc.spool")
+
+#: Most writes in one transaction.
+MAX_BATCH = 2000
+
+#: Kinds of writes that go into multi-row statements.
+ADD, PROGRESS, FINISH = "add", "progress", "finish"
+
+
+class Op:
+    """One queued write: C{fn(conn, *args)} (or C{fn(*args)} when C{raw}), or a row of a run."""
+
+    __slots__ = ("kind", "fn", "args", "durable", "deferred", "undo", "raw")
+
+    def __init__(self, kind: str | None, fn: Callable[..., Any] | None, args: tuple, durable: bool,
+                 deferred: Deferred | None, raw: bool = False) -> None:
+        self.kind = kind
+        self.fn = fn
+        self.args = args
+        self.durable = durable
+        self.deferred = deferred
+        self.undo: Callable[[], None] | None = None
+        self.raw = raw
+
+
+_STOP = object()
+Results = list[tuple[Any, bool, Any]]
+
+
+class Writer:
+    """The thread, its queue and its connection; see the module docstring."""
+
+    def __init__(self, reactor: Any, files_dir: str) -> None:
+        self.reactor = reactor
+        self.files_dir = files_dir
+        self.conn: sqlite3.Connection | None = None
+        #: Why the spool cannot store jobs, once opening it failed; else None.
+        self.error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._synchronous = ""
+        self._dir_dirty = False
+        self.batches = 0
+        self.commits_full = 0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rawsvc-spool", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> Deferred:
+        """Write everything queued, close, end the thread."""
+        d: Deferred = Deferred()
+        if self._thread is None:
+            d.callback(None)
+            return d
+        self._queue.put((_STOP, d))
+        self._thread = None
+        return d
+
+    def submit(self, op: Op) -> Deferred | None:
+        if self._thread is None:
+            error = SpoolError("the spool is stopped")
+            if op.deferred is None:
+                log.error("spool write failed: {error}", error=error)
+                return None
+            op.deferred.errback(error)
+        else:
+            self._queue.put(op)
+        return op.deferred
+
+    def opened(self, conn: sqlite3.Connection) -> None:
+        """(Writer thread) C{conn} is the connection from now on."""
+        self.conn = conn
+        self._synchronous = ""
+        self.error = None
+
+    # The thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stopping: Deferred | None = None
+        while stopping is None:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ops: list[Op] = []
+            for item in batch:
+                if isinstance(item, tuple) and item[0] is _STOP:
+                    stopping = item[1]
+                else:
+                    ops.append(item)
+            try:
+                results = self._run_batch(ops)
+            except BaseException as e:  # never let the writer thread die
+                log.failure("spool writer: unexpected error")
+                results = [(op.deferred, False, spool_error(e)) for op in ops]
+            if results:
+                self.reactor.callFromThread(_deliver, results)
+        if self.conn is not None:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+            self.conn = None
+        self.reactor.callFromThread(stopping.callback, None)
+
+    def _run_batch(self, ops: list[Op]) -> Results:
+        results: Results = []
+        group: list[Op] = []
+        for op in ops:
+            if op.raw:
+                results.extend(self._run_group(group))
+                group = []
+                try:
+                    results.append((op.deferred, True, op.fn(*op.args)))
+                except Exception as e:
+                    results.append((op.deferred, False, e))
+            else:
+                group.append(op)
+        results.extend(self._run_group(group))
+        return results
+
+    def _run_group(self, ops: list[Op]) -> Results:
+        if not ops:
+            return []
+        conn = self.conn
+        if conn is None:
+            e = SpoolError(self.error or "not open")
+            return [(op.deferred, False, e) for op in ops]
+        try:
+            sync = "FULL" if any(op.durable for op in ops) else "NORMAL"
+            if sync != self._synchronous:
+                conn.execute(f"PRAGMA synchronous={sync}")
+                self._synchronous = sync
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            return [(op.deferred, False, spool_error(e)) for op in ops]
+        try:
+            values = self._apply_all(conn, ops)
+            out: Results = [(op.deferred, True, value) for op, value in zip(ops, values)]
+        except Exception:
+            one_by_one = self._one_by_one(conn, ops)
+            if isinstance(one_by_one, SpoolError):
+                return self._fail_group(ops, one_by_one)
+            out = one_by_one
+        try:
+            if self._dir_dirty:
+                fsync_dir(self.files_dir)
+                self._dir_dirty = False
+            conn.execute("COMMIT")
+            self.batches += 1
+            self.commits_full += sync == "FULL"
+        except (sqlite3.Error, OSError) as e:
+            error = spool_error(e)
+            log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
+            return self._fail_group(ops, error)
+        return out
+
+    def _one_by_one(self, conn: sqlite3.Connection, ops: list[Op]) -> Results | SpoolError:
+        """Start the batch over, one savepoint per write; a L{SpoolError} when all are lost."""
+        for op in ops:
+            if op.undo is not None:
+                op.undo()
+                op.undo = None
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        out: Results = []
+        for op in ops:
+            try:
+                conn.execute("SAVEPOINT op")
+                value = self._apply_all(conn, [op])[0]
+                conn.execute("RELEASE op")
+            except Exception as e:
+                if op.undo is not None:
+                    op.undo()
+                    op.undo = None
+                if not self._rollback_to_savepoint(conn):
+                    # SQLite rolled the whole transaction back (a full disk
+                    # does): every write of the batch is lost, so all fail.
+                    return spool_error(e)
+                out.append((op.deferred, False, spool_error(e)))
+            else:
+                out.append((op.deferred, True, value))
+        return out
+
+    def _apply_all(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+        """
+        Every write, in order, with runs of new jobs, progress and final
+        states written as one multi-row statement each: fewer SQLite calls,
+        so fewer hand-overs of the GIL to and from the reactor thread.
+        """
+        values: list[Any] = [None] * len(ops)
+        run: list[int] = []
+        for i, op in enumerate(ops):
+            if op.kind is not None:
+                run.append(i)
+                continue
+            if run:
+                self._apply_run(conn, ops, run, values)
+                run = []
+            values[i] = op.fn(conn, *op.args)
+        if run:
+            self._apply_run(conn, ops, run, values)
+        return values
+
+    def _apply_run(self, conn: sqlite3.Connection, ops: list[Op], run: list[int], values: list[Any]) -> None:
+        # Within a run: new jobs first, then progress, then final states; each
+        # job's progress and final state come after its insert, in that order.
+        inserts, progress, finals = [], {}, {}
+        for i in run:
+            op = ops[i]
+            if op.kind == ADD:
+                row, variables, source, target = op.args
+                blob, path = self._payload(source, target)
+                if path is not None:
+                    values[i] = path
+                    op.undo = lambda path=path: unlink(path)
+                inserts.append(records.insert_params(row, variables, blob, path))
+            elif op.kind == PROGRESS:
+                progress[op.args[0]] = records.progress_params(*op.args)
+            else:
+                finals[op.args[0]] = records.finish_params(*op.args)
+        records.write_rows(conn, inserts, list(progress.values()), list(finals.values()))
+
+    def _payload(self, source: Any, target: str) -> tuple[bytes | None, str | None]:
+        if isinstance(source, bytes) and len(source) <= records.BLOB_MAX:
+            return source, None
+        write_file(source, target)
+        self._dir_dirty = True
+        return None, target
+
+    def _rollback_to_savepoint(self, conn: sqlite3.Connection) -> bool:
+        """Undo one write; False when the whole transaction is already gone."""
+        if not conn.in_transaction:
+            return False
+        try:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return True
+        except sqlite3.Error:
+            return False
+
+    def _fail_group(self, ops: list[Op], error: SpoolError) -> Results:
+        assert self.conn is not None
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        for op in ops:
+            if op.undo is not None:
+                op.undo()
+        return [(op.deferred, False, error) for op in ops]
+
+
+def _deliver(results: Results) -> None:
+    """(Reactor thread) fire each write's Deferred; log failed background writes."""
+    for d, ok, value in results:
+        if d is None:
+            if not ok:
+                log.error("spool write failed: {error}", error=value)
+        elif ok:
+            d.callback(value)
+        else:
+            d.errback(Failure(value))
