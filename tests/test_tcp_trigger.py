@@ -508,3 +508,54 @@ def test_large_job_spills_to_a_file_in_the_state_dir(service_factory, tmp_path):
     assert (yield deferToThread(client)) == str(4 << 20).encode()
     assert spilled[0] is not None and spilled[0].startswith(str(tmp_path / "state" / "tmp"))
     assert not os.path.exists(spilled[0])  # removed once the job finished
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_endpoint_serves_jobs_and_replies(service_factory, tmp_path):
+    """TLS has no half-close in Twisted, so a TLS client frames its jobs (here: lines)."""
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    svc = service_factory(
+        tcp_trigger(
+            listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+            execute_on="delimiter",
+            delimiter="\n",
+        )
+        + ECHO_FLOW
+    )
+    port = port_of(svc, "t")
+
+    def client():
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with context.wrap_socket(raw) as s:
+            s.sendall(b"secret label\nsecond\n")
+            return recv_until(s, b"GOT[second]\n")
+
+    assert (yield deferToThread(client)) == b"GOT[secret label]\nGOT[second]\n"
