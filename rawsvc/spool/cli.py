@@ -20,6 +20,7 @@ import time
 import tomllib
 from typing import Any
 
+from rawsvc.spool.records import full_variables
 from rawsvc.spool.schema import COLUMNS, connect, db_path, migrate
 
 DEFAULT_CONFIG = "etc/rawsvc.toml"
@@ -106,7 +107,7 @@ def _find(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
 
 def _record(row: sqlite3.Row) -> dict[str, Any]:
     d = {k: row[k] for k in row.keys()}
-    d["variables"] = json.loads(d.get("variables") or "{}")
+    d["variables"] = full_variables(row)
     return d
 
 

@@ -49,20 +49,70 @@ def new_job_row(job, flow: str, now: float) -> tuple:
             job.payload.size, job.received_at, now)
 
 
-def insert_params(row: tuple, variables: dict, blob: bytes | None, path: str | None) -> tuple:
+def insert_params(row: tuple, variables: str, blob: bytes | None, path: str | None) -> tuple:
     # queued_at, started_at and updated_at are all "now" (row[8]).
-    return row + (row[8], row[8], json.dumps(variables), blob, path)
+    return row + (row[8], row[8], variables, blob, path)
 
 
-def progress_params(job_id: str, index: int, variables: dict, delivery: tuple | None, now: float) -> tuple:
-    dest, sent = delivery or (None, 0)
-    return (job_id, index, json.dumps(variables), now, dest, sent)
+def full_variables(row: sqlite3.Row | dict) -> dict[str, str]:
+    """A row's variables with those its columns give back (what the job had)."""
+    stored = json.loads(row["variables"] or "{}")
+    derived = {"job_id": row["job_id"], "trigger": row["trigger"], "peer_host": row["peer_host"],
+               "peer_port": str(row["peer_port"]), "size": str(row["size"])}
+    return {**derived, **stored}
 
 
-def finish_params(job_id: str, state: str, error: str | None, index: int, variables: dict,
-                  delivery: tuple | None, now: float) -> tuple:
-    dest, sent = delivery or (None, 0)
-    return (job_id, state, error, index, json.dumps(variables), now, dest, sent)
+class LeanVariables:
+    """
+    The C{variables} column, written lean (writer thread only): without the
+    variables the row's own columns give back when they still hold the
+    same value (C{job_id}, C{trigger}, C{peer_host}, C{peer_port}, C{size};
+    C{action_index} always: a flow sets it before each action), and not at
+    all (None: the row keeps what it has) when nothing changed since the
+    job's last write.  A job rebuilt from its row gets the dropped ones back
+    from its columns.
+    """
+
+    def __init__(self) -> None:
+        #: job_id -> (the values its columns give back, the variables last written).
+        self._last: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+
+    def for_insert(self, row: tuple, variables: dict[str, str]) -> str:
+        derived = {"job_id": row[0], "trigger": row[1], "peer_host": row[3], "peer_port": str(row[4]),
+                   "size": str(row[6])}
+        kept = _lean(variables, derived)
+        self._last[row[0]] = (derived, kept)
+        return json.dumps(kept)
+
+    def for_update(self, job_id: str, variables: dict[str, str], final: bool) -> str | None:
+        last = self._last.pop(job_id, None) if final else self._last.get(job_id)
+        if last is None:  # resumed, retried: written whole
+            return json.dumps(_lean(variables, {}))
+        derived, before = last
+        kept = _lean(variables, derived)
+        if kept == before:
+            return None
+        if not final:
+            self._last[job_id] = (derived, kept)
+        return json.dumps(kept)
+
+    def forget(self) -> None:
+        """A batch failed: what was last written is not known any more."""
+        self._last.clear()
+
+
+def _lean(variables: dict[str, str], derived: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in variables.items() if k != "action_index" and derived.get(k) != v}
+
+
+def progress_params(job_id: str, index: int, variables: str | None, now: float, dest: str | None,
+                    sent: int) -> tuple:
+    return (job_id, index, variables, now, dest, sent)
+
+
+def finish_params(job_id: str, state: str, error: str | None, index: int, variables: str | None,
+                  dest: str | None, sent: int, now: float) -> tuple:
+    return (job_id, state, error, index, variables, now, dest, sent)
 
 
 def write_rows(conn: sqlite3.Connection, inserts: list[tuple], progress: list[tuple], finals: list[tuple]) -> None:
@@ -79,14 +129,15 @@ _INSERT_HEAD = (
 )
 _INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1)"
 _PROGRESS_HEAD = (
-    "UPDATE jobs SET state = 'running', action_index = v.column2, variables = v.column3,"
+    "UPDATE jobs SET state = 'running', action_index = v.column2,"
+    " variables = COALESCE(v.column3, jobs.variables),"
     " updated_at = v.column4, destination = COALESCE(v.column5, jobs.destination),"
     " bytes_delivered = jobs.bytes_delivered + v.column6 FROM (VALUES "
 )
 _PROGRESS_TAIL = ") AS v WHERE jobs.job_id = v.column1 AND jobs.state IN ('queued', 'running')"
 _FINISH_HEAD = (
     "UPDATE jobs SET state = v.column2, last_error = v.column3, action_index = v.column4,"
-    " variables = v.column5, updated_at = v.column6, finished_at = v.column6,"
+    " variables = COALESCE(v.column5, jobs.variables), updated_at = v.column6, finished_at = v.column6,"
     " destination = COALESCE(v.column7, jobs.destination),"
     " bytes_delivered = jobs.bytes_delivered + v.column8 FROM (VALUES "
 )

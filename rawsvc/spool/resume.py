@@ -86,13 +86,15 @@ class SpoolOperations:
         if stored.flow not in self.flows:
             error = f"flow {stored.flow!r} is no longer in the config"
             log.error("job {job_id} cannot resume: {error}", job_id=stored.job_id, error=error)
-            self._record(self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None))
+            self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None,
+                              background=True)
             return None
         try:
             job = self.rebuild(stored)
         except OSError as e:
             error = f"payload lost: {e}"
-            self._record(self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None))
+            self.store.finish(stored.job_id, "failed", error, stored.action_index, stored.variables, None,
+                              background=True)
             return None
         log.info("job {job_id} ({trigger}) resumed at action {index} of flow {flow}",
                  job_id=job.job_id, trigger=job.trigger, index=stored.action_index, flow=stored.flow)

@@ -4,6 +4,13 @@ The spool's database: where it lives, its tables and indexes, how to connect.
 One table of jobs (a row per job: metadata, progress, final state, and the
 payload up to L{rawsvc.spool.records.BLOB_MAX}) and one of requests (the
 CLI's retry/cancel, answered by the service).
+
+Indexes are kept to what the queries need, since every index is written
+for each new job and again at its final state: the unique C{job_id}
+(lookups, the CLI's prefix search) and a partial index of the unfinished
+jobs (the resume at start), which only ever holds the jobs in flight.
+Retention scans the table once per pass, as summing the sizes of the
+finished jobs does anyway; C{rawsvc jobs --state} walks it newest first.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ FILES_DIR = "spool"
 UNFINISHED = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 
-#: Idempotent: creates what is missing.
+#: Idempotent: creates what is missing, drops indexes no query needs any more.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,8 +50,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     payload         BLOB,
     payload_path    TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+DROP INDEX IF EXISTS jobs_by_state;
+DROP INDEX IF EXISTS jobs_by_finish;
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (seq) WHERE state IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS requests (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id       TEXT NOT NULL,
@@ -55,6 +63,10 @@ CREATE TABLE IF NOT EXISTS requests (
     result       TEXT
 );
 """
+
+#: What the partial index C{jobs_unfinished} answers; literals, not
+#: parameters, or SQLite cannot use the index.
+UNFINISHED_SQL = "state IN ('queued', 'running')"
 
 #: Columns shown by C{rawsvc jobs} / C{rawsvc job} (everything but the payload).
 COLUMNS = (

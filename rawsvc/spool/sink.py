@@ -28,7 +28,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc.dispatch import Dispatcher
@@ -69,7 +68,7 @@ class _Recorded:
             self.sink._deliveries[job.job_id] = delivery
         if not self.last:
             index = int(job.variables["action_index"]) + 1
-            self.sink._record(self.sink.store.progress(job.job_id, index, job.variables.snapshot(), delivery))
+            self.sink.store.progress(job.job_id, index, job.variables.snapshot(), delivery, background=True)
         return result
 
 
@@ -102,7 +101,6 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._cancel: set[str] = set()
         self._start_at: dict[str, int] = {}
         self._deliveries: dict[str, tuple[str, int]] = {}
-        self._writes: set[Deferred] = set()
         self._held: dict[str, Deferred] = {}
         self._polling = False
         self.closed = False
@@ -171,7 +169,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         """Run the stored job's flow from action C{start_at}; record how it ends."""
         self._start_at[job.job_id] = start_at
         if not fresh:  # a new job was stored as running, attempt 1
-            self._record(self.store.started(job.job_id, start_at))
+            self.store.started(job.job_id, start_at, background=True)
         return Dispatcher.submit(self, job, flow_name, counters).addCallback(self._finished)
 
     def _finished(self, job: Job) -> Job:
@@ -189,35 +187,21 @@ class SpoolSink(Dispatcher, SpoolOperations):
         index = int(job.variables.get("action_index", "0"))
         if job.state == "done":
             index += 1
-        self._record(self.store.finish(job.job_id, job.state, job.error, index, job.variables.snapshot(), delivery))
+        self.store.finish(job.job_id, job.state, job.error, index, job.variables.snapshot(), delivery, background=True)
         return job
 
-    def _record(self, d: Deferred) -> None:
-        """A background write: keep it until written, log if it fails."""
-        self._writes.add(d)
-
-        def done(result: Any) -> None:
-            self._writes.discard(d)
-            if isinstance(result, Failure):
-                log.error("spool write failed: {error}", error=result.getErrorMessage())
-
-        d.addBoth(done)
-
     def drain_writes(self) -> Deferred:
-        """Fires once every background write queued so far is committed."""
-        if not self._writes:
-            return succeed(None)
-        return DeferredList(list(self._writes), consumeErrors=True)
+        """Fires once every write queued so far is committed (background writes fail in the log)."""
+        return self.store.flush()
 
     def drain(self) -> Deferred:
         """
-        Fires once every job in flight and every pending write is done; at
-        once when the spool is closed (what still runs resumes at the next start).
+        Fires once every job in flight and every write queued so far is done;
+        at once when the spool is closed (what still runs resumes at the next start).
         """
-        pending = list(self._in_flight) + list(self._writes)
-        if not pending or self.closed:
+        if self.closed:
             return succeed(None)
-        return DeferredList(pending, consumeErrors=True)
+        return DeferredList(list(self._in_flight) + [self.store.flush()], consumeErrors=True)
 
 
 class _ResumableFlow:

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from rawsvc.spool.files import unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob, new_job_row
 from rawsvc.spool.schema import (
-    COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, SpoolError, connect, db_path, describe, migrate,
+    COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
+    describe, migrate,
 )
 from rawsvc.spool.writer import ADD, FINISH, MAX_BATCH, PROGRESS, Op, Writer
 
@@ -86,20 +87,32 @@ class Store:
         target = os.path.join(self.files_dir, f"{job.job_id}.job")
         return self._submit(ADD, None, (new_job_row(job, flow, time.time()), variables, source, target), durable=True)
 
-    def progress(self, job_id: str, action_index: int, variables: dict[str, str], delivery: tuple | None) -> Deferred:
-        """The job is running its action C{action_index}; not fsynced."""
-        return self._submit(PROGRESS, None, (job_id, action_index, variables, delivery, time.time()))
+    def progress(self, job_id: str, action_index: int, variables: dict[str, str], delivery: tuple | None,
+                 background: bool = False) -> Deferred | None:
+        """
+        The job is running its action C{action_index}; not fsynced.  With
+        C{background}, no Deferred: a failure is logged (see L{flush}).
+        """
+        return self._submit(PROGRESS, None, (job_id, action_index, variables, delivery, time.time()),
+                            background=background)
 
-    def started(self, job_id: str, action_index: int) -> Deferred:
+    def started(self, job_id: str, action_index: int, background: bool = False) -> Deferred | None:
         """The flow (re)started: state running, one more attempt."""
-        return self._submit(None, _started, (job_id, action_index, time.time()))
+        return self._submit(None, _started, (job_id, action_index, time.time()), background=background)
 
     def finish(self, job_id: str, state: str, error: str | None, action_index: int,
-               variables: dict[str, str], delivery: tuple | None) -> Deferred:
+               variables: dict[str, str], delivery: tuple | None, background: bool = False) -> Deferred | None:
         """The job's final state, durably."""
         return self._submit(
-            FINISH, None, (job_id, state, error, action_index, variables, delivery, time.time()), durable=True
+            FINISH, None, (job_id, state, error, action_index, variables, delivery, time.time()), durable=True,
+            background=background,
         )
+
+    def flush(self) -> Deferred:
+        """Fires once every write queued so far is committed (or has failed)."""
+        if not self.writer.running:
+            return succeed(None)
+        return self._submit(None, _nothing, (), raw=True)
 
     def requeue(self, job_id: str, action_index: int) -> Deferred:
         """Retry: a finished job goes back to C{queued} at C{action_index}."""
@@ -121,8 +134,8 @@ class Store:
         return self._submit(None, _purge, (time.time() - max_age, max_bytes))
 
     def _submit(self, kind: str | None, fn: Callable | None, args: tuple, durable: bool = False,
-                raw: bool = False) -> Deferred:
-        return self.writer.submit(Op(kind, fn, args, durable, Deferred(), raw))
+                raw: bool = False, background: bool = False) -> Any:
+        return self.writer.submit(Op(kind, fn, args, durable, None if background else Deferred(), raw))
 
     # Operations (writer thread) -------------------------------------------------
 
@@ -141,6 +154,10 @@ class Store:
             raise SpoolError(self.writer.error) from None
         self.writer.opened(conn)
         return self.path
+
+
+def _nothing() -> None:
+    pass
 
 
 def _started(conn, job_id, action_index, now) -> None:
@@ -162,6 +179,8 @@ def _requeue(conn, job_id, action_index, now) -> None:
 def _load(conn, states, job_id) -> list[StoredJob]:
     if job_id is not None:
         rows = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+    elif tuple(states) == UNFINISHED:
+        rows = conn.execute(f"SELECT * FROM jobs WHERE {UNFINISHED_SQL} ORDER BY seq")
     else:
         marks = ", ".join("?" for _ in states)
         rows = conn.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY seq", states)

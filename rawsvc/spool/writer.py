@@ -76,6 +76,7 @@ class Writer:
         self._dir_dirty = False
         self.batches = 0
         self.commits_full = 0
+        self.variables = records.LeanVariables()
 
     @property
     def running(self) -> bool:
@@ -204,6 +205,7 @@ class Writer:
             if op.undo is not None:
                 op.undo()
                 op.undo = None
+        self.variables.forget()
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
@@ -247,9 +249,15 @@ class Writer:
         return values
 
     def _apply_run(self, conn: sqlite3.Connection, ops: list[Op], run: list[int], values: list[Any]) -> None:
-        # Within a run: new jobs first, then progress, then final states; each
-        # job's progress and final state come after its insert, in that order.
-        inserts, progress, finals = [], {}, {}
+        """
+        New jobs, then progress, then final states.  Within a run only a
+        job's latest progress matters, and none at all when its final state
+        is in the run too; the bytes each one delivered add up.
+        """
+        lean = self.variables
+        inserts = []
+        progress: dict[str, list] = {}
+        finals: dict[str, list] = {}
         for i in run:
             op = ops[i]
             if op.kind == ADD:
@@ -258,12 +266,32 @@ class Writer:
                 if path is not None:
                     values[i] = path
                     op.undo = lambda path=path: unlink(path)
-                inserts.append(records.insert_params(row, variables, blob, path))
-            elif op.kind == PROGRESS:
-                progress[op.args[0]] = records.progress_params(*op.args)
+                inserts.append(records.insert_params(row, lean.for_insert(row, variables), blob, path))
+                continue
+            if op.kind == PROGRESS:
+                job_id, index, variables, delivery, now = op.args
+                latest = [index, variables, now]
             else:
-                finals[op.args[0]] = records.finish_params(*op.args)
-        records.write_rows(conn, inserts, list(progress.values()), list(finals.values()))
+                job_id, state, error, index, variables, delivery, now = op.args
+                latest = [state, error, index, variables, now]
+            dest, sent = delivery or (None, 0)
+            if op.kind == PROGRESS and job_id in finals:  # progress never undoes a final state
+                final = finals[job_id]
+                final[-2], final[-1] = final[-2] or dest, final[-1] + sent
+                continue
+            earlier = progress.pop(job_id, None) or finals.pop(job_id, None)
+            if earlier is not None:
+                dest, sent = dest or earlier[-2], sent + earlier[-1]
+            (progress if op.kind == PROGRESS else finals)[job_id] = latest + [dest, sent]
+        progress_rows = [
+            records.progress_params(job_id, index, lean.for_update(job_id, variables, False), now, dest, sent)
+            for job_id, (index, variables, now, dest, sent) in progress.items()
+        ]
+        final_rows = [
+            records.finish_params(job_id, state, error, index, lean.for_update(job_id, variables, True), dest, sent, now)
+            for job_id, (state, error, index, variables, now, dest, sent) in finals.items()
+        ]
+        records.write_rows(conn, inserts, progress_rows, final_rows)
 
     def _payload(self, source: Any, target: str) -> tuple[bytes | None, str | None]:
         if isinstance(source, bytes) and len(source) <= records.BLOB_MAX:
@@ -285,6 +313,7 @@ class Writer:
 
     def _fail_group(self, ops: list[Op], error: SpoolError) -> Results:
         assert self.conn is not None
+        self.variables.forget()
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
