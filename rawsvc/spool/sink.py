@@ -26,8 +26,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc.dispatch import Dispatcher
@@ -56,11 +57,16 @@ class _Recorded:
         self.sink = sink
         self.last = last
 
-    def run(self, job: Job) -> Deferred:
+    def run(self, job: Job) -> Any:
+        """The action's own result: a plain value keeps the flow in its plain loop."""
         if job.job_id in self.sink._cancel:
             raise ActionError("cancelled by an operator")
-        d = maybeDeferred(self.action.run, job)
-        return d.addCallback(self._done, job)
+        result = self.action.run(job)
+        if isinstance(result, Deferred):
+            return result.addCallback(self._done, job)
+        if isinstance(result, Failure):
+            return result
+        return self._done(result, job)
 
     def _done(self, result: Any, job: Job) -> Any:
         delivery = _delivery(result)
@@ -132,26 +138,26 @@ class SpoolSink(Dispatcher, SpoolOperations):
     def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
         if self.stopping or self.store.error:
             return succeed(self._refuse(job, counters, "the service is stopping" if self.stopping else self.store.error))
-        variables = job.variables.snapshot()
-        d = self.store.add(job, flow_name, variables)
+        # The writer thread reads the job's variables and payload: nothing
+        # touches them until its flow starts, once it is stored.
+        d = self.store.add(job, flow_name)
         self._in_flight.add(d)
+        return d.addCallbacks(self._stored, self._not_stored, (job, flow_name, counters, d), None, (job, counters, d))
 
-        def stored(path: str | None) -> Deferred:
-            self._in_flight.discard(d)
-            if path is not None:
-                job.payload.discard()  # the temporary file, if any; the spool has its copy
-                job.payload = SpoolPayload.from_file(path)
-            if not self.ready:  # unfinished jobs from the last run go first
-                held: Deferred = Deferred()
-                self._held[job.job_id] = held
-                return held.addCallback(lambda _: self._run(job, flow_name, counters, 0, True))
-            return self._run(job, flow_name, counters, 0, True)
+    def _stored(self, path: str | None, job: Job, flow_name: str, counters: Any, d: Deferred) -> Deferred:
+        self._in_flight.discard(d)
+        if path is not None:
+            job.payload.discard()  # the temporary file, if any; the spool has its copy
+            job.payload = SpoolPayload.from_file(path)
+        if not self.ready:  # unfinished jobs from the last run go first
+            held: Deferred = Deferred()
+            self._held[job.job_id] = held
+            return held.addCallback(lambda _: self._run(job, flow_name, counters, 0, True))
+        return self._run(job, flow_name, counters, 0, True)
 
-        def not_stored(failure: Any) -> Job:
-            self._in_flight.discard(d)
-            return self._refuse(job, counters, failure.getErrorMessage())
-
-        return d.addCallbacks(stored, not_stored)
+    def _not_stored(self, failure: Failure, job: Job, counters: Any, d: Deferred) -> Job:
+        self._in_flight.discard(d)
+        return self._refuse(job, counters, failure.getErrorMessage())
 
     def _refuse(self, job: Job, counters: Any, reason: str | None) -> Job:
         job.state = "refused"
@@ -167,8 +173,8 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     def _run(self, job: Job, flow_name: str, counters: Any, start_at: int, fresh: bool = False) -> Deferred:
         """Run the stored job's flow from action C{start_at}; record how it ends."""
-        self._start_at[job.job_id] = start_at
-        if not fresh:  # a new job was stored as running, attempt 1
+        if not fresh:  # a new job was stored as running, attempt 1, at action 0
+            self._start_at[job.job_id] = start_at
             self.store.started(job.job_id, start_at, background=True)
         return Dispatcher.submit(self, job, flow_name, counters).addCallback(self._finished)
 

@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from rawsvc.spool.files import unlink
-from rawsvc.spool.records import BLOB_MAX, StoredJob, new_job_row
+from rawsvc.spool.records import BLOB_MAX, StoredJob
 from rawsvc.spool.schema import (
     COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
     describe, migrate,
@@ -77,15 +77,13 @@ class Store:
 
     # Writes -----------------------------------------------------------------
 
-    def add(self, job: Any, flow: str, variables: dict[str, str]) -> Deferred:
+    def add(self, job: Any, flow: str, variables: dict[str, str] | None = None) -> Deferred:
         """
         Store a new job durably (state C{running}: its flow starts at once).  Fires with the payload
-        file's path (or None when the payload is in the database).
+        file's path (or None when the payload is in the database).  Without C{variables}, the
+        writer thread takes the job's own, and its payload: nothing may change them until this fires.
         """
-        payload = job.payload
-        source = payload.bytes() if payload.in_memory else payload.path
-        target = os.path.join(self.files_dir, f"{job.job_id}.job")
-        return self._submit(ADD, None, (new_job_row(job, flow, time.time()), variables, source, target), durable=True)
+        return self._submit(ADD, None, (job, flow, variables, time.time()), durable=True)
 
     def progress(self, job_id: str, action_index: int, variables: dict[str, str], delivery: tuple | None,
                  background: bool = False) -> Deferred | None:

@@ -18,6 +18,7 @@ whole batch; the thread never dies.
 
 from __future__ import annotations
 
+import os
 import queue
 import sqlite3
 import threading
@@ -280,8 +281,11 @@ class Writer:
         for i in run:
             op = ops[i]
             if op.kind == ADD:
-                row, variables, source, target = op.args
-                blob, path = self._payload(source, target)
+                job, flow, variables, now = op.args
+                row = records.new_job_row(job, flow, now)
+                if variables is None:
+                    variables = job.variables.snapshot()
+                blob, path = self._payload(job)
                 if path is not None:
                     values[i] = path
                     op.undo = lambda path=path: unlink(path)
@@ -312,10 +316,13 @@ class Writer:
         ]
         records.write_rows(conn, inserts, progress_rows, final_rows)
 
-    def _payload(self, source: Any, target: str) -> tuple[bytes | None, str | None]:
-        if isinstance(source, bytes) and len(source) <= records.BLOB_MAX:
-            return source, None
-        write_file(source, target)
+    def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
+        """The payload as a blob, or (larger) in its own file, fsynced."""
+        payload = job.payload
+        if payload.in_memory and payload.size <= records.BLOB_MAX:
+            return payload.bytes(), None
+        target = os.path.join(self.files_dir, f"{job.job_id}.job")
+        write_file(payload.bytes() if payload.in_memory else payload.path, target)
         self._dir_dirty = True
         return None, target
 
