@@ -408,6 +408,7 @@ class JobConnection(Protocol):
         if self.running or self.ready:
             self._arm_idle()  # a flow is still working for this client
             return
+        self._idle_armed = False  # closing: never count idle time again
         reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
         log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
         self._drop_partial()

@@ -1,0 +1,145 @@
+"""
+The TCP trigger's connection logic without sockets: StringTransport and a
+task.Clock drive framing, reply order, half-close and the deadline timer.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from rawsvc.config import loads
+from rawsvc.context import BuildContext
+from rawsvc.interfaces import IJobSink, ITrigger
+
+
+@implementer(IJobSink)
+class HeldSink:
+    """A job sink whose flows finish when the test says so."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, job, flow_name, counters=None):
+        d = Deferred()
+        self.jobs.append((job, d))
+        return d
+
+    def finish(self, index, reply=None):
+        job, d = self.jobs[index]
+        if reply is not None:
+            job.reply_channel.reply(reply)
+        job.state = "done"
+        d.callback(job)
+
+
+def make_trigger(tmp_path, **keys):
+    lines = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspool = false\n'
+        '[[trigger]]\nname = "t"\ntype = "tcp"\nlisten = "tcp:0:interface=127.0.0.1"\nflow = "f"\n'
+        + lines
+        + '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n'
+    )
+    clock = Clock()
+    config = loads(text, "unit.toml", BuildContext(reactor=clock))
+    trigger = config.triggers["t"]
+    trigger.sink = HeldSink()
+    return trigger, clock
+
+
+def connect(trigger):
+    proto = trigger.build_protocol()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_tcp_trigger_provides_itrigger(tmp_path):
+    from zope.interface.verify import verifyObject
+
+    trigger, _ = make_trigger(tmp_path)
+    assert verifyObject(ITrigger, trigger)
+
+
+def test_replies_are_held_until_earlier_jobs_finish(tmp_path):
+    trigger, clock = make_trigger(tmp_path, execute_on='"delimiter"', delimiter='"\\n"')
+    proto, transport = connect(trigger)
+    proto.dataReceived(b"a\nb\n")
+    sink = trigger.sink
+    assert [j.payload.bytes() for j, _ in sink.jobs] == [b"a", b"b"]
+    sink.finish(1, b"B\n")
+    assert transport.value() == b""  # job a still running
+    sink.finish(0, b"A\n")
+    assert transport.value() == b"A\nB\n"
+
+
+def test_half_close_closes_once_every_job_has_answered(tmp_path):
+    trigger, clock = make_trigger(tmp_path)
+    proto, transport = connect(trigger)
+    proto.dataReceived(b"job")
+    proto.readConnectionLost()
+    assert transport.disconnecting is False
+    trigger.sink.finish(0, b"OK")
+    assert transport.value() == b"OK"
+    assert transport.disconnecting is True
+
+
+def test_idle_timeout_closes_after_silence_only(tmp_path):
+    trigger, clock = make_trigger(tmp_path, idle_timeout=10, refusal='"BYE ${reason}\\n"')
+    proto, transport = connect(trigger)
+    clock.advance(6)
+    proto.dataReceived(b"x")  # activity moves the deadline
+    clock.advance(6)
+    assert not transport.disconnecting
+    clock.advance(5)
+    assert transport.disconnecting
+    assert transport.value() == b"BYE idle for 10 s (idle_timeout)\n"
+
+
+def test_idle_timeout_waits_while_a_flow_runs(tmp_path):
+    trigger, clock = make_trigger(tmp_path, idle_timeout=10, execute_on='"delimiter"', delimiter='"\\n"')
+    proto, transport = connect(trigger)
+    proto.dataReceived(b"slow\n")
+    clock.advance(25)
+    assert not transport.disconnecting  # the client waits for its answer
+    trigger.sink.finish(0, b"done\n")
+    clock.advance(11)
+    assert transport.disconnecting
+
+
+def test_job_timeout_refuses_a_job_that_trickles(tmp_path):
+    trigger, clock = make_trigger(tmp_path, job_timeout=5, idle_timeout=0, refusal='"ERR ${reason}\\n"')
+    proto, transport = connect(trigger)
+    for _ in range(6):
+        proto.dataReceived(b"x")
+        clock.advance(1)
+    assert transport.value() == b"ERR job not complete after 5 s (job_timeout)\n"
+    assert transport.disconnecting
+    assert trigger.sink.jobs == []
+    assert trigger.counters.jobs_refused == 1
+
+
+def test_no_timer_is_left_after_the_connection_closes(tmp_path):
+    trigger, clock = make_trigger(tmp_path, idle_timeout=10, job_timeout=5)
+    proto, transport = connect(trigger)
+    proto.dataReceived(b"x")
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7])
+def test_length_framing_is_independent_of_chunking(tmp_path, split):
+    trigger, clock = make_trigger(tmp_path, execute_on='"length"', length=3)
+    proto, transport = connect(trigger)
+    data = b"abcdefghi"
+    for i in range(0, len(data), split):
+        proto.dataReceived(data[i : i + split])
+    assert [j.payload.bytes() for j, _ in trigger.sink.jobs] == [b"abc", b"def", b"ghi"]
