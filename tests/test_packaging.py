@@ -111,7 +111,9 @@ def venv(wheel, tmp_path_factory) -> dict[str, str]:
     runner_paths = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     with open(os.path.join(site, "_test_runner_site.pth"), "w") as f:
         f.write("".join(p + "\n" for p in runner_paths))
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel],
+    # --ignore-installed: the .pth above also shows the runner's own rawsvc
+    # (CI installs it), which pip would otherwise call "already satisfied".
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--ignore-installed", "-q", wheel],
          env=_clean_env())
     twistd = env_dir / "bin" / "twistd"
     twistd.write_text(f"#!{python}\nimport sys\nfrom twisted.scripts.twistd import run\nsys.exit(run())\n")
@@ -183,17 +185,30 @@ def test_wheel_declares_the_rawsvc_console_script(wheel):
 # The installed package ----------------------------------------------------------
 
 
+def _installed_sites(venv) -> list[str]:
+    """
+    Where an installed (non-editable) rawsvc may be found: the venv's own
+    site-packages, or, where the test runner itself has rawsvc installed
+    from a wheel (CI: pip install '.[test]'), the runner's, which the venv
+    sees through its .pth line and which Twisted's plugin package (the
+    runner's) searches first.  Never the source tree.
+    """
+    return [venv["site"], sysconfig.get_path("purelib")]
+
+
 def test_installed_package_is_the_one_imported(venv):
     result = run_in(venv, "python", "-c",
                     "import rawsvc, twisted.plugins.rawsvc_plugin as p; print(rawsvc.__file__); print(p.__file__)")
     assert result.returncode == 0, result.stderr
     for line in result.stdout.splitlines():
-        assert line.startswith(venv["site"]), line
+        assert line.startswith(tuple(_installed_sites(venv))), line
+        assert not line.startswith(ROOT + os.sep), line
 
 
 def test_plugin_cache_is_regenerated_after_install(venv):
     assert "rawsvc" in venv["plugin_cache_output"]
-    assert os.path.exists(os.path.join(venv["site"], "twisted", "plugins", "dropin.cache"))
+    caches = [os.path.join(site, "twisted", "plugins", "dropin.cache") for site in _installed_sites(venv)]
+    assert any(os.path.exists(c) for c in caches), caches
 
 
 def test_installed_twistd_help_lists_rawsvc(venv):
