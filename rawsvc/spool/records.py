@@ -43,66 +43,71 @@ class StoredJob:
         )
 
 
-def new_job_row(job, flow: str, now: float) -> tuple:
-    """What L{insert_params} needs of a new job besides its variables and payload."""
-    return (job.job_id, job.trigger, flow, job.peer_host, job.peer_port, job.encoding,
-            job.payload.size, job.received_at, now)
+def insert_params(job, flow: str, now: float, variables: str, blob: bytes | None, path: str | None) -> tuple:
+    """A new job's row (queued_at, started_at and updated_at are all C{now})."""
+    return (job.job_id, job.trigger, flow, job.peer_host, job.peer_port, job.encoding, job.payload.size,
+            job.received_at, now, now, now, variables, blob, path)
 
 
-def insert_params(row: tuple, variables: str, blob: bytes | None, path: str | None) -> tuple:
-    # queued_at, started_at and updated_at are all "now" (row[8]).
-    return row + (row[8], row[8], variables, blob, path)
+#: Variables a job's row gives back from its columns.
+DERIVED = ("job_id", "trigger", "peer_host", "peer_port", "size")
+_NOT_STORED = frozenset(DERIVED + ("action_index",))
+_MISSING = object()
 
 
 def full_variables(row: sqlite3.Row | dict) -> dict[str, str]:
     """A row's variables with those its columns give back (what the job had)."""
     stored = json.loads(row["variables"] or "{}")
-    derived = {"job_id": row["job_id"], "trigger": row["trigger"], "peer_host": row["peer_host"],
-               "peer_port": str(row["peer_port"]), "size": str(row["size"])}
-    return {**derived, **stored}
+    columns = (row["job_id"], row["trigger"], row["peer_host"], str(row["peer_port"]), str(row["size"]))
+    return {**dict(zip(DERIVED, columns)), **stored}
 
 
 class LeanVariables:
     """
     The C{variables} column, written lean (writer thread only): without the
-    variables the row's own columns give back when they still hold the
-    same value (C{job_id}, C{trigger}, C{peer_host}, C{peer_port}, C{size};
-    C{action_index} always: a flow sets it before each action), and not at
-    all (None: the row keeps what it has) when nothing changed since the
-    job's last write.  A job rebuilt from its row gets the dropped ones back
-    from its columns.
+    variables the row's columns give back (L{DERIVED}, while they hold the
+    columns' values; C{action_index} always: a flow sets it before each
+    action), and not at all (None: the row keeps what it has) when nothing
+    changed since the job's last write.  A job rebuilt from its row gets
+    the dropped ones back from its columns.
     """
 
     def __init__(self) -> None:
-        #: job_id -> (the values its columns give back, the variables last written).
-        self._last: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        #: job_id -> its variables as last written, while L{DERIVED} equal its columns.
+        self._last: dict[str, dict[str, str]] = {}
 
-    def for_insert(self, row: tuple, variables: dict[str, str]) -> str:
-        derived = {"job_id": row[0], "trigger": row[1], "peer_host": row[3], "peer_port": str(row[4]),
-                   "size": str(row[6])}
-        kept = _lean(variables, derived)
-        self._last[row[0]] = (derived, kept)
-        return json.dumps(kept)
+    def for_insert(self, job, variables: dict[str, str]) -> str:
+        columns = (job.job_id, job.trigger, job.peer_host, str(job.peer_port), str(job.payload.size))
+        if all(variables.get(k) == c for k, c in zip(DERIVED, columns)):
+            self._last[job.job_id] = variables
+            return json.dumps({k: v for k, v in variables.items() if k not in _NOT_STORED})
+        derived = dict(zip(DERIVED, columns))  # a trigger set one of them otherwise: keep it
+        return json.dumps({k: v for k, v in variables.items() if k != "action_index" and derived.get(k) != v})
 
     def for_update(self, job_id: str, variables: dict[str, str], final: bool) -> str | None:
-        last = self._last.pop(job_id, None) if final else self._last.get(job_id)
-        if last is None:  # resumed, retried: written whole
-            return json.dumps(_lean(variables, {}))
-        derived, before = last
-        kept = _lean(variables, derived)
-        if kept == before:
+        before = self._last.pop(job_id, None) if final else self._last.get(job_id)
+        if before is None:  # resumed, retried: written whole
+            return json.dumps({k: v for k, v in variables.items() if k != "action_index"})
+        if _same(before, variables):
             return None
         if not final:
-            self._last[job_id] = (derived, kept)
-        return json.dumps(kept)
+            if all(variables.get(k) == before[k] for k in DERIVED):
+                self._last[job_id] = variables
+            else:  # the flow changed one: written whole from now on
+                del self._last[job_id]
+        return json.dumps({k: v for k, v in variables.items()
+                           if k not in _NOT_STORED or (k != "action_index" and before[k] != v)})
 
     def forget(self) -> None:
         """A batch failed: what was last written is not known any more."""
         self._last.clear()
 
 
-def _lean(variables: dict[str, str], derived: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in variables.items() if k != "action_index" and derived.get(k) != v}
+def _same(before: dict[str, str], now: dict[str, str]) -> bool:
+    """Equal but for C{action_index}."""
+    if len(before) - ("action_index" in before) != len(now) - ("action_index" in now):
+        return False
+    return all(k == "action_index" or before.get(k, _MISSING) == v for k, v in now.items())
 
 
 def progress_params(job_id: str, index: int, variables: str | None, now: float, dest: str | None,

@@ -200,7 +200,8 @@ class Writer:
             return [(op.deferred, False, spool_error(e)) for op in ops]
         try:
             values = self._apply_all(conn, ops)
-            out: Results = [(op.deferred, True, value) for op, value in zip(ops, values)]
+            # Background writes that succeeded have no one to tell.
+            out: Results = [(op.deferred, True, value) for op, value in zip(ops, values) if op.deferred is not None]
         except Exception:
             one_by_one = self._one_by_one(conn, ops)
             if isinstance(one_by_one, SpoolError):
@@ -282,14 +283,13 @@ class Writer:
             op = ops[i]
             if op.kind == ADD:
                 job, flow, variables, now = op.args
-                row = records.new_job_row(job, flow, now)
                 if variables is None:
                     variables = job.variables.snapshot()
                 blob, path = self._payload(job)
                 if path is not None:
                     values[i] = path
                     op.undo = lambda path=path: unlink(path)
-                inserts.append(records.insert_params(row, lean.for_insert(row, variables), blob, path))
+                inserts.append(records.insert_params(job, flow, now, lean.for_insert(job, variables), blob, path))
                 continue
             if op.kind == PROGRESS:
                 job_id, index, variables, delivery, now = op.args
