@@ -88,7 +88,6 @@ def test_parse_line_never_raises_and_only_takes_pjl(line):
 
 
 QUERY_WORDS = st.sampled_from([b"INFO STATUS", b"INFO ID", b"INFO ", b"ECHO ", b"INQUIRE ", b"DINQUIRE ", b"USTATUS "])
-# Printable text only: a form feed inside ECHO text is a known issue (see the xfail below).
 PRINTABLE = st.binary(max_size=60).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c == 0x09))
 
 
@@ -119,29 +118,18 @@ def test_host_status_is_always_three_fields(paused, receiving, formats, length, 
     assert len(pjl.split_host_status(out)) == 3
 
 
-@pytest.mark.xfail(
-    reason="pjl.echo (printer, being written) echoes a form feed inside the text verbatim, so one "
-    "@PJL ECHO answer reads as two replies to a client that splits on FF; PJL allows only printable "
-    "characters and tabs in ECHO text",
-    strict=False,
-)
 def test_a_form_feed_in_echo_text_cannot_split_the_answer():
     out = pjl.answer(pjl.parse_line(b"@PJL ECHO a\x0cb"), "idle")
     assert pjl.split_replies(out) == [out]
 
 
-@pytest.mark.xfail(
-    reason="pjl._quote (printer, being written) replaces CR and LF in DISPLAY text but not a form feed, "
-    "so a flow error holding \\x0c (it may quote job data) splits the @PJL INFO STATUS answer in two",
-    strict=False,
-)
 def test_a_form_feed_in_the_error_cannot_split_a_status_reply():
     out = pjl.info_status("error", "bad \x0c data")
     assert pjl.split_replies(out) == [out]
 
 
 @FUZZ
-@given(PRINTABLE, st.sampled_from(sorted(pjl.STATE_CODES)), st.text(max_size=200).map(lambda t: t.replace("\x0c", "")))
+@given(PRINTABLE, st.sampled_from(sorted(pjl.STATE_CODES)), st.text(max_size=200))
 def test_error_text_cannot_add_lines_to_a_status_reply(noise, state, error):
     out = pjl.info_status(state, error + noise.decode())
     assert pjl.split_replies(out) == [out]

@@ -95,8 +95,20 @@ def _reply(header: str, lines: list[str]) -> bytes:
     return f"@PJL {header}\r\n{body}".encode("latin-1", "replace") + FF
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """
+    PJL text holds printable characters and tabs only: any other control
+    character (CR, LF, the form feed that ends a reply) becomes a space, so
+    text that may quote job data can never split or add reply lines.
+    """
+    return _CONTROL.sub(" ", text)
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
+    return '"' + _printable(text).replace('"', "'") + '"'
 
 
 def status_lines(state: str, error: str = "") -> list[str]:
@@ -123,8 +135,8 @@ def info_unknown(category: str) -> bytes:
 
 
 def echo(text: str) -> bytes:
-    """The answer to C{@PJL ECHO text}: the text, verbatim."""
-    return f"@PJL ECHO {text}".rstrip().encode("latin-1", "replace") + CRLF + FF
+    """The answer to C{@PJL ECHO text}: the text, control characters as spaces."""
+    return f"@PJL ECHO {_printable(text)}".rstrip().encode("latin-1", "replace") + CRLF + FF
 
 
 def inquire(variable: str) -> bytes:
