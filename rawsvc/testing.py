@@ -5,6 +5,10 @@ L{FakePrinter} is a real TCP listener (on loopback) that records every job
 it receives byte for byte, answers on the back-channel, and can behave like
 a busy, broken or slow printer: refuse connections, reset mid-job, or never
 close.
+
+L{send_job} is the fake sender: it connects to a trigger the way label
+software or C{nc -N} does, sends one job, half-closes (or not), and fires
+with everything the trigger answered until it closed.
 """
 
 from __future__ import annotations
@@ -209,3 +213,69 @@ class FakePrinter(Factory):
             if done >= count:
                 self._waiters.remove(item)
                 d.callback(self.jobs)
+
+
+# --- send_job (a trigger's peer) ----------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class _SenderProtocol(Protocol):
+    def __init__(self, data: bytes, half_close: bool, done: Deferred) -> None:
+        self.data = data
+        self.half_close = half_close
+        self.done = done
+        self.received: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+        if self.half_close:
+            self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.done.called:
+            self.done.callback(b"".join(self.received))
+
+
+def send_job(
+    reactor: Any,
+    endpoint: str,
+    data: bytes,
+    half_close: bool = True,
+    timeout: float = 10.0,
+) -> Deferred[bytes]:
+    """
+    Send C{data} as one job to the client endpoint string C{endpoint}
+    (C{"tcp:127.0.0.1:9200"}); fires with the bytes the trigger answered
+    before closing, or fails on connection errors and after C{timeout}.
+    """
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.protocol import Factory as _Factory
+
+    done: Deferred[bytes] = Deferred()
+    connecting = clientFromString(reactor, endpoint).connect(
+        _Factory.forProtocol(lambda: _SenderProtocol(data, half_close, done))
+    )
+    connecting.addErrback(lambda f: done.called or done.errback(f))
+
+    def too_slow() -> None:
+        if not done.called:
+            connecting.addCallback(lambda p: p.transport.abortConnection())
+            done.errback(TimeoutError(f"no answer from {endpoint} within {timeout} s"))
+
+    call = reactor.callLater(timeout, too_slow)
+
+    def stop_timer(result: Any) -> Any:
+        if call.active():
+            call.cancel()
+        return result
+
+    return done.addBoth(stop_timer)
