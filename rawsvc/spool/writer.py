@@ -37,6 +37,10 @@ log = Logger(namespace="rawsvc.spool")
 
 #: Most writes in one transaction.
 MAX_BATCH = 2000
+#: Writes a reactor turn hands over at once: a turn that makes more (a
+#: thousand jobs completing together) lets the thread start on the first
+#: ones while it makes the rest, rather than leave it idle until the end.
+HAND_OVER = 256
 
 #: Kinds of writes that go into multi-row statements.
 ADD, PROGRESS, FINISH = "add", "progress", "finish"
@@ -110,16 +114,20 @@ class Writer:
                 return None
             op.deferred.errback(error)
         else:
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 self.reactor.callLater(0, self._hand_over)
-            self._pending.append(op)
+            pending.append(op)
+            if len(pending) >= HAND_OVER:
+                self._queue.put(pending)
+                self._pending = []
         return op.deferred
 
     def _hand_over(self) -> None:
         """
         (Reactor thread) The writes of one reactor turn go to the thread
-        together: it wakes once per turn, not at the first write of a turn
-        to fight the reactor for the GIL over the rest.
+        together (by L{HAND_OVER} at most): it wakes once per turn, not at
+        the first write of a turn to fight the reactor for the GIL over the rest.
         """
         if self._pending:
             self._queue.put(self._pending)
