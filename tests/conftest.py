@@ -88,3 +88,23 @@ def reactor():
 @pytest.fixture
 def python():
     return sys.executable
+
+
+@pytest.fixture
+def service_factory(tmp_path):
+    """
+    Start real RawServices from TOML text (lines before the first table go
+    into support.start_service's [service] table); stopped after the test.
+    """
+    from support import start_service, stop_service
+
+    started = []
+
+    def make(toml: str):
+        svc = start_service(tmp_path, toml)
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        stop_service(svc)

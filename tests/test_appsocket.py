@@ -26,22 +26,13 @@ from rawsvc.context import BuildContext
 from rawsvc.errors import ConfigError
 from rawsvc.interfaces import ITrigger
 from rawsvc.triggers.appsocket import STATUS_KEYS, TokenBuckets, parse_status
-from support import port_of, recv_all, start_service, stop_service
+from support import port_of, recv_all
 
 
 @pytest.fixture
-def make(tmp_path):
-    started = []
-
-    def make(toml: str):
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    GateAction.open_all()
-    for svc in started:
-        stop_service(svc)
+def make(service_factory):
+    yield service_factory
+    GateAction.open_all()  # before service_factory stops the services
 
 
 def query(svc, payload=b""):

@@ -20,27 +20,12 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from support import port_of, start_service, stop_service
-
-
-@pytest.fixture
-def service_factory(tmp_path):
-    started = []
-
-    def make(toml: str):
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        stop_service(svc)
+from support import port_of
 
 
 # Broken printers ---------------------------------------------------------------------

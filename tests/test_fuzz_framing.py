@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from rawsvc.triggers.framing import DATA, END, DelimiterFramer, LengthFramer, StreamFramer, frame_all
+from rawsvc.triggers.framing import DATA, DelimiterFramer, LengthFramer, StreamFramer, frame_all
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

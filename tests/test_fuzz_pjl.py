@@ -7,7 +7,6 @@ information and answered queries as the whole stream.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -24,21 +24,7 @@ import pytest_twisted
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
-from support import port_of, recv_until, start_service, stop_service
-
-
-@pytest.fixture
-def service_factory(tmp_path):
-    started = []
-
-    def make(toml: str):
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        stop_service(svc)
+from support import port_of, recv_until
 
 
 @pytest.fixture

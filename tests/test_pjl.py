@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rawsvc.triggers import pjl
-from rawsvc.triggers.framing import DATA, END
+from rawsvc.triggers.framing import DATA
 from rawsvc.triggers.pjl import UEL
 from rawsvc.triggers.printer_framing import PrinterFramer
 from rawsvc.triggers.printer_state import InvalidTransition, PrinterState

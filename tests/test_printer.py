@@ -24,7 +24,7 @@ from printer_support import (
 )
 from rawsvc.interfaces import ITrigger
 from rawsvc.triggers import pjl
-from support import port_of, recv_all, recv_until, start_service, stop_service
+from support import port_of, recv_all, recv_until
 
 CUPS_SOCKET = "/usr/lib/cups/backend/socket"
 
@@ -35,18 +35,9 @@ def jobs_dir(tmp_path):
 
 
 @pytest.fixture
-def make(tmp_path):
-    started = []
-
-    def make(toml: str):
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    GateAction.open_all()
-    for svc in started:
-        stop_service(svc)
+def make(service_factory):
+    yield service_factory
+    GateAction.open_all()  # before service_factory stops the services
 
 
 def run(cmd, **kw):

@@ -21,24 +21,9 @@ from rawsvc.actions.file import safe_path
 from rawsvc.client.address import AddressError, AllowList, Destination
 from rawsvc.errors import ActionError
 
-from support import port_of, recv_all, start_service, stop_service
+from support import port_of, recv_all
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True)
-
-
-@pytest.fixture
-def service_factory(tmp_path):
-    started = []
-
-    def make(toml: str):
-        # Lines before the first table go into start_service's [service] table.
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        stop_service(svc)
 
 
 def send(port: int, data: bytes) -> bytes:

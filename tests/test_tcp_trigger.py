@@ -9,26 +9,11 @@ import struct
 import subprocess
 import time
 
-import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from conftest import require_tool
-from support import port_of, recv_all, recv_until, start_service, stop_service
-
-
-@pytest.fixture
-def service_factory(tmp_path):
-    started = []
-
-    def make(toml: str):
-        svc = start_service(tmp_path, toml)
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        stop_service(svc)
+from support import port_of, recv_all, recv_until
 
 
 def connect(port: int) -> socket.socket:
@@ -470,7 +455,7 @@ def test_counters_track_connections_jobs_and_bytes(service_factory):
 @pytest_twisted.inlineCallbacks
 def test_unix_socket_endpoint(service_factory, tmp_path):
     path = tmp_path / "rawsvc.sock"
-    svc = service_factory(tcp_trigger(listen=f"unix:{path}") + ECHO_FLOW)
+    service_factory(tcp_trigger(listen=f"unix:{path}") + ECHO_FLOW)
 
     def client():
         s = socket.socket(socket.AF_UNIX)

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web import client as webclient
-from twisted.web.http import RESPONSES, PotentialDataLoss
+from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
