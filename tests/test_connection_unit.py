@@ -143,3 +143,18 @@ def test_length_framing_is_independent_of_chunking(tmp_path, split):
     for i in range(0, len(data), split):
         proto.dataReceived(data[i : i + split])
     assert [j.payload.bytes() for j, _ in trigger.sink.jobs] == [b"abc", b"def", b"ghi"]
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("tcp:9100", "tcp:9100:backlog=1024"),
+        ("tcp:9100:interface=127.0.0.1", "tcp:9100:interface=127.0.0.1:backlog=1024"),
+        ("tcp:9100:backlog=5", "tcp:9100:backlog=5"),
+        ("unix:/run/rawsvc.sock", "unix:/run/rawsvc.sock"),
+    ],
+)
+def test_tcp_endpoints_get_a_deeper_listen_backlog(given, expected):
+    from rawsvc.triggers.base import with_backlog
+
+    assert with_backlog(given, 1024) == expected

@@ -60,7 +60,21 @@ LISTENER_OPTIONS = o.Schema(
     o.Option("refusal", str, "", o.optional_template,
              doc="text written to a refused client; ${reason} says why (empty: just close)"),
     o.Option("encoding", str, "utf-8", o.encoding, doc="how ${data} decodes the payload"),
+    o.Option("backlog", int, 1024, o.positive,
+             doc="listen backlog for tcp/ssl endpoints without their own backlog= (Twisted's default is 50)"),
 )
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """
+    Add C{backlog=N} to a tcp or ssl endpoint string that does not set one:
+    Twisted's default of 50 drops the SYNs of legitimate clients (they wait
+    1, 3, 7 s to retry) as soon as a burst of connections arrives.
+    """
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def peer_of(transport: Any) -> tuple[str, int]:
@@ -149,7 +163,7 @@ class ListenerTrigger(Service):
         return self.port is not None
 
     def _listen(self) -> Deferred:
-        endpoint = serverFromString(self.reactor, self.listen)
+        endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
         d = endpoint.listen(TriggerFactory(self))
 
         def up(port):
