@@ -8,9 +8,10 @@ cannot store is refused: the Deferred fires with the job in state
 C{refused} and C{job.error} = C{"spool unavailable: ..."}; its flow never
 runs.
 
-After each action the job's progress (the next action's index and its
-variables, including saved replies) is recorded, not fsynced; the final
-state is recorded durably.  At start, unfinished jobs are resumed in their
+After each action but the last the job's progress (the next action's
+index and its variables, including saved replies) is recorded, not
+fsynced, in the background (within one commit only a job's latest
+progress is written); the final state is recorded durably.  At start, unfinished jobs are resumed in their
 original order, from the first action that had not completed, before any
 new job: delivery is at-least-once, and C{${job_id}} lets a receiver spot
 a repeat.  A resumed job has no sender to answer: its C{reply} actions are

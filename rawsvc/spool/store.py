@@ -4,9 +4,11 @@ larger than L{BLOB_MAX} in C{state_dir/spool/<job_id>.job}.
 
 L{Store} is the reactor side: each method queues a write (or a read) for
 the writer thread (L{rawsvc.spool.writer}) and returns a Deferred that
-fires once it is committed.  The operations themselves, run on the writer
-thread, are the C{_}-prefixed methods here; new jobs, progress and final
-states are written in runs by the writer (L{rawsvc.spool.records}).
+fires once it is committed; a background write (C{background=True}) has
+none, its failure is logged, and L{Store.flush} waits for it.  The
+operations themselves, run on the writer thread, are the C{_}-prefixed
+functions here; new jobs, progress and final states are written in runs by
+the writer (L{rawsvc.spool.records}).
 """
 
 from __future__ import annotations
