@@ -42,7 +42,7 @@ from zope.interface import provider
 from rawsvc import options as o
 from rawsvc.interfaces import ITriggerType
 from rawsvc.triggers import pjl
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, TriggerFactory
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, TriggerFactory, with_backlog
 from rawsvc.triggers.connection import JobConnection
 from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
 from rawsvc.triggers.printer_state import PrinterState
@@ -287,7 +287,7 @@ class PrinterTrigger(ListenerTrigger):
 
     def _make_endpoint(self) -> Any:
         if self._endpoint is None:
-            self._endpoint = serverFromString(self.reactor, self.listen)
+            self._endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
         return self._endpoint
 
     def _listen(self) -> Deferred:
