@@ -311,12 +311,6 @@ def test_manhole_host_key_is_private(tmp_path, permissive_umask):
     assert oct(stat.S_IMODE(os.stat(path).st_mode)) == "0o600"
 
 
-@pytest.mark.xfail(
-    reason="spool (being written): spool.db-wal and spool.db-shm are created 0644 by SQLite "
-    "(PRAGMA journal_mode=WAL runs before os.chmod(spool.db, 0o600), and SQLite gives -wal/-shm the "
-    "db file's mode at that moment); only the 0700 state_dir keeps them private",
-    strict=False,
-)
 @pytest_twisted.inlineCallbacks
 def test_spool_files_are_private(tmp_path, permissive_umask):
     pytest.importorskip("rawsvc.spool.store")
