@@ -8,7 +8,6 @@ stop, listeners close first, then jobs in flight are given time to finish.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from typing import Any
@@ -90,9 +89,6 @@ class RawService(MultiService):
         )
         try:
             super().startService()
-            # Everything built so far (config, flows, modules) lives as long
-            # as the service: keep it out of every future GC pass.
-            gc.freeze()
         except ListenError as e:
             if not self.exit_on_error:
                 raise
