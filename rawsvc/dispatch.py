@@ -50,7 +50,7 @@ class Dispatcher:
                 counters.flow_seconds.observe(time.monotonic() - started)
                 if job.state == "done":
                     counters.jobs_ok += 1
-                else:
+                elif job.state != "interrupted":  # interrupted: resumes later
                     counters.jobs_failed += 1
             job.payload.discard()
             return result

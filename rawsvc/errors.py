@@ -13,6 +13,14 @@ class ActionError(RawsvcError):
     """
 
 
+class Interrupted(ActionError):
+    """
+    An action stopped because the service is stopping, not because the job
+    is bad: the flow ends without running C{on_error}, the job's state is
+    C{interrupted}, and a durable spool resumes it at the next start.
+    """
+
+
 class TemplateError(ActionError):
     """A template could not be rendered (unknown variable, bad encoding)."""
 

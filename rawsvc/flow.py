@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferre
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rawsvc.errors import ActionError
+from rawsvc.errors import ActionError, Interrupted
 from rawsvc.interfaces import IAction
 from rawsvc.job import Job
 
@@ -91,7 +91,7 @@ class Flow:
                         flow=self.name,
                         job_id=job.job_id,
                     )
-                yield self._fail(job, index, action, message)
+                yield self._fail(job, index, action, message, isinstance(failure.value, Interrupted))
                 break
             index += 1
             if index >= len(actions):
@@ -114,7 +114,19 @@ class Flow:
             )
 
     @inlineCallbacks
-    def _fail(self, job: Job, index: int, action: IAction, message: str):
+    def _fail(self, job: Job, index: int, action: IAction, message: str, interrupted: bool = False):
+        if interrupted:
+            job.state = "interrupted"
+            job.error = message
+            log.info(
+                "job {job_id} interrupted at action {index} ({type}) of flow {flow}: {error}",
+                job_id=job.job_id,
+                index=index,
+                type=getattr(action, "type_name", "?"),
+                flow=self.name,
+                error=message,
+            )
+            return
         job.state = "failed"
         job.error = message
         job.variables["error"] = message

@@ -346,3 +346,33 @@ def caplog_twisted_events():
     globalLogPublisher.addObserver(seen.append)
     yield seen
     globalLogPublisher.removeObserver(seen.append)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_interrupted_action_ends_the_flow_without_on_error():
+    from zope.interface import implementer
+
+    from rawsvc.errors import Interrupted
+    from rawsvc.flow import Flow
+    from rawsvc.interfaces import IAction
+    from rawsvc.job import Job, Payload
+
+    ran = []
+
+    @implementer(IAction)
+    class Step:
+        type_name = "step"
+
+        def __init__(self, name, exc=None):
+            self.name, self.exc = name, exc
+
+        def run(self, job):
+            ran.append(self.name)
+            if self.exc:
+                raise self.exc
+
+    flow = Flow("f", [Step("a", Interrupted("service stopping")), Step("b")], [Step("on_error")])
+    job = yield flow.run(Job("t", Payload(b"x")))
+    assert job.state == "interrupted"
+    assert ran == ["a"]
+    assert "error" not in job.variables.snapshot()

@@ -20,7 +20,7 @@ from rawsvc import options as o
 from rawsvc.client.address import AddressError, Destination
 from rawsvc.client.destinations import DeliveryResult, DestinationPool, pool_for
 from rawsvc.client.protocol import SendSettings, Source
-from rawsvc.errors import ActionError, ConfigIssue
+from rawsvc.errors import ActionError, ConfigIssue, Interrupted
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
 
@@ -137,6 +137,8 @@ class SendTcpAction:
         if self.save_reply:
             codec = "utf-8" if self.reply_encoding == "auto" else self.reply_encoding
             job.variables[self.save_reply] = result.reply.decode(codec, "replace")
+        if result.outcome == "stopped":
+            raise Interrupted(result.message)
         if not result.ok:
             raise ActionError(result.message)
         return result
