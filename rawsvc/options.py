@@ -8,6 +8,7 @@ every problem instead of stopping at the first.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -153,13 +154,20 @@ def encoding(value: str) -> str:
     return check_encoding(value)
 
 
+def _finite(value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigIssue(f"must be a finite number, not {value!r}")
+
+
 def positive(value: float) -> float:
+    _finite(value)
     if value <= 0:
         raise ConfigIssue(f"must be greater than 0, not {value!r}")
     return value
 
 
 def non_negative(value: float) -> float:
+    _finite(value)
     if value < 0:
         raise ConfigIssue(f"must be 0 or more, not {value!r}")
     return value

@@ -158,3 +158,23 @@ def test_tcp_endpoints_get_a_deeper_listen_backlog(given, expected):
     from rawsvc.triggers.base import with_backlog
 
     assert with_backlog(given, 1024) == expected
+
+
+def test_job_timeout_shorter_than_idle_timeout_fires_on_time(tmp_path):
+    trigger, clock = make_trigger(
+        tmp_path, execute_on='"delimiter"', delimiter='"\\n"', job_timeout=10, refusal='"ERR ${reason}\\n"'
+    )
+    proto, transport = connect(trigger)  # idle_timeout: the default 300 s
+    for _ in range(11):
+        clock.advance(1)
+        proto.dataReceived(b"x")  # trickles, never ends the job
+    assert transport.value() == b"ERR job not complete after 10 s (job_timeout)\n"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_timeouts_must_be_finite(tmp_path, value):
+    from rawsvc.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_trigger(tmp_path, idle_timeout=value)
+    assert f"key 'idle_timeout': must be a finite number" in str(e.value)

@@ -384,12 +384,20 @@ class JobConnection(Protocol):
         return min(deadlines) if deadlines else None
 
     def _schedule_deadline(self) -> None:
-        if self._deadline_call is not None or self.closed:
-            return  # the pending call re-checks and re-arms when it fires
+        if self.closed:
+            return
         deadline = self._next_deadline()
-        if deadline is not None:
-            delay = max(0.0, deadline - self.trigger.reactor.seconds())
-            self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.trigger.reactor.seconds())
+        if self._deadline_call is not None:
+            # A later deadline (activity) waits for the pending call, which
+            # re-checks and re-arms; an earlier one (a job_timeout shorter
+            # than idle_timeout) pulls the call forward.
+            if deadline < self._deadline_call.getTime():
+                self._deadline_call.reset(delay)
+            return
+        self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
 
     def _deadline_reached(self) -> None:
         self._deadline_call = None
@@ -424,7 +432,7 @@ class JobConnection(Protocol):
         self._send_refusal(reason)
         self.input_done = True
         if self.running or self.ready:
-            self.transport.pauseProducing()
+            self.pause_reading("timeout")
         else:
             self.transport.loseConnection()
 
