@@ -338,3 +338,39 @@ def _sleep(seconds):
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+def test_clients_refused_while_busy_do_not_leak_connection_slots(tmp_path):
+    """A client refused by a busy printer after being counted frees its slot on close."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionAborted, ConnectionDone
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from test_connection_unit import HeldSink
+
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspool = false\n'
+        '[[trigger]]\nname = "p"\ntype = "printer"\nlisten = "tcp:0:interface=127.0.0.1"\nflow = "f"\n'
+        'busy = "refuse"\nmax_connections = 3\n'
+        '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n'
+    )
+    trigger = loads(text, "unit.toml", BuildContext(reactor=Clock())).triggers["p"]
+    trigger.sink = HeldSink()
+
+    def connect(port):
+        proto = trigger.build_protocol()
+        proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port)))
+        return proto
+
+    for round_ in range(4):
+        active = connect(1000 + round_)
+        racer = connect(2000 + round_)  # arrives while the printer is busy: refused
+        assert racer.refused and not active.refused
+        racer.connectionLost(Failure(ConnectionAborted()))
+        active.connectionLost(Failure(ConnectionDone()))
+    assert len(trigger.connections) == 0
+    assert trigger.counters.connections_open == 0

@@ -140,11 +140,12 @@ class JobConnection(Protocol):
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
+        t = self.trigger
+        if self in t.connections:  # also a client refused after it was counted (a busy printer)
+            t.connections.discard(self)
+            t.counters.connections_open -= 1
         if self.refused:
             return
-        t = self.trigger
-        t.connections.discard(self)
-        t.counters.connections_open -= 1
         clean = reason.check(ConnectionDone) is not None
         # First: nothing more can be written, so replies from now on fail.
         self.replies.lost("closed" if clean else reason.getErrorMessage())
