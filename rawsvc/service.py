@@ -12,8 +12,8 @@ import os
 import sys
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from rawsvc.config import Config
@@ -71,11 +71,13 @@ class RawService(MultiService):
         return Dispatcher(self.flows, self.config.service.get("history", 1000))
 
     def _add_component_services(self) -> None:
+        self._components: list[Any] = []
         for name, component in list(self.context.components.items()):
             if name in ("sink", "service"):
                 continue
             if IService.providedBy(component) and component.parent is None:
                 component.setServiceParent(self)
+                self._components.append(component)
 
     @property
     def jobs(self) -> Any:
@@ -99,8 +101,18 @@ class RawService(MultiService):
 
     @inlineCallbacks
     def stopService(self):
-        # Listeners first (reverse order of start), then jobs in flight.
-        yield super().stopService()
+        """
+        Listeners and admin first (reverse order of start), so nothing new
+        arrives; then jobs in flight get up to SHUTDOWN_GRACE seconds, with
+        the destination queues still delivering; then the shared components
+        in the order they were added (destinations before the spool, which
+        closes last and keeps whatever is still unfinished for the next start).
+        """
+        Service.stopService(self)
+        components = getattr(self, "_components", [])
+        for child in reversed(list(self)):
+            if child not in components:
+                yield maybeDeferred(child.stopService)
         drain = getattr(self.sink, "drain", None)
         if drain is not None:
             d: Deferred = drain()
@@ -112,6 +124,8 @@ class RawService(MultiService):
             finally:
                 if timeout.active():
                     timeout.cancel()
+        for component in components:
+            yield maybeDeferred(component.stopService)
         log.info("rawsvc stopped")
 
     def status(self) -> dict[str, Any]:
