@@ -178,3 +178,18 @@ def test_timeouts_must_be_finite(tmp_path, value):
     with pytest.raises(ConfigError) as e:
         make_trigger(tmp_path, idle_timeout=value)
     assert f"key 'idle_timeout': must be a finite number" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"refusal": '"ERR ${nosuch}"'}, "key 'refusal': uses ${nosuch}; a refusal knows only ${reason}, ${peer_host}, ${trigger}"),
+        ({"backlog": 100000000000}, "key 'backlog': must be between 1 and 65535"),
+    ],
+)
+def test_listener_values_that_would_fail_at_run_time_are_config_errors(tmp_path, keys, message):
+    from rawsvc.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_trigger(tmp_path, **keys)
+    assert message in str(e.value)

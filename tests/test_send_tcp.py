@@ -337,3 +337,17 @@ def test_config_errors_name_the_key(tmp_path, action, service, expected):
     with pytest.raises(ConfigError) as info:
         build(None, tmp_path, action, service)
     assert expected in str(info.value)
+
+
+def test_retry_delay_longer_than_max_retry_delay_is_a_config_error(tmp_path):
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from rawsvc.errors import ConfigError
+
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspool = false\n[[flow]]\nname = "f"\n'
+        'actions = [ { type = "send_tcp", destination = "127.0.0.1:9100", retry_delay = 60, max_retry_delay = 1 } ]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        loads(text, "x.toml", BuildContext())
+    assert "key 'retry_delay': 60 s is longer than max_retry_delay (1 s)" in str(e.value)

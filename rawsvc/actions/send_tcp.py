@@ -80,6 +80,11 @@ class SendTcpAction:
 
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "SendTcpAction":
+        if options["retry_delay"] > options["max_retry_delay"]:
+            raise ConfigIssue(
+                f"{options['retry_delay']:g} s is longer than max_retry_delay ({options['max_retry_delay']:g} s)",
+                "retry_delay",
+            )
         pool = pool_for(context)
         destination: Template = options["destination"]
         if not destination.names:

@@ -37,6 +37,22 @@ def _networks(value: list) -> list:
     return nets
 
 
+#: The variables a refusal template may use.
+REFUSAL_VARIABLES = ("reason", "peer_host", "trigger")
+
+
+def _refusal(value: str):
+    template = o.optional_template(value)
+    if template is not None:
+        unknown = [n for n in template.names if n not in REFUSAL_VARIABLES]
+        if unknown:
+            raise ConfigIssue(
+                f"uses ${{{unknown[0]}}}; a refusal knows only "
+                + ", ".join(f"${{{n}}}" for n in REFUSAL_VARIABLES)
+            )
+    return template
+
+
 def _max_bytes(value: int) -> int:
     if value < 0:
         raise ConfigIssue("must be 0 (no limit) or more")
@@ -57,12 +73,18 @@ LISTENER_OPTIONS = o.Schema(
     o.Option("job_timeout", (int, float), 600.0, o.non_negative,
              doc="refuse a job that takes longer than this to arrive (0: never)"),
     o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse jobs larger than this (0: no limit)"),
-    o.Option("refusal", str, "", o.optional_template,
+    o.Option("refusal", str, "", lambda v: _refusal(v),
              doc="text written to a refused client; ${reason} says why (empty: just close)"),
     o.Option("encoding", str, "utf-8", o.encoding, doc="how ${data} decodes the payload"),
-    o.Option("backlog", int, 1024, o.positive,
+    o.Option("backlog", int, 1024, lambda v: _backlog(v),
              doc="listen backlog for tcp/ssl endpoints without their own backlog= (Twisted's default is 50)"),
 )
+
+
+def _backlog(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ConfigIssue(f"must be between 1 and 65535, not {value!r}")
+    return value
 
 
 def with_backlog(description: str, backlog: int) -> str:
