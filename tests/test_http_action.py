@@ -241,3 +241,19 @@ def _toml(value):
     if isinstance(value, dict):
         return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
     return f'"{value}"'
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_spilled_payload_streams_from_its_file_and_survives_a_retry(reactor, web_server, tmp_path):
+    import os
+
+    data = os.urandom(3 << 20)
+    payload = Payload(spool_dir=str(tmp_path), threshold=1 << 20)
+    payload.write(data)
+    payload.close()
+    assert not payload.in_memory
+    recorder = Recorder([(503, b"busy"), (200, b"ok")])
+    action = build(reactor, url=web_server(recorder) + "/", retry_delay=0.01)
+    job = Job(trigger="orders", payload=payload, peer_host="127.0.0.1", peer_port=4000)
+    yield action.run(job)
+    assert [r["body"] == data for r in recorder.requests] == [True, True]

@@ -231,11 +231,13 @@ class HttpAction:
             reactor=context.reactor,
         )
 
-    def _body(self, job: Any) -> bytes | None:
+    def _body(self, job: Any) -> Any:
         if self.method in ("GET", "HEAD", "OPTIONS", "DELETE") and self.body is None:
             return None
         if self.body is not None:
             return self.body.render(job.variables, self.encoding)
+        if not job.payload.in_memory:
+            return job.payload.open  # a large payload streams from its file, per attempt
         return job.payload.bytes()
 
     @inlineCallbacks
@@ -271,7 +273,11 @@ class HttpAction:
         raise ActionError(f"{last} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
 
     @inlineCallbacks
-    def _attempt(self, url: str, headers: dict, body: bytes | None, what: str):
+    def _attempt(self, url: str, headers: dict, body: Any, what: str):
+        if callable(body):  # stream the spilled payload: never the whole file in memory
+            from twisted.web.client import FileBodyProducer
+
+            body = FileBodyProducer(body(), readSize=1 << 16)
         d = self.client.request(
             self.method, url, headers=headers, data=body, unbuffered=True, allow_redirects=False
         )
