@@ -119,7 +119,7 @@ class Template:
     def _lookup(self, variables: Mapping[str, Value], name: str, raw: bool = False) -> Value:
         try:
             if raw and hasattr(variables, "raw"):
-                return variables.raw(name)  # type: ignore[attr-defined]
+                return variables.raw(name)
             return variables[name]
         except KeyError:
             raise TemplateError(f"unknown variable ${{{name}}}") from None
