@@ -16,13 +16,16 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from rawsvc._transport import stream_transport
 
 # --- FakePrinter (the outbound client's peer) ---------------------------------
 
@@ -50,11 +53,11 @@ class _FakePrinterProtocol(Protocol):
         self.job: ReceivedJob | None = None
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
+        peer = stream_transport(self).getPeer()
         self.job = ReceivedJob(f"{peer.host}:{peer.port}", time.monotonic())
         self.printer._opened(self)
         if self.printer.greeting:
-            self.transport.write(self.printer.greeting)
+            stream_transport(self).write(self.printer.greeting)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.job is not None
@@ -68,23 +71,25 @@ class _FakePrinterProtocol(Protocol):
         assert self.job is not None
         self.job.reset = True
         try:
-            self.transport.getHandle().setsockopt(
+            # A FakePrinter listens on plain TCP: the handle is the socket.
+            sock = cast(socket.socket, stream_transport(self).getHandle())
+            sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
             )
         except OSError:
             pass
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     def readConnectionLost(self) -> None:
         assert self.job is not None
         self.job.eof_at = time.monotonic()
         if self.printer.reply:
-            self.transport.write(self.printer.reply)
+            stream_transport(self).write(self.printer.reply)
         if self.printer.close_on_eof:
-            self.transport.loseConnection()
+            stream_transport(self).loseConnection()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.printer._closed(self)
@@ -181,7 +186,7 @@ class FakePrinter(Factory):
             self._refusing.close()
             self._refusing = None
         for p in list(self._protocols):
-            p.transport.abortConnection()
+            stream_transport(p).abortConnection()
         listening, self._listening = self._listening, None
         d: Deferred[None] = Deferred()
         if listening is not None:
@@ -227,20 +232,20 @@ class _SenderProtocol(Protocol):
         self.received: list[bytes] = []
 
     def connectionMade(self) -> None:
-        self.transport.write(self.data)
+        stream_transport(self).write(self.data)
         if self.half_close:
-            self.transport.loseWriteConnection()
+            stream_transport(self).loseWriteConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
 
     def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.callback(b"".join(self.received))
 
@@ -264,7 +269,12 @@ def send_job(
     connecting = clientFromString(reactor, endpoint).connect(
         _Factory.forProtocol(lambda: _SenderProtocol(data, half_close, done))
     )
-    connecting.addErrback(lambda f: done.called or done.errback(f))
+
+    def connect_failed(f: Failure) -> None:
+        if not done.called:
+            done.errback(f)
+
+    connecting.addErrback(connect_failed)
 
     def too_slow() -> None:
         if not done.called:

@@ -33,6 +33,8 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rawsvc._transport import stream_transport
+
 log = Logger(namespace="rawsvc.client")
 
 #: What is sent: bytes, or a callable opening a binary file to stream.
@@ -205,7 +207,7 @@ class SendProtocol(Protocol):
             self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
         if isinstance(self.source, bytes):
             self._handed = len(self.source)
-            self.transport.write(self.source)
+            stream_transport(self).write(self.source)
             self._all_written()
             return
         try:
@@ -213,7 +215,7 @@ class SendProtocol(Protocol):
         except OSError as e:
             self._ending = Ending.SOURCE_ERROR
             self._error = f"cannot read the job's data: {e.strerror or e}"
-            self.transport.abortConnection()
+            stream_transport(self).abortConnection()
             return
         d = _FileSender().beginFileTransfer(self._file, self.transport, self._count)
         d.addCallbacks(lambda _: self._all_written(), self._stream_stopped)
@@ -287,8 +289,8 @@ class SendProtocol(Protocol):
         self._ending = ending
         # loseConnection waits for the buffer to flush; a printer that stopped
         # reading must not hold the connection (and its queue) for ever.
-        self._abort_timer = self.reactor.callLater(CLOSE_GRACE, self.transport.abortConnection)
-        self.transport.loseConnection()
+        self._abort_timer = self.reactor.callLater(CLOSE_GRACE, stream_transport(self).abortConnection)
+        stream_transport(self).loseConnection()
 
     def _check_progress(self) -> None:
         """
@@ -307,7 +309,7 @@ class SendProtocol(Protocol):
                 "printer took no data for {seconds} s after {written} bytes; aborting",
                 seconds=self.settings.send_timeout, written=flushed,
             )
-            self.transport.abortConnection()
+            stream_transport(self).abortConnection()
             return
         self._progress = flushed
         self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rawsvc._transport import stream_transport
 from rawsvc.job import Job, Payload
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import DATA
@@ -90,7 +91,7 @@ class JobConnection(Protocol):
         t.connections.add(self)
         t.counters.connections_open += 1
         t.counters.connections_total += 1
-        self.transport.registerProducer(_ReadThrottle(self), True)
+        stream_transport(self).registerProducer(_ReadThrottle(self), True)
         self._arm_idle()
         self.accepted()
 
@@ -110,7 +111,7 @@ class JobConnection(Protocol):
             reason=reason,
         )
         self._send_refusal(reason)
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
 
     def _send_refusal(self, reason: str) -> None:
         text = self._render_refusal(reason)
@@ -131,7 +132,7 @@ class JobConnection(Protocol):
         if self.closed:
             return
         self.trigger.counters.bytes_out += len(data)
-        self.transport.write(data)
+        stream_transport(self).write(data)
 
     def connectionLost(self, reason: Any = ConnectionDone) -> None:
         self.closed = True
@@ -162,7 +163,7 @@ class JobConnection(Protocol):
         self._maybe_close()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
 
     def shutdown(self) -> None:
         """The service is stopping: close once the running jobs are done."""
@@ -340,7 +341,7 @@ class JobConnection(Protocol):
         finally:
             if self.trigger.opts.get("close_after_reply") and not self.closed:
                 self.input_done = True
-                self.transport.loseConnection()
+                stream_transport(self).loseConnection()
             self._dispatch()
             self._maybe_close()
 
@@ -348,20 +349,20 @@ class JobConnection(Protocol):
         if self.closed or self.running or self.ready:
             return
         if self.input_done or (self.closing and self.payload is None):
-            self.transport.loseConnection()
+            stream_transport(self).loseConnection()
 
     # Flow control and timeouts ---------------------------------------------
 
     def pause_reading(self, reason: str) -> None:
         if not self._paused and not self.closed:
-            self.transport.pauseProducing()
+            stream_transport(self).pauseProducing()
         self._paused.add(reason)
 
     def resume_reading(self, reason: str) -> None:
         if reason in self._paused:
             self._paused.discard(reason)
             if not self._paused and not self.closed:
-                self.transport.resumeProducing()
+                stream_transport(self).resumeProducing()
 
     def _arm_idle(self) -> None:
         """(Re)start counting idle time from now."""
@@ -423,7 +424,7 @@ class JobConnection(Protocol):
         self._drop_partial()
         self._send_refusal(reason)
         self.input_done = True
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
 
     def _job_too_slow(self) -> None:
         reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
@@ -435,7 +436,7 @@ class JobConnection(Protocol):
         if self.running or self.ready:
             self.pause_reading("timeout")
         else:
-            self.transport.loseConnection()
+            stream_transport(self).loseConnection()
 
     def describe(self) -> dict[str, Any]:
         return {

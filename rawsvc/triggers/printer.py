@@ -39,6 +39,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from zope.interface import provider
 
+from rawsvc._transport import stream_transport
 from rawsvc import options as o
 from rawsvc.interfaces import ITriggerType
 from rawsvc.triggers import pjl
@@ -118,7 +119,7 @@ class PrinterConnection(JobConnection):
         self.refused = True
         log.warn("trigger {trigger}: refused {peer}: {reason}",
                  trigger=self.trigger.name, peer=self.label, reason=reason)
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     def connectionLost(self, reason: Any = ConnectionDone) -> None:
         was_refused = self.refused
