@@ -14,13 +14,15 @@ C{ca_file}) unless C{verify_tls = false}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer, provider
@@ -129,9 +131,15 @@ class _ReplyReader(Protocol):
         self.size = 0
         self.done: Deferred = Deferred(self._cancel)
 
+    def _producer(self) -> IPushProducer:
+        # Response.deliverBody connects us to a transport that is the body's
+        # producer; Protocol.transport is declared only as ITransport | None.
+        assert self.transport is not None
+        return cast(IPushProducer, self.transport)
+
     def _cancel(self, _d: Deferred) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            self._producer().stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
@@ -140,11 +148,11 @@ class _ReplyReader(Protocol):
                 self.done.errback(
                     ActionError(f"reply larger than max_reply ({self.limit} bytes)")
                 )
-            self.transport.stopProducing()
+            self._producer().stopProducing()
             return
         self.chunks.append(data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if reason.check(webclient.ResponseDone, PotentialDataLoss):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 from twisted.application.service import Service
@@ -67,6 +67,16 @@ class DeliveryResult:
         return self.outcome == DELIVERED
 
 
+class _AttemptFields(TypedDict):
+    """The L{DeliveryResult} fields every finished attempt fills in."""
+
+    written: int
+    total: int | None
+    reply: bytes
+    ending: str
+    address: str
+
+
 class _Stopping(Exception):
     pass
 
@@ -111,9 +121,8 @@ class _Queue:
 class DestinationPool(Service):
     """Per-destination queues; see the module docstring."""
 
-    name = "destinations"
-
     def __init__(self, reactor: Any = None, allow: AllowList | None = None) -> None:
+        self.setName("destinations")
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -339,7 +348,7 @@ def _connect_failure(key: str, address: str, e: Exception, settings: SendSetting
 
 
 def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettings) -> DeliveryResult:
-    common = dict(written=r.written, total=r.total, reply=r.reply, ending=r.ending.value, address=address)
+    common = _AttemptFields(written=r.written, total=r.total, reply=r.reply, ending=r.ending.value, address=address)
     total = r.total if r.total is not None else "?"
     if r.ending in (Ending.EOF, Ending.DELAY, Ending.SENT):
         return DeliveryResult(DELIVERED, key, message=f"delivered {r.written} bytes to {key}", **common)

@@ -32,9 +32,8 @@ STOP_GRACE = 10.0
 class SpoolService(Service):
     """The spool's lifetime: open and resume at start, poll, purge, flush at stop."""
 
-    name = "spool"
-
     def __init__(self, sink: Any) -> None:
+        self.setName("spool")
         self.sink = sink
         self._poll = LoopingCall(sink.poll_requests)
         self._retention = LoopingCall(sink.purge)

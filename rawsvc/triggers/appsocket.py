@@ -143,6 +143,7 @@ class StatusProtocol(DatagramProtocol):
         reply = t.status_datagram()
         t.counters.jobs_received += 1
         t.counters.bytes_out += len(reply)
+        assert self.transport is not None  # datagramReceived runs only while listening
         self.transport.write(reply, addr)
 
 
