@@ -236,7 +236,7 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
             continue
         name = table.get("name")
         named = isinstance(name, str) and bool(name)
-        if named:
+        if isinstance(name, str) and name:  # named, spelled out so the type narrows
             label = f"[[trigger]] {name!r}"
             if name in names:
                 errors.add(label, f"duplicate trigger name {name!r}", "name")

@@ -105,6 +105,7 @@ class Payload:
             self._spill()
 
     def _spill(self) -> None:
+        assert self._spool_dir is not None  # write() spills only with a spool directory
         os.makedirs(self._spool_dir, mode=0o700, exist_ok=True)
         fd, self.path = tempfile.mkstemp(prefix="job-", suffix=".part", dir=self._spool_dir)
         self._file = os.fdopen(fd, "wb", buffering=1 << 16)

@@ -130,8 +130,8 @@ class SendTcpAction:
             source = self.data.render(job.variables, self.encoding)
             total = len(source)
         elif job.payload.in_memory:
-            source = job.payload.bytes()
-            total = len(source)
+            payload_bytes: bytes = job.payload.bytes()
+            source, total = payload_bytes, len(payload_bytes)
         else:
             source = job.payload.open
             total = job.payload.size

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if spooled is not None:
             spooled.seek(0)
             return os.fdopen(os.dup(spooled.fileno()), "rb")
+        assert path is not None  # no spooled stdin: a file was named
         return open(path, "rb")
 
     try:

@@ -10,6 +10,7 @@ its reply channel is L{SenderGone}, so its C{reply} actions are skipped
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -57,6 +58,7 @@ class SpoolOperations:
     retention_days: float
     retention_mb: float
     counters_for: Any
+    _run: Callable[..., Deferred]
     _held: dict[str, Deferred]
     _cancel: set[str]
     _polling: bool

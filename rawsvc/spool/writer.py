@@ -183,6 +183,7 @@ class Writer:
                 results.extend(self._run_group(group))
                 group = []
                 try:
+                    assert op.fn is not None  # only a row of a run has no fn; raw ops have one
                     results.append((op.deferred, True, op.fn(*op.args)))
                 except Exception as e:
                     results.append((op.deferred, False, e))
@@ -272,6 +273,7 @@ class Writer:
             if run:
                 self._apply_run(conn, ops, run, values)
                 run = []
+            assert op.fn is not None  # an op without a kind (not a row of a run) has its fn
             values[i] = op.fn(conn, *op.args)
         if run:
             self._apply_run(conn, ops, run, values)

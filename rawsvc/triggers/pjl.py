@@ -227,7 +227,7 @@ def split_host_status(data: bytes) -> list[bytes]:
 
 def split_replies(data: bytes) -> list[bytes]:
     """PJL replies in C{data}, each up to and including its form feed."""
-    out = []
+    out: list[bytes] = []
     start = 0
     while True:
         i = data.find(FF, start)
