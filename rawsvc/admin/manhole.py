@@ -29,7 +29,7 @@ from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
 from twisted.conch.insults import insults
 from twisted.conch.ssh import factory, keys
 from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
-from twisted.cred.portal import Portal
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
@@ -193,7 +193,8 @@ class ManholeSession(manhole_ssh.TerminalSession):
     changes instead of raising.
     """
 
-    transportFactory = SessionTransport
+    # conch infers the factory's type from its untyped default class; any callable with that signature works.
+    transportFactory = SessionTransport  # type: ignore[assignment]
 
     _proto: Any = None
     _transport: Any = None
@@ -230,13 +231,20 @@ class ManholeSession(manhole_ssh.TerminalSession):
         self._proto = self._transport = None
 
 
+@implementer(IRealm)  # conch's TerminalRealm implements IRealm without declaring it
 class ManholeRealm(manhole_ssh.TerminalRealm):
     sessionFactory = ManholeSession
-    transportFactory = SessionTransport
+    # conch infers the factory's type from its untyped default class; any callable with that signature works.
+    transportFactory = SessionTransport  # type: ignore[assignment]
 
     def __init__(self, namespace: Any) -> None:
         super().__init__()
-        self.chainedProtocolFactory = lambda: insults.ServerProtocol(manhole.ColoredManhole, namespace())
+
+        def chained_protocol() -> insults.ServerProtocol:
+            return insults.ServerProtocol(manhole.ColoredManhole, namespace())
+
+        # conch types chainedProtocolFactory as type[ServerProtocol] (its untyped default); it is any factory.
+        self.chainedProtocolFactory = chained_protocol  # type: ignore[assignment]
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         log.info("manhole: {user} logged in", user=avatarId.decode("utf-8", "replace"))
