@@ -368,8 +368,10 @@ class SendProtocol(Protocol):
 def _reason_text(reason: Failure) -> str:
     if reason.check(ConnectionDone):
         return "the printer closed the connection"
-    text = str(reason.value)
-    inner = getattr(reason.value, "osError", None) or (reason.value.args[0] if reason.value.args else None)
+    value = reason.value
+    assert value is not None  # a Failure always carries its exception
+    text = str(value)
+    inner = getattr(value, "osError", None) or (value.args[0] if value.args else None)
     if isinstance(inner, OSError) and inner.strerror:
         return inner.strerror.lower()
-    return text or type(reason.value).__name__
+    return text or type(value).__name__

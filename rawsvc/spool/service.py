@@ -78,8 +78,13 @@ class SpoolService(Service):
             if call.running:
                 call.stop()
         waited: Deferred = Deferred()
-        sink.drain().addBoth(lambda _: waited.called or waited.callback(True))
-        timeout = sink.reactor.callLater(self.stop_grace, lambda: waited.called or waited.callback(False))
+
+        def settle(drained: bool) -> None:
+            if not waited.called:
+                waited.callback(drained)
+
+        sink.drain().addBoth(lambda _: settle(True))
+        timeout = sink.reactor.callLater(self.stop_grace, settle, False)
         if not (yield waited):
             log.warn("spool: {n} job(s) still running after {s} s; they resume at the next start",
                      n=len(sink.running), s=self.stop_grace)
