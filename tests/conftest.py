@@ -10,6 +10,7 @@ Shared test habits (pytest + pytest-twisted only):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -27,6 +28,16 @@ def require_tool(name: str) -> str:
     if path:
         return path
     message = f"{name} is not installed (see .ci/run for the Debian package)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_module(name: str) -> None:
+    """Skip (fail under CI) when the Python module C{name} is not importable."""
+    if importlib.util.find_spec(name) is not None:
+        return
+    message = f"{name} is not importable (pip install '.[test]')"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
