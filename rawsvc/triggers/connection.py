@@ -234,6 +234,11 @@ class JobConnection(Protocol):
                 self.ready.append((Payload(), self.trigger.flow))
                 self._dispatch()
             return
+        if not self.job_ending(payload):
+            payload.discard()
+            self.job_refused = None
+            self.job_dropped()
+            return
         if self.job_refused:
             reason, self.job_refused = self.job_refused, None
             self.trigger.counters.jobs_refused += 1
@@ -244,13 +249,29 @@ class JobConnection(Protocol):
                 reason=reason,
             )
             self._send_refusal(reason)
+            self.job_dropped()
             return
         payload.close()
         self.ready.append((payload, self.trigger.flow))
         self._dispatch()
 
+    def job_ending(self, payload: Payload) -> bool:
+        """
+        Hook: a job's bytes are complete.  Return False when they make no
+        job (the printer: a status poll of PJL commands only); the payload is
+        then discarded and L{job_dropped} called.
+        """
+        return True
+
+    def job_dropped(self) -> None:
+        """Hook: the job being received was discarded, refused or not a job."""
+
+    def input_ending(self, clean: bool, how: str) -> None:
+        """Hook: the client sent its last byte (C{how}: half-close, close, lost ...)."""
+
     def _end_of_input(self, clean: bool, how: str) -> None:
         """The client sent its last byte (half-close, close or reset)."""
+        self.input_ending(clean, how)
         tail = self.framer.pending()
         if tail:
             self._append(tail)
@@ -290,6 +311,7 @@ class JobConnection(Protocol):
         if payload is not None:
             payload.discard()
         self._job_started = None
+        self.job_dropped()
 
     # Running jobs -----------------------------------------------------------
 

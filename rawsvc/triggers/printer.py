@@ -144,33 +144,28 @@ class PrinterConnection(JobConnection):
 
     def frame_ended(self, info: Any) -> None:
         self._info = info
-        self._end_job()
+        try:
+            self._end_job()
+        finally:
+            self._info = None
 
-    def _end_job(self) -> None:
-        info, self._info = self._info, None
-        if info is None:  # the end of input, not a marker
-            info = self.framer.current
-        payload = self.payload
-        if payload is not None and not info.content:
-            self._drop_partial()  # PJL, UELs, white space only: not a job
-            return
-        if payload is not None:
-            self._infos[payload] = info
-        super()._end_job()
-        self._abandoned()  # refused (too large): never reached a flow
+    def job_ending(self, payload: Any) -> bool:
+        info = self._info if self._info is not None else self.framer.current  # a marker's, or end of input
+        if not info.content:
+            return False  # PJL, UELs, white space only: a status poll, not a job
+        self._infos[payload] = info
+        return True
 
-    def _drop_partial(self) -> None:
-        super()._drop_partial()
-        self._abandoned()
+    def job_dropped(self) -> None:
+        self._abandoned()  # refused (too large) or cut off: never reached a flow
 
     def _abandoned(self) -> None:
         if self._receiving:
             self._receiving = False
             self.trigger.state.abandon()
 
-    def _end_of_input(self, clean: bool, how: str) -> None:
+    def input_ending(self, clean: bool, how: str) -> None:
         self.framer.current.ended_by = how
-        super()._end_of_input(clean, how)
 
     def after_data(self) -> None:
         if self.payload is not None and self.framer.current.content:
@@ -202,10 +197,6 @@ class PrinterConnection(JobConnection):
         if self.ustatus.get("JOB"):
             name = job.variables.get("pjl_job_name", "")
             self._write(pjl.ustatus_job("END", name, 0, "OK" if ok else "FAILED"))
-        self._maybe_release()
-
-    def _job_done(self, result: Any, slot: Any, job: Any) -> None:
-        super()._job_done(result, slot, job)
         self._maybe_release()
 
     # Status on the back-channel ---------------------------------------------
