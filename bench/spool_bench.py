@@ -1,7 +1,7 @@
 """
 Durable jobs/s: the same flow with and without the spool, in one run.
 
-    cd /work/main && /tmp/venv/bin/python bench/spool_bench.py [--jobs 20000] [--connections 64] [--window 16]
+    .venv/bin/python bench/spool_bench.py [--jobs 20000] [--connections 64] [--window 16]
 
 Starts the real C{twistd -n rawsvc} twice (C{[service] spool = false}, then
 C{spool = true}, fsync on: every acknowledged job is committed with
