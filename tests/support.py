@@ -61,6 +61,26 @@ def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> byte
     return buf
 
 
+def wait_until(predicate, timeout: float = 10.0):
+    """A Deferred that fires once C{predicate()} is true (polled on the reactor), or fails after C{timeout}."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    d: Deferred = Deferred()
+    deadline = time.monotonic() + timeout
+
+    def check():
+        if predicate():
+            d.callback(True)
+        elif time.monotonic() > deadline:
+            d.errback(AssertionError("condition not met in time"))
+        else:
+            reactor.callLater(0.02, check)
+
+    check()
+    return d
+
+
 @provider(IActionType)
 @implementer(IAction)
 class SleepAction:

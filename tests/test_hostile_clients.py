@@ -24,7 +24,7 @@ import pytest_twisted
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
-from support import port_of, recv_until
+from support import port_of, recv_until, wait_until
 
 
 @pytest.fixture
@@ -59,25 +59,6 @@ def trigger(name="t", **keys) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def wait_until(predicate, timeout=10.0):
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-
-    d = Deferred()
-    deadline = time.monotonic() + timeout
-
-    def check():
-        if predicate():
-            d.callback(True)
-        elif time.monotonic() > deadline:
-            d.errback(AssertionError("condition not met in time"))
-        else:
-            reactor.callLater(0.02, check)
-
-    check()
-    return d
 
 
 class NormalClient:

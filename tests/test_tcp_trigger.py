@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from conftest import require_tool
-from support import port_of, recv_all, recv_until
+from support import port_of, recv_all, recv_until, wait_until
 
 
 def connect(port: int) -> socket.socket:
@@ -99,27 +99,8 @@ def test_full_close_without_half_close_still_runs_the_job(service_factory, tmp_p
         s.close()
 
     yield deferToThread(client)
-    yield _wait_for(lambda: (out / "job.bin").exists())
+    yield wait_until(lambda: (out / "job.bin").exists())
     assert (out / "job.bin").read_bytes() == b"\x00\x01binary\xff"
-
-
-def _wait_for(predicate, timeout=5.0):
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred
-
-    d = Deferred()
-    deadline = time.monotonic() + timeout
-
-    def check():
-        if predicate():
-            d.callback(True)
-        elif time.monotonic() > deadline:
-            d.errback(AssertionError("condition not met in time"))
-        else:
-            reactor.callLater(0.02, check)
-
-    check()
-    return d
 
 
 @pytest_twisted.inlineCallbacks
@@ -312,7 +293,7 @@ def test_reply_to_a_vanished_peer_fails_the_job_clearly(service_factory):
         s.close()  # reset before the reply is ready
 
     yield deferToThread(client)
-    yield _wait_for(lambda: svc.triggers["t"].counters.jobs_failed == 1)
+    yield wait_until(lambda: svc.triggers["t"].counters.jobs_failed == 1)
     job = svc.sink.history[-1]
     assert job.state == "failed"
     assert "closed the connection" in job.error
@@ -411,7 +392,7 @@ def test_client_reset_mid_job_discards_it_without_crash(service_factory):
         s.close()  # RST
 
     yield deferToThread(client)
-    yield _wait_for(lambda: svc.triggers["t"].counters.connections_open == 0)
+    yield wait_until(lambda: svc.triggers["t"].counters.connections_open == 0)
     assert svc.triggers["t"].counters.jobs_received == 0
 
 
@@ -428,7 +409,7 @@ def test_client_reset_mid_job_runs_it_with_on_reset_process(service_factory):
         s.close()
 
     yield deferToThread(client)
-    yield _wait_for(lambda: svc.triggers["t"].counters.jobs_failed == 1)  # its reply cannot be sent
+    yield wait_until(lambda: svc.triggers["t"].counters.jobs_failed == 1)  # its reply cannot be sent
     assert svc.sink.history[-1].size == len(b"partial job")
 
 
@@ -446,7 +427,7 @@ def test_counters_track_connections_jobs_and_bytes(service_factory):
             s.close()
 
     yield deferToThread(client)
-    yield _wait_for(lambda: svc.triggers["t"].counters.connections_open == 0)
+    yield wait_until(lambda: svc.triggers["t"].counters.connections_open == 0)
     c = svc.triggers["t"].counters
     assert (c.connections_total, c.jobs_ok, c.jobs_failed, c.bytes_in) == (2, 2, 0, 3)
     assert c.bytes_out == len(b"GOT[a]\n") + len(b"GOT[bb]\n")
