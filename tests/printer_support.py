@@ -113,3 +113,26 @@ def udp_query(port: int, payload: bytes = b"", timeout: float = 2.0) -> bytes | 
 
 def udp_port(service, name: str = "p-status") -> int:
     return service.triggers[name].port.getHost().port
+
+
+def frame_stream(chunks, **kw):
+    """
+    Feed C{chunks} to a PrinterFramer; return (jobs, infos, commands met in
+    the stream, leftover bytes at close, the framer).
+    """
+    from rawsvc.triggers.framing import DATA
+    from rawsvc.triggers.printer_framing import PrinterFramer
+
+    commands = []
+    f = PrinterFramer(commands.append, **kw)
+    jobs, infos, cur = [], [], []
+    for chunk in chunks:
+        for kind, value in f.feed(chunk):
+            if kind == DATA:
+                cur.append(value)
+            else:
+                jobs.append(b"".join(cur))
+                infos.append(value)
+                cur = []
+    cur.append(f.pending())
+    return jobs, infos, commands, b"".join(cur), f

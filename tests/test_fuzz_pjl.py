@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rawsvc.triggers import pjl
-from rawsvc.triggers.framing import DATA
-from rawsvc.triggers.printer_framing import PrinterFramer
+from printer_support import frame_stream
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True)
 
@@ -33,19 +32,8 @@ OPTIONS = st.fixed_dictionaries(
 
 
 def frame(chunks, **kw):
-    commands = []
-    f = PrinterFramer(commands.append, **kw)
-    jobs, infos, cur = [], [], []
-    for chunk in chunks:
-        for kind, value in f.feed(chunk):
-            if kind == DATA:
-                cur.append(value)
-            else:
-                jobs.append(b"".join(cur))
-                infos.append(value)
-                cur = []
-    cur.append(f.pending())
-    return jobs, infos, commands, b"".join(cur)
+    """Feed chunks; return (jobs, infos, commands, leftover bytes at close)."""
+    return frame_stream(chunks, **kw)[:4]
 
 
 @st.composite

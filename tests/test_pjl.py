@@ -7,27 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rawsvc.triggers import pjl
-from rawsvc.triggers.framing import DATA
 from rawsvc.triggers.pjl import UEL
-from rawsvc.triggers.printer_framing import PrinterFramer
 from rawsvc.triggers.printer_state import InvalidTransition, PrinterState
+from printer_support import frame_stream
 
 
 def frame(chunks, **kw):
-    """Feed chunks; return (jobs, infos, commands, leftover bytes at close)."""
-    commands = []
-    f = PrinterFramer(commands.append, **kw)
-    jobs, infos, cur = [], [], []
-    for chunk in chunks:
-        for kind, value in f.feed(chunk):
-            if kind == DATA:
-                cur.append(value)
-            else:
-                jobs.append(b"".join(cur))
-                infos.append(value)
-                cur = []
-    cur.append(f.pending())
-    return jobs, infos, [c.command for c in commands], b"".join(cur), f
+    """Feed chunks; return (jobs, infos, command names, leftover bytes at close, framer)."""
+    jobs, infos, commands, rest, f = frame_stream(chunks, **kw)
+    return jobs, infos, [c.command for c in commands], rest, f
 
 
 # Parsing ---------------------------------------------------------------
