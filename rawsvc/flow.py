@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from rawsvc.errors import ActionError, Interrupted
@@ -115,30 +115,23 @@ class Flow:
 
     @inlineCallbacks
     def _fail(self, job: Job, index: int, action: IAction, message: str, interrupted: bool = False):
-        if interrupted:
-            job.state = "interrupted"
-            job.error = message
-            log.info(
-                "job {job_id} interrupted at action {index} ({type}) of flow {flow}: {error}",
-                job_id=job.job_id,
-                index=index,
-                type=getattr(action, "type_name", "?"),
-                flow=self.name,
-                error=message,
-            )
-            return
-        job.state = "failed"
+        job.state = "interrupted" if interrupted else "failed"
         job.error = message
-        job.variables["error"] = message
-        job.variables["failed_action"] = getattr(action, "type_name", "?")
-        log.warn(
-            "job {job_id} failed at action {index} ({type}) of flow {flow}: {error}",
+        type_name = getattr(action, "type_name", "?")
+        log.emit(
+            LogLevel.info if interrupted else LogLevel.warn,
+            "job {job_id} {state} at action {index} ({type}) of flow {flow}: {error}",
             job_id=job.job_id,
+            state=job.state,
             index=index,
-            type=getattr(action, "type_name", "?"),
+            type=type_name,
             flow=self.name,
             error=message,
         )
+        if interrupted:
+            return  # not the job's fault: no on_error, it resumes later
+        job.variables["error"] = message
+        job.variables["failed_action"] = type_name
         for handler in self.on_error:
             try:
                 yield maybeDeferred(handler.run, job)
