@@ -116,8 +116,8 @@ def test_markers_are_data_when_switched_off():
 
 
 def test_after_eoj_ignore_drops_the_rest():
-    jobs, _, _, rest, _ = frame([b"x\x04y\x04z"], after_eoj="ignore")
-    assert jobs == [b"x\x04"] and rest == b""
+    jobs, _, _, rest, _ = frame([b"%!x\x04y\x04z"], after_eoj="ignore")
+    assert jobs == [b"%!x\x04"] and rest == b""
 
 
 STREAM = (UEL + b'@PJL JOB NAME="a"\r\n@PJL INFO STATUS\r\n@PJL ENTER LANGUAGE=POSTSCRIPT\r\n%!PS\n~HS'

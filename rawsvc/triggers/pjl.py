@@ -44,6 +44,7 @@ STATE_CODES = {
     "error": (30000, "ERROR", True),
 }
 
+_SPACE = re.compile(rb"[ \t]+")
 _WORD = re.compile(rb'([A-Za-z0-9_]+)(?:\s*=\s*("[^"]*"?|\S+))?')
 
 
@@ -76,7 +77,7 @@ def parse_line(line: bytes) -> PjlCommand | None:
     rest = rest.strip()
     if not rest:
         return PjlCommand("")  # "@PJL" alone is a valid no-op
-    head, _, tail = rest.partition(b" ")
+    head, _, tail = _SPACE.sub(b" ", rest, count=1).partition(b" ")  # a tab separates words too
     command = head.decode("latin-1").upper()
     words: list[str] = []
     params: dict[str, str] = {}

@@ -14,14 +14,27 @@ Two modes, as on an HP printer:
   C{ECHO}, C{USTATUS}, C{USTATUSOFF}, C{INQUIRE}) are answered and left out
   of the payload; other commands (C{JOB}, C{EOJ}, C{SET}, C{ENTER}) stay in
   it.  Any other byte switches to language mode.
-- B{language mode}: print data.  Only the UEL, Ctrl-D (when enabled) and
-  C{~HS} (when enabled) are looked for, with C{bytes.find}.
+- B{language mode}: print data.  Only the UEL, Ctrl-D (in PostScript)
+  and C{~HS} (in ZPL) are looked for, with C{bytes.find}.
 
-A job ends at a Ctrl-D, or at a UEL once every C{@PJL JOB} has had its
-C{@PJL EOJ}, but only when the job holds print data: a job made of PJL
-commands, UELs and white space alone is not a job (status monitors send
-those).  The marker stays in the payload, so a forwarded job is the bytes
-the client sent.
+Each language section (from PJL mode to the next UEL or end of job) has a
+language, decided where it begins:
+
+- C{postscript}: C{@PJL ENTER LANGUAGE = POSTSCRIPT}, or, with no
+  C{ENTER}, the data begins with C{%!};
+- C{zpl}: C{ENTER LANGUAGE = ZPL}, or the data begins with C{^} or C{~}
+  (every ZPL command does); it stays C{zpl} while the data is text, and
+  becomes C{other} at the first control byte (binary data);
+- C{other}: anything else (PCL, PDF, raster, compressed, plain text).
+
+A job ends at a Ctrl-D in a PostScript section (Ctrl-D is data in any other
+language, as on a JetDirect port), or at a UEL (the printer's reset, in any
+language); both only once every C{@PJL JOB} has had its C{@PJL EOJ}, and
+only when the job holds print data: a job made of PJL commands, UELs,
+Ctrl-Ds and white space alone is not a job (status monitors send those).
+C{~HS} is answered in PJL mode and in ZPL sections only, so binary data
+holding those three bytes is neither cut nor altered.  The marker stays in
+the payload, so a forwarded job is the bytes the client sent.
 """
 
 from __future__ import annotations
@@ -36,6 +49,12 @@ from rawsvc.triggers.pjl import CTRL_D, HOST_STATUS, PJL_PREFIX, UEL, PjlCommand
 
 _WS = re.compile(rb"[ \t\r\n\f]*")
 _NON_WS = re.compile(rb"[^ \t\r\n\f]")
+#: A byte that text (ZPL, UTF-8 included) never holds: the data is binary.
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: How PostScript begins.
+PS_MAGIC = b"%!"
+
+POSTSCRIPT, ZPL, OTHER = "postscript", "zpl", "other"
 
 #: A C{@PJL} line longer than this without a line feed is taken as data.
 MAX_PJL_LINE = 4096
@@ -73,11 +92,11 @@ class PrinterFramer:
         self.after_eoj = after_eoj
         self.current = JobInfo()
         self.pjl_mode = True
+        self.language = ""  # of the section being read: postscript | zpl | other ("" in PJL mode)
         self.ignoring = False  # after_eoj = "ignore" and a job has ended
         self.depth = 0  # @PJL JOB minus @PJL EOJ
         self._held = b""
         self._events: list[Event] = []
-        self._markers = [UEL] + ([CTRL_D] if ctrl_d else []) + ([HOST_STATUS] if zpl else [])
 
     # Events -----------------------------------------------------------------
 
@@ -104,7 +123,7 @@ class PrinterFramer:
         buf = self._held + data if self._held else data
         self._held = b""
         self._events = []
-        found: dict[bytes, int] = {}  # marker -> next index in buf (-1: none left)
+        found: dict[object, int] = {}  # marker -> next index in buf (-1: none left)
         pos, n = 0, len(buf)
         while pos < n:
             if self.pjl_mode:
@@ -135,11 +154,11 @@ class PrinterFramer:
             if e < 0:
                 if n - j <= MAX_PJL_LINE:
                     return self._hold(buf, pos)
-                self.pjl_mode = False
+                self._enter_language(OTHER)
                 return pos
             cmd = parse_line(buf[j : e + 1])
             if cmd is None:  # "@PJLX...": data
-                self.pjl_mode = False
+                self._enter_language(OTHER)
                 return pos
             self._data(buf[pos:j], content=False)
             if not cmd.is_query:
@@ -150,16 +169,31 @@ class PrinterFramer:
             self._data(buf[pos:j], content=False)
             self.on_command(PjlCommand("~HS"))
             return j + len(HOST_STATUS)
+        if self.ctrl_d and buf.startswith(CTRL_D, j):  # CUPS's "PostScript Ctrl-D" sends one first
+            self._data(buf[pos : j + 1], content=False)
+            return j + 1
         rest = buf[j:]
         if len(rest) < len(UEL) and (
             UEL.startswith(rest)
             or PJL_PREFIX.startswith(rest[:4].upper())
             or (self.zpl and HOST_STATUS.startswith(rest))
+            or PS_MAGIC.startswith(rest)
         ):
             return self._hold(buf, pos)
         self._data(buf[pos:j], content=False)
-        self.pjl_mode = False
+        if buf.startswith(PS_MAGIC, j):
+            self._enter_language(POSTSCRIPT)
+        elif buf[j : j + 1] in (b"^", b"~"):
+            self._enter_language(ZPL)
+        else:
+            self._enter_language(OTHER)
         return j
+
+    def _enter_language(self, language: str) -> None:
+        """Leave PJL mode; C{language} unless PJL's C{ENTER LANGUAGE} named one."""
+        self.pjl_mode = False
+        if not self.language:
+            self.language = language
 
     def _command(self, cmd: PjlCommand) -> None:
         if cmd.command == "JOB":
@@ -169,23 +203,41 @@ class PrinterFramer:
         elif cmd.command == "EOJ":
             self.depth -= 1
         elif cmd.command == "ENTER" and "LANGUAGE" in cmd.params:
-            self.current.pjl_language = cmd.params["LANGUAGE"].upper()
+            language = self.current.pjl_language = cmd.params["LANGUAGE"].upper()
             self.pjl_mode = False
+            self.language = POSTSCRIPT if language == "POSTSCRIPT" else ZPL if language == "ZPL" else OTHER
         self.on_command(cmd)
 
-    def _after_uel(self) -> None:
+    def _pjl_again(self) -> None:
         self.pjl_mode = True
+        self.language = ""
+
+    def _after_uel(self) -> None:
+        self._pjl_again()
         if self.uel and self.current.content and self.depth <= 0:
             self._end("uel")
 
-    def _language_step(self, buf: bytes, pos: int, found: dict[bytes, int]) -> int:
+    def _markers(self) -> list[bytes]:
+        """What ends or interrupts the data of the current section."""
+        markers = [UEL]
+        if self.ctrl_d and self.language == POSTSCRIPT and self.depth <= 0:
+            markers.append(CTRL_D)
+        if self.zpl and self.language == ZPL:
+            markers.append(HOST_STATUS)
+        return markers
+
+    def _language_step(self, buf: bytes, pos: int, found: dict[object, int]) -> int:
         first, marker = -1, b""
-        for m in self._markers:
-            i = found.get(m)
-            if i is None or (0 <= i < pos):
-                i = found[m] = buf.find(m, pos)
+        for m in self._markers():
+            i = self._next(m, buf, pos, found)
             if i >= 0 and (first < 0 or i < first):
                 first, marker = i, m
+        if self.language == ZPL:
+            binary = self._next(_BINARY, buf, pos, found)
+            if binary >= 0 and (first < 0 or binary < first):
+                self.language = OTHER  # binary data: ~HS is data from here on
+                if marker == HOST_STATUS:
+                    first, marker = found[UEL], UEL
         if first < 0:
             hold = self._partial_marker(buf, pos)
             self._data(buf[pos : len(buf) - hold], content=True)
@@ -200,17 +252,30 @@ class PrinterFramer:
             self._after_uel()
         elif marker == CTRL_D:
             self._data(CTRL_D, content=False)
-            self.pjl_mode = True
+            self._pjl_again()
             if self.current.content:
                 self._end("ctrl-d")
         else:
             self.on_command(PjlCommand("~HS"))
         return end
 
+    @staticmethod
+    def _next(marker: bytes | re.Pattern[bytes], buf: bytes, pos: int, found: dict[object, int]) -> int:
+        """Index of the next C{marker} in C{buf} from C{pos} (-1: none), cached in C{found}."""
+        i = found.get(marker)
+        if i is None or 0 <= i < pos:
+            if isinstance(marker, bytes):
+                i = buf.find(marker, pos)
+            else:
+                m = marker.search(buf, pos)
+                i = m.start() if m else -1
+            found[marker] = i
+        return i
+
     def _partial_marker(self, buf: bytes, pos: int) -> int:
         """Length of the longest tail of C{buf[pos:]} that could begin a marker."""
         longest = 0
-        for m in self._markers:
+        for m in self._markers():
             for k in range(min(len(m) - 1, len(buf) - pos), longest, -1):
                 if buf.endswith(m[:k]):
                     longest = k
@@ -237,3 +302,4 @@ class PrinterFramer:
         if _NON_WS.search(tail) and not UEL.startswith(tail.strip()):
             self.current.content = True
         return tail
+
