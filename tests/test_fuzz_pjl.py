@@ -23,6 +23,8 @@ TOKENS = st.sampled_from(
         b"@PJL INQUIRE RESOLUTION\r\n", b"@PJL DINQUIRE\r\n", b"@PJL ENTER LANGUAGE=POSTSCRIPT\r\n",
         b"@PJL SET COPIES=2\r\n", b"@PJLX\r\n", b"@PJL = =\r\n", b'@PJL JOB NAME="\r\n', b"%!PS\n",
         b"\x04", b"~HS", b"~H", b"^XA^XZ", b"\r\n", b" ", b"\x0c", b"\x00\xff", b"data",
+        b"%", b"!", b"%!", b"%PDF-", b"^", b"~", b"\x1bE", b"@PJL ENTER LANGUAGE = PCL\r\n",
+        b"@pjl\tenter language=postscript\n", b"@PJL ENTER LANGUAGE=ZPL\r\n",
     ]
 )
 STREAMS = st.lists(TOKENS | st.binary(max_size=8), max_size=25).map(b"".join)
@@ -121,3 +123,17 @@ def test_error_text_cannot_add_lines_to_a_status_reply(noise, state, error):
     out = pjl.info_status(state, error + noise.decode())
     assert pjl.split_replies(out) == [out]
     assert len(out[:-1].split(b"\r\n")) == 5
+
+
+#: Binary data: many Ctrl-Ds, %! and ~HS inside, never a UEL (a 9-byte chance of 2^-72 per byte).
+BINARY = st.lists(st.sampled_from([b"\x04", b"%!", b"~HS", b"~", b"%", b"\x00", b"@PJL\r\n"]) | st.binary(max_size=8),
+                  max_size=40).map(lambda parts: b"\x00" + b"".join(parts).replace(b"\x1b", b"E"))
+
+
+@FUZZ
+@given(BINARY, st.data())
+def test_any_split_of_binary_data_is_one_job_exactly_as_sent(data, draw):
+    cuts = sorted(draw.draw(st.lists(st.integers(0, len(data)), max_size=20)))
+    bounds = [0, *cuts, len(data)]
+    jobs, infos, commands, rest = frame([data[a:b] for a, b in zip(bounds, bounds[1:])])
+    assert (jobs, commands, rest) == ([], [], data)

@@ -186,3 +186,86 @@ def test_next_job_arriving_while_the_previous_flow_runs():
 def test_invalid_transition_raises():
     with pytest.raises(InvalidTransition):
         PrinterState().submit("j")
+
+
+# Languages: Ctrl-D ends a job only in PostScript, ~HS is answered only in ZPL ----
+
+
+def _binary(n: int, seed: int) -> bytes:
+    """Random bytes with many Ctrl-Ds and a %! and ~HS past the start (no UEL, by chance or not)."""
+    import random
+
+    rnd = random.Random(seed)
+    data = bytearray(rnd.randbytes(n))
+    for i in rnd.sample(range(1, n), n // 50):
+        data[i] = 4
+    data[n // 2 : n // 2 + 2] = b"%!"
+    data[n // 3 : n // 3 + 3] = b"~HS"
+    if data[:1] in (b"%", b"^", b"~", b"\x1b", b"@"):
+        data[0] = 0
+    return bytes(data).replace(UEL, b"")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_job_with_ctrl_d_is_one_job_byte_identical(seed):
+    data = _binary(20_000, seed)
+    jobs, _, commands, rest, _ = frame([data[i : i + 997] for i in range(0, len(data), 997)])
+    assert jobs == [] and commands == [] and rest == data
+
+
+@pytest.mark.parametrize("start", [b"%PDF-1.7\n", b"\x1bE\x1b&l0O", b"\x89PNG\r\n", b"hello\r\n", b"\x1f\x8b\x08"])
+def test_non_postscript_languages_do_not_end_at_ctrl_d(start):
+    data = start + b"a\x04b\x04c"
+    jobs, _, _, rest, _ = frame([data])
+    assert jobs == [] and rest == data
+
+
+def test_postscript_after_pjl_and_uel_ends_at_ctrl_d():
+    first = UEL + b"@PJL SET COPIES=1\r\n%!PS-Adobe-3.0\nshowpage\n\x04"
+    jobs, infos, _, rest, _ = frame([first + b"%!PS\nsecond\x04"])
+    assert jobs == [first, b"%!PS\nsecond\x04"] and rest == b""
+    assert [i.ended_by for i in infos] == ["ctrl-d", "ctrl-d"]
+
+
+@pytest.mark.parametrize("enter", [b"@PJL ENTER LANGUAGE=POSTSCRIPT\r\n", b"@pjl enter language = postscript\n",
+                                   b"@PJL\tENTER\tLANGUAGE\t=\tPostScript\r\n"])
+def test_enter_language_postscript_makes_ctrl_d_end_the_job(enter):
+    first = UEL + enter + b"\x00binary PS\x04"
+    jobs, infos, _, rest, _ = frame([first + b"next"])
+    assert jobs == [first] and rest == b"next" and infos[0].pjl_language == "POSTSCRIPT"
+
+
+def test_pcl_with_ctrl_d_after_enter_language_pcl_does_not_split():
+    job = UEL + b"@PJL ENTER LANGUAGE = PCL\r\n%!\x1bE\x04\x04raster\x04" + UEL
+    jobs, infos, _, rest, _ = frame([job + b"tail"])
+    assert jobs == [job] and infos[0].ended_by == "uel" and rest == b"tail"
+
+
+def test_ctrl_d_inside_an_open_pjl_job_waits_for_its_eoj():
+    # What CUPS's PostScript drivers send: the trailer after the Ctrl-D stays in the job.
+    job = (UEL + b'@PJL JOB NAME="j"\r\n@PJL ENTER LANGUAGE=POSTSCRIPT\r\n%!PS\nshowpage\n\x04'
+           + UEL + b"@PJL EOJ\r\n" + UEL)
+    jobs, infos, _, rest, _ = frame([job])
+    assert jobs == [job] and infos[0].ended_by == "uel" and rest == b""
+
+
+def test_cups_leading_ctrl_d_before_postscript():
+    jobs, _, _, rest, _ = frame([b"\x04%!PS\nx\x04\x04%!PS\ny\x04"])
+    assert jobs == [b"\x04%!PS\nx\x04", b"\x04%!PS\ny\x04"] and rest == b""
+
+
+def test_host_status_inside_binary_is_data():
+    data = b"\x00\x01~HS\x04~HS"
+    jobs, _, commands, rest, _ = frame([data])
+    assert commands == [] and rest == data
+
+
+def test_host_status_in_zpl_text_is_answered_until_binary_data():
+    data = b"^XA~HS^FDa^FS~DYR:X,B,P,4,0,\x00\x01~HS\x02^XZ"
+    _, _, commands, rest, _ = frame([data[:4], data[4:]])
+    assert commands == ["~HS"] and rest == data.replace(b"~HS", b"", 1)
+
+
+def test_percent_split_from_its_bang_is_still_postscript():
+    jobs, _, _, rest, _ = frame([b"%", b"!PS\n\x04", b"x"])
+    assert jobs == [b"%!PS\n\x04"] and rest == b"x"
