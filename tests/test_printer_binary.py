@@ -128,7 +128,7 @@ class Cupsd:
                 f"ServerRoot {r}/etc\nRequestRoot {r}/spool\nCacheDir {r}/cache\nStateDir {r}/state\n"
                 f"TempDir {r}/tmp\nAccessLog {r}/log/access_log\nErrorLog {r}/log/error_log\n"
                 f"PageLog {r}/log/page_log\nServerBin /usr/lib/cups\nDataDir /usr/share/cups\n"
-                "SystemGroup root\n"
+                f"SystemGroup root\nPrintcap {r}/state/printcap\n"
             )
         with open(os.path.join(r, "etc", "cupsd.conf"), "w") as f:
             f.write(
@@ -141,14 +141,18 @@ class Cupsd:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 15
-        while self.run("lpstat", "-r", check=False).returncode != 0:
+        while self.run("lpstat", "-r", check=False).stdout.strip() != "scheduler is running":
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"cupsd did not start: {self.log()}")
             time.sleep(0.1)
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30)
+        for _ in range(20):  # a scheduler just up may still turn a client away
+            result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30)
+            if "Unable to connect to server" not in result.stderr:
+                break
+            time.sleep(0.1)
         if check and result.returncode:
             raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr} {self.log()}")
         return result
