@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc._transport import stream_transport
-from rawsvc.job import Job, Payload
+from rawsvc.job import Job, Payload, PayloadError
+from rawsvc.triggers import admission
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import DATA
 from rawsvc.triggers.replies import ReplyQueue
@@ -71,7 +72,7 @@ class JobConnection(Protocol):
         # only moves timestamps, and the timer re-arms itself lazily.
         self._deadline_call: Any = None
         self._idle_armed = False
-        self._last_active = 0.0
+        self.last_active = 0.0
         self._job_started: float | None = None
         self._frame_call: Any = None
         self.connected_at = time.time()
@@ -84,7 +85,8 @@ class JobConnection(Protocol):
         self.peer_host, self.peer_port = peer_of(self.transport)
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.trigger.reactor)
-        if len(t.connections) >= t.max_connections:
+        self.last_active = t.reactor.seconds()
+        if not admission.admit(t, self):
             t.counters.connections_refused += 1
             self.refuse(f"too many connections (max_connections = {t.max_connections})")
             return
@@ -142,6 +144,7 @@ class JobConnection(Protocol):
                 call.cancel()
             setattr(self, name, None)
         t = self.trigger
+        t.counted.discard(self)
         if self in t.connections:  # also a client refused after it was counted (a busy printer)
             t.connections.discard(self)
             t.counters.connections_open -= 1
@@ -159,6 +162,7 @@ class JobConnection(Protocol):
         if self.input_done:
             return
         self.input_done = True
+        self.trigger.counted.discard(self)  # all its bytes are in: it no longer keeps a client out
         self._end_of_input(True, "half-close")
         self._maybe_close()
 
@@ -176,9 +180,10 @@ class JobConnection(Protocol):
         if self.refused or self.input_done:
             return
         self.trigger.counters.bytes_in += len(data)
-        self._last_active = self.trigger.reactor.seconds()
         data = self.inspect(data)
         for kind, chunk in self.framer.feed(data):
+            if self.input_done:  # a job could not be stored: the rest is not read
+                return
             if kind == DATA:
                 self._append(chunk)
             else:
@@ -212,8 +217,12 @@ class JobConnection(Protocol):
 
     def _append(self, chunk: bytes) -> None:
         t = self.trigger
+        if chunk:
+            # Only job bytes are activity: empty messages (keep-alive
+            # delimiters) never reach here, so they do not hold a slot.
+            self.last_active = t.reactor.seconds()
         if self.payload is None:
-            self.payload = Payload(spool_dir=t.temp_dir, threshold=t.spill_threshold)
+            self.payload = Payload(spool_dir=t.temp_dir, threshold=t.spill_threshold, budget=t.spill_budget)
             self.job_refused = None
             if t.job_timeout:
                 self._job_started = t.reactor.seconds()
@@ -224,7 +233,38 @@ class JobConnection(Protocol):
             self.job_refused = f"job larger than max_job_bytes = {t.max_job_bytes}"
             self.payload.discard()
             return
-        self.payload.write(chunk)
+        try:
+            self.payload.write(chunk)
+        except PayloadError as e:  # the payload removed its file
+            self._spill_failed(str(e))
+
+    def _spill_failed(self, reason: str) -> None:
+        self.payload = None
+        self._job_started = None
+        self.trigger.counters.jobs_refused += 1
+        log.error("trigger {trigger}: refused a job from {peer}: {reason}",
+                  trigger=self.trigger.name, peer=self.label, reason=reason)
+        self.job_dropped()
+        self.refuse_unstored(reason)
+
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """
+        A job of this client could not be stored: never let the client take
+        a clean close for success.  With a C{refusal} text, say why and
+        close once the jobs in flight are done; without one, reset (RST).
+        Reads nothing more either way.
+        """
+        self.input_done = True
+        self.trigger.counted.discard(self)
+        self.pause_reading("refused")
+        if self.closed:
+            return
+        if self.trigger.refusal is None:
+            stream_transport(self).abortConnection()
+            return
+        if not text_sent:
+            self._send_refusal(reason)
+        self._maybe_close()
 
     def _end_job(self) -> None:
         payload, self.payload = self.payload, None
@@ -251,7 +291,11 @@ class JobConnection(Protocol):
             self._send_refusal(reason)
             self.job_dropped()
             return
-        payload.close()
+        try:
+            payload.close()
+        except PayloadError as e:
+            self._spill_failed(str(e))
+            return
         self.ready.append((payload, self.trigger.flow))
         self._dispatch()
 
@@ -351,13 +395,16 @@ class JobConnection(Protocol):
 
     def _job_done(self, result: Any, slot: Any, job: Job) -> None:
         self.running -= 1
-        if job.state == "refused":
+        refused = job.state == "refused"
+        if refused:
             # The sink could not take the job (the spool is unavailable): the
             # refusal text goes out in this job's place in the reply order.
             text = self._render_refusal(job.error or "refused")
             if text is not None:
                 slot.reply(text).addErrback(lambda f: None)
         self.replies.finish(slot)
+        if refused:
+            self.refuse_unstored(job.error or "refused", text_sent=True)
         try:
             self.job_finished(job)
         finally:
@@ -391,7 +438,7 @@ class JobConnection(Protocol):
         if not self.trigger.idle_timeout or self.closed:
             return
         self._idle_armed = True
-        self._last_active = self.trigger.reactor.seconds()
+        self.last_active = self.trigger.reactor.seconds()
         self._schedule_deadline()
 
     def _disarm_idle(self) -> None:
@@ -402,10 +449,20 @@ class JobConnection(Protocol):
         t = self.trigger
         deadlines = []
         if self._idle_armed and t.idle_timeout:
-            deadlines.append(self._last_active + t.idle_timeout)
+            deadlines.append(self.last_active + t.idle_timeout)
         if self._job_started is not None and t.job_timeout:
             deadlines.append(self._job_started + t.job_timeout)
+        extra = self.extra_deadline()
+        if extra is not None:
+            deadlines.append(extra)
         return min(deadlines) if deadlines else None
+
+    def extra_deadline(self) -> float | None:
+        """Hook: one more deadline (reactor seconds) for L{extra_deadline_reached}."""
+        return None
+
+    def extra_deadline_reached(self) -> None:
+        """Hook: L{extra_deadline} has passed."""
 
     def _schedule_deadline(self) -> None:
         if self.closed:
@@ -432,8 +489,12 @@ class JobConnection(Protocol):
         if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
             self._job_started = None
             self._job_too_slow()
-        elif self._idle_armed and t.idle_timeout and now >= self._last_active + t.idle_timeout:
+        elif self._idle_armed and t.idle_timeout and now >= self.last_active + t.idle_timeout:
             self._idle_fired()
+        else:
+            extra = self.extra_deadline()
+            if extra is not None and now >= extra:
+                self.extra_deadline_reached()
         self._schedule_deadline()
 
     def _idle_fired(self) -> None:
@@ -459,6 +520,32 @@ class JobConnection(Protocol):
             self.pause_reading("timeout")
         else:
             stream_transport(self).loseConnection()
+
+    # Low-resources mode (see rawsvc.triggers.admission) -----------------------
+
+    def evictable(self) -> bool:
+        """May be closed to make room: counted, and no job of it in flight."""
+        return not (self.closed or self.refused or self.input_done or self.running or self.ready)
+
+    def holds_partial_job(self) -> bool:
+        """Job bytes are being received (an eviction then resets, so they are not taken as sent)."""
+        return self.payload is not None and self.payload.size > 0
+
+    def evict(self, reason: str) -> None:
+        """Close this silent connection to make room; counted in C{evicted}."""
+        t = self.trigger
+        t.counters.evicted += 1
+        t.counted.discard(self)
+        partial = self.holds_partial_job()
+        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=t.name, peer=self.label, reason=reason)
+        self._idle_armed = False
+        self._drop_partial()
+        self.input_done = True
+        if partial and t.refusal is None:
+            stream_transport(self).abortConnection()
+            return
+        self._send_refusal(reason)
+        stream_transport(self).loseConnection()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -53,6 +53,10 @@ log = Logger(namespace="rawsvc.trigger")
 #: Seconds between attempts to listen again when the port was taken meanwhile.
 RELISTEN_DELAY = 1.0
 
+#: Bytes read from a client held in the queue before it is paused: enough to
+#: see a client give up (its close), small enough to cost little.
+HOLD_BUFFER = 64 << 10
+
 PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("busy", str, "queue", o.one_of("queue", "refuse"),
              doc="while a client is served, hold new clients (queue) or refuse them (refuse)"),
@@ -68,6 +72,11 @@ PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("model", str, "rawsvc virtual printer", doc="what @PJL INFO ID answers"),
     o.Option("on_reset", str, "discard", o.one_of("process", "discard"),
              doc="a job cut off by a connection reset"),
+    o.Option("idle_timeout", (int, float), 90.0, o.non_negative,
+             doc="close a connection silent this long, in seconds (0: never); 90 s as on an HP JetDirect"),
+    o.Option("busy_idle_timeout", (int, float), 5.0, o.non_negative,
+             doc="while clients wait, close the client being served once it has sent nothing "
+                 "for this long outside a job, in seconds (0: only idle_timeout)"),
 )
 
 
@@ -91,6 +100,9 @@ class PrinterConnection(JobConnection):
         self._infos: dict[Any, JobInfo] = {}
         self._receiving = False
         self._unobserve: Any = None
+        self._held_bytes: list[bytes] = []
+        self._held_size = 0
+        self._held_eof = False
 
     # Admission --------------------------------------------------------------
 
@@ -98,17 +110,78 @@ class PrinterConnection(JobConnection):
         self.trigger.admit(self)
 
     def hold(self) -> None:
-        """Wait in the printer's queue: read nothing, no idle timer."""
+        """
+        Wait in the printer's queue, no idle timer.  Up to L{HOLD_BUFFER}
+        bytes are read and kept (then reading pauses), so a client that gives
+        up (closes before sending anything) is seen and its place freed.
+        """
         self.held = True
-        self.pause_reading("queued")
         self._disarm_idle()
 
     def activate(self) -> None:
-        """This client now has the printer."""
+        """This client now has the printer: what it sent while held is framed first."""
         self.held = False
         self._unobserve = self.trigger.state.observe(self._state_changed)
         self._arm_idle()
+        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
+        if data:
+            self.dataReceived(data)
+        if self._held_eof:
+            self.readConnectionLost()
         self.resume_reading("queued")
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.held:
+            super().dataReceived(data)
+            return
+        self._held_bytes.append(data)
+        self._held_size += len(data)
+        if self._held_size >= HOLD_BUFFER:
+            self.pause_reading("queued")
+
+    def readConnectionLost(self) -> None:
+        if not self.held:
+            super().readConnectionLost()
+            return
+        if self._held_size:
+            self._held_eof = True  # a whole job sent while waiting: served in turn
+            return
+        log.info("trigger {trigger}: {peer} gave up while waiting (closed without sending anything)",
+                 trigger=self.trigger.name, peer=self.label)
+        self.input_done = True
+        stream_transport(self).loseConnection()
+
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """A job that could not be stored: reset, so the sender (CUPS, nc) sees a failure."""
+        self.input_done = True
+        self.trigger.counted.discard(self)
+        if not self.closed:
+            log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
+                     trigger=self.trigger.name, peer=self.label, reason=reason)
+            stream_transport(self).abortConnection()
+
+    # Low-resources mode -----------------------------------------------------
+
+    def evictable(self) -> bool:
+        return not self.held and super().evictable()
+
+    def holds_partial_job(self) -> bool:
+        return self._receiving
+
+    def extra_deadline(self) -> float | None:
+        """busy_idle_timeout: clients wait and this one, being served, sends nothing outside a job."""
+        t = self.trigger
+        limit = t.busy_idle_timeout
+        if not limit or t.active is not self or not t.waiting:
+            return None
+        if self._receiving or self.running or self.ready or self.input_done or self.closed:
+            return None
+        return self.last_active + limit
+
+    def extra_deadline_reached(self) -> None:
+        t = self.trigger
+        self.evict(f"silent for {t.busy_idle_timeout:g} s while {len(t.waiting)} client(s) wait "
+                   "(busy_idle_timeout)")
 
     def refuse_busy(self, reason: str) -> None:
         """Busy: send C{refusal} and close when configured, else reset."""
@@ -192,6 +265,9 @@ class PrinterConnection(JobConnection):
         self.trigger.state.submit(job)
 
     def job_finished(self, job: Any) -> None:
+        # Silence is counted from the end of the last job (busy_idle_timeout).
+        self.last_active = max(self.last_active, self.trigger.reactor.seconds())
+        self._schedule_deadline()
         ok = job.state == "done"
         self.trigger.state.finish(job, ok, job.error or "")
         if self.ustatus.get("JOB"):
@@ -229,6 +305,7 @@ class PrinterTrigger(ListenerTrigger):
     def __init__(self, options: dict[str, Any], context: Any) -> None:
         super().__init__(options, context)
         self.busy = options["busy"]
+        self.busy_idle_timeout = options["busy_idle_timeout"]
         self.queue_depth = options["queue_depth"] if self.busy == "queue" else 0
         self.state = PrinterState()
         self.active: PrinterConnection | None = None
@@ -250,6 +327,8 @@ class PrinterTrigger(ListenerTrigger):
         elif self.busy == "queue" and len(self.waiting) < self.queue_depth:
             self.waiting.append(conn)
             conn.hold()
+            if self.active is not None:
+                self.active._schedule_deadline()  # busy_idle_timeout applies from now
             log.info("trigger {trigger}: {peer} waits (queued {n} of {depth})",
                      trigger=self.name, peer=conn.label, n=len(self.waiting), depth=self.queue_depth)
         else:
