@@ -67,6 +67,7 @@ class JobConnection(Protocol):
         self.closed = False
         self.closing = False
         self.refused = False
+        self.refusing = False  # a job was not stored: the refusal is out, the rest is thrown away
         self._paused: set[str] = set()
         # One timer per connection serves idle_timeout and job_timeout: data
         # only moves timestamps, and the timer re-arms itself lazily.
@@ -159,6 +160,9 @@ class JobConnection(Protocol):
 
     def readConnectionLost(self) -> None:
         """The client half-closed: finish its jobs, reply, then close."""
+        if self.refusing:
+            stream_transport(self).loseConnection()
+            return
         if self.input_done:
             return
         self.input_done = True
@@ -167,6 +171,8 @@ class JobConnection(Protocol):
         self._maybe_close()
 
     def writeConnectionLost(self) -> None:
+        if self.refusing and not self.closing:
+            return  # our half-close after a refusal: read (and drop) until the client closes
         stream_transport(self).loseConnection()
 
     def shutdown(self) -> None:
@@ -251,12 +257,14 @@ class JobConnection(Protocol):
         """
         A job of this client could not be stored: never let the client take
         a clean close for success.  With a C{refusal} text, say why and
-        close once the jobs in flight are done; without one, reset (RST).
-        Reads nothing more either way.
+        half-close once the jobs in flight are done, throwing away what the
+        client still sends until it closes (a full close over unread bytes
+        would reset the connection before the client read the text);
+        without one, reset (RST).
         """
         self.input_done = True
+        self.refusing = True
         self.trigger.counted.discard(self)
-        self.pause_reading("refused")
         if self.closed:
             return
         if self.trigger.refusal is None:
@@ -417,6 +425,9 @@ class JobConnection(Protocol):
     def _maybe_close(self) -> None:
         if self.closed or self.running or self.ready:
             return
+        if self.refusing and not self.closing:
+            stream_transport(self).loseWriteConnection()  # the client reads the refusal, then closes
+            return
         if self.input_done or (self.closing and self.payload is None):
             stream_transport(self).loseConnection()
 
@@ -505,7 +516,8 @@ class JobConnection(Protocol):
         reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
         log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
         self._drop_partial()
-        self._send_refusal(reason)
+        if not self.refusing:  # else the refusal is out and our side is half-closed
+            self._send_refusal(reason)
         self.input_done = True
         stream_transport(self).loseConnection()
 
