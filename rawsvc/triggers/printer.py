@@ -34,7 +34,6 @@ import collections
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from zope.interface import provider
@@ -43,15 +42,13 @@ from rawsvc._transport import stream_transport
 from rawsvc import options as o
 from rawsvc.interfaces import ITriggerType
 from rawsvc.triggers import pjl
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, TriggerFactory, with_backlog
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
 from rawsvc.triggers.connection import JobConnection
 from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
+from rawsvc.triggers.printer_port import ClosingPort
 from rawsvc.triggers.printer_state import PrinterState
 
 log = Logger(namespace="rawsvc.trigger")
-
-#: Seconds between attempts to listen again when the port was taken meanwhile.
-RELISTEN_DELAY = 1.0
 
 #: Bytes read from a client held in the queue before it is paused: enough to
 #: see a client give up (its close), small enough to cost little.
@@ -296,7 +293,7 @@ class PrinterConnection(JobConnection):
 
 
 @provider(ITriggerType)
-class PrinterTrigger(ListenerTrigger):
+class PrinterTrigger(ClosingPort):
     """A virtual JetDirect/AppSocket printer."""
 
     type_name = "printer"
@@ -354,64 +351,10 @@ class PrinterTrigger(ListenerTrigger):
             return False
         return self.busy == "refuse" or len(self.waiting) >= self.queue_depth
 
-    # The port: closed while paused or busy ----------------------------------
-
-    def _make_endpoint(self) -> Any:
-        if self._endpoint is None:
-            self._endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
-        return self._endpoint
-
-    def _listen(self) -> Deferred:
-        endpoint = self._make_endpoint()
-        d = endpoint.listen(TriggerFactory(self))
-
-        def up(port: Any) -> Any:
-            self.port = port
-            # Listen again on the same port number after closing it, also
-            # when the config asked for port 0.
-            if getattr(endpoint, "_port", None) == 0:
-                endpoint._port = port.getHost().port
-            return port
-
-        return d.addCallback(up)
-
     def startService(self) -> None:
         super().startService()
         log.info("trigger {trigger} (printer) listening on {addr}, busy = {busy}, flow {flow}",
                  trigger=self.name, addr=self.address(), busy=self.busy, flow=self.flow)
-
-    def update_port(self) -> None:
-        """Open or close the listening port to match paused/busy."""
-        if self._port_op is not None:
-            self._again = True
-            return
-        want = bool(self.running) and not self.paused and not self._busy()
-        if want and self.port is None:
-            d = self._listen()
-        elif not want and self.port is not None:
-            port, self.port = self.port, None
-            d = port.stopListening()
-        else:
-            return
-        self._port_op = d
-        d.addErrback(self._listen_failed)
-        d.addBoth(self._port_done)
-
-    def _port_done(self, _: Any) -> None:
-        self._port_op = None
-        if self._again:
-            self._again = False
-            self.update_port()
-
-    def _listen_failed(self, failure: Any) -> None:
-        log.error("trigger {trigger}: cannot listen again on {listen}: {e}; retrying in {s} s",
-                  trigger=self.name, listen=self.listen, e=failure.getErrorMessage(), s=RELISTEN_DELAY)
-        if self.running and self._retry is None:
-            self._retry = self.reactor.callLater(RELISTEN_DELAY, self._retry_listen)
-
-    def _retry_listen(self) -> None:
-        self._retry = None
-        self.update_port()
 
     def stopService(self) -> Deferred:
         if self._retry is not None and self._retry.active():
