@@ -89,6 +89,20 @@ def _closed_by_server(socks: list[socket.socket]) -> int:
     return n
 
 
+def _count_closed(socks: list[socket.socket], expected: int, timeout: float = 5.0) -> int:
+    """Closes seen by the clients, waiting up to C{timeout} for C{expected} of them."""
+    closed, seen = 0, set()
+    deadline = time.monotonic() + timeout
+    while closed < expected and time.monotonic() < deadline:
+        fresh = [s for s in socks if s not in seen]
+        for s in fresh:
+            if _closed_by_server([s]):
+                seen.add(s)
+        closed = len(seen)
+        time.sleep(0.02)
+    return closed
+
+
 @pytest_twisted.inlineCallbacks
 def test_1200_silent_connections_do_not_lock_out_a_real_client(service_factory, many_fds):
     svc = service_factory(tcp() + ECHO_FLOW)  # default max_connections
@@ -98,7 +112,7 @@ def test_1200_silent_connections_do_not_lock_out_a_real_client(service_factory, 
     try:
         yield wait_for(lambda: t.counters.connections_total >= 1200, timeout=20)
         got, took = yield deferToThread(_real_client, port)
-        closed = _closed_by_server(socks)
+        closed = yield deferToThread(_count_closed, socks, t.counters.evicted)
         print(f"\n[silent flood] 1200 silent connections, max_connections {t.max_connections}: "
               f"evicted {t.counters.evicted}, refused {t.counters.connections_refused}; "
               f"a real client served in {took * 1000:.1f} ms")
@@ -190,7 +204,7 @@ def test_a_silent_client_holds_a_printer_only_busy_idle_timeout(service_factory,
         yield wait_for(lambda: archived(jobs) == [b"a real job\n"])
         print(f"\n[silent printer client] busy_idle_timeout 1 s: the next client printed after {took:.2f} s; "
               f"evicted {p.counters.evicted}")
-        assert 0.5 < took < 2.0
+        assert 0.5 < took < 3.0
         assert p.counters.evicted == 1
         silent.settimeout(2)
         assert silent.recv(10) == b""  # closed cleanly: it sent nothing, nothing was lost
