@@ -129,3 +129,71 @@ def test_the_spill_budget_refuses_past_its_limit_and_comes_back(tmp_path):
     assert budget.used == 600
     a.discard()
     assert budget.used == 0 and list(tmp_path.iterdir()) == []
+
+
+def make_printer(tmp_path, **keys):
+    from twisted.internet.task import Clock
+
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from test_connection_unit import HeldSink
+
+    lines = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspool = false\n'
+        '[[trigger]]\nname = "p"\ntype = "printer"\nlisten = "tcp:0:interface=127.0.0.1"\nflow = "f"\n'
+        + lines
+        + '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n'
+    )
+    clock = Clock()
+    trigger = loads(text, "unit.toml", BuildContext(reactor=clock)).triggers["p"]
+    trigger.sink = HeldSink()
+    return trigger, clock
+
+
+def test_a_silent_printer_client_yields_to_a_waiting_one_after_the_default_5_s(tmp_path):
+    trigger, clock = make_printer(tmp_path)
+    silent, silent_transport = connect_hc(trigger)
+    clock.advance(1)
+    waiting, waiting_transport = connect_hc(trigger)
+    assert trigger.waiting[0] is waiting
+    clock.advance(3.9)  # 4.9 s of silence
+    assert not silent_transport.disconnecting
+    clock.advance(0.2)
+    assert silent_transport.disconnecting and not silent_transport.aborted  # nothing was lost: a clean close
+    assert trigger.counters.evicted == 1
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    silent.connectionLost(Failure(ConnectionDone()))
+    assert trigger.active is waiting and not trigger.waiting
+
+
+def test_a_printer_client_silent_long_yields_at_once_when_another_arrives(tmp_path):
+    trigger, clock = make_printer(tmp_path)
+    silent, silent_transport = connect_hc(trigger)
+    clock.advance(60)  # alone: only idle_timeout (90 s) applies
+    assert not silent_transport.disconnecting
+    connect_hc(trigger)
+    clock.advance(0)
+    assert silent_transport.disconnecting
+
+
+def test_a_printer_client_sending_a_job_is_not_cut_off_by_busy_idle_timeout(tmp_path):
+    trigger, clock = make_printer(tmp_path, eoj_ctrl_d="false")
+    sender, sender_transport = connect_hc(trigger)
+    sender.dataReceived(b"%!PS job bytes")
+    connect_hc(trigger)
+    clock.advance(30)
+    assert not sender_transport.disconnecting
+    clock.advance(61)  # idle_timeout: 90 s after its last byte
+    assert sender_transport.disconnecting
+
+
+def test_the_printer_idle_timeout_defaults_to_90_s(tmp_path):
+    trigger, clock = make_printer(tmp_path)
+    _, transport = connect_hc(trigger)
+    clock.advance(89.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting

@@ -177,8 +177,9 @@ class PrinterConnection(JobConnection):
 
     def extra_deadline_reached(self) -> None:
         t = self.trigger
-        self.evict(f"silent for {t.busy_idle_timeout:g} s while {len(t.waiting)} client(s) wait "
-                   "(busy_idle_timeout)")
+        silent = max(0.0, t.reactor.seconds() - self.last_active)
+        self.evict(f"silent for {silent:.1f} s while {len(t.waiting)} client(s) wait "
+                   f"(busy_idle_timeout = {t.busy_idle_timeout:g})")
 
     def refuse_busy(self, reason: str) -> None:
         """Busy: send C{refusal} and close when configured, else reset."""
