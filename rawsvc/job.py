@@ -53,6 +53,31 @@ def _utc_second(t: float) -> str:
     return _second[1]
 
 
+class PayloadError(Exception):
+    """A payload could not be stored (disk full, I/O error, spill budget); the text is for people."""
+
+
+class SpillBudget:
+    """
+    Bytes of spill files one trigger may hold at once (C{limit} None: no
+    limit).  A payload takes its size when it spills and as it grows, and
+    gives it all back when it is discarded.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.limit is not None and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
 class Payload:
     """
     The bytes of a job, written once by a trigger and then read.
@@ -61,6 +86,10 @@ class Payload:
     under C{spool_dir}.  C{close} finishes writing; C{discard} removes any
     file.  File writes are small sequential appends to the page cache; the
     durable spool (not this class) does fsyncs, off the reactor thread.
+
+    A write that cannot be stored (the disk is full, an I/O error, the
+    trigger's L{SpillBudget} is spent) raises L{PayloadError} after removing
+    the file: a payload that failed holds no file and no budget.
     """
 
     def __init__(
@@ -68,12 +97,15 @@ class Payload:
         data: bytes = b"",
         spool_dir: str | None = None,
         threshold: int = SPILL_THRESHOLD,
+        budget: SpillBudget | None = None,
     ) -> None:
         self._chunks: list[bytes] = [data] if data else []
         self._size = len(data)
         self._spool_dir = spool_dir
         self._threshold = threshold
         self._file: BinaryIO | None = None
+        self._budget = budget
+        self._charged = 0
         self.path: str | None = None
         self.closed = False
 
@@ -98,29 +130,69 @@ class Payload:
             raise ValueError("payload is closed")
         self._size += len(data)
         if self._file is not None:
-            self._file.write(data)
+            self._charge(len(data))
+            self._guarded(self._file.write, data)
             return
         self._chunks.append(data)
         if self._size > self._threshold and self._spool_dir is not None:
             self._spill()
 
+    def _charge(self, n: int) -> None:
+        if self._budget is None:
+            return
+        if not self._budget.take(n):
+            limit = self._budget.limit
+            self.discard()
+            raise PayloadError(f"the trigger's spill budget ({limit} bytes of concurrent large jobs) is spent")
+        self._charged += n
+
+    def _guarded(self, fn: Any, *args: Any) -> Any:
+        """Run a file operation; on an OS error, remove the file and raise L{PayloadError}."""
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.discard()
+            raise PayloadError(f"cannot write the job to {self._spool_dir}: {e.strerror or e}") from None
+
     def _spill(self) -> None:
         assert self._spool_dir is not None  # write() spills only with a spool directory
+        self._charge(self._size)
+        self._guarded(self._open_spill)
+        assert self._file is not None
+        self._guarded(self._file.write, b"".join(self._chunks))
+        self._chunks = []
+
+    def _open_spill(self) -> None:
+        assert self._spool_dir is not None
         os.makedirs(self._spool_dir, mode=0o700, exist_ok=True)
         fd, self.path = tempfile.mkstemp(prefix="job-", suffix=".part", dir=self._spool_dir)
         self._file = os.fdopen(fd, "wb", buffering=1 << 16)
-        self._file.write(b"".join(self._chunks))
-        self._chunks = []
 
     def close(self) -> None:
+        """Finish writing (flushes a spill file: may raise L{PayloadError})."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as e:
+                self._file = None
+                self.discard()
+                raise PayloadError(f"cannot write the job to {self._spool_dir}: {e.strerror or e}") from None
         self.closed = True
 
     def discard(self) -> None:
-        self.close()
+        """Drop the bytes and any file; never raises."""
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError:
+                pass  # a full disk: the bytes are being thrown away anyway
+        self.closed = True
         self._chunks = []
+        if self._budget is not None and self._charged:
+            self._budget.give(self._charged)
+            self._charged = 0
         if self.path is not None:
             try:
                 os.unlink(self.path)

@@ -39,6 +39,8 @@ class TriggerCounters:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0
+    #: Silent connections closed to make room for a new client at max_connections.
+    evicted: int = 0
     jobs_received: int = 0
     jobs_ok: int = 0
     jobs_failed: int = 0

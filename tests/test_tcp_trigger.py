@@ -303,7 +303,8 @@ def test_reply_to_a_vanished_peer_fails_the_job_clearly(service_factory):
 
 
 @pytest_twisted.inlineCallbacks
-def test_max_connections_refuses_with_message(service_factory):
+def test_max_connections_evicts_the_silent_connection_for_a_new_client(service_factory):
+    """Low-resources mode: at the cap the silent client makes room; the new one is served."""
     svc = service_factory(tcp_trigger(max_connections=1, refusal="BUSY ${reason}\n") + ECHO_FLOW)
     port = port_of(svc, "t")
 
@@ -311,8 +312,37 @@ def test_max_connections_refuses_with_message(service_factory):
         first = connect(port)
         time.sleep(0.2)
         second = connect(port)
+        evicted = recv_all(first, timeout=3)
+        second.sendall(b"ok")
+        second.shutdown(socket.SHUT_WR)
+        return evicted, recv_all(second)
+
+    evicted, ok = yield deferToThread(client)
+    assert evicted.startswith(b"BUSY silent for ") and b"(max_connections = 1)" in evicted
+    assert ok == b"GOT[ok]\n"
+    counters = svc.triggers["t"].counters
+    assert (counters.evicted, counters.connections_refused) == (1, 0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_connections_refuses_when_every_connection_has_a_job_in_flight(service_factory):
+    svc = service_factory(
+        tcp_trigger(max_connections=1, refusal="BUSY ${reason}\n", execute_on="delimiter", delimiter="\n",
+                    flow="slow")
+        + """
+[[flow]]
+name = "slow"
+actions = [ { type = "support:SleepAction", seconds = "0.5" }, { type = "reply", data = "GOT[${data}]\\n" } ]
+"""
+    )
+    port = port_of(svc, "t")
+
+    def client():
+        first = connect(port)
+        first.sendall(b"ok\n")  # its flow runs for 0.5 s: not evictable
+        time.sleep(0.2)
+        second = connect(port)
         refused = recv_all(second, timeout=3)
-        first.sendall(b"ok")
         first.shutdown(socket.SHUT_WR)
         return refused, recv_all(first)
 

@@ -60,6 +60,9 @@ def render(service: Any) -> str:
              per_trigger("connections_total"))
     w.family("rawsvc_trigger_connections_refused", "counter", "Connections refused.",
              per_trigger("connections_refused"))
+    w.family("rawsvc_trigger_connections_evicted", "counter",
+             "Silent connections closed to make room at max_connections (low-resources mode).",
+             per_trigger("evicted"))
     w.family("rawsvc_trigger_connections_open", "gauge", "Connections open now.",
              [("", {"trigger": n}, t.counters.connections_open) for n, t in triggers.items()])
     w.family("rawsvc_trigger_jobs_received", "counter", "Jobs received.", per_trigger("jobs_received"))

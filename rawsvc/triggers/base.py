@@ -22,7 +22,9 @@ from zope.interface import implementer
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue, ListenError
 from rawsvc.interfaces import ITrigger
+from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
+from rawsvc.triggers.admission import raise_fd_limit
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -66,13 +68,17 @@ LISTENER_OPTIONS = o.Schema(
     o.Option("listen", str, check=o.server_endpoint, doc="Twisted server endpoint string"),
     o.Option("flow", str, doc="the flow each job runs"),
     o.Option("description", str, "", doc="free text"),
-    o.Option("max_connections", int, 100, o.positive, doc="open connections allowed at once"),
+    o.Option("max_connections", int, 1000, o.positive,
+             doc="connections counted at once; at the cap the longest-silent one is evicted (low-resources mode)"),
     o.Option("allow", list, [], _networks, doc="client CIDRs allowed to connect; empty: any"),
     o.Option("idle_timeout", (int, float), 300.0, o.non_negative,
              doc="close a connection silent this long, in seconds (0: never)"),
     o.Option("job_timeout", (int, float), 600.0, o.non_negative,
              doc="refuse a job that takes longer than this to arrive (0: never)"),
     o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse jobs larger than this (0: no limit)"),
+    o.Option("spill_budget", int, 4 << 30, _max_bytes,
+             doc="bytes of spill files (jobs past spill_threshold) this trigger holds at once; "
+                 "a job past it is refused (0: no limit)"),
     o.Option("refusal", str, "", lambda v: _refusal(v),
              doc="text written to a refused client; ${reason} says why (empty: just close)"),
     o.Option("encoding", str, "utf-8", o.encoding, doc="how ${data} decodes the payload"),
@@ -165,6 +171,9 @@ class ListenerTrigger(Service):
         self.encoding = options["encoding"]
         self.counters = TriggerCounters()
         self.connections: set = set()
+        #: The connections that count against max_connections (see L{rawsvc.triggers.admission}).
+        self.counted: set = set()
+        self.spill_budget = SpillBudget(options.get("spill_budget", 4 << 30) or None)
         self.sink: Any = None
         self.port: Any = None
         self.paused = False
@@ -204,6 +213,7 @@ class ListenerTrigger(Service):
 
     def startService(self) -> None:
         super().startService()
+        raise_fd_limit(self.max_connections, str(self.name))
         failures: list = []
         d = self._listen()
         d.addErrback(failures.append)

@@ -15,14 +15,15 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc._transport import stream_transport
-from rawsvc.job import Job, Payload
+from rawsvc.job import Job, Payload, PayloadError
+from rawsvc.triggers import admission
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import DATA
+from rawsvc.triggers.limits import ConnectionLimits
 from rawsvc.triggers.replies import ReplyQueue
 
 log = Logger(namespace="rawsvc.trigger")
@@ -49,7 +50,7 @@ class _ReadThrottle:
 
 
 @implementer(IHalfCloseableProtocol)
-class JobConnection(Protocol):
+class JobConnection(ConnectionLimits):
     """
     Frames a connection's bytes into jobs.  Subclasses (the printer) supply
     their framer and may intercept bytes with L{inspect}.
@@ -66,12 +67,13 @@ class JobConnection(Protocol):
         self.closed = False
         self.closing = False
         self.refused = False
+        self.refusing = False  # a job was not stored: the refusal is out, the rest is thrown away
         self._paused: set[str] = set()
         # One timer per connection serves idle_timeout and job_timeout: data
         # only moves timestamps, and the timer re-arms itself lazily.
         self._deadline_call: Any = None
         self._idle_armed = False
-        self._last_active = 0.0
+        self.last_active = 0.0
         self._job_started: float | None = None
         self._frame_call: Any = None
         self.connected_at = time.time()
@@ -84,7 +86,8 @@ class JobConnection(Protocol):
         self.peer_host, self.peer_port = peer_of(self.transport)
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.trigger.reactor)
-        if len(t.connections) >= t.max_connections:
+        self.last_active = t.reactor.seconds()
+        if not admission.admit(t, self):
             t.counters.connections_refused += 1
             self.refuse(f"too many connections (max_connections = {t.max_connections})")
             return
@@ -142,6 +145,7 @@ class JobConnection(Protocol):
                 call.cancel()
             setattr(self, name, None)
         t = self.trigger
+        t.counted.discard(self)
         if self in t.connections:  # also a client refused after it was counted (a busy printer)
             t.connections.discard(self)
             t.counters.connections_open -= 1
@@ -156,13 +160,19 @@ class JobConnection(Protocol):
 
     def readConnectionLost(self) -> None:
         """The client half-closed: finish its jobs, reply, then close."""
+        if self.refusing:
+            stream_transport(self).loseConnection()
+            return
         if self.input_done:
             return
         self.input_done = True
+        self.trigger.counted.discard(self)  # all its bytes are in: it no longer keeps a client out
         self._end_of_input(True, "half-close")
         self._maybe_close()
 
     def writeConnectionLost(self) -> None:
+        if self.refusing and not self.closing:
+            return  # our half-close after a refusal: read (and drop) until the client closes
         stream_transport(self).loseConnection()
 
     def shutdown(self) -> None:
@@ -176,9 +186,10 @@ class JobConnection(Protocol):
         if self.refused or self.input_done:
             return
         self.trigger.counters.bytes_in += len(data)
-        self._last_active = self.trigger.reactor.seconds()
         data = self.inspect(data)
         for kind, chunk in self.framer.feed(data):
+            if self.input_done:  # a job could not be stored: the rest is not read
+                return
             if kind == DATA:
                 self._append(chunk)
             else:
@@ -212,8 +223,12 @@ class JobConnection(Protocol):
 
     def _append(self, chunk: bytes) -> None:
         t = self.trigger
+        if chunk:
+            # Only job bytes are activity: empty messages (keep-alive
+            # delimiters) never reach here, so they do not hold a slot.
+            self.last_active = t.reactor.seconds()
         if self.payload is None:
-            self.payload = Payload(spool_dir=t.temp_dir, threshold=t.spill_threshold)
+            self.payload = Payload(spool_dir=t.temp_dir, threshold=t.spill_threshold, budget=t.spill_budget)
             self.job_refused = None
             if t.job_timeout:
                 self._job_started = t.reactor.seconds()
@@ -224,7 +239,40 @@ class JobConnection(Protocol):
             self.job_refused = f"job larger than max_job_bytes = {t.max_job_bytes}"
             self.payload.discard()
             return
-        self.payload.write(chunk)
+        try:
+            self.payload.write(chunk)
+        except PayloadError as e:  # the payload removed its file
+            self._spill_failed(str(e))
+
+    def _spill_failed(self, reason: str) -> None:
+        self.payload = None
+        self._job_started = None
+        self.trigger.counters.jobs_refused += 1
+        log.error("trigger {trigger}: refused a job from {peer}: {reason}",
+                  trigger=self.trigger.name, peer=self.label, reason=reason)
+        self.job_dropped()
+        self.refuse_unstored(reason)
+
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """
+        A job of this client could not be stored: never let the client take
+        a clean close for success.  With a C{refusal} text, say why and
+        half-close once the jobs in flight are done, throwing away what the
+        client still sends until it closes (a full close over unread bytes
+        would reset the connection before the client read the text);
+        without one, reset (RST).
+        """
+        self.input_done = True
+        self.refusing = True
+        self.trigger.counted.discard(self)
+        if self.closed:
+            return
+        if self.trigger.refusal is None:
+            stream_transport(self).abortConnection()
+            return
+        if not text_sent:
+            self._send_refusal(reason)
+        self._maybe_close()
 
     def _end_job(self) -> None:
         payload, self.payload = self.payload, None
@@ -251,7 +299,11 @@ class JobConnection(Protocol):
             self._send_refusal(reason)
             self.job_dropped()
             return
-        payload.close()
+        try:
+            payload.close()
+        except PayloadError as e:
+            self._spill_failed(str(e))
+            return
         self.ready.append((payload, self.trigger.flow))
         self._dispatch()
 
@@ -351,13 +403,16 @@ class JobConnection(Protocol):
 
     def _job_done(self, result: Any, slot: Any, job: Job) -> None:
         self.running -= 1
-        if job.state == "refused":
+        refused = job.state == "refused"
+        if refused:
             # The sink could not take the job (the spool is unavailable): the
             # refusal text goes out in this job's place in the reply order.
             text = self._render_refusal(job.error or "refused")
             if text is not None:
                 slot.reply(text).addErrback(lambda f: None)
         self.replies.finish(slot)
+        if refused:
+            self.refuse_unstored(job.error or "refused", text_sent=True)
         try:
             self.job_finished(job)
         finally:
@@ -370,94 +425,10 @@ class JobConnection(Protocol):
     def _maybe_close(self) -> None:
         if self.closed or self.running or self.ready:
             return
+        if self.refusing and not self.closing:
+            stream_transport(self).loseWriteConnection()  # the client reads the refusal, then closes
+            return
         if self.input_done or (self.closing and self.payload is None):
-            stream_transport(self).loseConnection()
-
-    # Flow control and timeouts ---------------------------------------------
-
-    def pause_reading(self, reason: str) -> None:
-        if not self._paused and not self.closed:
-            stream_transport(self).pauseProducing()
-        self._paused.add(reason)
-
-    def resume_reading(self, reason: str) -> None:
-        if reason in self._paused:
-            self._paused.discard(reason)
-            if not self._paused and not self.closed:
-                stream_transport(self).resumeProducing()
-
-    def _arm_idle(self) -> None:
-        """(Re)start counting idle time from now."""
-        if not self.trigger.idle_timeout or self.closed:
-            return
-        self._idle_armed = True
-        self._last_active = self.trigger.reactor.seconds()
-        self._schedule_deadline()
-
-    def _disarm_idle(self) -> None:
-        """Stop counting idle time (a client held in a queue)."""
-        self._idle_armed = False
-
-    def _next_deadline(self) -> float | None:
-        t = self.trigger
-        deadlines = []
-        if self._idle_armed and t.idle_timeout:
-            deadlines.append(self._last_active + t.idle_timeout)
-        if self._job_started is not None and t.job_timeout:
-            deadlines.append(self._job_started + t.job_timeout)
-        return min(deadlines) if deadlines else None
-
-    def _schedule_deadline(self) -> None:
-        if self.closed:
-            return
-        deadline = self._next_deadline()
-        if deadline is None:
-            return
-        delay = max(0.0, deadline - self.trigger.reactor.seconds())
-        if self._deadline_call is not None:
-            # A later deadline (activity) waits for the pending call, which
-            # re-checks and re-arms; an earlier one (a job_timeout shorter
-            # than idle_timeout) pulls the call forward.
-            if deadline < self._deadline_call.getTime():
-                self._deadline_call.reset(delay)
-            return
-        self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
-
-    def _deadline_reached(self) -> None:
-        self._deadline_call = None
-        if self.closed:
-            return
-        t = self.trigger
-        now = t.reactor.seconds()
-        if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
-            self._job_started = None
-            self._job_too_slow()
-        elif self._idle_armed and t.idle_timeout and now >= self._last_active + t.idle_timeout:
-            self._idle_fired()
-        self._schedule_deadline()
-
-    def _idle_fired(self) -> None:
-        if self.running or self.ready:
-            self._arm_idle()  # a flow is still working for this client
-            return
-        self._idle_armed = False  # closing: never count idle time again
-        reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
-        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
-        self._drop_partial()
-        self._send_refusal(reason)
-        self.input_done = True
-        stream_transport(self).loseConnection()
-
-    def _job_too_slow(self) -> None:
-        reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
-        self.trigger.counters.jobs_refused += 1
-        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
-        self._drop_partial()
-        self._send_refusal(reason)
-        self.input_done = True
-        if self.running or self.ready:
-            self.pause_reading("timeout")
-        else:
             stream_transport(self).loseConnection()
 
     def describe(self) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import collections
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from zope.interface import provider
@@ -43,15 +42,17 @@ from rawsvc._transport import stream_transport
 from rawsvc import options as o
 from rawsvc.interfaces import ITriggerType
 from rawsvc.triggers import pjl
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, TriggerFactory, with_backlog
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
 from rawsvc.triggers.connection import JobConnection
 from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
+from rawsvc.triggers.printer_port import ClosingPort
 from rawsvc.triggers.printer_state import PrinterState
 
 log = Logger(namespace="rawsvc.trigger")
 
-#: Seconds between attempts to listen again when the port was taken meanwhile.
-RELISTEN_DELAY = 1.0
+#: Bytes read from a client held in the queue before it is paused: enough to
+#: see a client give up (its close), small enough to cost little.
+HOLD_BUFFER = 64 << 10
 
 PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("busy", str, "queue", o.one_of("queue", "refuse"),
@@ -69,6 +70,11 @@ PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("model", str, "rawsvc virtual printer", doc="what @PJL INFO ID answers"),
     o.Option("on_reset", str, "discard", o.one_of("process", "discard"),
              doc="a job cut off by a connection reset"),
+    o.Option("idle_timeout", (int, float), 90.0, o.non_negative,
+             doc="close a connection silent this long, in seconds (0: never); 90 s as on an HP JetDirect"),
+    o.Option("busy_idle_timeout", (int, float), 5.0, o.non_negative,
+             doc="while clients wait, close the client being served once it has sent nothing "
+                 "for this long outside a job, in seconds (0: only idle_timeout)"),
 )
 
 
@@ -92,6 +98,9 @@ class PrinterConnection(JobConnection):
         self._infos: dict[Any, JobInfo] = {}
         self._receiving = False
         self._unobserve: Any = None
+        self._held_bytes: list[bytes] = []
+        self._held_size = 0
+        self._held_eof = False
 
     # Admission --------------------------------------------------------------
 
@@ -99,17 +108,79 @@ class PrinterConnection(JobConnection):
         self.trigger.admit(self)
 
     def hold(self) -> None:
-        """Wait in the printer's queue: read nothing, no idle timer."""
+        """
+        Wait in the printer's queue, no idle timer.  Up to L{HOLD_BUFFER}
+        bytes are read and kept (then reading pauses), so a client that gives
+        up (closes before sending anything) is seen and its place freed.
+        """
         self.held = True
-        self.pause_reading("queued")
         self._disarm_idle()
 
     def activate(self) -> None:
-        """This client now has the printer."""
+        """This client now has the printer: what it sent while held is framed first."""
         self.held = False
         self._unobserve = self.trigger.state.observe(self._state_changed)
         self._arm_idle()
+        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
+        if data:
+            self.dataReceived(data)
+        if self._held_eof:
+            self.readConnectionLost()
         self.resume_reading("queued")
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.held:
+            super().dataReceived(data)
+            return
+        self._held_bytes.append(data)
+        self._held_size += len(data)
+        if self._held_size >= HOLD_BUFFER:
+            self.pause_reading("queued")
+
+    def readConnectionLost(self) -> None:
+        if not self.held:
+            super().readConnectionLost()
+            return
+        if self._held_size:
+            self._held_eof = True  # a whole job sent while waiting: served in turn
+            return
+        log.info("trigger {trigger}: {peer} gave up while waiting (closed without sending anything)",
+                 trigger=self.trigger.name, peer=self.label)
+        self.input_done = True
+        stream_transport(self).loseConnection()
+
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """A job that could not be stored: reset, so the sender (CUPS, nc) sees a failure."""
+        self.input_done = True
+        self.trigger.counted.discard(self)
+        if not self.closed:
+            log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
+                     trigger=self.trigger.name, peer=self.label, reason=reason)
+            stream_transport(self).abortConnection()
+
+    # Low-resources mode -----------------------------------------------------
+
+    def evictable(self) -> bool:
+        return not self.held and super().evictable()
+
+    def holds_partial_job(self) -> bool:
+        return self._receiving
+
+    def extra_deadline(self) -> float | None:
+        """busy_idle_timeout: clients wait and this one, being served, sends nothing outside a job."""
+        t = self.trigger
+        limit = t.busy_idle_timeout
+        if not limit or t.active is not self or not t.waiting:
+            return None
+        if self._receiving or self.running or self.ready or self.input_done or self.closed:
+            return None
+        return self.last_active + limit
+
+    def extra_deadline_reached(self) -> None:
+        t = self.trigger
+        silent = max(0.0, t.reactor.seconds() - self.last_active)
+        self.evict(f"silent for {silent:.1f} s while {len(t.waiting)} client(s) wait "
+                   f"(busy_idle_timeout = {t.busy_idle_timeout:g})")
 
     def refuse_busy(self, reason: str) -> None:
         """Busy: send C{refusal} and close when configured, else reset."""
@@ -193,6 +264,9 @@ class PrinterConnection(JobConnection):
         self.trigger.state.submit(job)
 
     def job_finished(self, job: Any) -> None:
+        # Silence is counted from the end of the last job (busy_idle_timeout).
+        self.last_active = max(self.last_active, self.trigger.reactor.seconds())
+        self._schedule_deadline()
         ok = job.state == "done"
         self.trigger.state.finish(job, ok, job.error or "")
         if self.ustatus.get("JOB"):
@@ -221,7 +295,7 @@ class PrinterConnection(JobConnection):
 
 
 @provider(ITriggerType)
-class PrinterTrigger(ListenerTrigger):
+class PrinterTrigger(ClosingPort):
     """A virtual JetDirect/AppSocket printer."""
 
     type_name = "printer"
@@ -230,6 +304,7 @@ class PrinterTrigger(ListenerTrigger):
     def __init__(self, options: dict[str, Any], context: Any) -> None:
         super().__init__(options, context)
         self.busy = options["busy"]
+        self.busy_idle_timeout = options["busy_idle_timeout"]
         self.queue_depth = options["queue_depth"] if self.busy == "queue" else 0
         self.state = PrinterState()
         self.active: PrinterConnection | None = None
@@ -251,6 +326,8 @@ class PrinterTrigger(ListenerTrigger):
         elif self.busy == "queue" and len(self.waiting) < self.queue_depth:
             self.waiting.append(conn)
             conn.hold()
+            if self.active is not None:
+                self.active._schedule_deadline()  # busy_idle_timeout applies from now
             log.info("trigger {trigger}: {peer} waits (queued {n} of {depth})",
                      trigger=self.name, peer=conn.label, n=len(self.waiting), depth=self.queue_depth)
         else:
@@ -276,64 +353,10 @@ class PrinterTrigger(ListenerTrigger):
             return False
         return self.busy == "refuse" or len(self.waiting) >= self.queue_depth
 
-    # The port: closed while paused or busy ----------------------------------
-
-    def _make_endpoint(self) -> Any:
-        if self._endpoint is None:
-            self._endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
-        return self._endpoint
-
-    def _listen(self) -> Deferred:
-        endpoint = self._make_endpoint()
-        d = endpoint.listen(TriggerFactory(self))
-
-        def up(port: Any) -> Any:
-            self.port = port
-            # Listen again on the same port number after closing it, also
-            # when the config asked for port 0.
-            if getattr(endpoint, "_port", None) == 0:
-                endpoint._port = port.getHost().port
-            return port
-
-        return d.addCallback(up)
-
     def startService(self) -> None:
         super().startService()
         log.info("trigger {trigger} (printer) listening on {addr}, busy = {busy}, flow {flow}",
                  trigger=self.name, addr=self.address(), busy=self.busy, flow=self.flow)
-
-    def update_port(self) -> None:
-        """Open or close the listening port to match paused/busy."""
-        if self._port_op is not None:
-            self._again = True
-            return
-        want = bool(self.running) and not self.paused and not self._busy()
-        if want and self.port is None:
-            d = self._listen()
-        elif not want and self.port is not None:
-            port, self.port = self.port, None
-            d = port.stopListening()
-        else:
-            return
-        self._port_op = d
-        d.addErrback(self._listen_failed)
-        d.addBoth(self._port_done)
-
-    def _port_done(self, _: Any) -> None:
-        self._port_op = None
-        if self._again:
-            self._again = False
-            self.update_port()
-
-    def _listen_failed(self, failure: Any) -> None:
-        log.error("trigger {trigger}: cannot listen again on {listen}: {e}; retrying in {s} s",
-                  trigger=self.name, listen=self.listen, e=failure.getErrorMessage(), s=RELISTEN_DELAY)
-        if self.running and self._retry is None:
-            self._retry = self.reactor.callLater(RELISTEN_DELAY, self._retry_listen)
-
-    def _retry_listen(self) -> None:
-        self._retry = None
-        self.update_port()
 
     def stopService(self) -> Deferred:
         if self._retry is not None and self._retry.active():

@@ -1,0 +1,171 @@
+"""
+The limits on one connection of a stream trigger, mixed into
+L{rawsvc.triggers.connection.JobConnection}: pausing and resuming its
+reads, C{idle_timeout} and C{job_timeout} (one timer serves both, plus a
+subclass's own deadline), and eviction in low-resources mode (see
+L{rawsvc.triggers.admission}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from rawsvc._transport import stream_transport
+
+log = Logger(namespace="rawsvc.trigger")
+
+
+class ConnectionLimits(Protocol):
+    """Timeouts, read pausing and eviction; the connection supplies the state below."""
+
+    trigger: Any
+    label: str
+    closed: bool
+    refused: bool
+    refusing: bool
+    input_done: bool
+    running: int
+    ready: Any
+    payload: Any
+    last_active: float
+    _paused: set[str]
+    _deadline_call: Any
+    _idle_armed: bool
+    _job_started: float | None
+
+    def _drop_partial(self) -> None:
+        raise NotImplementedError
+
+    def _send_refusal(self, reason: str) -> None:
+        raise NotImplementedError
+
+    # Flow control and timeouts ---------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and not self.closed:
+            stream_transport(self).pauseProducing()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self.closed:
+                stream_transport(self).resumeProducing()
+
+    def _arm_idle(self) -> None:
+        """(Re)start counting idle time from now."""
+        if not self.trigger.idle_timeout or self.closed:
+            return
+        self._idle_armed = True
+        self.last_active = self.trigger.reactor.seconds()
+        self._schedule_deadline()
+
+    def _disarm_idle(self) -> None:
+        """Stop counting idle time (a client held in a queue)."""
+        self._idle_armed = False
+
+    def _next_deadline(self) -> float | None:
+        t = self.trigger
+        deadlines = []
+        if self._idle_armed and t.idle_timeout:
+            deadlines.append(self.last_active + t.idle_timeout)
+        if self._job_started is not None and t.job_timeout:
+            deadlines.append(self._job_started + t.job_timeout)
+        extra = self.extra_deadline()
+        if extra is not None:
+            deadlines.append(extra)
+        return min(deadlines) if deadlines else None
+
+    def extra_deadline(self) -> float | None:
+        """Hook: one more deadline (reactor seconds) for L{extra_deadline_reached}."""
+        return None
+
+    def extra_deadline_reached(self) -> None:
+        """Hook: L{extra_deadline} has passed."""
+
+    def _schedule_deadline(self) -> None:
+        if self.closed:
+            return
+        deadline = self._next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.trigger.reactor.seconds())
+        if self._deadline_call is not None:
+            # A later deadline (activity) waits for the pending call, which
+            # re-checks and re-arms; an earlier one (a job_timeout shorter
+            # than idle_timeout) pulls the call forward.
+            if deadline < self._deadline_call.getTime():
+                self._deadline_call.reset(delay)
+            return
+        self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._deadline_call = None
+        if self.closed:
+            return
+        t = self.trigger
+        now = t.reactor.seconds()
+        if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
+            self._job_started = None
+            self._job_too_slow()
+        elif self._idle_armed and t.idle_timeout and now >= self.last_active + t.idle_timeout:
+            self._idle_fired()
+        else:
+            extra = self.extra_deadline()
+            if extra is not None and now >= extra:
+                self.extra_deadline_reached()
+        self._schedule_deadline()
+
+    def _idle_fired(self) -> None:
+        if self.running or self.ready:
+            self._arm_idle()  # a flow is still working for this client
+            return
+        self._idle_armed = False  # closing: never count idle time again
+        reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
+        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        self._drop_partial()
+        if not self.refusing:  # else the refusal is out and our side is half-closed
+            self._send_refusal(reason)
+        self.input_done = True
+        stream_transport(self).loseConnection()
+
+    def _job_too_slow(self) -> None:
+        reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
+        self.trigger.counters.jobs_refused += 1
+        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        self._drop_partial()
+        self._send_refusal(reason)
+        self.input_done = True
+        if self.running or self.ready:
+            self.pause_reading("timeout")
+        else:
+            stream_transport(self).loseConnection()
+
+    # Low-resources mode (see rawsvc.triggers.admission) -----------------------
+
+    def evictable(self) -> bool:
+        """May be closed to make room: counted, and no job of it in flight."""
+        return not (self.closed or self.refused or self.input_done or self.running or self.ready)
+
+    def holds_partial_job(self) -> bool:
+        """Job bytes are being received (an eviction then resets, so they are not taken as sent)."""
+        return self.payload is not None and self.payload.size > 0
+
+    def evict(self, reason: str) -> None:
+        """Close this silent connection to make room; counted in C{evicted}."""
+        t = self.trigger
+        t.counters.evicted += 1
+        t.counted.discard(self)
+        partial = self.holds_partial_job()
+        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=t.name, peer=self.label, reason=reason)
+        self._idle_armed = False
+        self._drop_partial()
+        self.input_done = True
+        if partial and t.refusal is None:
+            stream_transport(self).abortConnection()
+            return
+        self._send_refusal(reason)
+        stream_transport(self).loseConnection()
