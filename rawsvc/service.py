@@ -20,6 +20,7 @@ from rawsvc.config import Config
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ListenError
 from rawsvc.plugins import load_dotted
+from rawsvc.spool.lock import StateDirBusy, StateDirLock
 
 log = Logger(namespace="rawsvc.service")
 
@@ -59,6 +60,10 @@ class RawService(MultiService):
             factory = load_dotted(ADMIN_FACTORIES[section])
             factory(options, self).setServiceParent(self)
         self._add_component_services()
+        # One owner per state_dir: taken first at start, released last at stop.
+        self.state_lock = StateDirLock(self.context.state_dir)
+        self.state_lock.setServiceParent(self)
+        self._components.append(self.state_lock)
 
     def _make_sink(self) -> Any:
         factory = self.context.components.get("sink_factory")
@@ -84,6 +89,7 @@ class RawService(MultiService):
         return self.sink
 
     def startService(self) -> None:
+        self._take_state_dir()
         log.info(
             "rawsvc starting: triggers {triggers}; flows {flows}",
             triggers=", ".join(f"{n} ({t.type_name})" for n, t in self.triggers.items()) or "none",
@@ -95,6 +101,17 @@ class RawService(MultiService):
             if not self.exit_on_error:
                 raise
             # Under twistd: a clear line and a non-zero exit, not a traceback.
+            log.critical("{error}; not starting", error=str(e))
+            sys.stderr.write(f"rawsvc: {e}; not starting\n")
+            raise SystemExit(1)
+
+    def _take_state_dir(self) -> None:
+        """The state_dir's lock, before anything is opened, swept or resumed."""
+        try:
+            self.state_lock.acquire()
+        except StateDirBusy as e:
+            if not self.exit_on_error:
+                raise
             log.critical("{error}; not starting", error=str(e))
             sys.stderr.write(f"rawsvc: {e}; not starting\n")
             raise SystemExit(1)
