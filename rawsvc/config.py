@@ -16,14 +16,14 @@ import attrs
 from zope.interface.verify import verifyObject
 
 from rawsvc import options as o
-from rawsvc.context import BuildContext
+from rawsvc.context import DEFAULT_STATE_DIR, BuildContext, config_relative
 from rawsvc.errors import ConfigError, ConfigIssue
 from rawsvc.flow import Flow
 from rawsvc.interfaces import IAction
 from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
 
 SERVICE_OPTIONS = o.Schema(
-    o.Option("state_dir", str, "var/rawsvc", doc="spool, host keys, temp files"),
+    o.Option("state_dir", str, DEFAULT_STATE_DIR, doc="spool, host keys, temp files (relative: to the config's folder)"),
     o.Option(
         "allowed_destinations",
         list,
@@ -141,7 +141,7 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
     if context is None:
         context = BuildContext(config_path=path)
     context.config_path = path
-    context.state_dir = service.get("state_dir") or "var/rawsvc"
+    context.state_dir = config_relative(path, service.get("state_dir") or DEFAULT_STATE_DIR)
     context.service_options = service
 
     flows = _load_flows(doc.get("flow", []), errors, context)

@@ -20,11 +20,11 @@ import time
 import tomllib
 from typing import Any
 
+from rawsvc.context import DEFAULT_STATE_DIR, config_relative
 from rawsvc.spool.records import full_variables
 from rawsvc.spool.schema import COLUMNS, connect, db_path, migrate
 
 DEFAULT_CONFIG = "etc/rawsvc.toml"
-DEFAULT_STATE_DIR = "var/rawsvc"
 
 
 def register(sub) -> None:
@@ -64,17 +64,23 @@ class CliError(Exception):
 
 
 def state_dir_of(args) -> str:
+    """
+    The absolute state directory: C{--state-dir} (from the working
+    directory), else C{[service] state_dir} of the config, resolved as the
+    service resolves it (from the config file's folder).
+    """
     if args.state_dir:
-        return args.state_dir
+        return os.path.abspath(args.state_dir)
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     if path is None:
-        return DEFAULT_STATE_DIR
+        return os.path.abspath(DEFAULT_STATE_DIR)
     try:
         with open(path, "rb") as f:
             service = tomllib.load(f).get("service", {})
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise CliError(f"{path}: cannot read the config: {e}") from None
-    return service.get("state_dir", DEFAULT_STATE_DIR) if isinstance(service, dict) else DEFAULT_STATE_DIR
+    value = service.get("state_dir") if isinstance(service, dict) else None
+    return config_relative(path, value if isinstance(value, str) and value else DEFAULT_STATE_DIR)
 
 
 def _open(args, readonly: bool = True) -> sqlite3.Connection:
