@@ -41,6 +41,8 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
     o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
     o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
+    o.Option("min_free_mb", (int, float), 100.0, o.non_negative,
+             doc="purge the oldest finished jobs while the spool's filesystem has less free than this"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
     o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
 )

@@ -18,11 +18,13 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from rawsvc.errors import RawsvcError
+from rawsvc.spool.check import verify
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -67,6 +69,45 @@ def unlock(fd: int) -> None:
     os.close(fd)
 
 
+#: The locks this process holds: state_dir -> [fd, holders].  The service
+#: and its spool's store each hold it (a store also runs without a service).
+_held: dict[str, list[int]] = {}
+_guard = threading.Lock()
+
+
+def hold(state_dir: str) -> bool:
+    """Hold C{state_dir}'s lock for this process (once more); False when another process holds it."""
+    state_dir = os.path.abspath(state_dir)
+    with _guard:
+        entry = _held.get(state_dir)
+        if entry is None:
+            fd = try_lock(state_dir)
+            if fd is None:
+                return False
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            entry = _held[state_dir] = [fd, 0]
+        entry[1] += 1
+        return True
+
+
+def release(state_dir: str) -> None:
+    """One holder less; the lock goes with the last."""
+    state_dir = os.path.abspath(state_dir)
+    with _guard:
+        entry = _held.get(state_dir)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _held[state_dir]
+            unlock(entry[0])
+
+
+def busy_message(state_dir: str) -> str:
+    return f"state_dir {os.path.abspath(state_dir)} is in use by pid {holder_of(state_dir)} (another rawsvc)"
+
+
 def sweep_temp(state_dir: str) -> int:
     """Remove what an earlier run left in C{state_dir/tmp} (only the lock's holder may); how many."""
     temp = os.path.join(state_dir, TEMP_NAME)
@@ -94,28 +135,36 @@ class StateDirLock(Service):
 
     name = "state-dir-lock"
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, spool: bool = False) -> None:
         self.state_dir = os.path.abspath(state_dir)
-        self.fd: int | None = None
+        #: Check the spool too (L{rawsvc.spool.check.verify}) before the start goes on.
+        self.spool = spool
+        self.held = False
 
     def acquire(self) -> None:
-        """Take the lock, write our pid, sweep the temporary files; L{StateDirBusy} when held."""
-        if self.fd is not None:
+        """
+        Take the lock, write our pid, sweep the temporary files, check the
+        spool; L{StateDirBusy} when held, L{SpoolDamaged} (lock released)
+        when the spool is damaged.
+        """
+        if self.held:
             return
-        fd = try_lock(self.state_dir)
-        if fd is None:
-            raise StateDirBusy(
-                f"state_dir {self.state_dir} is in use by pid {holder_of(self.state_dir)} (another rawsvc)"
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        if not hold(self.state_dir):
+            raise StateDirBusy(busy_message(self.state_dir))
+        self.held = True
         swept = sweep_temp(self.state_dir)
         log.info("state_dir {state_dir} (locked by pid {pid}){swept}", state_dir=self.state_dir, pid=os.getpid(),
                  swept=f"; removed {swept} temporary file(s) left by an earlier run" if swept else "")
+        if self.spool:
+            try:
+                verify(self.state_dir)
+            except BaseException:
+                self.held = False
+                release(self.state_dir)
+                raise
 
     def stopService(self) -> None:
         super().stopService()
-        if self.fd is not None:
-            unlock(self.fd)
-            self.fd = None
+        if self.held:
+            self.held = False
+            release(self.state_dir)

@@ -31,7 +31,8 @@ from twisted.python.failure import Failure
 
 from rawsvc.spool import records
 from rawsvc.spool.files import fsync_dir, unlink, write_file
-from rawsvc.spool.schema import SpoolError, spool_error
+from rawsvc.spool.check import mark_clean
+from rawsvc.spool.schema import DB_NAME, SpoolError, is_damage, spool_error
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -166,7 +167,10 @@ class Writer:
                 self.reactor.callFromThread(_deliver, results)
         if self.conn is not None:
             try:
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                mark_clean(self.conn)
+            except sqlite3.Error as e:
+                log.warn("spool: cannot mark the spool closed cleanly: {error}", error=spool_error(e))
+            try:
                 self.conn.close()
             except sqlite3.Error:
                 pass
@@ -206,12 +210,14 @@ class Writer:
                 self._synchronous = sync
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
+            self._note_damage(e)
             return [(op.deferred, False, spool_error(e)) for op in ops]
         try:
             values = self._apply_all(conn, ops)
             # Background writes that succeeded have no one to tell.
             out: Results = [(op.deferred, True, value) for op, value in zip(ops, values) if op.deferred is not None]
-        except Exception:
+        except Exception as e:
+            self._note_damage(e)
             one_by_one = self._one_by_one(conn, ops)
             if isinstance(one_by_one, SpoolError):
                 return self._fail_group(ops, one_by_one)
@@ -224,10 +230,19 @@ class Writer:
             self.batches += 1
             self.commits_full += sync == "FULL"
         except (sqlite3.Error, OSError) as e:
+            self._note_damage(e)
             error = spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
             return self._fail_group(ops, error)
         return out
+
+    def _note_damage(self, e: BaseException) -> None:
+        """(Writer thread) A damaged database file: the spool refuses new jobs from now on."""
+        if is_damage(e) and not self.error:
+            db = os.path.join(os.path.dirname(self.files_dir), DB_NAME)
+            self.error = (f"{db} is damaged ({e}); new jobs are refused: stop the service and run "
+                          f"rawsvc spool check --state-dir {os.path.dirname(db)}")
+            log.critical("spool: {error}", error=self.error)
 
     def _one_by_one(self, conn: sqlite3.Connection, ops: list[Op]) -> Results | SpoolError:
         """Start the batch over, one savepoint per write; a L{SpoolError} when all are lost."""
