@@ -43,6 +43,9 @@ MAX_BATCH = 2000
 #: ones while it makes the rest, rather than leave it idle until the end.
 HAND_OVER = 256
 
+#: Seconds between attempts to write final states again after a failed commit.
+RETRY_INTERVAL = 1.0
+
 #: Kinds of writes that go into multi-row statements.
 ADD, PROGRESS, FINISH = "add", "progress", "finish"
 
@@ -86,6 +89,9 @@ class Writer:
         self.batches = 0
         self.commits_full = 0
         self.variables = records.LeanVariables()
+        #: Final states whose group was lost (see L{_lost}), written again first.
+        self._retry: list[Op] = []
+        self._retry_error = ""
 
     @property
     def running(self) -> bool:
@@ -145,8 +151,12 @@ class Writer:
     def _loop(self) -> None:
         stopping: Deferred | None = None
         while stopping is None:
-            item = self._queue.get()
-            ops: list[Op] = []
+            try:
+                item = self._queue.get(timeout=RETRY_INTERVAL) if self._retry else self._queue.get()
+            except queue.Empty:
+                item = []
+            ops, self._retry = self._retry, []  # final states not yet written go first, in order
+            retried = len(ops)
             while True:
                 if isinstance(item, tuple):
                     stopping = item[1]
@@ -165,6 +175,14 @@ class Writer:
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(_deliver, results)
+            if retried and not self._retry:
+                log.info("spool: {n} final state(s) written at last", n=retried)
+                self._retry_error = ""
+        if self._retry:
+            log.error("spool: the final state of {n} job(s) could not be written ({error}); they run again at the "
+                      "next start: {jobs}", n=len(self._retry), error=self._retry_error,
+                      jobs=", ".join(op.args[0] for op in self._retry))
+            self._retry = []
         if self.conn is not None:
             try:
                 mark_clean(self.conn)
@@ -211,7 +229,7 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             self._note_damage(e)
-            return [(op.deferred, False, spool_error(e)) for op in ops]
+            return self._lost(ops, spool_error(e))
         try:
             values = self._apply_all(conn, ops)
             # Background writes that succeeded have no one to tell.
@@ -373,7 +391,23 @@ class Writer:
         for op in ops:
             if op.undo is not None:
                 op.undo()
-        return [(op.deferred, False, error) for op in ops]
+        return self._lost(ops, error)
+
+    def _lost(self, ops: list[Op], error: SpoolError) -> Results:
+        """
+        The whole group is lost (a full disk): final states without a caller
+        are kept and written again (every L{RETRY_INTERVAL} s, and at stop),
+        so that a job delivered is not run again at the next start; the
+        other writes fail.
+        """
+        again = [op for op in ops if op.kind == FINISH and op.deferred is None]
+        if again:
+            if not self._retry_error:
+                log.error("spool: {n} final state(s) not written ({error}); trying again every {s:g} s",
+                          n=len(again), error=error, s=RETRY_INTERVAL)
+            self._retry_error = str(error)
+            self._retry.extend(again)
+        return [(op.deferred, False, error) for op in ops if not (op.kind == FINISH and op.deferred is None)]
 
 
 def _deliver(results: Results) -> None:
