@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "rawsvc.client.cli",
     "rawsvc.triggers.status_cli",
     "rawsvc.spool.cli",
+    "rawsvc.spool.check_cli",
 ]
 
 

@@ -16,14 +16,14 @@ import attrs
 from zope.interface.verify import verifyObject
 
 from rawsvc import options as o
-from rawsvc.context import BuildContext
+from rawsvc.context import DEFAULT_STATE_DIR, BuildContext, config_relative
 from rawsvc.errors import ConfigError, ConfigIssue
 from rawsvc.flow import Flow
 from rawsvc.interfaces import IAction
 from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
 
 SERVICE_OPTIONS = o.Schema(
-    o.Option("state_dir", str, "var/rawsvc", doc="spool, host keys, temp files"),
+    o.Option("state_dir", str, DEFAULT_STATE_DIR, doc="spool, host keys, temp files (relative: to the config's folder)"),
     o.Option(
         "allowed_destinations",
         list,
@@ -41,6 +41,8 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
     o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
     o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
+    o.Option("min_free_mb", (int, float), 100.0, o.non_negative,
+             doc="purge the oldest finished jobs while the spool's filesystem has less free than this"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
     o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
 )
@@ -141,7 +143,7 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
     if context is None:
         context = BuildContext(config_path=path)
     context.config_path = path
-    context.state_dir = service.get("state_dir") or "var/rawsvc"
+    context.state_dir = config_relative(path, service.get("state_dir") or DEFAULT_STATE_DIR)
     context.service_options = service
 
     flows = _load_flows(doc.get("flow", []), errors, context)

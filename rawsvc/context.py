@@ -12,13 +12,29 @@ from typing import Any
 
 import attrs
 
+#: Where state lives when the config does not say.
+DEFAULT_STATE_DIR = "var/rawsvc"
+
+
+def config_relative(config_path: str, path: str) -> str:
+    """
+    C{path} made absolute: a relative one is taken from the config file's
+    folder (the working directory for a config that is not a file), so a
+    config means the same state_dir whatever the directory it is run from.
+    """
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    base = os.path.dirname(os.path.abspath(config_path)) if config_path != "<memory>" else os.getcwd()
+    return os.path.normpath(os.path.join(base, path))
+
 
 @attrs.define(eq=False)
 class BuildContext:
     """Passed to every C{from_config}."""
 
     config_path: str = "<memory>"
-    state_dir: str = "var/rawsvc"
+    state_dir: str = DEFAULT_STATE_DIR
     service_options: dict[str, Any] = attrs.field(factory=dict)
     reactor: Any = None
     components: dict[str, Any] = attrs.field(factory=dict)

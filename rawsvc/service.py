@@ -20,6 +20,8 @@ from rawsvc.config import Config
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ListenError
 from rawsvc.plugins import load_dotted
+from rawsvc.spool.check import SpoolDamaged
+from rawsvc.spool.lock import StateDirBusy, StateDirLock
 
 log = Logger(namespace="rawsvc.service")
 
@@ -59,6 +61,10 @@ class RawService(MultiService):
             factory = load_dotted(ADMIN_FACTORIES[section])
             factory(options, self).setServiceParent(self)
         self._add_component_services()
+        # One owner per state_dir: taken first at start, released last at stop.
+        self.state_lock = StateDirLock(self.context.state_dir, spool=bool(self.config.service.get("spool", True)))
+        self.state_lock.setServiceParent(self)
+        self._components.append(self.state_lock)
 
     def _make_sink(self) -> Any:
         factory = self.context.components.get("sink_factory")
@@ -84,6 +90,7 @@ class RawService(MultiService):
         return self.sink
 
     def startService(self) -> None:
+        self._take_state_dir()
         log.info(
             "rawsvc starting: triggers {triggers}; flows {flows}",
             triggers=", ".join(f"{n} ({t.type_name})" for n, t in self.triggers.items()) or "none",
@@ -97,6 +104,23 @@ class RawService(MultiService):
             # Under twistd: a clear line and a non-zero exit, not a traceback.
             log.critical("{error}; not starting", error=str(e))
             sys.stderr.write(f"rawsvc: {e}; not starting\n")
+            raise SystemExit(1)
+
+    def _take_state_dir(self) -> None:
+        """The state_dir's lock, and a sound spool, before anything is opened, swept or resumed."""
+        try:
+            self.state_lock.acquire()
+        except StateDirBusy as e:
+            if not self.exit_on_error:
+                raise
+            log.critical("{error}; not starting", error=str(e))
+            sys.stderr.write(f"rawsvc: {e}; not starting\n")
+            raise SystemExit(1)
+        except SpoolDamaged as e:
+            if not self.exit_on_error:
+                raise
+            log.critical("{advice}", advice=e.advice())
+            sys.stderr.write("".join(f"rawsvc: {line}\n" for line in e.advice().splitlines()))
             raise SystemExit(1)
 
     @inlineCallbacks

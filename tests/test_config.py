@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 
@@ -135,7 +136,14 @@ def test_valid_config_builds_flows_and_triggers():
     assert list(config.triggers) == ["orders"]
     assert config.triggers["orders"].flow is config.flows["label"]
     assert config.service["state_dir"] == "var/test"
-    assert config.context.state_dir == "var/test"
+    assert config.context.state_dir == os.path.join(os.getcwd(), "var/test")  # good.toml is in the cwd
+
+
+def test_a_relative_state_dir_is_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    config = loads(config_text(GOOD).replace('"var/test"', '"../var/x"'), str(tmp_path / "etc" / "x.toml"))
+    assert config.context.state_dir == str(tmp_path / "var" / "x")
+    assert config.service["state_dir"] == "../var/x"  # the value as written
 
 
 def test_array_of_tables_actions_are_built_in_order():

@@ -20,11 +20,14 @@ import time
 import tomllib
 from typing import Any
 
+from rawsvc.context import DEFAULT_STATE_DIR, config_relative
+from rawsvc.spool import check
+from rawsvc.spool.lock import try_lock, unlock
+from rawsvc.spool.files import payload_file
 from rawsvc.spool.records import full_variables
-from rawsvc.spool.schema import COLUMNS, connect, db_path, migrate
+from rawsvc.spool.schema import COLUMNS, FILES_DIR, connect, db_path, migrate
 
 DEFAULT_CONFIG = "etc/rawsvc.toml"
-DEFAULT_STATE_DIR = "var/rawsvc"
 
 
 def register(sub) -> None:
@@ -64,27 +67,39 @@ class CliError(Exception):
 
 
 def state_dir_of(args) -> str:
+    """
+    The absolute state directory: C{--state-dir} (from the working
+    directory), else C{[service] state_dir} of the config, resolved as the
+    service resolves it (from the config file's folder).
+    """
     if args.state_dir:
-        return args.state_dir
+        return os.path.abspath(args.state_dir)
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     if path is None:
-        return DEFAULT_STATE_DIR
+        return os.path.abspath(DEFAULT_STATE_DIR)
     try:
         with open(path, "rb") as f:
             service = tomllib.load(f).get("service", {})
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise CliError(f"{path}: cannot read the config: {e}") from None
-    return service.get("state_dir", DEFAULT_STATE_DIR) if isinstance(service, dict) else DEFAULT_STATE_DIR
+    value = service.get("state_dir") if isinstance(service, dict) else None
+    return config_relative(path, value if isinstance(value, str) and value else DEFAULT_STATE_DIR)
 
 
 def _open(args, readonly: bool = True) -> sqlite3.Connection:
-    path = db_path(state_dir_of(args))
+    state_dir = state_dir_of(args)
+    path = db_path(state_dir)
     if not os.path.exists(path):
         raise CliError(f"no spool at {path} (has the service run with [service] spool = true?)")
+    report = check.inspect(state_dir, deep=False)  # what the first pages tell, at once
+    if report.problems:
+        raise CliError(f"the spool in {state_dir} is damaged: {report.problems[0]} "
+                       f"(see rawsvc spool check --state-dir {state_dir})")
     try:
-        conn = connect(path, readonly=readonly)
-        if not readonly:
-            migrate(conn)  # an older spool: add what is missing
+        if readonly:
+            return check.reader(path)  # leaves no -wal or -shm behind
+        conn = connect(path)
+        migrate(conn)  # an older spool: add what is missing
         return conn
     except sqlite3.Error as e:
         raise CliError(f"{path}: {e}") from None
@@ -120,6 +135,11 @@ def _run(func, args) -> int:
         return func(args)
     except CliError as e:
         print(f"rawsvc {args.command}: {e}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as e:
+        state_dir = state_dir_of(args)
+        print(f"rawsvc {args.command}: cannot read the spool in {state_dir}: {e} "
+              f"(see rawsvc spool check --state-dir {state_dir})", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
@@ -169,7 +189,8 @@ def _job(args) -> int:
     row = _find(conn, args.job_id)
     if args.payload:
         if row["payload_path"]:
-            with open(row["payload_path"], "rb") as f:
+            path = payload_file(os.path.join(state_dir_of(args), FILES_DIR), row["payload_path"])
+            with open(path, "rb") as f:
                 while chunk := f.read(1 << 16):
                     sys.stdout.buffer.write(chunk)
         else:
@@ -200,13 +221,30 @@ def cmd_request(args) -> int:
 
 
 def _request(args) -> int:
-    conn = _open(args, readonly=False)
+    state_dir = state_dir_of(args)
+    # While the service is down, hold its lock: our close then checkpoints
+    # the WAL into the spool and deletes it, so mark the spool clean.
+    held = try_lock(state_dir)
+    try:
+        conn = _open(args, readonly=False)
+        try:
+            return _ask(args, conn, alone=held is not None)
+        finally:
+            if held is not None:
+                check.mark_clean(conn)
+            conn.close()
+    finally:
+        if held is not None:
+            unlock(held)
+
+
+def _ask(args, conn: sqlite3.Connection, alone: bool) -> int:
     job_id = _find(conn, args.job_id)["job_id"]
     cur = conn.execute(
         "INSERT INTO requests (job_id, action, requested_at) VALUES (?, ?, ?)", (job_id, args.action, time.time())
     )
     request_id = cur.lastrowid
-    deadline = time.monotonic() + max(args.wait, 0)
+    deadline = time.monotonic() + (0 if alone else max(args.wait, 0))
     while True:
         row = conn.execute("SELECT done_at, ok, result FROM requests WHERE id = ?", (request_id,)).fetchone()
         if row["done_at"] is not None:
@@ -215,6 +253,10 @@ def _request(args) -> int:
         if time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    if alone:
+        print(f"{args.action} {job_id}: requested (#{request_id}); the service is not running: "
+              "it applies the request at its next start")
+        return 0
     print(f"{args.action} {job_id}: requested (#{request_id}); no answer from the service within {args.wait:g} s: "
           "it applies the request within a second while it runs, else at its next start")
     return 0

@@ -52,3 +52,14 @@ def unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def payload_file(files_dir: str, path: str) -> str:
+    """
+    A stored payload path, found again in C{files_dir} by its name when the
+    state_dir has moved since (a salvaged spool put in place).
+    """
+    if os.path.exists(path):
+        return path
+    moved = os.path.join(files_dir, os.path.basename(path))
+    return moved if os.path.exists(moved) else path

@@ -2,8 +2,9 @@
 The spool's database: where it lives, its tables and indexes, how to connect.
 
 One table of jobs (a row per job: metadata, progress, final state, and the
-payload up to L{rawsvc.spool.records.BLOB_MAX}) and one of requests (the
-CLI's retry/cancel, answered by the service).
+payload up to L{rawsvc.spool.records.BLOB_MAX}), one of requests (the
+CLI's retry/cancel, answered by the service) and C{meta}: the spool's id
+and whether it was closed cleanly (see L{rawsvc.spool.check}).
 
 Indexes are kept to what the queries need, since every index is written
 for each new job and again at its final state: the unique C{job_id}
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS requests (
     ok           INTEGER,
     result       TEXT
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: What the partial index C{jobs_unfinished} answers; literals, not
@@ -103,6 +108,15 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a new or older spool to this schema."""
     conn.executescript(SCHEMA)
+
+
+#: SQLite's result codes for a file that is damaged or not a database.
+DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_damage(e: BaseException) -> bool:
+    """Does this error say the database file is damaged (not full, not busy)?"""
+    return isinstance(e, sqlite3.DatabaseError) and getattr(e, "sqlite_errorcode", None) in DAMAGE_CODES
 
 
 def describe(e: BaseException) -> str:

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from rawsvc.spool.check import SpoolDamaged
 from rawsvc.spool.schema import SpoolError
 
 log = Logger(namespace="rawsvc.spool")
@@ -40,6 +41,7 @@ class SpoolService(Service):
         self._poll.clock = self._retention.clock = sink.reactor
         self.stop_grace = STOP_GRACE
         self.started: Deferred | None = None
+        self._last_error: str | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -55,9 +57,17 @@ class SpoolService(Service):
         store = self.sink.store
         try:
             yield store.open()
-        except SpoolError as e:
-            log.error("spool unavailable: {error}; new jobs are refused until it can be opened", error=e)
+        except SpoolDamaged as e:
+            if str(e) != self._last_error:  # said once, not at every reopen attempt
+                log.critical("spool: {advice}\nNew jobs are refused.", advice=e.advice())
+            self._last_error = str(e)
             return
+        except SpoolError as e:
+            if str(e) != self._last_error:
+                log.error("spool unavailable: {error}; new jobs are refused until it can be opened", error=e)
+            self._last_error = str(e)
+            return
+        self._last_error = None
         log.info("spool open: {path}", path=store.path)
         # Requests first (a job cancelled while we were down must not resume),
         # then every unfinished job, before any new one reaches a flow.

@@ -119,7 +119,8 @@ class SpoolSink(Dispatcher, SpoolOperations):
         triggers = service.triggers
         sink = cls(
             service.flows,
-            Store(service.context.state_dir, service.reactor),
+            Store(service.context.state_dir, service.reactor,
+                  min_free_bytes=int(opts.get("min_free_mb", 100) * (1 << 20))),
             service.reactor,
             opts.get("history", 1000),
             opts.get("retention_days", 7.0),

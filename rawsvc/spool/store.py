@@ -20,14 +20,20 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
-from rawsvc.spool.files import unlink
+from rawsvc.spool import check, lock
+from rawsvc.spool.check import SpoolDamaged
+
+from rawsvc.spool.files import payload_file, unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob
 from rawsvc.spool.schema import (
     COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
     describe, migrate,
 )
 from rawsvc.spool.writer import ADD, FINISH, MAX_BATCH, PROGRESS, Op, Writer
+
+log = Logger(namespace="rawsvc.spool")
 
 __all__ = [
     "BLOB_MAX", "COLUMNS", "DB_NAME", "FILES_DIR", "FINISHED", "MAX_BATCH", "SCHEMA", "UNFINISHED",
@@ -38,13 +44,16 @@ __all__ = [
 class Store:
     """See the module docstring.  Methods return Deferreds; call from the reactor."""
 
-    def __init__(self, state_dir: str, reactor: Any, max_pages: int | None = None) -> None:
+    def __init__(self, state_dir: str, reactor: Any, max_pages: int | None = None, min_free_bytes: int = 0) -> None:
         self.state_dir = state_dir
         self.path = db_path(state_dir)
         self.files_dir = os.path.join(state_dir, FILES_DIR)
         self.reactor = reactor
         self.max_pages = max_pages  # tests: simulate a full disk
         self.writer = Writer(reactor, self.files_dir)
+        self._holding = False  # the state_dir's lock (see rawsvc.spool.lock)
+        #: Retention's free-space floor on the spool's filesystem ([service] min_free_mb).
+        self.min_free_bytes = min_free_bytes
 
     @property
     def error(self) -> str | None:
@@ -74,8 +83,14 @@ class Store:
         return self._submit(None, self._open, (), raw=True)
 
     def stop(self) -> Deferred:
-        """Write everything queued, close, end the thread."""
-        return self.writer.stop()
+        """Write everything queued, close, end the thread; then let go of the state_dir."""
+        return self.writer.stop().addBoth(self._let_go)
+
+    def _let_go(self, result: Any) -> Any:
+        if self._holding:
+            self._holding = False
+            lock.release(self.state_dir)
+        return result
 
     # Writes -----------------------------------------------------------------
 
@@ -120,7 +135,7 @@ class Store:
 
     def load(self, states: tuple[str, ...] = UNFINISHED, job_id: str | None = None) -> Deferred:
         """Fires with the L{StoredJob}s in C{states} (or the one C{job_id}), by seq."""
-        return self._submit(None, _load, (states, job_id))
+        return self._submit(None, _load, (states, job_id, self.files_dir))
 
     def take_requests(self) -> Deferred:
         """Fires with the CLI's pending requests: (id, job_id, action)."""
@@ -130,8 +145,11 @@ class Store:
         return self._submit(None, _answer, (request_id, ok, result, time.time()))
 
     def purge(self, max_age: float, max_bytes: int) -> Deferred:
-        """Remove finished jobs older than C{max_age} s, then the oldest past C{max_bytes}."""
-        return self._submit(None, _purge, (time.time() - max_age, max_bytes))
+        """
+        Remove finished jobs older than C{max_age} s, then the oldest past
+        C{max_bytes} or while free space is below L{min_free_bytes}.
+        """
+        return self._submit(None, _purge, (time.time() - max_age, max_bytes, self.files_dir, self.min_free_bytes))
 
     def _submit(self, kind: str | None, fn: Callable | None, args: tuple, durable: bool = False,
                 raw: bool = False, background: bool = False) -> Any:
@@ -141,19 +159,46 @@ class Store:
 
     def _open(self) -> str:
         if self.writer.conn is not None:
+            if self.writer.error:  # damaged while open: a restart checks it again
+                raise SpoolError(self.writer.error)
             return self.path
         try:
+            if not self._holding:
+                if not lock.hold(self.state_dir):
+                    raise SpoolError(lock.busy_message(self.state_dir))
+                self._holding = True
             os.makedirs(self.files_dir, mode=0o700, exist_ok=True)
+            check.verify(self.state_dir)  # never start fresh over a damaged spool
             conn = connect(self.path)
             if self.max_pages is not None:
                 conn.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
             migrate(conn)
+            check.mark_open(conn, self.state_dir)
             os.chmod(self.path, 0o600)
+            swept = _sweep_orphans(conn, self.files_dir)
+        except SpoolError as e:  # damaged, or another process holds the state_dir
+            self.writer.error = str(e)
+            raise
         except (OSError, sqlite3.Error) as e:
             self.writer.error = f"cannot open {self.path}: {describe(e)}"
             raise SpoolError(self.writer.error) from None
+        if swept:
+            log.info("spool: removed {n} payload file(s) of jobs never stored (an earlier run was stopped "
+                     "while storing them)", n=swept)
         self.writer.opened(conn)
         return self.path
+
+
+def _sweep_orphans(conn: sqlite3.Connection, files_dir: str) -> int:
+    """Remove payload files no row names: written by a run killed before its commit."""
+    files = set(check.payload_files(os.path.dirname(files_dir)))
+    if not files:
+        return 0
+    named = {os.path.basename(r[0]) for r in conn.execute("SELECT payload_path FROM jobs WHERE payload_path IS NOT NULL")}
+    orphans = files - named
+    for name in orphans:
+        unlink(os.path.join(files_dir, name))
+    return len(orphans)
 
 
 def _nothing() -> None:
@@ -176,7 +221,7 @@ def _requeue(conn, job_id, action_index, now) -> None:
     )
 
 
-def _load(conn, states, job_id) -> list[StoredJob]:
+def _load(conn, states, job_id, files_dir) -> list[StoredJob]:
     if job_id is not None:
         rows = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
     elif tuple(states) == UNFINISHED:
@@ -184,7 +229,11 @@ def _load(conn, states, job_id) -> list[StoredJob]:
     else:
         marks = ", ".join("?" for _ in states)
         rows = conn.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY seq", states)
-    return [StoredJob.from_row(r) for r in rows]
+    jobs = [StoredJob.from_row(r) for r in rows]
+    for job in jobs:
+        if job.payload_path:
+            job.payload_path = payload_file(files_dir, job.payload_path)
+    return jobs
 
 
 def _take_requests(conn) -> list[tuple[int, str, str]]:
@@ -196,27 +245,40 @@ def _answer(conn, request_id, ok, result, now) -> None:
     conn.execute("UPDATE requests SET done_at = ?, ok = ?, result = ? WHERE id = ?", (now, int(ok), result, request_id))
 
 
-def _purge(conn, cutoff, max_bytes) -> tuple[int, int]:
+def free_bytes(path: str) -> int:
+    """Bytes free for us on the filesystem of C{path}."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _purge(conn, cutoff, max_bytes, files_dir, min_free) -> tuple[int, int]:
+    """
+    Finished jobs older than C{cutoff}; then the oldest, while their total
+    is past C{max_bytes} or the free space of the spool's filesystem is
+    below C{min_free} (the floor counts the jobs' sizes as freed).
+    """
     finished = "state IN ('done', 'failed', 'cancelled')"
     doomed = conn.execute(
         f"SELECT seq, payload_path, size FROM jobs WHERE {finished} AND finished_at < ?", (cutoff,)
     ).fetchall()
     total = conn.execute(f"SELECT COALESCE(SUM(size), 0) FROM jobs WHERE {finished}").fetchone()[0]
     total -= sum(r["size"] for r in doomed)
-    if total > max_bytes:
+    short = min_free - free_bytes(files_dir) - sum(r["size"] for r in doomed) if min_free else 0
+    if total > max_bytes or short > 0:
         for r in conn.execute(
             f"SELECT seq, payload_path, size FROM jobs WHERE {finished} AND finished_at >= ?"
             " ORDER BY finished_at", (cutoff,)
         ):
-            if total <= max_bytes:
+            if total <= max_bytes and short <= 0:
                 break
             doomed.append(r)
             total -= r["size"]
+            short -= r["size"]
     conn.executemany("DELETE FROM jobs WHERE seq = ?", [(r["seq"],) for r in doomed])
     conn.execute("DELETE FROM requests WHERE done_at < ?", (cutoff,))
     freed = 0
     for r in doomed:
         freed += r["size"]
         if r["payload_path"]:
-            unlink(r["payload_path"])
+            unlink(payload_file(files_dir, r["payload_path"]))
     return len(doomed), freed

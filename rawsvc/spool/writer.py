@@ -31,7 +31,8 @@ from twisted.python.failure import Failure
 
 from rawsvc.spool import records
 from rawsvc.spool.files import fsync_dir, unlink, write_file
-from rawsvc.spool.schema import SpoolError, spool_error
+from rawsvc.spool.check import mark_clean
+from rawsvc.spool.schema import DB_NAME, SpoolError, is_damage, spool_error
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -41,6 +42,9 @@ MAX_BATCH = 2000
 #: thousand jobs completing together) lets the thread start on the first
 #: ones while it makes the rest, rather than leave it idle until the end.
 HAND_OVER = 256
+
+#: Seconds between attempts to write final states again after a failed commit.
+RETRY_INTERVAL = 1.0
 
 #: Kinds of writes that go into multi-row statements.
 ADD, PROGRESS, FINISH = "add", "progress", "finish"
@@ -85,6 +89,9 @@ class Writer:
         self.batches = 0
         self.commits_full = 0
         self.variables = records.LeanVariables()
+        #: Final states whose group was lost (see L{_lost}), written again first.
+        self._retry: list[Op] = []
+        self._retry_error = ""
 
     @property
     def running(self) -> bool:
@@ -144,8 +151,12 @@ class Writer:
     def _loop(self) -> None:
         stopping: Deferred | None = None
         while stopping is None:
-            item = self._queue.get()
-            ops: list[Op] = []
+            try:
+                item = self._queue.get(timeout=RETRY_INTERVAL) if self._retry else self._queue.get()
+            except queue.Empty:
+                item = []
+            ops, self._retry = self._retry, []  # final states not yet written go first, in order
+            retried = len(ops)
             while True:
                 if isinstance(item, tuple):
                     stopping = item[1]
@@ -164,9 +175,20 @@ class Writer:
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(_deliver, results)
+            if retried and not self._retry:
+                log.info("spool: {n} final state(s) written at last", n=retried)
+                self._retry_error = ""
+        if self._retry:
+            log.error("spool: the final state of {n} job(s) could not be written ({error}); they run again at the "
+                      "next start: {jobs}", n=len(self._retry), error=self._retry_error,
+                      jobs=", ".join(op.args[0] for op in self._retry))
+            self._retry = []
         if self.conn is not None:
             try:
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                mark_clean(self.conn)
+            except sqlite3.Error as e:
+                log.warn("spool: cannot mark the spool closed cleanly: {error}", error=spool_error(e))
+            try:
                 self.conn.close()
             except sqlite3.Error:
                 pass
@@ -206,12 +228,14 @@ class Writer:
                 self._synchronous = sync
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            return [(op.deferred, False, spool_error(e)) for op in ops]
+            self._note_damage(e)
+            return self._lost(ops, spool_error(e))
         try:
             values = self._apply_all(conn, ops)
             # Background writes that succeeded have no one to tell.
             out: Results = [(op.deferred, True, value) for op, value in zip(ops, values) if op.deferred is not None]
-        except Exception:
+        except Exception as e:
+            self._note_damage(e)
             one_by_one = self._one_by_one(conn, ops)
             if isinstance(one_by_one, SpoolError):
                 return self._fail_group(ops, one_by_one)
@@ -224,10 +248,19 @@ class Writer:
             self.batches += 1
             self.commits_full += sync == "FULL"
         except (sqlite3.Error, OSError) as e:
+            self._note_damage(e)
             error = spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
             return self._fail_group(ops, error)
         return out
+
+    def _note_damage(self, e: BaseException) -> None:
+        """(Writer thread) A damaged database file: the spool refuses new jobs from now on."""
+        if is_damage(e) and not self.error:
+            db = os.path.join(os.path.dirname(self.files_dir), DB_NAME)
+            self.error = (f"{db} is damaged ({e}); new jobs are refused: stop the service and run "
+                          f"rawsvc spool check --state-dir {os.path.dirname(db)}")
+            log.critical("spool: {error}", error=self.error)
 
     def _one_by_one(self, conn: sqlite3.Connection, ops: list[Op]) -> Results | SpoolError:
         """Start the batch over, one savepoint per write; a L{SpoolError} when all are lost."""
@@ -358,7 +391,23 @@ class Writer:
         for op in ops:
             if op.undo is not None:
                 op.undo()
-        return [(op.deferred, False, error) for op in ops]
+        return self._lost(ops, error)
+
+    def _lost(self, ops: list[Op], error: SpoolError) -> Results:
+        """
+        The whole group is lost (a full disk): final states without a caller
+        are kept and written again (every L{RETRY_INTERVAL} s, and at stop),
+        so that a job delivered is not run again at the next start; the
+        other writes fail.
+        """
+        again = [op for op in ops if op.kind == FINISH and op.deferred is None]
+        if again:
+            if not self._retry_error:
+                log.error("spool: {n} final state(s) not written ({error}); trying again every {s:g} s",
+                          n=len(again), error=error, s=RETRY_INTERVAL)
+            self._retry_error = str(error)
+            self._retry.extend(again)
+        return [(op.deferred, False, error) for op in ops if not (op.kind == FINISH and op.deferred is None)]
 
 
 def _deliver(results: Results) -> None:
