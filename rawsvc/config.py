@@ -23,6 +23,9 @@ from rawsvc.flow import Flow
 from rawsvc.interfaces import IAction
 from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
 
+#: The config file C{twistd rawsvc}, C{rawsvc check-config} and C{rawsvc jobs} read when given none.
+DEFAULT_CONFIG = "etc/rawsvc.toml"
+
 SERVICE_OPTIONS = o.Schema(
     o.Option("state_dir", str, "var/rawsvc", doc="spool, host keys, temp files"),
     o.Option(

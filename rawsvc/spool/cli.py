@@ -21,11 +21,11 @@ import time
 import tomllib
 from typing import Any
 
+from rawsvc.config import DEFAULT_CONFIG
 from rawsvc.spool.records import full_variables
 from rawsvc.spool.schema import COLUMNS, connect, db_path, migrate
 from rawsvc.states import JOB_STATES, FilterError, parse_states, split_list
 
-DEFAULT_CONFIG = "etc/rawsvc.toml"
 DEFAULT_STATE_DIR = "var/rawsvc"
 
 
