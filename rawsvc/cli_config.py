@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from rawsvc.config import load
+from rawsvc.config import DEFAULT_CONFIG, load
 from rawsvc.errors import ConfigError
 
 
 def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a config file without starting anything")
-    p.add_argument("file", help="path to the TOML config")
+    p.add_argument("file", nargs="?", default=DEFAULT_CONFIG,
+                   help=f"path to the TOML config (default {DEFAULT_CONFIG}, as for twistd rawsvc)")
     p.set_defaults(func=check_config)
 
 

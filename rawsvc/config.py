@@ -16,11 +16,15 @@ import attrs
 from zope.interface.verify import verifyObject
 
 from rawsvc import options as o
+from rawsvc.addresses import clashes
 from rawsvc.context import DEFAULT_STATE_DIR, BuildContext, config_relative
 from rawsvc.errors import ConfigError, ConfigIssue
 from rawsvc.flow import Flow
 from rawsvc.interfaces import IAction
 from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
+
+#: The config file C{twistd rawsvc}, C{rawsvc check-config} and C{rawsvc jobs} read when given none.
+DEFAULT_CONFIG = "etc/rawsvc.toml"
 
 SERVICE_OPTIONS = o.Schema(
     o.Option("state_dir", str, DEFAULT_STATE_DIR, doc="spool, host keys, temp files (relative: to the config's folder)"),
@@ -106,18 +110,25 @@ class _Errors:
             self.add(table, issue)
 
 
-def load(path: str, context: BuildContext | None = None) -> Config:
-    """Read, validate and build the config at C{path}."""
+def load(path: str, context: BuildContext | None = None, require_trigger: bool = True) -> Config:
+    """
+    Read, validate and build the config at C{path}: what C{twistd rawsvc}
+    and C{rawsvc check-config} run, so a config without a trigger is an error.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read config: {e.strerror}"]) from None
-    return loads(raw, path, context)
+    return loads(raw, path, context, require_trigger)
 
 
-def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None = None) -> Config:
-    """Validate and build a config from its TOML text."""
+def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None = None,
+          require_trigger: bool = False) -> Config:
+    """
+    Validate and build a config from its TOML text.  A config of flows
+    alone is accepted unless C{require_trigger} (tests build flows so).
+    """
     errors = _Errors(path)
     if isinstance(raw, bytes):
         try:
@@ -149,6 +160,9 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
     flows = _load_flows(doc.get("flow", []), errors, context)
     triggers = _load_triggers(doc.get("trigger", []), flows, errors, context)
     admin = _load_admin(doc.get("admin", {}), errors)
+    if require_trigger and not doc.get("trigger"):
+        errors.add("top level", "the config defines no [[trigger]]; rawsvc would do nothing")
+    _check_listeners(context, admin, errors)
 
     if errors.lines:
         raise ConfigError(errors.lines)
@@ -275,6 +289,15 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
         except Exception as e:  # a plugin's bug: an error line, not a traceback
             errors.add(label, f"cannot be built: {type(e).__name__}: {e}")
     return triggers
+
+
+def _check_listeners(context: BuildContext, admin: dict[str, dict[str, Any]], errors: _Errors) -> None:
+    """No two listeners on one address."""
+    listeners = [(f"[[trigger]] {name!r}", opts.get("listen")) for name, opts in context.trigger_options.items()]
+    listeners += [(f"[admin.{section}]", opts.get("listen")) for section, opts in admin.items()]
+    for label, mine, earlier, other in clashes(listeners):
+        errors.add(label, f"{mine.describe()} clashes with {earlier}, which listens on {other.describe()}; "
+                          "give each listener its own address (tcp:0 takes any free port)", "listen")
 
 
 def _load_admin(value: Any, errors: _Errors) -> dict[str, dict[str, Any]]:

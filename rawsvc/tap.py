@@ -7,7 +7,7 @@ import sys
 from twisted.python import usage
 
 from rawsvc import __version__
-from rawsvc.config import load
+from rawsvc.config import DEFAULT_CONFIG, load
 from rawsvc.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Run rawsvc on a TOML config (see README.md and etc/rawsvc.toml)."
     optParameters = [
-        ["config", "c", "etc/rawsvc.toml", "Path to the TOML config file."],
+        ["config", "c", DEFAULT_CONFIG, "Path to the TOML config file."],
     ]
 
     def opt_version(self) -> None:

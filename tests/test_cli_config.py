@@ -15,6 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_CONFIG = os.path.join(ROOT, "etc", "rawsvc.toml")
 
 GOOD = """
+[[trigger]]
+name = "orders"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "archive"
+
 [[flow]]
 name = "archive"
 actions = [ { type = "file", folder = "var/jobs" }, { type = "log" } ]
@@ -30,6 +36,12 @@ regex = '^(?P<sku>\\w+)$'
 FIVE_MISTAKES = """
 [service]
 histroy = 10
+
+[[trigger]]
+name = "orders"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "archive"
 
 [[flow]]
 name = "archive"
@@ -57,7 +69,7 @@ def test_check_config_on_a_good_file_exits_0_with_a_one_line_summary(write, caps
     assert main(["check-config", path]) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 1 and err == ""
-    assert out.startswith(f"{path}: OK: 0 trigger(s)")
+    assert out.startswith(f"{path}: OK: 1 trigger(s) [orders (tcp)]")
     assert "2 flow(s) [archive, label]" in out
 
 

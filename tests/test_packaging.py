@@ -228,9 +228,12 @@ def test_installed_twistd_rawsvc_version(venv):
     assert (result.returncode, result.stdout) == (0, f"rawsvc {__version__}\n")
 
 
+_ONE_TRIGGER = '[[trigger]]\nname = "t"\ntype = "tcp"\nlisten = "tcp:0:interface=127.0.0.1"\nflow = "f"\n'
+
+
 def test_installed_rawsvc_check_config(venv, tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n')
+    path.write_text(_ONE_TRIGGER + '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n')
     result = run_in(venv, "rawsvc", "check-config", str(path))
     assert result.returncode == 0, result.stderr
     assert "1 flow(s) [f]" in result.stdout
@@ -348,15 +351,17 @@ def test_installed_service_archives_a_job_sent_over_tcp(daemon, tmp_path):
     assert "Traceback" not in d.output
 
 
-def test_twistd_rawsvc_with_no_triggers_starts_and_stops(daemon, tmp_path):
+def test_twistd_rawsvc_refuses_a_config_with_no_trigger(daemon, tmp_path):
     config = tmp_path / "rawsvc.toml"
     config.write_text(f'[service]\nstate_dir = "{tmp_path / "state"}"\n'
                       '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n')
     d = daemon("rawsvc", "--config", str(config))
-    d.wait_for(r"rawsvc starting: triggers none; flows f")
-    code = d.stop()
-    assert _exited_cleanly(code), (code, d.output)
+    code = d.proc.wait(60)
+    d._reader.join(5)
+    assert code == 1
+    assert f"{config}: top level: the config defines no [[trigger]]; rawsvc would do nothing" in d.output
     assert "Traceback" not in d.output
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.skipif(not os.path.exists(SHIPPED_CONFIG), reason="etc/rawsvc.toml is not written yet")
@@ -377,7 +382,7 @@ def test_twistd_rawsvc_runs_the_shipped_config(daemon, tmp_path):
 
 def test_twistd_rawsvc_refuses_a_bad_config_without_traceback(daemon, tmp_path):
     config = tmp_path / "bad.toml"
-    config.write_text('[service]\nhistroy = 1\n[[flow]]\nname = "f"\nactions = [ { type = "nope" } ]\n')
+    config.write_text('[service]\nhistroy = 1\n' + _ONE_TRIGGER + '[[flow]]\nname = "f"\nactions = [ { type = "nope" } ]\n')
     d = daemon("rawsvc", "--config", str(config))
     code = d.proc.wait(60)
     d._reader.join(5)

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from rawsvc import options as o
+from rawsvc.admin.listener import AdminListener
 from rawsvc.admin import prometheus
 from rawsvc.admin.namespace import health, recent_jobs, status
+from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 HTTP_OPTIONS = o.Schema(
     o.Option(
@@ -43,7 +45,10 @@ def _json(request: Any, value: Any, code: int = 200) -> bytes:
 
 
 class Health(Resource):
-    """200 while every listener is up, 503 otherwise; the body says which."""
+    """
+    200 while every listener is up and the sink stores jobs, 503 otherwise;
+    the body says which listeners are down and why jobs are refused.
+    """
 
     isLeaf = True
 
@@ -52,9 +57,36 @@ class Health(Resource):
         self.service = service
 
     def render_GET(self, request: Any) -> bytes:
-        ok, listeners = health(self.service)
+        up, listeners = health(self.service)
         down = [name for name, v in listeners.items() if not v["up"]]
-        return _json(request, {"ok": ok, "down": down, "listeners": listeners}, 200 if ok else 503)
+        reason = refusing(self.service.sink)
+        ok = up and reason is None
+        report: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "ok": ok, "refusing": reason is not None}
+        if reason is not None:
+            report["reason"] = reason
+        report.update(down=down, listeners=listeners)
+        return _json(request, report, 200 if ok else 503)
+
+
+#: Seconds after a job was refused (not stored) during which /healthz stays
+#: unhealthy, unless a job has been stored since.
+REFUSED_WINDOW = 60.0
+
+
+def refusing(sink: Any, now: float | None = None) -> str | None:
+    """Why the sink refuses jobs now (or did within REFUSED_WINDOW), else None."""
+    store = getattr(sink, "store", None)
+    error = getattr(store, "error", None)
+    if error:
+        return f"spool unavailable: {error}"
+    last = getattr(sink, "last_refusal", None)
+    if last is None:
+        return None
+    refused_at, why = last
+    age = (time.time() if now is None else now) - refused_at
+    if age >= REFUSED_WINDOW:
+        return None
+    return f"{why} (a job was refused {age:.0f} s ago; none stored since)"
 
 
 class Metrics(Resource):
@@ -76,12 +108,16 @@ def _arg(request: Any, name: str) -> str | None:
 
 class Jobs(Resource):
     """
-    Recent and running jobs, newest first, as JSON.  Filters: C{trigger},
-    C{state} (queued, running, done, failed; comma-separated), C{since}
-    (received at or after, Unix seconds), C{limit} (default 100).
+    Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
+    and C{state} (comma-separated lists), C{since} (received at or after,
+    Unix seconds), C{limit} (default 100, at most MAX_JOBS).  A bad filter
+    is a 400 whose C{error} names the accepted values.
     """
 
     isLeaf = True
+
+    #: The query parameters /jobs accepts.
+    PARAMETERS = ("trigger", "state", "since", "limit")
 
     def __init__(self, service: Any) -> None:
         super().__init__()
@@ -89,22 +125,34 @@ class Jobs(Resource):
 
     def render_GET(self, request: Any) -> bytes:
         try:
-            limit = int(_arg(request, "limit") or 100)
-            since = float(_arg(request, "since") or 0)
-            if limit < 1:
-                raise ValueError
-        except ValueError:
-            return _json(request, {"error": "limit must be a positive integer and since a number"}, 400)
-        trigger = _arg(request, "trigger")
-        states = set((_arg(request, "state") or "").split(",")) - {""}
+            states, triggers, since, limit = self._filters(request)
+        except FilterError as e:
+            return _json(request, {"error": str(e)}, 400)
         jobs = [
             j
             for j in recent_jobs(self.service, MAX_JOBS)
-            if (trigger is None or j["trigger"] == trigger)
+            if (not triggers or j["trigger"] in triggers)
             and (not states or j["state"] in states)
             and j["received_at"] >= since
-        ][: min(limit, MAX_JOBS)]
+        ][:limit]
         return _json(request, {"count": len(jobs), "jobs": jobs})
+
+    def _filters(self, request: Any) -> tuple[set[str], set[str], float, int]:
+        for name in request.args:
+            key = name.decode("utf-8", "replace")
+            if key not in self.PARAMETERS:
+                raise FilterError(f"unknown parameter {key!r}; use: {', '.join(self.PARAMETERS)}")
+        states = set(parse_states(_arg(request, "state")))
+        triggers = set(split_list(_arg(request, "trigger")))
+        since_text = _arg(request, "since") or "0"
+        try:
+            since = float(since_text)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            raise FilterError(f"since must be a time in Unix seconds, not {since_text!r}")
+        limit = parse_limit(_arg(request, "limit"), 100, MAX_JOBS)
+        return states, triggers, since, limit
 
 
 _STYLE = (
@@ -203,11 +251,11 @@ def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
     return site
 
 
-def make_service(options: dict[str, Any], service: Any) -> StreamServerEndpointService:
+def make_service(options: dict[str, Any], service: Any) -> AdminListener:
     """The HTTP admin listener for C{[admin.http]}."""
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])
-    listener = StreamServerEndpointService(endpoint, site)
+    listener = AdminListener(endpoint, site, "[admin.http]", options["listen"])
     listener.setName("admin-http")
     return listener
 

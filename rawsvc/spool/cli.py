@@ -12,6 +12,7 @@ answer and prints it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
@@ -20,14 +21,14 @@ import time
 import tomllib
 from typing import Any
 
+from rawsvc.config import DEFAULT_CONFIG
 from rawsvc.context import DEFAULT_STATE_DIR, config_relative
 from rawsvc.spool import check
 from rawsvc.spool.lock import try_lock, unlock
 from rawsvc.spool.files import payload_file
 from rawsvc.spool.records import full_variables
 from rawsvc.spool.schema import COLUMNS, FILES_DIR, connect, db_path, migrate
-
-DEFAULT_CONFIG = "etc/rawsvc.toml"
+from rawsvc.states import JOB_STATES, FilterError, parse_states, split_list
 
 
 def register(sub) -> None:
@@ -39,9 +40,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("jobs", help="list the jobs in the spool, newest first")
     common(p)
-    p.add_argument("--state", help="only jobs in this state (queued, running, done, failed, cancelled)")
-    p.add_argument("--trigger", help="only jobs from this trigger")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
+    p.add_argument("--state", type=_states, default=[], metavar="STATE[,STATE...]",
+                   help=f"only jobs in these states ({', '.join(JOB_STATES)})")
+    p.add_argument("--trigger", type=split_list, default=[], metavar="NAME[,NAME...]",
+                   help="only jobs from these triggers")
+    p.add_argument("--limit", type=_limit, default=50, help="at most this many (0: all; default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_jobs)
 
@@ -64,6 +67,23 @@ def register(sub) -> None:
 
 class CliError(Exception):
     pass
+
+
+def _states(value: str) -> list[str]:
+    try:
+        return parse_states(value)
+    except FilterError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 for all, not {value!r}")
+    return limit
 
 
 def state_dir_of(args) -> str:
@@ -152,12 +172,10 @@ def cmd_jobs(args) -> int:
 def _jobs(args) -> int:
     conn = _open(args)
     where, params = [], []
-    if args.state:
-        where.append("state = ?")
-        params.append(args.state)
-    if args.trigger:
-        where.append("trigger = ?")
-        params.append(args.trigger)
+    for column, values in (("state", args.state), ("trigger", args.trigger)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params.extend(values)
     sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -111,6 +111,8 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._held: dict[str, Deferred] = {}
         self._polling = False
         self.closed = False
+        #: (when, why) of the last job refused since the last one stored; /healthz reads it.
+        self.last_refusal: tuple[float, str] | None = None
 
     @classmethod
     def for_service(cls, service: Any) -> "SpoolSink":
@@ -148,6 +150,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     def _stored(self, path: str | None, job: Job, flow_name: str, counters: Any, d: Deferred) -> Deferred:
         self._in_flight.discard(d)
+        self.last_refusal = None  # jobs are stored again
         if path is not None:
             job.payload.discard()  # the temporary file, if any; the spool has its copy
             job.payload = SpoolPayload.from_file(path)
@@ -163,8 +166,9 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     def _refuse(self, job: Job, counters: Any, reason: str | None) -> Job:
         job.state = "refused"
-        job.error = f"spool unavailable: {reason}"
-        job.finished_at = time.time()
+        job.error = error = f"spool unavailable: {reason}"
+        job.finished_at = now = time.time()
+        self.last_refusal = (now, error)
         if counters is not None:
             counters.jobs_refused += 1
         log.error("job {job_id} from trigger {trigger} refused: {error}", job_id=job.job_id,
