@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from rawsvc.spool.files import unlink
-from rawsvc.spool.records import BLOB_MAX, StoredJob
+from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
 from rawsvc.spool.schema import (
     COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
     describe, migrate,
@@ -107,6 +107,10 @@ class Store:
             FINISH, None, (job_id, state, error, action_index, variables, delivery, time.time()), durable=True,
             background=background,
         )
+
+    def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None) -> None:
+        """The job's delivery waits to retry (or, C{next_try} None, tries again); in the background."""
+        self._submit(None, write_waiting, (job_id, attempt, error, next_try, time.time()), background=True)
 
     def flush(self) -> Deferred:
         """Fires once every write queued so far is committed (or has failed)."""
