@@ -42,6 +42,8 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
     o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
+    o.Option("stop_grace", (int, float), 30.0, o.non_negative,
+             doc="seconds a stop waits for jobs in flight; what is cut off resumes at the next start"),
     o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
 )
 
