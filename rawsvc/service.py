@@ -54,6 +54,9 @@ class RawService(MultiService):
         self.sink = sink
         self.context.components["sink"] = sink
         self.context.components["service"] = self
+        pool = self.context.components.get("destinations")
+        if isinstance(pool, DestinationPool) and hasattr(sink, "delivery_waiting"):
+            pool.watchers.append(sink)  # a delivery waiting to retry shows on its job
         for trigger in self.triggers.values():
             trigger.sink = sink
             trigger.setServiceParent(self)
