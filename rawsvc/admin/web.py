@@ -77,7 +77,7 @@ def _arg(request: Any, name: str) -> str | None:
 class Jobs(Resource):
     """
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger},
-    C{state} (queued, running, done, failed; comma-separated), C{since}
+    C{state} (queued, running, waiting, done, failed; comma-separated), C{since}
     (received at or after, Unix seconds), C{limit} (default 100).
     """
 
@@ -104,6 +104,10 @@ class Jobs(Resource):
             and (not states or j["state"] in states)
             and j["received_at"] >= since
         ][: min(limit, MAX_JOBS)]
+        waiting = getattr(self.service.sink, "waiting", {})
+        for j in jobs:
+            if j["state"] == "waiting" and j["job_id"] in waiting:
+                j["delivery"] = dict(waiting[j["job_id"]])  # destination, attempt, last_error, next_try
         return _json(request, {"count": len(jobs), "jobs": jobs})
 
 
