@@ -114,6 +114,9 @@ class RawService(MultiService):
         reactor = self.reactor
 
         def hangup(signum: int, frame: Any) -> None:
+            # As twistd does for SIGTERM: once stopped, it ends by the same
+            # signal, the exit status service managers count as a clean stop.
+            reactor._exitSignal = signum
             reactor.callFromThread(stop)
 
         def stop() -> None:

@@ -335,6 +335,11 @@ class DestinationPool(Service):
             q.attempt = 0
             self._set_state(q, "idle")
             self.reactor.callLater(0, self._next, q)
+        if result.outcome == STOPPED:
+            # The stop cut this job off: the jobs behind it must not overtake
+            # it (they all resume, in order, at the next start).
+            while q.waiting:
+                q.waiting.popleft().errback(_Stopping())
         result = attrs.evolve(result, attempts=attempt)
         if not result.ok and attempt > 1:
             result = attrs.evolve(result, message=f"{result.message} ({attempt} attempts)")
