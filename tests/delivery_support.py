@@ -121,9 +121,7 @@ data = "OK ${{job_id}}\\n"
 type = "send_tcp"
 destination = "{destination}"
 connect_timeout = 0.3
-retry_delay = 0.1
-max_retry_delay = 0.5
-{send}
+{send if "retry_delay" in send else "retry_delay = 0.1" + chr(10) + "max_retry_delay = 0.5" + chr(10) + send}
 """)
     return str(path)
 
