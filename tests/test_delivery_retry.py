@@ -8,7 +8,9 @@ an operator's cancel or retry of a waiting job acts at once.
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.error
 
 from delivery_support import (
     Printer, free_port, http_get, jobs, rawsvc, send_jobs, start_twistd, wait_for, write_config,
@@ -135,3 +137,67 @@ def test_retry_of_a_waiting_job_tries_again_at_once(tmp_path):
     finally:
         _stop(service)
         printer.stop()
+
+
+def test_a_good_retry_is_one_history_row_and_clears_the_printer_error(tmp_path):
+    printer_trigger, printer_port, http_port = free_port(), free_port(), free_port()
+    path = tmp_path / "rawsvc.toml"
+    path.write_text(f"""
+[service]
+state_dir = "{tmp_path}/state"
+
+[admin.http]
+listen = "tcp:{http_port}:interface=127.0.0.1"
+
+[[trigger]]
+name = "front"
+type = "printer"
+listen = "tcp:{printer_trigger}:interface=127.0.0.1"
+flow = "forward"
+
+[[flow]]
+name = "forward"
+
+[[flow.actions]]
+type = "send_tcp"
+destination = "127.0.0.1:{printer_port}"
+retries = 0
+""")
+    state_dir = str(tmp_path / "state")
+    printer = Printer(printer_port)  # off: the one attempt is refused
+    service = start_twistd(str(path), str(tmp_path / "twistd.log"))
+    try:
+        wait_for(lambda: _up(http_port), 10, "the admin listener")
+        with socket.create_connection(("127.0.0.1", printer_trigger), timeout=5) as sock:
+            sock.sendall(b"a job for a printer that is off")
+        wait_for(lambda: [j["state"] for j in jobs(state_dir).values()] == ["failed"], 10, "the job failed")
+        [job_id] = jobs(state_dir)
+        assert _health(http_port)["listeners"]["front"]["state"] == "error"
+
+        printer.listen()
+        out = rawsvc("retry", "--state-dir", state_dir, job_id)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: jobs(state_dir)[job_id]["state"] == "done", 5, "the retried job done")
+        assert printer.received == [b"a job for a printer that is off"]
+        listed = json.loads(http_get(http_port, "/jobs"))["jobs"]
+        assert [(j["job_id"], j["state"]) for j in listed] == [(job_id, "done")]  # one row, its latest state
+        assert f'rawsvc_trigger_jobs_received_total{{trigger="front"}} 1' in http_get(http_port, "/metrics").decode()
+        assert _health(http_port)["listeners"]["front"]["state"] == "idle"
+    finally:
+        _stop(service)
+        printer.stop()
+
+
+def _up(port: int) -> bool:
+    try:
+        http_get(port, "/healthz")
+        return True
+    except OSError:
+        return False
+
+
+def _health(port: int) -> dict:
+    try:
+        return json.loads(http_get(port, "/healthz"))
+    except urllib.error.HTTPError as e:  # 503 while a listener is down
+        return json.loads(e.read())
