@@ -36,7 +36,10 @@ class Dispatcher:
         #: job_id -> its delivery's wait for a retry: destination, attempt, error, next_try.
         self.waiting: dict[str, dict[str, Any]] = {}
 
-    def submit(self, job: Job, flow_name: str, counters: Any = None, again: bool = False) -> Deferred:
+    def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+        return self.dispatch(job, flow_name, counters)
+
+    def dispatch(self, job: Job, flow_name: str, counters: Any = None, again: bool = False) -> Deferred:
         """
         Run C{job}'s flow.  C{again}: the job ran before (retried by an
         operator): it is not counted as received again, and its earlier

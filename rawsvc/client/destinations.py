@@ -181,11 +181,11 @@ class DestinationPool(Service):
                     q.waiting.remove(turn)
             turn.errback(_Cancelled())
             return True
-        q = self._current(job_id)
-        if q is None or q.retry_wait is None:
+        current = self._current(job_id)
+        if current is None or current.retry_wait is None:
             return False
-        q.cancelled = True
-        return q.end_wait()
+        current.cancelled = True
+        return current.end_wait()
 
     # Delivery ------------------------------------------------------------------
 

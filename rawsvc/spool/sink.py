@@ -191,7 +191,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
             self._start_at[job.job_id] = start_at
             self.store.started(job.job_id, start_at, background=True)
             self._again.add(job.job_id)
-        return Dispatcher.submit(self, job, flow_name, counters, not fresh).addCallback(self._finished)
+        return self.dispatch(job, flow_name, counters, not fresh).addCallback(self._finished)
 
     def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
         Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
