@@ -48,6 +48,8 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("min_free_mb", (int, float), 100.0, o.non_negative,
              doc="purge the oldest finished jobs while the spool's filesystem has less free than this"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
+    o.Option("stop_grace", (int, float), 30.0, o.non_negative,
+             doc="seconds a stop waits for jobs in flight; what is cut off resumes at the next start"),
     o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
 )
 

@@ -31,11 +31,26 @@ class Dispatcher:
         self.running: dict[str, Job] = {}
         self.history: collections.deque[Job] = collections.deque(maxlen=history)
         self._in_flight: set[Deferred] = set()
+        #: Set when the service begins to stop: what fails from then on is interrupted.
+        self.stopping = False
+        #: job_id -> its delivery's wait for a retry: destination, attempt, error, next_try.
+        self.waiting: dict[str, dict[str, Any]] = {}
 
     def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+        return self.dispatch(job, flow_name, counters)
+
+    def dispatch(self, job: Job, flow_name: str, counters: Any = None, again: bool = False) -> Deferred:
+        """
+        Run C{job}'s flow.  C{again}: the job ran before (retried by an
+        operator): it is not counted as received again, and its earlier
+        run leaves the history, so the job is listed once.
+        """
         flow = self.flows[flow_name]
         self.running[job.job_id] = job
-        if counters is not None:
+        if again:
+            for old in [j for j in self.history if j.job_id == job.job_id]:
+                self.history.remove(old)
+        elif counters is not None:
             counters.jobs_received += 1
         job.state = "queued"
         started = time.monotonic()
@@ -45,6 +60,7 @@ class Dispatcher:
         def finished(result: Any) -> Any:
             self._in_flight.discard(d)
             self.running.pop(job.job_id, None)
+            self.waiting.pop(job.job_id, None)
             self.history.append(job)
             if counters is not None:
                 counters.flow_seconds.observe(time.monotonic() - started)
@@ -62,6 +78,26 @@ class Dispatcher:
             return job
 
         return d.addErrback(crashed).addBoth(finished)
+
+    # The destination pool's watcher (rawsvc.client.queues.DeliveryWatcher) --------------------
+
+    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
+        """A running job's delivery waits to retry: the job is C{waiting}, its error the last attempt's."""
+        job = self.running.get(job_id)
+        if job is None:
+            return
+        job.state = "waiting"
+        job.error = error
+        self.waiting[job_id] = {"destination": destination, "attempt": attempt, "last_error": error,
+                                "next_try": next_try}
+
+    def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
+        """The waiting job's delivery makes attempt C{attempt}: running again."""
+        job = self.running.get(job_id)
+        if job is None or self.waiting.pop(job_id, None) is None:
+            return
+        job.state = "running"
+        job.error = None
 
     def recent(self, limit: int = 50) -> list[Job]:
         jobs = list(self.running.values()) + list(reversed(self.history))

@@ -9,6 +9,7 @@ stop, listeners close first, then jobs in flight are given time to finish.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from rawsvc.client.destinations import DestinationPool
 from rawsvc.config import Config
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ListenError
@@ -31,7 +33,7 @@ ADMIN_FACTORIES = {
     "http": "rawsvc.admin.web:make_service",
 }
 
-#: Seconds to wait at stop for jobs in flight.
+#: Seconds to wait at stop for jobs in flight (C{[service] stop_grace}).
 SHUTDOWN_GRACE = 30.0
 
 
@@ -54,6 +56,9 @@ class RawService(MultiService):
         self.sink = sink
         self.context.components["sink"] = sink
         self.context.components["service"] = self
+        pool = self.context.components.get("destinations")
+        if isinstance(pool, DestinationPool) and hasattr(sink, "delivery_waiting"):
+            pool.watchers.append(sink)  # a delivery waiting to retry shows on its job
         for trigger in self.triggers.values():
             trigger.sink = sink
             trigger.setServiceParent(self)
@@ -122,35 +127,82 @@ class RawService(MultiService):
             log.critical("{advice}", advice=e.advice())
             sys.stderr.write("".join(f"rawsvc: {line}\n" for line in e.advice().splitlines()))
             raise SystemExit(1)
+    def privilegedStartService(self) -> None:
+        if self.exit_on_error:  # under twistd, which handles SIGINT and SIGTERM itself
+            self._handle_hangup()
+        super().privilegedStartService()
+
+    def _handle_hangup(self) -> None:
+        """SIGHUP (a closed terminal, a careless kill -HUP): a clean stop, as for SIGTERM."""
+        reactor = self.reactor
+
+        def hangup(signum: int, frame: Any) -> None:
+            # As twistd does for SIGTERM: once stopped, it ends by the same
+            # signal, the exit status service managers count as a clean stop.
+            reactor._exitSignal = signum
+            reactor.callFromThread(stop)
+
+        def stop() -> None:
+            log.info("SIGHUP received: stopping cleanly (as for SIGTERM); unfinished jobs resume at the next start")
+            if reactor.running:
+                reactor.stop()
+
+        signal.signal(signal.SIGHUP, hangup)
 
     @inlineCallbacks
     def stopService(self):
         """
         Listeners and admin first (reverse order of start), so nothing new
-        arrives; then jobs in flight get up to SHUTDOWN_GRACE seconds, with
-        the destination queues still delivering; then the shared components
-        in the order they were added (destinations before the spool, which
-        closes last and keeps whatever is still unfinished for the next start).
+        arrives; then jobs in flight get up to C{[service] stop_grace}
+        seconds, with the destination queues still delivering what is queued
+        (no retry starts any more: a delivery waiting for one ends now); then
+        the shared components in the order they were added (destinations
+        before the spool, which closes last).  A job the stop cuts off is
+        interrupted, never failed: it stays unfinished in the spool and
+        resumes at the next start.  Nothing is cancelled: a job still running
+        when the spool closes is simply not recorded as finished.
         """
         Service.stopService(self)
         components = getattr(self, "_components", [])
         for child in reversed(list(self)):
             if child not in components:
                 yield maybeDeferred(child.stopService)
+        if hasattr(self.sink, "stopping"):
+            self.sink.stopping = True  # what fails from now on is interrupted, not failed
+        pool = self.context.components.get("destinations")
+        if isinstance(pool, DestinationPool):
+            pool.begin_stop()
         drain = getattr(self.sink, "drain", None)
         if drain is not None:
-            d: Deferred = drain()
-            timeout = self.reactor.callLater(SHUTDOWN_GRACE, d.cancel)
-            try:
-                yield d
-            except Exception:
-                log.warn("stopped with jobs still in flight after {s} s", s=SHUTDOWN_GRACE)
-            finally:
-                if timeout.active():
-                    timeout.cancel()
+            grace = self.stop_grace
+            if not (yield _within(self.reactor, drain(), grace)):
+                log.warn("stopped with {n} job(s) still in flight after {s} s; they resume at the next start",
+                         n=len(getattr(self.sink, "running", ())), s=grace)
         for component in components:
             yield maybeDeferred(component.stopService)
         log.info("rawsvc stopped")
 
+    @property
+    def stop_grace(self) -> float:
+        return float(self.config.service.get("stop_grace", SHUTDOWN_GRACE))
+
     def status(self) -> dict[str, Any]:
         return {name: t.status() for name, t in self.triggers.items()}
+
+
+def _within(clock: Any, d: Deferred, seconds: float) -> Deferred:
+    """
+    Fires True once C{d} has fired (either way), False after C{seconds};
+    C{d} itself is left alone (cancelling jobs is what a clean stop must not do).
+    """
+    waited: Deferred = Deferred()
+
+    def settle(value: bool) -> None:
+        if not waited.called:
+            if timer.active():
+                timer.cancel()
+            waited.callback(value)
+
+    timer = clock.callLater(seconds, settle, False)
+    d.addBoth(lambda _: settle(True))
+    return waited

@@ -217,7 +217,7 @@ def test_stopping_the_pool_fails_waiting_jobs_and_cancels_retries(reactor):
         second = pool.deliver(dest, b"2", settings, "j2")
         from twisted.internet.task import deferLater
 
-        while pool.status()[printer.destination]["state"] != "retrying":
+        while pool.status()[printer.destination]["state"] != "waiting":
             yield deferLater(reactor, 0.005, lambda: None)
         assert pool.status()[printer.destination]["queued"] == 1
         yield pool.stopService()

@@ -269,7 +269,7 @@ def test_connect_timeout(reactor, tmp_path):
             fillers.append(s)
         flow, _ = build(
             reactor, tmp_path,
-            f'{{ type = "send_tcp", destination = "127.0.0.1:{port}", connect_timeout = 0.3 }}',
+            f'{{ type = "send_tcp", destination = "127.0.0.1:{port}", connect_timeout = 0.3, retries = 0 }}',
         )
         j = yield flow.run(job())
         assert j.state == "failed"
@@ -282,7 +282,7 @@ def test_connect_timeout(reactor, tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_dns_failure(reactor, tmp_path):
-    flow, _ = build(reactor, tmp_path, '{ type = "send_tcp", destination = "no-such-printer.invalid:9100" }')
+    flow, _ = build(reactor, tmp_path, '{ type = "send_tcp", destination = "no-such-printer.invalid:9100", retries = 0 }')
     j = yield flow.run(job())
     assert j.state == "failed"
     assert j.error.startswith("cannot resolve 'no-such-printer.invalid' (no-such-printer.invalid:9100)")

@@ -18,6 +18,7 @@ from rawsvc.interfaces import IAction
 from rawsvc.job import Job, Payload
 from rawsvc.spool.records import full_variables
 from rawsvc.spool.sink import SpoolSink
+from rawsvc.spool.schema import UNFINISHED_SQL
 from rawsvc.spool.store import Store, db_path
 
 
@@ -217,7 +218,7 @@ def test_an_older_spool_loses_the_indexes_no_query_needs(tmp_path, reactor):
     conn = sqlite3.connect(db_path(str(tmp_path)))
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     plan = conn.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
+        f"EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE {UNFINISHED_SQL} ORDER BY seq"
     ).fetchall()
     conn.close()
     assert "jobs_by_state" not in names and "jobs_by_finish" not in names

@@ -2,7 +2,9 @@
 Action C{send_tcp}: send data to a TCP/IP port (the outbound printer client).
 
 The job goes through the shared destination pool (L{rawsvc.client.destinations}),
-one connection at a time per destination, with retries for busy printers.
+one connection at a time per destination; a printer that is busy, off or
+unreachable is retried with back-off until it takes the job or C{retry_for}
+runs out (L{rawsvc.client.retry}).
 By default the payload is sent untouched (streamed from its spool file when
 large); C{data} sends a template instead.  The back-channel reply lands in
 the C{save_reply} variable, even when the action fails.  Destinations are
@@ -18,8 +20,9 @@ from zope.interface import implementer, provider
 
 from rawsvc import options as o
 from rawsvc.client.address import AddressError, Destination
-from rawsvc.client.destinations import DeliveryResult, DestinationPool, pool_for
+from rawsvc.client.destinations import CANCELLED, STOPPED, DeliveryResult, DestinationPool, pool_for
 from rawsvc.client.protocol import SendSettings, Source
+from rawsvc.client.retry import RETRY_FOR, RetryPolicy
 from rawsvc.errors import ActionError, ConfigIssue, Interrupted
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
@@ -55,7 +58,10 @@ class SendTcpAction:
         o.Option("send_timeout", (int, float), 300.0, o.non_negative,
                  doc="seconds the printer may take no data before the attempt fails (0: never)"),
         o.Option("half_close", bool, True, doc="shut down the write side once every byte is written"),
-        o.Option("retries", int, 3, _retries, doc="retries of a refused or reset connection"),
+        o.Option("retries", int, None, _retries,
+                 doc="at most this many retries (default: no cap but retry_for)"),
+        o.Option("retry_for", (int, float), RETRY_FOR, o.non_negative,
+                 doc="seconds a delivery is retried for after its first attempt (0: never)"),
         o.Option("retry_delay", (int, float), 1.0, o.positive, doc="first back-off, doubled each retry"),
         o.Option("max_retry_delay", (int, float), 30.0, o.positive, doc="longest back-off"),
     )
@@ -69,8 +75,10 @@ class SendTcpAction:
         encoding: str = "auto",
         save_reply: str = "",
         reply_encoding: str = "utf-8",
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.destination = destination
+        self.policy = policy or RetryPolicy(settings.retry_delay, settings.max_retry_delay)
         self.pool = pool
         self.settings = settings
         self.data = data
@@ -104,9 +112,12 @@ class SendTcpAction:
             eof_timeout=float(options["eof_timeout"]),
             send_timeout=float(options["send_timeout"]),
             half_close=options["half_close"],
-            retries=options["retries"],
+            retries=options["retries"] if options["retries"] is not None else 0,
             retry_delay=float(options["retry_delay"]),
             max_retry_delay=float(options["max_retry_delay"]),
+        )
+        policy = RetryPolicy(
+            settings.retry_delay, settings.max_retry_delay, float(options["retry_for"]), options["retries"],
         )
         return cls(
             destination,
@@ -116,6 +127,7 @@ class SendTcpAction:
             options["encoding"],
             options["save_reply"],
             options["reply_encoding"],
+            policy,
         )
 
     def run(self, job: Any) -> Deferred[DeliveryResult]:
@@ -135,15 +147,17 @@ class SendTcpAction:
         else:
             source = job.payload.open
             total = job.payload.size
-        d = self.pool.deliver(dest, source, self.settings, job.job_id, total)
+        d = self.pool.deliver(dest, source, self.settings, job.job_id, total, self.policy)
         return d.addCallback(self._finished, job)
 
     def _finished(self, result: DeliveryResult, job: Any) -> DeliveryResult:
         if self.save_reply:
             codec = "utf-8" if self.reply_encoding == "auto" else self.reply_encoding
             job.variables[self.save_reply] = result.reply.decode(codec, "replace")
-        if result.outcome == "stopped":
+        if result.outcome == STOPPED:
             raise Interrupted(result.message)
+        if result.outcome == CANCELLED:
+            raise ActionError("cancelled by an operator")
         if not result.ok:
             raise ActionError(result.message)
         return result

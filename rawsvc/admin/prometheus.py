@@ -105,4 +105,7 @@ def render(service: Any) -> str:
     w.family("rawsvc_destination_failures", "counter", "Failed delivery attempts.", per_dest("failures"))
     w.family("rawsvc_destination_retries", "counter", "Deliveries retried.", per_dest("retries"))
     w.family("rawsvc_destination_queue_depth", "gauge", "Jobs waiting for the destination.", per_dest("queued", ""))
+    w.family("rawsvc_destination_waiting", "gauge",
+             "Deliveries waiting to retry (the destination refused, timed out or could not be found).",
+             per_dest("waiting", ""))
     return w.text()

@@ -109,7 +109,7 @@ def _arg(request: Any, name: str) -> str | None:
 class Jobs(Resource):
     """
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
-    and C{state} (comma-separated lists), C{since} (received at or after,
+    and C{state} (comma-separated lists; a waiting job carries its C{delivery}: destination, attempt, last error, next try), C{since} (received at or after,
     Unix seconds), C{limit} (default 100, at most MAX_JOBS).  A bad filter
     is a 400 whose C{error} names the accepted values.
     """
@@ -135,6 +135,10 @@ class Jobs(Resource):
             and (not states or j["state"] in states)
             and j["received_at"] >= since
         ][:limit]
+        waiting = getattr(self.service.sink, "waiting", {})
+        for j in jobs:
+            if j["state"] == "waiting" and j["job_id"] in waiting:
+                j["delivery"] = dict(waiting[j["job_id"]])  # destination, attempt, last_error, next_try
         return _json(request, {"count": len(jobs), "jobs": jobs})
 
     def _filters(self, request: Any) -> tuple[set[str], set[str], float, int]:

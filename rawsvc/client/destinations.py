@@ -3,22 +3,28 @@ The destination pool: one queue per C{host:port}, shared by every flow and
 trigger, so jobs for one printer never interleave or race for its single
 socket, while jobs for other printers go on in parallel.
 
-A job holds its destination's slot from its first attempt to its last: a
-refused connection (the printer is busy) or one reset before every byte was
-written is retried with exponential back-off (C{retry_delay}, doubled each
-time up to C{max_retry_delay}, at most C{retries} times), as CUPS's socket
-backend does.  Every C{deliver} fires with a L{DeliveryResult}; it never
-fails.
+A job holds its destination's slot from its first attempt to its last: an
+attempt that a later one may cure (refused, reset mid-job, connect timeout,
+unreachable host, failed lookup, stalled printer) is retried with capped,
+jittered back-off (L{rawsvc.client.retry.RetryPolicy}) until delivered or
+C{retry_for} runs out, as CUPS's socket backend does.  While it waits, the
+delivery is C{waiting} (attempt, last error, next try), its watchers (the
+spool) are told, and later jobs for that printer wait behind it.  An
+operator may cut the wait short (L{DestinationPool.retry_now}) or end the
+delivery (L{DestinationPool.cancel}).  Every C{deliver} fires with a
+L{DeliveryResult}; it never fails but when its caller cancels it.
 
-The pool is a Twisted service: stopping it fails jobs still waiting for
-their turn or for a retry ("service stopping"), and lets connections in
-progress finish.
+Stopping is in two steps: L{DestinationPool.begin_stop} (the service's
+stop grace starts) ends every back-off wait at once and retries nothing
+more, while queued jobs are still delivered; C{stopService} (the grace is
+over) ends the jobs still queued.  Either way such a delivery ends
+C{stopped}, which its action reports as interrupted, not failed: the job
+stays unfinished in the spool and resumes at the next start.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any, TypedDict
 
 import attrs
@@ -38,21 +44,24 @@ from rawsvc.client.protocol import (
     Source,
     State,
 )
+from rawsvc.client.queues import WAITING, DeliveryWatcher, _Cancelled, _Queue, _Stopping
+from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
 
 log = Logger(namespace="rawsvc.client")
 
 #: Outcomes of a delivery (C{DeliveryResult.outcome}).
 DELIVERED = "delivered"
-RETRYABLE = frozenset({"refused", "reset"})
+STOPPED = "stopped"
+CANCELLED = "cancelled"
 
 
 @attrs.frozen
 class DeliveryResult:
     """How a delivery ended; C{message} is what goes into C{${error}}."""
 
-    outcome: str  # delivered refused connect_timeout connect_error dns_failure
-    #               reset reset_draining reply_timeout not_allowed source_error stopped
+    outcome: str  # delivered refused connect_timeout connect_error dns_failure send_timeout
+    #               reset reset_draining reply_timeout not_allowed source_error stopped cancelled
     destination: str
     attempts: int = 0
     written: int = 0
@@ -77,47 +86,6 @@ class _AttemptFields(TypedDict):
     address: str
 
 
-class _Stopping(Exception):
-    pass
-
-
-class _Queue:
-    """One destination's queue and counters."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.waiting: deque[Deferred[None]] = deque()
-        self.busy = False
-        self.state = "idle"
-        self.attempts = 0
-        self.delivered = 0
-        self.failures = 0
-        self.retries = 0
-        self.bytes_sent = 0
-        self.last_outcome = ""
-        self.last_error = ""
-        self.last_change = time.time()
-        self.job_id = ""
-        self.retry_wait: Deferred[None] | None = None
-        self.retry_call: Any = None
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "queued": len(self.waiting),
-            "in_progress": 1 if self.busy else 0,
-            "job_id": self.job_id,
-            "attempts": self.attempts,
-            "delivered": self.delivered,
-            "failures": self.failures,
-            "retries": self.retries,
-            "bytes_sent": self.bytes_sent,
-            "last_outcome": self.last_outcome,
-            "last_error": self.last_error,
-            "since": self.last_change,
-        }
-
-
 class DestinationPool(Service):
     """Per-destination queues; see the module docstring."""
 
@@ -132,6 +100,11 @@ class DestinationPool(Service):
         self._literals: list[Destination] = []
         self._queues: dict[str, _Queue] = {}
         self._stopping = False
+        #: The stop grace has begun: no more retries (L{begin_stop}).
+        self._no_retry = False
+        #: job_id -> its turn in a queue, while it waits for it.
+        self._turns: dict[str, Deferred[None]] = {}
+        self.watchers: list[DeliveryWatcher] = []
         self.configured = allow is not None
 
     # Configuration ----------------------------------------------------------
@@ -162,20 +135,57 @@ class DestinationPool(Service):
         return {key: q.status() for key, q in self._queues.items()}
 
     def startService(self) -> None:
-        self._stopping = False
+        self._stopping = self._no_retry = False
         super().startService()
 
+    def begin_stop(self) -> None:
+        """The stop grace begins: end every back-off wait now and retry nothing more."""
+        self._no_retry = True
+        for q in self._queues.values():
+            q.end_wait(_Stopping())
+
     def stopService(self) -> None:
+        """The stop grace is over: jobs still waiting their turn end C{stopped}."""
+        self.begin_stop()
         self._stopping = True
         for q in self._queues.values():
             while q.waiting:
                 q.waiting.popleft().errback(_Stopping())
-            if q.retry_call is not None and q.retry_call.active():
-                q.retry_call.cancel()
-                wait, q.retry_wait = q.retry_wait, None
-                if wait is not None:
-                    wait.errback(_Stopping())
         return super().stopService()
+
+    # Operators ---------------------------------------------------------------
+
+    def _current(self, job_id: str) -> _Queue | None:
+        for q in self._queues.values():
+            if q.busy and q.job_id == job_id:
+                return q
+        return None
+
+    def retry_now(self, job_id: str) -> bool:
+        """Make the next attempt of C{job_id}, waiting for a retry, now; False when it is not waiting."""
+        q = self._current(job_id) if job_id else None
+        return q is not None and q.end_wait()
+
+    def cancel(self, job_id: str) -> bool:
+        """
+        End C{job_id}'s delivery now when it waits for a retry or for its
+        turn (it fires C{cancelled}); False when it is not in a queue or is
+        connected (an attempt in progress completes).
+        """
+        if not job_id:
+            return False
+        turn = self._turns.pop(job_id, None)
+        if turn is not None and not turn.called:
+            for q in self._queues.values():
+                if turn in q.waiting:
+                    q.waiting.remove(turn)
+            turn.errback(_Cancelled())
+            return True
+        current = self._current(job_id)
+        if current is None or current.retry_wait is None:
+            return False
+        current.cancelled = True
+        return current.end_wait()
 
     # Delivery ------------------------------------------------------------------
 
@@ -186,16 +196,23 @@ class DestinationPool(Service):
         settings: SendSettings,
         job_id: str = "",
         total: int | None = None,
+        policy: RetryPolicy | None = None,
     ) -> Deferred[DeliveryResult]:
-        """Queue one job for C{dest}; fires with a L{DeliveryResult}."""
+        """
+        Queue one job for C{dest}; fires with a L{DeliveryResult}.  Without
+        C{policy}, C{settings} give the back-off and the number of retries.
+        """
         key = str(dest)
         if self._stopping:
-            return succeed(DeliveryResult("stopped", key, message=f"service stopping: {key} not tried"))
+            return succeed(DeliveryResult(STOPPED, key, message=f"service stopping: {key} not tried"))
         if not self.allow.may_allow(dest):
             return succeed(_not_allowed(key))
+        if policy is None:
+            policy = RetryPolicy(settings.retry_delay, settings.max_retry_delay, retries=settings.retries)
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = _Queue(key)
+
         def leave_queue(cancelled: Deferred[None]) -> None:
             # Cancelled while waiting its turn: give the place up, so the
             # queue never hands its single connection to a dead job.
@@ -206,17 +223,26 @@ class DestinationPool(Service):
 
         turn: Deferred[None] = Deferred(leave_queue)
         q.waiting.append(turn)
+        if job_id:
+            self._turns[job_id] = turn
         machine = DeliveryMachine(lambda state: self._set_state(q, state.value))
 
         def run(_: None) -> Deferred[DeliveryResult]:
-            return self._run(q, dest, source, settings, machine, job_id, total)
+            return self._run(q, dest, source, settings, policy, machine, job_id, total)
 
-        def stopped(failure: Any) -> DeliveryResult:
-            failure.trap(_Stopping)
+        def not_run(failure: Any) -> DeliveryResult:
+            failure.trap(_Stopping, _Cancelled)
             machine.to(State.DONE)
-            return DeliveryResult("stopped", key, message=f"service stopping: {key} not tried")
+            if failure.check(_Cancelled):
+                return DeliveryResult(CANCELLED, key, message=f"cancelled by an operator before {key} was tried")
+            return DeliveryResult(STOPPED, key, message=f"service stopping: {key} not tried")
 
-        d = turn.addCallbacks(run, stopped)
+        def forget(result: Any) -> Any:
+            if self._turns.get(job_id) is turn:
+                del self._turns[job_id]
+            return result
+
+        d = turn.addBoth(forget).addCallbacks(run, not_run)
         self._next(q)
         return d
 
@@ -234,16 +260,26 @@ class DestinationPool(Service):
         q.state = state
         q.last_change = time.time()
 
+    def _tell(self, method: str, *args: Any) -> None:
+        for watcher in self.watchers:
+            try:
+                getattr(watcher, method)(*args)
+            except Exception:
+                log.failure("delivery watcher {watcher} failed", watcher=watcher)
+
     @inlineCallbacks
-    def _run(self, q, dest, source, settings, machine, job_id, total):
+    def _run(self, q, dest, source, settings, policy, machine, job_id, total):
         key = str(dest)
         q.job_id = job_id
+        q.cancelled = False
         attempt = 0
+        first = self.reactor.seconds()
         result: DeliveryResult
         try:
             while True:
                 attempt += 1
                 q.attempts += 1
+                q.attempt = attempt
                 machine.to(State.CONNECTING)
                 result = yield self._attempt(dest, source, settings, machine, attempt, total)
                 log.info(
@@ -251,33 +287,61 @@ class DestinationPool(Service):
                     job_id=job_id, dest=key, attempt=attempt, outcome=result.outcome,
                     written=result.written, error=result.message,
                 )
-                if result.outcome not in RETRYABLE or attempt > settings.retries or self._stopping:
+                if result.ok:
+                    break
+                if self._no_retry:
+                    if policy.gives_up(result.outcome, 1, 0.0):
+                        break  # it would not have been retried anyway
+                    result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
+                    break
+                if policy.gives_up(result.outcome, attempt, self.reactor.seconds() - first):
                     break
                 q.retries += 1
                 machine.to(State.QUEUED)
-                self._set_state(q, "retrying")
-                delay = settings.backoff(attempt)
+                delay = policy.delay(attempt)
+                q.next_try = time.time() + delay
+                q.last_error = result.message
+                self._set_state(q, WAITING)
+                log.info("job {job_id} to {dest}: waiting {delay:.1f} s before attempt {next}: {error}",
+                         job_id=job_id, dest=key, delay=delay, next=attempt + 1, error=result.message)
+                self._tell("delivery_waiting", job_id, key, attempt, result.message, q.next_try)
                 q.retry_wait = Deferred()
-                q.retry_call = self.reactor.callLater(delay, q.retry_wait.callback, None)
+                q.retry_call = self.reactor.callLater(delay, q.end_wait)
                 try:
                     yield q.retry_wait
                 except _Stopping:
-                    result = attrs.evolve(result, message=f"service stopping; {result.message}", outcome="stopped")
+                    result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
                     break
                 finally:
-                    q.retry_wait = q.retry_call = None
+                    q.retry_wait = q.retry_call = q.next_try = None
+                if q.cancelled:
+                    result = attrs.evolve(
+                        result, outcome=CANCELLED,
+                        message=f"cancelled by an operator while waiting to retry; {result.message}",
+                    )
+                    break
+                self._tell("delivery_retrying", job_id, key, attempt + 1)
+        except CancelledError:  # its caller gave up on it
+            result = DeliveryResult(STOPPED, key, attempt, message=f"delivery to {key} cancelled")
         except Exception as e:  # a bug: say so, never leave the queue stuck
             log.failure("delivery to {dest} crashed", dest=key)
-            result = DeliveryResult("error", key, attempt, message=f"internal error sending to {key}: {e}")
+            text = str(e) or type(e).__name__
+            result = DeliveryResult("error", key, attempt, message=f"internal error sending to {key}: {text}")
         finally:
             if machine.state is not State.DONE:
                 machine.to(State.DONE)
             q.busy = False
             q.job_id = ""
+            q.attempt = 0
             self._set_state(q, "idle")
             self.reactor.callLater(0, self._next, q)
+        if result.outcome == STOPPED:
+            # The stop cut this job off: the jobs behind it must not overtake
+            # it (they all resume, in order, at the next start).
+            while q.waiting:
+                q.waiting.popleft().errback(_Stopping())
         result = attrs.evolve(result, attempts=attempt)
-        if result.outcome in RETRYABLE and attempt > 1:
+        if not result.ok and attempt > 1:
             result = attrs.evolve(result, message=f"{result.message} ({attempt} attempts)")
         q.last_outcome = result.outcome
         if result.ok:

@@ -193,9 +193,17 @@ def _jobs(args) -> int:
     for r in rows:
         out.write(
             f"{r['job_id']:24} {r['state']:9} {r['trigger'][:12]:12} {r['flow'][:12]:12} {r['action_index']:>3} "
-            f"{r['attempt']:>3} {r['size']:>9} {_when(r['received_at']):19}  {r['last_error'] or ''}\n"
+            f"{r['attempt']:>3} {r['size']:>9} {_when(r['received_at']):19}  {_error(r)}\n"
         )
     return 0
+
+
+def _error(row: sqlite3.Row) -> str:
+    """The ERROR column; for a waiting job, its delivery attempt and next try first."""
+    error = row["last_error"] or ""
+    if row["state"] == "waiting" and row["next_try"]:
+        return f"attempt {row['delivery_attempt']}, next try {_when(row['next_try'])}: {error}"
+    return error
 
 
 def cmd_job(args) -> int:
@@ -225,7 +233,7 @@ def _job(args) -> int:
         if key == "variables":
             continue
         value = record.get(key)
-        if key.endswith("_at"):
+        if key.endswith("_at") or key == "next_try":
             value = f"{_when(value)}" + (f" ({value:.3f})" if value else "")
         print(f"{key:16} {value if value is not None else '-'}")
     print("variables:")

@@ -134,14 +134,14 @@ _INSERT_HEAD = (
 )
 _INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1)"
 _PROGRESS_HEAD = (
-    "UPDATE jobs SET state = 'running', action_index = v.column2,"
+    "UPDATE jobs SET state = 'running', action_index = v.column2, next_try = NULL,"
     " variables = COALESCE(v.column3, jobs.variables),"
     " updated_at = v.column4, destination = COALESCE(v.column5, jobs.destination),"
     " bytes_delivered = jobs.bytes_delivered + v.column6 FROM (VALUES "
 )
-_PROGRESS_TAIL = ") AS v WHERE jobs.job_id = v.column1 AND jobs.state IN ('queued', 'running')"
+_PROGRESS_TAIL = ") AS v WHERE jobs.job_id = v.column1 AND jobs.state IN ('queued', 'running', 'waiting')"
 _FINISH_HEAD = (
-    "UPDATE jobs SET state = v.column2, last_error = v.column3, action_index = v.column4,"
+    "UPDATE jobs SET state = v.column2, last_error = v.column3, action_index = v.column4, next_try = NULL,"
     " variables = COALESCE(v.column5, jobs.variables), updated_at = v.column6, finished_at = v.column6,"
     " destination = COALESCE(v.column7, jobs.destination),"
     " bytes_delivered = jobs.bytes_delivered + v.column8 FROM (VALUES "
@@ -160,3 +160,24 @@ def _many(conn: sqlite3.Connection, head: str, row: str, tail: str, params: list
         if sql is None:
             sql = _sql_cache[key] = head + ", ".join([row] * len(chunk)) + tail
         conn.execute(sql, [value for p in chunk for value in p])
+
+
+def write_waiting(conn: sqlite3.Connection, job_id: str, attempt: int, error: str | None,
+                  next_try: float | None, now: float) -> None:
+    """
+    A running job's delivery waits to retry (C{next_try} set: state
+    C{waiting}, with its attempt and last error) or tries again (None:
+    back to C{running}).  A finished job is left alone.
+    """
+    if next_try is not None:
+        conn.execute(
+            "UPDATE jobs SET state = 'waiting', delivery_attempt = ?, last_error = ?, next_try = ?, updated_at = ?"
+            " WHERE job_id = ? AND state IN ('running', 'waiting')",
+            (attempt, error, next_try, now, job_id),
+        )
+    else:
+        conn.execute(
+            "UPDATE jobs SET state = 'running', delivery_attempt = ?, next_try = NULL, updated_at = ?"
+            " WHERE job_id = ? AND state = 'waiting'",
+            (attempt, now, job_id),
+        )

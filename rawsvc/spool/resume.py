@@ -62,6 +62,7 @@ class SpoolOperations:
     _held: dict[str, Deferred]
     _cancel: set[str]
     _polling: bool
+    pool: Any
 
     def rebuild(self, stored: StoredJob) -> Job:
         """A L{Job} again, from its row; the sender is gone."""
@@ -114,8 +115,14 @@ class SpoolOperations:
 
     @inlineCallbacks
     def retry(self, job_id: str):
-        """Run a finished job again, from its first action not completed (a done job: from the start)."""
+        """
+        Run a finished job again, from its first action not completed (a
+        done job: from the start); a job waiting to retry its delivery makes
+        its next attempt now.
+        """
         if job_id in self.running:
+            if self.pool is not None and self.pool.retry_now(job_id):
+                return f"job {job_id} was waiting to retry its delivery: next attempt now"
             return f"job {job_id} is running"
         rows = yield self.store.load(job_id=job_id)
         if not rows:
@@ -132,9 +139,14 @@ class SpoolOperations:
 
     @inlineCallbacks
     def cancel(self, job_id: str):
-        """Stop a job before its next action (an action already running completes)."""
+        """
+        Stop a job before its next action (an action already running
+        completes), or now when its delivery waits to retry or for its turn.
+        """
         if job_id in self.running:
             self._cancel.add(job_id)
+            if self.pool is not None and self.pool.cancel(job_id):
+                return f"job {job_id} cancelled; its printer's queue moves on"
             return f"job {job_id} cancelled: it stops before its next action"
         rows = yield self.store.load(job_id=job_id)
         if not rows:

@@ -22,7 +22,9 @@ import sqlite3
 DB_NAME = "spool.db"
 FILES_DIR = "spool"
 
-UNFINISHED = ("queued", "running")
+#: C{waiting}: its delivery waits to retry (attempt, error and next try in
+#: C{delivery_attempt}, C{last_error}, C{next_try}).
+UNFINISHED = ("queued", "running", "waiting")
 FINISHED = ("done", "failed", "cancelled")
 
 #: Idempotent: creates what is missing, drops indexes no query needs any more.
@@ -49,11 +51,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes_delivered INTEGER NOT NULL DEFAULT 0,
     variables       TEXT NOT NULL DEFAULT '{}',
     payload         BLOB,
-    payload_path    TEXT
+    payload_path    TEXT,
+    delivery_attempt INTEGER NOT NULL DEFAULT 0,
+    next_try        REAL
 );
 DROP INDEX IF EXISTS jobs_by_state;
 DROP INDEX IF EXISTS jobs_by_finish;
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (seq) WHERE state IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS requests (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id       TEXT NOT NULL,
@@ -71,13 +74,17 @@ CREATE TABLE IF NOT EXISTS meta (
 
 #: What the partial index C{jobs_unfinished} answers; literals, not
 #: parameters, or SQLite cannot use the index.
-UNFINISHED_SQL = "state IN ('queued', 'running')"
+UNFINISHED_SQL = "state IN ('queued', 'running', 'waiting')"
+_UNFINISHED_INDEX = f"CREATE INDEX jobs_unfinished ON jobs (seq) WHERE {UNFINISHED_SQL}"
+#: Columns added since the first spools: (name, declaration).
+_ADDED = (("delivery_attempt", "INTEGER NOT NULL DEFAULT 0"), ("next_try", "REAL"))
 
 #: Columns shown by C{rawsvc jobs} / C{rawsvc job} (everything but the payload).
 COLUMNS = (
     "seq", "job_id", "trigger", "flow", "state", "peer_host", "peer_port", "encoding", "size",
     "received_at", "queued_at", "started_at", "updated_at", "finished_at", "action_index",
     "attempt", "last_error", "destination", "bytes_delivered", "variables", "payload_path",
+    "delivery_attempt", "next_try",
 )
 
 
@@ -108,6 +115,14 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a new or older spool to this schema."""
     conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, declaration in _ADDED:
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+    index = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'jobs_unfinished'").fetchone()
+    if index is None or index[0] != _UNFINISHED_INDEX:  # new, or from before the waiting state
+        conn.execute("DROP INDEX IF EXISTS jobs_unfinished")
+        conn.execute(_UNFINISHED_INDEX)
 
 
 #: SQLite's result codes for a file that is damaged or not a database.

@@ -103,7 +103,6 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self.retention_mb = retention_mb
         self.counters_for = counters_for or (lambda trigger: None)
         self.service = SpoolService(self)
-        self.stopping = False
         self.ready = False
         self._cancel: set[str] = set()
         self._start_at: dict[str, int] = {}
@@ -113,6 +112,11 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self.closed = False
         #: (when, why) of the last job refused since the last one stored; /healthz reads it.
         self.last_refusal: tuple[float, str] | None = None
+        #: The destination pool, when the config has one (cancel and retry reach into its queues).
+        self.pool: Any = None
+        #: Called with a job run again by an operator that finished done (a printer clears its error).
+        self.on_recovered: Any = lambda job: None
+        self._again: set[str] = set()
 
     @classmethod
     def for_service(cls, service: Any) -> "SpoolSink":
@@ -129,6 +133,15 @@ class SpoolSink(Dispatcher, SpoolOperations):
             opts.get("retention_mb", 1024.0),
             lambda name: getattr(triggers.get(name), "counters", None),
         )
+        sink.service.stop_grace = min(STOP_GRACE, float(opts.get("stop_grace", STOP_GRACE)))
+        sink.pool = service.context.components.get("destinations")
+
+        def recovered(job: Job) -> None:
+            hook = getattr(triggers.get(job.trigger), "job_recovered", None)
+            if hook is not None:
+                hook(job)
+
+        sink.on_recovered = recovered
         service.context.components["spool"] = sink.service
         return sink
 
@@ -182,10 +195,24 @@ class SpoolSink(Dispatcher, SpoolOperations):
         if not fresh:  # a new job was stored as running, attempt 1, at action 0
             self._start_at[job.job_id] = start_at
             self.store.started(job.job_id, start_at, background=True)
-        return Dispatcher.submit(self, job, flow_name, counters).addCallback(self._finished)
+            self._again.add(job.job_id)
+        return self.dispatch(job, flow_name, counters, not fresh).addCallback(self._finished)
+
+    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
+        Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
+        if job_id in self.running and not self.closed:
+            self.store.waiting(job_id, attempt, error, next_try)
+
+    def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
+        was_waiting = job_id in self.waiting
+        Dispatcher.delivery_retrying(self, job_id, destination, attempt)
+        if was_waiting and not self.closed:
+            self.store.waiting(job_id, attempt, None, None)
 
     def _finished(self, job: Job) -> Job:
         self._start_at.pop(job.job_id, None)
+        again = job.job_id in self._again
+        self._again.discard(job.job_id)
         delivery = self._deliveries.pop(job.job_id, None)
         if job.job_id in self._cancel:
             self._cancel.discard(job.job_id)
@@ -200,6 +227,8 @@ class SpoolSink(Dispatcher, SpoolOperations):
         if job.state == "done":
             index += 1
         self.store.finish(job.job_id, job.state, job.error, index, job.variables.snapshot(), delivery, background=True)
+        if again and job.state == "done":
+            self.on_recovered(job)
         return job
 
     def drain_writes(self) -> Deferred:

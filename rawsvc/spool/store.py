@@ -24,9 +24,8 @@ from twisted.logger import Logger
 
 from rawsvc.spool import check, lock
 from rawsvc.spool.check import SpoolDamaged
-
 from rawsvc.spool.files import payload_file, unlink
-from rawsvc.spool.records import BLOB_MAX, StoredJob
+from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
 from rawsvc.spool.schema import (
     COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
     describe, migrate,
@@ -122,6 +121,10 @@ class Store:
             FINISH, None, (job_id, state, error, action_index, variables, delivery, time.time()), durable=True,
             background=background,
         )
+
+    def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None) -> None:
+        """The job's delivery waits to retry (or, C{next_try} None, tries again); in the background."""
+        self._submit(None, write_waiting, (job_id, attempt, error, next_try, time.time()), background=True)
 
     def flush(self) -> Deferred:
         """Fires once every write queued so far is committed (or has failed)."""

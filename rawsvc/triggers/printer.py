@@ -391,6 +391,13 @@ class PrinterTrigger(ClosingPort):
             self.update_port()
         return self._port_op or succeed(None)
 
+    # Hook for the spool (issue 12) ----------------------------------------------
+
+    def job_recovered(self, job: Any) -> None:
+        """A job of this printer, run again by an operator, finished done: a good retry clears the error."""
+        if self.state.failed:
+            self.state.clear()
+
     def host_status(self) -> bytes:
         s = self.state
         return pjl.host_status(
