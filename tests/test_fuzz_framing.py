@@ -125,3 +125,40 @@ def test_connection_jobs_do_not_depend_on_how_tcp_split_the_stream(tmp_path, spl
     if not expected[-1]:
         expected.pop()  # nothing after the last delimiter: no partial job
     assert sink.payloads == expected
+
+
+
+#: Binary print data: Ctrl-Ds, %!, ~HS, PJL-looking lines, never a UEL; split anywhere.
+PRINTER_TOKENS = st.sampled_from([b"\x04", b"%!", b"%", b"~HS", b"^XA", b"\x00", b"@PJL EOJ\r\n", b"data", b"\r\n"])
+binary_print_data = st.lists(PRINTER_TOKENS | st.binary(max_size=6), min_size=1, max_size=40).map(
+    lambda parts: b"\x00" + b"".join(parts).replace(b"\x1b", b"E")
+)
+
+
+def _printer_connection(tmp_path):
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from twisted.internet.task import Clock
+
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspill_threshold = 64\n[[trigger]]\nname = "p"\ntype = "printer"\n'
+        'listen = "tcp:0"\nflow = "f"\n[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n'
+    )
+    config = loads(text, "fuzz.toml", BuildContext(reactor=Clock()))
+    trig = config.triggers["p"]
+    trig.sink = _RecordingSink()
+    proto = trig.build_protocol()
+    proto.makeConnection(StringTransport())
+    return proto, trig.sink
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(split=splits(binary_print_data))
+def test_printer_connection_takes_binary_data_split_anywhere_as_one_job(tmp_path, split):
+    data, chunks = split
+    proto, sink = _printer_connection(tmp_path)
+    for chunk in chunks:
+        if chunk:
+            proto.dataReceived(chunk)
+    proto.readConnectionLost()
+    assert sink.payloads == [data]

@@ -302,4 +302,3 @@ class PrinterFramer:
         if _NON_WS.search(tail) and not UEL.startswith(tail.strip()):
             self.current.content = True
         return tail
-
