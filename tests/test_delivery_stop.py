@@ -54,7 +54,7 @@ def test_sigterm_with_a_backlog_longer_than_the_grace_loses_nothing(tmp_path):
         printer.stop()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_stop_during_retry_back_off_keeps_the_job(tmp_path, sig):
     trigger_port, printer_port = free_port(), free_port()
     config = write_config(tmp_path, trigger_port, f"127.0.0.1:{printer_port}")
