@@ -104,14 +104,17 @@ def test_a_failed_lookup_waits_and_cancel_ends_it_at_once(tmp_path):
     state_dir = str(tmp_path / "state")
     service = start_twistd(config, str(tmp_path / "twistd.log"))
     try:
-        [job_id] = send_jobs(trigger_port, [b"to nowhere"])
+        job_id, behind = send_jobs(trigger_port, [b"to nowhere", b"behind it"])
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "waiting", 10, "the job waiting")
         assert jobs(state_dir)[job_id]["last_error"].startswith("cannot resolve 'printer.invalid'")
+        assert jobs(state_dir)[behind]["delivery_attempt"] == 0  # queued behind it
         t0 = time.monotonic()
         out = rawsvc("cancel", "--state-dir", state_dir, job_id)
         assert out.returncode == 0, out.stderr
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "cancelled", 5, "the job cancelled")
         assert time.monotonic() - t0 < 2.5  # the CLI's request is read within a second
+        # The printer's queue moves on: the next job makes its first attempt (and waits in turn).
+        wait_for(lambda: jobs(state_dir)[behind]["state"] == "waiting", 5, "the next job's attempt")
     finally:
         _stop(service)
 

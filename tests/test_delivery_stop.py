@@ -35,6 +35,7 @@ def test_sigterm_with_a_backlog_longer_than_the_grace_loses_nothing(tmp_path):
         assert cut_off < BACKLOG, "the backlog did not outlast the grace"
         rows = jobs(state_dir)
         assert not [r for r in rows.values() if r["state"] == "failed"], "a job was marked failed by the stop"
+        assert not (tmp_path / "errors").exists(), "on_error ran for a job the stop cut off"
         assert sum(r["state"] != "done" for r in rows.values()) >= BACKLOG - cut_off - 1
 
         service = start_twistd(config, log_path)
@@ -69,6 +70,7 @@ def test_a_stop_during_retry_back_off_keeps_the_job(tmp_path, sig):
         assert time.monotonic() - t0 < 10  # no grace spent waiting for a printer that is off
         row = jobs(state_dir)[job_id]
         assert row["state"] == "waiting", row
+        assert not (tmp_path / "errors").exists(), "on_error ran for a job the stop cut off"
         log = open(log_path, encoding="utf-8").read()
         assert "CancelledError" not in log and "internal error" not in log
         if sig == signal.SIGHUP:
