@@ -69,7 +69,7 @@ def test_a_stop_during_retry_back_off_keeps_the_job(tmp_path, sig):
         assert stop(service, sig) == -sig
         assert time.monotonic() - t0 < 10  # no grace spent waiting for a printer that is off
         row = jobs(state_dir)[job_id]
-        assert row["state"] == "waiting", row
+        assert row["state"] in ("waiting", "running"), row  # unfinished (running: stopped mid-attempt)
         assert not (tmp_path / "errors").exists(), "on_error ran for a job the stop cut off"
         log = open(log_path, encoding="utf-8").read()
         assert "CancelledError" not in log and "internal error" not in log
