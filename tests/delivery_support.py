@@ -93,6 +93,7 @@ class Printer(threading.Thread):
 
 def write_config(tmp_path, trigger_port: int, destination: str, send: str = "", service: str = "",
                  http_port: int | None = None) -> str:
+    """One tcp trigger, a flow [reply OK ${job_id}, send_tcp]; its on_error writes into tmp_path/errors."""
     path = tmp_path / "rawsvc.toml"
     admin = f'[admin.http]\nlisten = "tcp:{http_port}:interface=127.0.0.1"\n' if http_port else ""
     path.write_text(f"""
@@ -122,6 +123,11 @@ type = "send_tcp"
 destination = "{destination}"
 connect_timeout = 0.3
 {send if "retry_delay" in send else "retry_delay = 0.1" + chr(10) + "max_retry_delay = 0.5" + chr(10) + send}
+
+[[flow.on_error]]
+type = "file"
+folder = "{tmp_path}/errors"
+data = "${{error}}"
 """)
     return str(path)
 

@@ -24,6 +24,19 @@ def _payloads(n: int) -> list[bytes]:
     return [f"label {i} ".encode() + bytes(range(128, 256)) for i in range(n)]
 
 
+def _waiting_row(state_dir: str, job_id: str, attempt: int) -> dict:
+    """The job's row once it waits after at least C{attempt} attempts (between attempts it is running)."""
+    rows: list[dict] = []
+
+    def waiting() -> bool:
+        row = jobs(state_dir)[job_id]
+        rows.append(row)
+        return row["state"] == "waiting" and row["delivery_attempt"] >= attempt
+
+    wait_for(waiting, 15, f"job {job_id} waiting after {attempt} attempts")
+    return rows[-1]
+
+
 def _stop(service) -> None:
     if service.poll() is None:
         service.terminate()
@@ -42,10 +55,7 @@ def test_a_printer_that_refuses_for_a_while_gets_every_job_once_in_order(tmp_pat
         payloads = _payloads(5)
         ids = send_jobs(trigger_port, payloads)
         head = ids[0]
-        wait_for(lambda: jobs(state_dir)[head]["state"] == "waiting", 10, "the first job waiting")
-        wait_for(lambda: jobs(state_dir)[head]["delivery_attempt"] >= 2, 10, "a second attempt")
-
-        row = jobs(state_dir)[head]
+        row = _waiting_row(state_dir, head, 2)
         assert row["last_error"].startswith(f"connection refused by {dest}")
         assert row["next_try"] > time.time() - 1
         listing = rawsvc("jobs", "--state-dir", state_dir).stdout.decode()
@@ -62,7 +72,7 @@ def test_a_printer_that_refuses_for_a_while_gets_every_job_once_in_order(tmp_pat
         assert f"<td>{dest}</td><td>waiting</td>" in page.replace("\n", ""), page  # the destination's state
 
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - t0)))
-        assert jobs(state_dir)[head]["state"] == "waiting"  # still not given up
+        assert jobs(state_dir)[head]["state"] in ("waiting", "running")  # not given up (running: an attempt)
         printer.listen()
         wait_for(lambda: len(printer.received) >= len(payloads), 15, "every job at the printer")
         wait_for(lambda: all(jobs(state_dir)[i]["state"] == "done" for i in ids), 10, "every job done")
@@ -85,9 +95,8 @@ def test_a_printer_that_never_answers_syn_gets_every_job_when_it_is_back(tmp_pat
     try:
         payloads = _payloads(3)
         ids = send_jobs(trigger_port, payloads)
-        wait_for(lambda: jobs(state_dir)[ids[0]]["delivery_attempt"] >= 3, 15, "three attempts")
-        row = jobs(state_dir)[ids[0]]
-        assert row["state"] == "waiting" and "timed out after 0.3 s" in row["last_error"], row
+        row = _waiting_row(state_dir, ids[0], 3)
+        assert "timed out after 0.3 s" in row["last_error"], row
         printer.listen()
         wait_for(lambda: all(jobs(state_dir)[i]["state"] == "done" for i in ids), 15, "every job done")
         assert printer.received == payloads
@@ -104,14 +113,17 @@ def test_a_failed_lookup_waits_and_cancel_ends_it_at_once(tmp_path):
     state_dir = str(tmp_path / "state")
     service = start_twistd(config, str(tmp_path / "twistd.log"))
     try:
-        [job_id] = send_jobs(trigger_port, [b"to nowhere"])
+        job_id, behind = send_jobs(trigger_port, [b"to nowhere", b"behind it"])
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "waiting", 10, "the job waiting")
         assert jobs(state_dir)[job_id]["last_error"].startswith("cannot resolve 'printer.invalid'")
+        assert jobs(state_dir)[behind]["delivery_attempt"] == 0  # queued behind it
         t0 = time.monotonic()
         out = rawsvc("cancel", "--state-dir", state_dir, job_id)
         assert out.returncode == 0, out.stderr
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "cancelled", 5, "the job cancelled")
         assert time.monotonic() - t0 < 2.5  # the CLI's request is read within a second
+        # The printer's queue moves on: the next job makes its first attempt (and waits in turn).
+        wait_for(lambda: jobs(state_dir)[behind]["state"] == "waiting", 5, "the next job's attempt")
     finally:
         _stop(service)
 

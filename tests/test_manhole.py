@@ -234,3 +234,12 @@ def test_retry_with_the_spool_names_an_unknown_job(running):
     service, _port = running
     with pytest.raises(KeyError, match="no job 0-x in the spool"):
         yield retry(service, "0-x")
+
+
+@pytest_twisted.inlineCallbacks
+def test_cancel_with_the_spool_names_an_unknown_job(running):
+    from rawsvc.admin.namespace import cancel
+
+    service, _port = running
+    with pytest.raises(KeyError, match="no job 0-x in the spool"):
+        yield cancel(service, "0-x")

@@ -154,6 +154,18 @@ def retry(service: Any, job_id: str) -> Any:
     return do_retry(job_id)
 
 
+def cancel(service: Any, job_id: str) -> Any:
+    """Cancel a job (at once when its delivery waits to retry), when the job sink supports it."""
+    do_cancel = getattr(service.sink, "cancel", None)
+    if do_cancel is None:
+        raise RetryUnsupported(
+            f"cancel is not supported by this job sink ({type(service.sink).__name__} keeps "
+            "no jobs); it needs the durable spool"
+        )
+    log.info("job {job_id} cancelled by an administrator", job_id=job_id)
+    return do_cancel(job_id)
+
+
 def recent_jobs(service: Any, limit: int = 50) -> list[dict[str, Any]]:
     recent = getattr(service.sink, "recent", None)
     return [job.summary() for job in recent(limit)] if recent is not None else []
@@ -171,5 +183,6 @@ def repl_namespace(service: Any) -> dict[str, Any]:
         "pause": lambda name: pause(service, name),
         "resume": lambda name: resume(service, name),
         "retry": lambda job_id: retry(service, job_id),
+        "cancel": lambda job_id: cancel(service, job_id),
         "recent": lambda limit=20: ReportList(recent_jobs(service, limit)),
     }

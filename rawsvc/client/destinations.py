@@ -25,13 +25,13 @@ stays unfinished in the spool and resumes at the next start.
 from __future__ import annotations
 
 import time
-from typing import Any, TypedDict
+from typing import Any
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.logger import Logger
 
 from rawsvc.client.address import AddressError, AllowList, Destination, resolve
@@ -44,46 +44,14 @@ from rawsvc.client.protocol import (
     Source,
     State,
 )
+from rawsvc.client.outcomes import (  # noqa: F401  (DeliveryResult and the outcomes are public here)
+    CANCELLED, DELIVERED, STOPPED, DeliveryResult, _AttemptFields, _connect_failure, _dns_text, _not_allowed,
+)
 from rawsvc.client.queues import WAITING, DeliveryWatcher, _Cancelled, _Queue, _Stopping
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
 
 log = Logger(namespace="rawsvc.client")
-
-#: Outcomes of a delivery (C{DeliveryResult.outcome}).
-DELIVERED = "delivered"
-STOPPED = "stopped"
-CANCELLED = "cancelled"
-
-
-@attrs.frozen
-class DeliveryResult:
-    """How a delivery ended; C{message} is what goes into C{${error}}."""
-
-    outcome: str  # delivered refused connect_timeout connect_error dns_failure send_timeout
-    #               reset reset_draining reply_timeout not_allowed source_error stopped cancelled
-    destination: str
-    attempts: int = 0
-    written: int = 0
-    total: int | None = None
-    reply: bytes = b""
-    ending: str = ""
-    address: str = ""
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == DELIVERED
-
-
-class _AttemptFields(TypedDict):
-    """The L{DeliveryResult} fields every finished attempt fills in."""
-
-    written: int
-    total: int | None
-    reply: bytes
-    ending: str
-    address: str
 
 
 class DestinationPool(Service):
@@ -379,36 +347,6 @@ class DestinationPool(Service):
             return _from_attempt(key, address, ended, settings)
         assert failure is not None
         return failure
-
-
-def _not_allowed(key: str, addresses: list[str] | None = None) -> DeliveryResult:
-    if addresses:
-        return DeliveryResult(
-            "not_allowed", key,
-            message=f"destination {key} resolves to {', '.join(addresses)}, which [service] "
-            "allowed_destinations does not allow",
-        )
-    return DeliveryResult(
-        "not_allowed", key, message=f"destination {key} is not in [service] allowed_destinations"
-    )
-
-
-def _dns_text(e: Exception) -> str:
-    text = str(e)
-    return text.partition(": ")[2] or text if text.startswith("DNS lookup failed") else text
-
-
-def _connect_failure(key: str, address: str, e: Exception, settings: SendSettings) -> DeliveryResult:
-    if isinstance(e, ConnectionRefusedError):
-        return DeliveryResult("refused", key, address=address, message=f"connection refused by {key} (printer busy or not listening)")
-    if isinstance(e, (TimeoutError, CancelledError)):
-        return DeliveryResult(
-            "connect_timeout", key, address=address,
-            message=f"connecting to {key} timed out after {settings.connect_timeout:g} s",
-        )
-    reason = getattr(e, "osError", None) or (e.args[0] if e.args else "")
-    text = reason.strerror.lower() if isinstance(reason, OSError) and reason.strerror else str(reason or e)
-    return DeliveryResult("connect_error", key, address=address, message=f"cannot connect to {key}: {text}")
 
 
 def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettings) -> DeliveryResult:
