@@ -35,16 +35,14 @@ def check_values(what: str, values: list[str], accepted: Iterable[str]) -> list[
     return values
 
 
-def parse_limit(value: str | None, default: int, maximum: int, zero_means_all: bool = False) -> int:
-    """A C{limit}: a positive integer up to C{maximum} (0 too when it means all)."""
+def parse_limit(value: str | None, default: int, maximum: int) -> int:
+    """A C{limit}: a positive integer up to C{maximum}; C{default} when not given."""
     if value is None or value == "":
         return default
-    lowest = 0 if zero_means_all else 1
     try:
         limit = int(value)
     except ValueError:
-        limit = -1
-    if not lowest <= limit <= maximum:
-        kind = "a whole number" if zero_means_all else "a positive whole number"
-        raise FilterError(f"limit must be {kind} from {lowest} to {maximum}, not {value!r}")
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise FilterError(f"limit must be a positive whole number from 1 to {maximum}, not {value!r}")
     return limit

@@ -16,8 +16,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from rawsvc import options as o
-from rawsvc.admin.listener import AdminListener
 from rawsvc.admin import prometheus
+from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
