@@ -188,6 +188,7 @@ def _jobs(args) -> int:
         for row in rows:
             out.write(json.dumps(_record(row)) + "\n")
         return 0
+    out.write(f"spool {state_dir_of(args)}: {len(rows)} job(s) shown\n")
     out.write(f"{'JOB ID':24} {'STATE':9} {'TRIGGER':12} {'FLOW':12} {'ACT':>3} {'TRY':>3} "
               f"{'SIZE':>9} {'RECEIVED':19}  ERROR\n")
     for r in rows:

@@ -30,13 +30,21 @@ def write_file(source: bytes | str, target: str) -> None:
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
             raise
-        shutil.copyfile(source, target)
-    os.chmod(target, 0o600)
-    fd = os.open(target, os.O_RDONLY)
+        try:
+            shutil.copyfile(source, target)
+        except BaseException:  # a full disk: no partial copy left behind
+            unlink(target)
+            raise
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.chmod(target, 0o600)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink(target)
+        raise
 
 
 def fsync_dir(path: str) -> None:

@@ -2,7 +2,8 @@
 Copy what can be read out of a (damaged) spool into a fresh one.
 
 Rows are read with a scan and, where the scan breaks off, one C{seq} at a
-time, so a damaged page costs only the jobs on it.  Payload files are
+time, then from the pages themselves (L{rawsvc.spool.recover}), so a
+damaged page costs only the jobs on it.  Payload files are
 copied into the new C{spool/}; those no saved row names go to
 C{lost+found/}, to be sent again by hand.  The new spool is closed clean,
 with the old spool's id and its marker, ready to be put in place of the
@@ -19,6 +20,7 @@ import sqlite3
 import attrs
 
 from rawsvc.spool import check
+from rawsvc.spool.recover import recover_jobs
 from rawsvc.spool.schema import DB_NAME, FILES_DIR, connect, migrate
 
 LOST_FOUND = "lost+found"
@@ -48,7 +50,10 @@ class Salvaged:
 def read_rows(db: str, errors: list[str]) -> tuple[list[dict], str | None]:
     """Every row of C{jobs} that can be read, by seq, and the spool's id."""
     if not os.path.exists(db) or os.path.getsize(db) == 0:
-        return [], None
+        if not check.wal_has_frames(db):
+            return [], None
+        errors.append(f"{db} is empty: reading its WAL's pages")
+        return recover_jobs(db), None
     rows: dict[int, dict] = {}
     spool_id = None
     for immutable in (False, True):  # with the WAL's frames first, then the main file alone
@@ -62,8 +67,19 @@ def read_rows(db: str, errors: list[str]) -> tuple[list[dict], str | None]:
             _scan(conn, rows, errors)
         finally:
             conn.close()
-        if rows:
+        if rows and not errors:
             break
+    if errors:  # SQLite could not reach every row: read the pages themselves
+        try:
+            recovered = recover_jobs(db)
+        except (OSError, ValueError) as e:
+            errors.append(f"reading the pages failed: {e}")
+            recovered = []
+        ids = {r["job_id"] for r in rows.values()}
+        added = [r for r in recovered if r["seq"] not in rows and r["job_id"] not in ids]
+        for r in added:
+            rows[r["seq"]] = r
+        errors.append(f"{len(added)} more row(s) read from the pages themselves")
     return [rows[k] for k in sorted(rows)], spool_id
 
 

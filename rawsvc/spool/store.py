@@ -23,7 +23,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from rawsvc.spool import check, lock
-from rawsvc.spool.check import SpoolDamaged
 from rawsvc.spool.files import payload_file, unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
 from rawsvc.spool.schema import (

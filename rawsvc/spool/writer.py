@@ -22,16 +22,15 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from rawsvc.spool import records
-from rawsvc.spool.files import fsync_dir, unlink, write_file
 from rawsvc.spool.check import mark_clean
+from rawsvc.spool.files import fsync_dir, unlink, write_file
+from rawsvc.spool.ops import ADD, FINISH, PROGRESS, Op, Results, deliver
 from rawsvc.spool.schema import DB_NAME, SpoolError, is_damage, spool_error
 
 log = Logger(namespace="rawsvc.spool")
@@ -46,28 +45,7 @@ HAND_OVER = 256
 #: Seconds between attempts to write final states again after a failed commit.
 RETRY_INTERVAL = 1.0
 
-#: Kinds of writes that go into multi-row statements.
-ADD, PROGRESS, FINISH = "add", "progress", "finish"
-
-
-class Op:
-    """One queued write: C{fn(conn, *args)} (or C{fn(*args)} when C{raw}), or a row of a run."""
-
-    __slots__ = ("kind", "fn", "args", "durable", "deferred", "undo", "raw")
-
-    def __init__(self, kind: str | None, fn: Callable[..., Any] | None, args: tuple, durable: bool,
-                 deferred: Deferred | None, raw: bool = False) -> None:
-        self.kind = kind
-        self.fn = fn
-        self.args = args
-        self.durable = durable
-        self.deferred = deferred
-        self.undo: Callable[[], None] | None = None
-        self.raw = raw
-
-
 _STOP = object()
-Results = list[tuple[Any, bool, Any]]
 
 
 class Writer:
@@ -174,7 +152,7 @@ class Writer:
                 log.failure("spool writer: unexpected error")
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
-                self.reactor.callFromThread(_deliver, results)
+                self.reactor.callFromThread(deliver, results)
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
@@ -409,14 +387,3 @@ class Writer:
             self._retry.extend(again)
         return [(op.deferred, False, error) for op in ops if not (op.kind == FINISH and op.deferred is None)]
 
-
-def _deliver(results: Results) -> None:
-    """(Reactor thread) fire each write's Deferred; log failed background writes."""
-    for d, ok, value in results:
-        if d is None:
-            if not ok:
-                log.error("spool write failed: {error}", error=value)
-        elif ok:
-            d.callback(value)
-        else:
-            d.errback(Failure(value))
