@@ -123,6 +123,7 @@ type = "tcp"
 listen = "tcp:0:interface=127.0.0.1"
 flow = "f"
 refusal = "REFUSED ${{reason}}\\n"
+min_free = 0  # let jobs in until the disk is full
 [[flow]]
 name = "f"
 actions = [ {{ type = "file", folder = "{jobs_dir}", name = "${{job_id}}.prn" }},
@@ -163,7 +164,7 @@ def test_printer_on_a_full_disk_resets_instead_of_closing_cleanly(spooled, small
                                                                   size, count):
     jobs_dir = tmp_path / "jobs"
     svc = spooled(
-        printer(eoj_ctrl_d=False, zpl_host_status=False, pjl=False)
+        printer(eoj_ctrl_d=False, zpl_host_status=False, pjl=False, min_free=0)
         + f'[[flow]]\nname = "archive"\nactions = [ {{ type = "file", folder = "{jobs_dir}" }} ]\n'
     )
     yield svc.sink.service.started
@@ -194,7 +195,7 @@ def test_cups_backend_fails_a_large_job_the_printer_cannot_store(spooled, small_
     backend = require_tool(CUPS_SOCKET)
     jobs_dir = tmp_path / "jobs"
     svc = spooled(
-        printer(eoj_ctrl_d=False, zpl_host_status=False, pjl=False)
+        printer(eoj_ctrl_d=False, zpl_host_status=False, pjl=False, min_free=0)
         + f'[[flow]]\nname = "archive"\nactions = [ {{ type = "file", folder = "{jobs_dir}" }} ]\n'
     )
     yield svc.sink.service.started
@@ -204,4 +205,65 @@ def test_cups_backend_fails_a_large_job_the_printer_cannot_store(spooled, small_
     assert code != 0
     assert archived(jobs_dir) == []
     assert _leftover_temp_files(small_state) == []
+    assert not [t for t in log_text if "Unhandled Error" in t]
+
+
+@pytest_twisted.inlineCallbacks
+def test_below_min_free_the_printer_closes_its_port_so_cups_keeps_the_job_and_prints_it_later(
+    spooled, small_state, tmp_path, log_text
+):
+    """
+    A small job refused after CUPS's backend wrote its last byte cannot be
+    reported to it (it exits 0 whatever follows, even after a reset at the
+    accept).  Below C{min_free} the printer closes its port instead: the
+    backend's connect is refused, it keeps the job and tries again, and the
+    job prints once there is room.
+    """
+    backend = require_tool(CUPS_SOCKET)
+    jobs_dir = tmp_path / "jobs"
+    svc = spooled(
+        printer(eoj_ctrl_d=False, zpl_host_status=False, pjl=False, min_free=1_000_000)
+        + f'[[flow]]\nname = "archive"\nactions = [ {{ type = "file", folder = "{jobs_dir}" }} ]\n'
+    )
+    p = svc.triggers["p"]
+    yield svc.sink.service.started
+    port = port_of(svc, "p")
+    uri = f"socket://127.0.0.1:{port}/?snmp=no"
+    sent, printed = [], []
+    waiting = None
+    for i in range(60):
+        data = _job(i, 40_000)
+        path = tmp_path / f"job{i}.bin"
+        path.write_bytes(data)
+        sent.append(data)
+        proc = subprocess.Popen(
+            ["sh", "-c", f"exec '{backend}' 1 user title 1 '' '{path}' 3>/dev/null 4</dev/null"],
+            env=dict(os.environ, DEVICE_URI=uri), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            code = yield deferToThread(proc.wait, 3)
+        except subprocess.TimeoutExpired:
+            waiting = (proc, data)  # the port is closed: CUPS's backend retries the connect
+            break
+        assert code == 0
+        printed.append(data)
+    assert waiting is not None, "the disk never got below min_free"
+    assert p.port is None and p.disk_low_reason is not None and not p.listening
+    try:
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small_state)], check=True)
+        code = yield deferToThread(waiting[0].wait, 45)  # its next try (after 5 s) gets through
+    finally:
+        if waiting[0].poll() is None:
+            waiting[0].kill()
+            waiting[0].wait()
+    assert code == 0
+    printed.append(waiting[1])
+    print(f"\n[min_free] printed {len(printed)}, archived {len(archived(jobs_dir))}, "
+          f"refused at the accept {p.counters.connections_refused}")
+    yield wait_for(lambda: len(archived(jobs_dir)) == len(printed))
+    print(f"\n[min_free, CUPS backend] sent {len(sent)}, printed {len(printed)} "
+          f"(the last after the disk got room), lost 0, repeated 0")
+    assert sorted(archived(jobs_dir)) == sorted(printed)  # every job CUPS was told is done is stored, once
+    assert p.port is not None and p.disk_low_reason is None
     assert not [t for t in log_text if "Unhandled Error" in t]

@@ -14,6 +14,7 @@ queue) is the new client refused.
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import Any
 
@@ -48,6 +49,28 @@ def longest_silent(conns: Any) -> Any:
         if c.evictable() and (best is None or c.last_active < best.last_active):
             best = c
     return best
+
+
+def disk_low(trigger: Any) -> str | None:
+    """
+    Why a new client cannot be taken (the disk its jobs go to has less than
+    C{min_free} bytes free), or None.  Refused at the accept, before it sent
+    a byte, a client sees the refusal for sure (CUPS's backend exits 1 and
+    keeps the job), where a job refused after its last byte may not be.
+    """
+    if not trigger.min_free:
+        return None
+    path = trigger.temp_dir
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= trigger.min_free:
+        return None
+    return f"the disk is nearly full: {free} bytes free in {path} (min_free = {trigger.min_free})"
 
 
 def raise_fd_limit(connections: int, trigger: str) -> None:

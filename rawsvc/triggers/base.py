@@ -24,7 +24,7 @@ from rawsvc.errors import ConfigIssue, ListenError
 from rawsvc.interfaces import ITrigger
 from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
-from rawsvc.triggers.admission import raise_fd_limit
+from rawsvc.triggers.admission import disk_low, raise_fd_limit
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -76,6 +76,8 @@ LISTENER_OPTIONS = o.Schema(
     o.Option("job_timeout", (int, float), 600.0, o.non_negative,
              doc="refuse a job that takes longer than this to arrive (0: never)"),
     o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse jobs larger than this (0: no limit)"),
+    o.Option("min_free", int, 16 << 20, _max_bytes,
+             doc="refuse new clients while the disk of state_dir has fewer bytes free (0: never)"),
     o.Option("spill_budget", int, 4 << 30, _max_bytes,
              doc="bytes of spill files (jobs past spill_threshold) this trigger holds at once; "
                  "a job past it is refused (0: no limit)"),
@@ -174,6 +176,7 @@ class ListenerTrigger(Service):
         #: The connections that count against max_connections (see L{rawsvc.triggers.admission}).
         self.counted: set = set()
         self.spill_budget = SpillBudget(options.get("spill_budget", 4 << 30) or None)
+        self.min_free = options.get("min_free", 16 << 20)
         self.sink: Any = None
         self.port: Any = None
         self.paused = False
@@ -248,6 +251,10 @@ class ListenerTrigger(Service):
             return succeed(None)
         log.info("trigger {trigger} resumed", trigger=self.name)
         return self._listen()
+
+    def disk_check(self) -> str | None:
+        """Why new clients are refused for want of disk space (C{min_free}), or None."""
+        return disk_low(self)
 
     # Status -----------------------------------------------------------------
 

@@ -87,6 +87,10 @@ class JobConnection(ConnectionLimits):
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.trigger.reactor)
         self.last_active = t.reactor.seconds()
+        low = t.disk_check()
+        if low is not None:
+            self.refuse_at_accept(low)
+            return
         if not admission.admit(t, self):
             t.counters.connections_refused += 1
             self.refuse(f"too many connections (max_connections = {t.max_connections})")
@@ -103,6 +107,17 @@ class JobConnection(ConnectionLimits):
         if self.trigger.opts.get("execute_on_connect"):
             self.ready.append((Payload(), self.trigger.connect_flow))
             self._dispatch()
+
+    def refuse_at_accept(self, reason: str) -> None:
+        """Turn a new client away: the C{refusal} text and a close, else a reset (RST)."""
+        self.trigger.counters.connections_refused += 1
+        if self.trigger.refusal is not None:
+            self.refuse(reason)
+            return
+        self.refused = True
+        log.warn("trigger {trigger}: refused {peer}: {reason}",
+                 trigger=self.trigger.name, peer=self.label, reason=reason)
+        stream_transport(self).abortConnection()
 
     def refuse(self, reason: str) -> None:
         """Turn the client away: say why (if configured), log, close."""

@@ -184,14 +184,7 @@ class PrinterConnection(JobConnection):
 
     def refuse_busy(self, reason: str) -> None:
         """Busy: send C{refusal} and close when configured, else reset."""
-        self.trigger.counters.connections_refused += 1
-        if self.trigger.refusal is not None:
-            self.refuse(reason)
-            return
-        self.refused = True
-        log.warn("trigger {trigger}: refused {peer}: {reason}",
-                 trigger=self.trigger.name, peer=self.label, reason=reason)
-        stream_transport(self).abortConnection()
+        self.refuse_at_accept(reason)
 
     def connectionLost(self, reason: Any = ConnectionDone) -> None:
         was_refused = self.refused
@@ -264,6 +257,9 @@ class PrinterConnection(JobConnection):
         self.trigger.state.submit(job)
 
     def job_finished(self, job: Any) -> None:
+        # Before this client sees its close, so the next one finds the port
+        # closed if this job took the disk below min_free.
+        self.trigger.disk_check()
         # Silence is counted from the end of the last job (busy_idle_timeout).
         self.last_active = max(self.last_active, self.trigger.reactor.seconds())
         self._schedule_deadline()
@@ -355,10 +351,12 @@ class PrinterTrigger(ClosingPort):
 
     def startService(self) -> None:
         super().startService()
+        self.start_disk_watch()
         log.info("trigger {trigger} (printer) listening on {addr}, busy = {busy}, flow {flow}",
                  trigger=self.name, addr=self.address(), busy=self.busy, flow=self.flow)
 
     def stopService(self) -> Deferred:
+        self.stop_disk_watch()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
