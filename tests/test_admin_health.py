@@ -48,13 +48,17 @@ async def _get(reactor, url):
 
 
 def _send(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := s.recv(4096):
-            answer += chunk
-        return answer
+    """Send one job; what the service answered, or b"RESET" (a refused job without a refusal text)."""
+    answer = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(4096):
+                answer += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        return b"RESET"
+    return answer
 
 
 @pytest_twisted.ensureDeferred

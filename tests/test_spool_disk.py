@@ -59,7 +59,7 @@ def test_a_final_state_refused_by_a_full_disk_is_written_when_space_is_back(tmp_
     state_dir = tmpfs / "state"
     trigger_port, printer_port = free_port(), free_port()
     config = write_config(tmp_path / "rawsvc.toml", str(state_dir), trigger_port, printer_port)
-    text = open(config).read().replace('flow = "forward"\n', 'flow = "forward"\nrefusal = "ERR ${reason}\\n"\n', 1)
+    text = open(config).read().replace('flow = "forward"\n', 'flow = "forward"\nrefusal = "ERR ${reason}\\n"\nmin_free = 0\n', 1)
     text = text.replace("[service]\n", "[service]\nmin_free_mb = 0  # keep the history on this small disk\n")
     open(config, "w").write(text)
     log = tmp_path / "twistd.log"

@@ -88,7 +88,7 @@ class JobConnection(ConnectionLimits):
         self.replies = ReplyQueue(self._write, self.trigger.reactor)
         self.last_active = t.reactor.seconds()
         low = t.disk_check()
-        if low is not None:
+        if low is not None and self.refuse_when_disk_low():
             self.refuse_at_accept(low)
             return
         if not admission.admit(t, self):
@@ -107,6 +107,16 @@ class JobConnection(ConnectionLimits):
         if self.trigger.opts.get("execute_on_connect"):
             self.ready.append((Payload(), self.trigger.connect_flow))
             self._dispatch()
+
+    def refuse_when_disk_low(self) -> bool:
+        """
+        Hook: turn a new client away at the accept while the disk is below
+        C{min_free}.  Only where the client can read why (a C{refusal} text):
+        a reset at the accept is not a refusal every client notices (CUPS's
+        socket backend may still exit 0), so without one the client is served
+        and its job is refused only if it really cannot be stored.
+        """
+        return self.trigger.refusal is not None
 
     def refuse_at_accept(self, reason: str) -> None:
         """Turn a new client away: the C{refusal} text and a close, else a reset (RST)."""

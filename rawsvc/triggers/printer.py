@@ -104,6 +104,11 @@ class PrinterConnection(JobConnection):
 
     # Admission --------------------------------------------------------------
 
+    def refuse_when_disk_low(self) -> bool:
+        # Below min_free the printer closes its port (the kernel refuses new
+        # connects, which CUPS retries); one accepted meanwhile is served.
+        return False
+
     def accepted(self) -> None:
         self.trigger.admit(self)
 
