@@ -362,10 +362,16 @@ def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettin
             **common,
         )
     if r.ending is Ending.RESET_DRAINING:
+        # The printer's kernel acknowledged every byte: the job is printed (or
+        # the printer's own to lose).  Sending it again would print it twice.
+        log.warn(
+            "{dest} reset the connection ({error}) after acknowledging all {written} bytes; "
+            "counted as delivered, not sent again",
+            dest=key, error=r.error, written=r.written,
+        )
         return DeliveryResult(
-            "reset_draining", key,
-            message=f"connection to {key} reset ({r.error}) after all {r.written} bytes were written, "
-            "while reading the back-channel",
+            DELIVERED, key,
+            message=f"delivered {r.written} bytes to {key} (the printer then reset the connection: {r.error})",
             **common,
         )
     if r.ending is Ending.STALLED:

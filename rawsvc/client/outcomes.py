@@ -25,7 +25,7 @@ class DeliveryResult:
     """How a delivery ended; C{message} is what goes into C{${error}}."""
 
     outcome: str  # delivered refused connect_timeout connect_error dns_failure send_timeout
-    #               reset reset_draining reply_timeout not_allowed source_error stopped cancelled
+    #               reset reply_timeout not_allowed source_error stopped cancelled
     destination: str
     attempts: int = 0
     written: int = 0

@@ -33,7 +33,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc._transport import stream_transport
+from rawsvc._transport import AckProbe, stream_transport
 
 log = Logger(namespace="rawsvc.client")
 
@@ -135,6 +135,10 @@ class AttemptResult:
 
 #: Seconds between looks at the kernel's send queue while draining.
 ACK_POLL = 0.02
+#: The first look for the printer's acknowledgement of the last byte (doubling up to ACK_POLL).
+ACK_POLL_FIRST = 0.001
+#: Seconds without any more bytes acknowledged after which the half-close goes out anyway.
+ACK_WAIT_LIMIT = 5.0
 
 
 def _kernel_unacked(transport: Any) -> int | None:
@@ -198,11 +202,15 @@ class SendProtocol(Protocol):
         self._unacked: int | None = None
         self._acked_all = False
         self._ack_poll: Any = None
+        #: The kernel's count of bytes the printer acknowledged (Linux TCP_INFO), readable after a reset.
+        self._probe = AckProbe(None)
+        self._ack_progress: tuple[int, float] = (-1, 0.0)
 
     # I/O ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.machine.to(State.SENDING)
+        self._probe = AckProbe.of(self.transport)
         if self.settings.send_timeout > 0:
             self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
         if isinstance(self.source, bytes):
@@ -244,6 +252,39 @@ class SendProtocol(Protocol):
             return
         self._written_all = True
         self.machine.to(State.DRAINING)
+        keeps_open = self.settings.wait_for_eof or self.settings.disconnect_delay > 0
+        if keeps_open and self.settings.half_close and self._probe.acked() is not None:
+            # Half-close only once the printer's kernel acknowledged every
+            # byte: a printer that resets as soon as it reads our EOF sends
+            # no ACK of its own first (Linux delays the ACK of a FIN), and the
+            # reset's acknowledgement is not counted, so a reset would look
+            # like a job cut short and print it again.
+            self._ack_progress = (-1, self.reactor.seconds())
+            self._await_acks(ACK_POLL_FIRST)
+            return
+        self._drain()
+
+    def _await_acks(self, delay: float) -> None:
+        self._ack_poll = None
+        if self._lost or self._ending is not None:
+            return
+        acked = self._probe.acked()
+        now = self.reactor.seconds()
+        if acked is None or acked >= self._handed:
+            self._drain()
+            return
+        last, since = self._ack_progress
+        if acked != last:
+            self._ack_progress = (acked, now)
+        elif now - since >= ACK_WAIT_LIMIT:
+            log.info("{n} bytes still unacknowledged after {s} s; half-closing anyway",
+                     n=self._handed - acked, s=ACK_WAIT_LIMIT)
+            self._drain()
+            return
+        self._ack_poll = self.reactor.callLater(delay, self._await_acks, min(delay * 2, ACK_POLL))
+
+    def _drain(self) -> None:
+        """Every byte is written: half-close, then wait for EOF or the delay, or close."""
         if self.settings.half_close:
             half_close = getattr(self.transport, "loseWriteConnection", None)
             if half_close is not None:
@@ -264,8 +305,8 @@ class SendProtocol(Protocol):
         byte reached the printer, and a reset after that does not lose data.
         """
         self._ack_poll = None
-        if self._lost:
-            return
+        if self._lost or self._probe.acked() is not None:
+            return  # the probe tells at connectionLost what the printer acknowledged
         self._unacked = _kernel_unacked(self.transport)
         if self._unacked is None:
             return
@@ -339,11 +380,20 @@ class SendProtocol(Protocol):
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         self._close_file()
+        acked = self._probe.acked()
+        self._probe.close()
         written = self._handed - _unsent(self.transport)
         clean = reason.check(ConnectionDone) is not None
-        if not clean and not self._acked_all and self._unacked:
-            # Handed to the kernel is not received: count what the printer acked.
-            written -= self._unacked
+        if acked is not None:
+            # Handed to the kernel is not received: what the printer's kernel
+            # acknowledged is (after a reset, or the printer's own close).
+            if not clean or self._ending is Ending.EOF:
+                written = min(written, acked)
+            acked_all = acked >= self._handed
+        else:
+            if not clean and not self._acked_all and self._unacked:
+                written -= self._unacked
+            acked_all = written >= self._handed and (self._acked_all or self._unacked is None)
         ending = self._ending
         error = self._error
         if ending in (Ending.DELAY, Ending.SENT, Ending.EOF, Ending.EOF_TIMEOUT) and not clean and written < self._handed:
@@ -353,7 +403,7 @@ class SendProtocol(Protocol):
             error = f"the printer took no data for {self.settings.send_timeout:g} s (send_timeout)"
         elif ending is None:
             error = _reason_text(reason)
-            if self._written_all and written >= self._handed and (self._acked_all or self._unacked is None):
+            if self._written_all and acked_all:
                 ending = Ending.RESET_DRAINING
             else:
                 ending = Ending.RESET
