@@ -14,11 +14,13 @@ cause, never over two connections at once, and listed done once.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -185,7 +187,7 @@ name = "p"
 type = "printer"
 listen = "tcp:{trigger_port}:interface=127.0.0.1"
 flow = "forward"
-queue_depth = 16  # the write-and-close stream floods the queue; see test_queue_full_refusal_*
+queue_depth = 16  # past queue_depth a held CUPS job already written is refused and lost (reported)
 
 [[flow]]
 name = "forward"
@@ -275,8 +277,10 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
             s.start()
 
         wait_for(lambda: done() >= total // 3, 60, "a third of the jobs sent")
-        # No client held in the printer's queue at the SIGTERM (see the xfail
-        # test below): the stop meets a delivery backlog, not a held client.
+        # No client held in the printer's queue at the SIGTERM: a held client
+        # whose whole job sat unread in the kernel is closed cleanly by the
+        # stop (connection.py _maybe_close), CUPS exits 0 and the job is lost
+        # (reported, not yet guarded here).  The stop meets a delivery backlog.
         for s in streams:
             s.gate.clear()
         wait_for(lambda: not any(s.busy for s in streams), 60, "the streams between jobs")
@@ -368,8 +372,6 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
             capture_output=True, timeout=30,
         )
         assert out.returncode == 0, out.stderr
-        import json
-
         rows_done = [json.loads(line) for line in out.stdout.splitlines()]
         sizes = [r["size"] for r in rows_done]
         for stream in acked:
@@ -392,8 +394,6 @@ def socket_open(port: int) -> bool:
 
 
 def rawsvc_cmd() -> list[str]:
-    import sys
-
     return [sys.executable, "-m", "rawsvc"]
 
 
