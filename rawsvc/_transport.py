@@ -116,3 +116,20 @@ class AckProbe:
                 sock.close()
             except OSError:
                 pass
+
+
+def reset_if_abandoned(transport: object, on: bool) -> None:
+    """
+    With C{on}, a close of C{transport}'s socket sends a reset instead of a
+    FIN (C{SO_LINGER} 1, 0), also the close the kernel does when the process
+    dies: a printer then sees a job cut off, not a complete-looking one.
+    Turn it off before the orderly close.  Does nothing where there is no
+    socket.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return
+    try:
+        get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1 if on else 0, 0))
+    except (OSError, AttributeError):
+        pass

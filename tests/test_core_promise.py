@@ -85,7 +85,10 @@ class FakePrinter(threading.Thread):
     far; a small receive buffer keeps the rest unacknowledged, so the sender
     must retry), C{n % 7 == 5} reset right after EOF (SO_LINGER 0: every byte
     was read, the job is printed and must not be sent again).  C{down()} /
-    C{up()} close and reopen the port.
+    C{up()} close and reopen the port; C{down()} first serves the connections
+    waiting in the backlog, whose bytes its kernel already acknowledged (a
+    printer that dropped those would lose jobs the sender rightly counts as
+    delivered).
     """
 
     def __init__(self, port: int, schedule: bool = True) -> None:
@@ -101,6 +104,8 @@ class FakePrinter(threading.Thread):
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None
         self.stopped = False
+        self.want_down = threading.Event()
+        self.is_down = threading.Event()
         self.up()
 
     def up(self) -> None:
@@ -113,9 +118,33 @@ class FakePrinter(threading.Thread):
         self.listener = s
 
     def down(self) -> None:
+        """Close the port, from the accepting thread, once its backlog is served."""
+        if not self.is_alive():
+            self._close()
+            return
+        self.is_down.clear()
+        self.want_down.set()
+        assert self.is_down.wait(10), "the fake printer did not close its port"
+
+    def _close(self) -> None:
         listener, self.listener = self.listener, None
         if listener is not None:
             listener.close()
+
+    def _drain_and_close(self) -> None:
+        listener = self.listener
+        assert listener is not None
+        listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            conn.setblocking(True)
+            self._accepted(conn)
+        self._close()
+        self.want_down.clear()
+        self.is_down.set()
 
     def run(self) -> None:
         while not self.stopped:
@@ -123,23 +152,29 @@ class FakePrinter(threading.Thread):
             if listener is None:
                 time.sleep(0.05)
                 continue
+            if self.want_down.is_set():
+                self._drain_and_close()
+                continue
             try:
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            with self.lock:
-                n = self.connections
-                self.connections += 1
-                # The sender closes once its bytes are in the kernel, before we
-                # read them all: an earlier connection still ESTABLISHED (no FIN
-                # from the sender yet) is a second connection at once.
-                if any(tcp_state(c) == TCP_ESTABLISHED for c in self.open.values()):
-                    self.overlaps += 1
-                    self.overlap_log.append((n, time.monotonic(), sorted(self.open)))
-                self.open[n] = conn
-            threading.Thread(target=self.serve, args=(conn, n), daemon=True).start()
+            n = self._accepted(conn)
             if self.schedule and (n + 1) % 7 == 1:
                 time.sleep(1.5)  # silent: the next connection waits in the backlog
+
+    def _accepted(self, conn: socket.socket) -> int:
+        with self.lock:
+            n = self.connections
+            self.connections += 1
+            # An earlier connection still ESTABLISHED (no FIN from the sender
+            # yet) is a second connection at once.
+            if any(tcp_state(c) == TCP_ESTABLISHED for c in self.open.values()):
+                self.overlaps += 1
+                self.overlap_log.append((n, time.monotonic(), sorted(self.open)))
+            self.open[n] = conn
+        threading.Thread(target=self.serve, args=(conn, n), daemon=True).start()
+        return n
 
     def serve(self, conn: socket.socket, n: int) -> None:
         chunks, got, eof = [], 0, False
@@ -255,8 +290,6 @@ class Stream(threading.Thread):
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="send_tcp reports delivered before the printer's kernel acknowledged "
-                   "the tail (rawsvc/client/protocol.py _all_written -> _close(Ending.SENT)); see the test below")
 def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_restarts(tmp_path):
     require_tool(CUPS_SOCKET)
     started = time.monotonic()
@@ -346,7 +379,8 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
               f"connections {printer.connections}, cut short {printer.partial}, "
               f"{time.monotonic() - started:.1f} s")
 
-        assert not set(counts) - set(all_sent), "the printer got a job nobody sent (not byte-identical)"
+        strangers = [d for _, d in printer.prints if sha(d) not in all_sent]
+        assert not strangers, f"the printer got a job nobody sent (not byte-identical): {[_closest(d, all_sent.values()) for d in strangers]}"
         assert printer.overlaps == 0, (f"two connections to the printer at once: {printer.overlap_log}; "
                                        f"events {[(e, round(a - started, 1)) for e, a, _ in events]}; t0 {started}")
         assert max(counts.values()) <= 2, "a job printed more than twice"
@@ -354,7 +388,9 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
         _, kill_at, _ = events[1]
         for h in repeated:
             times = [at for at, d in printer.prints if sha(d) == h]
-            assert times[0] <= kill_at + 1 < times[1], "a job printed twice without a kill between"
+            # (the first may complete just after the kill: the kernel still sends what the process wrote)
+            # (or from the backlog of a silent printer, 1.5 s)
+            assert times[0] <= kill_at + 5 and times[1] > kill_at, "a job printed twice without a kill between"
         assert len(repeated) <= 1, "more repeats than deliveries in flight at the kill"
 
         for n, stream in enumerate(acked):  # per-stream order on the printer (repeats collapsed)
@@ -393,11 +429,21 @@ def socket_open(port: int) -> bool:
         return False
 
 
+def _closest(data: bytes, sent) -> str:
+    """How a print differs from the sent job it resembles most (for the failure message)."""
+    def common(a: bytes, b: bytes) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+    best = max(sent, key=lambda d: common(d, data))
+    return f"printed {len(data)} bytes, closest sent {len(best)} bytes, same for the first {common(best, data)}"
+
+
 def rawsvc_cmd() -> list[str]:
     return [sys.executable, "-m", "rawsvc"]
 
 
-@pytest.mark.xfail(strict=True, reason="send_tcp closes (and reports delivered) with the job's tail unacknowledged")
 def test_a_reset_mid_job_with_the_tail_in_the_kernel_is_retried(tmp_path):
     """
     The smallest reproduction of what the test above found: with default

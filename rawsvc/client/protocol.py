@@ -33,7 +33,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc._transport import AckProbe, stream_transport
+from rawsvc._transport import AckProbe, reset_if_abandoned, stream_transport
 
 log = Logger(namespace="rawsvc.client")
 
@@ -211,6 +211,11 @@ class SendProtocol(Protocol):
     def connectionMade(self) -> None:
         self.machine.to(State.SENDING)
         self._probe = AckProbe.of(self.transport)
+        if self._probe.acked() is not None:
+            # Until the printer acknowledged every byte, a close we did not
+            # mean (the process killed) resets: a printer must not take the
+            # part it got for a whole job.
+            reset_if_abandoned(self.transport, True)
         if self.settings.send_timeout > 0:
             self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
         if isinstance(self.source, bytes):
@@ -252,13 +257,14 @@ class SendProtocol(Protocol):
             return
         self._written_all = True
         self.machine.to(State.DRAINING)
-        keeps_open = self.settings.wait_for_eof or self.settings.disconnect_delay > 0
-        if keeps_open and self.settings.half_close and self._probe.acked() is not None:
-            # Half-close only once the printer's kernel acknowledged every
-            # byte: a printer that resets as soon as it reads our EOF sends
-            # no ACK of its own first (Linux delays the ACK of a FIN), and the
-            # reset's acknowledgement is not counted, so a reset would look
-            # like a job cut short and print it again.
+        if self._probe.acked() is not None:
+            # Half-close (or close) only once the printer's kernel acknowledged
+            # every byte.  Closed earlier, a job whose tail is still in our
+            # send queue counts as delivered even if the printer resets before
+            # it took that tail; and a printer that resets as soon as it reads
+            # our EOF sends no ACK of its own first (Linux delays the ACK of a
+            # FIN) while the reset's acknowledgement is not counted, so the
+            # reset would look like a job cut short and print it twice.
             self._ack_progress = (-1, self.reactor.seconds())
             self._await_acks(ACK_POLL_FIRST)
             return
@@ -285,6 +291,7 @@ class SendProtocol(Protocol):
 
     def _drain(self) -> None:
         """Every byte is written: half-close, then wait for EOF or the delay, or close."""
+        reset_if_abandoned(self.transport, False)
         if self.settings.half_close:
             half_close = getattr(self.transport, "loseWriteConnection", None)
             if half_close is not None:

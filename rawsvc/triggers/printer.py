@@ -154,6 +154,32 @@ class PrinterConnection(JobConnection):
         self.input_done = True
         stream_transport(self).loseConnection()
 
+    def shutdown(self) -> None:
+        """
+        The service is stopping.  A client still waiting in the queue has
+        nothing stored: when it already sent its whole job (and closed its
+        side), the job is taken now, as if its turn had come, so it is stored
+        before the spool closes (its sender, CUPS for one, may count the
+        close as printed); otherwise it is reset, so its sender sees a failure
+        and sends the job again.
+        """
+        if not self.held or self.closed:
+            super().shutdown()
+            return
+        if self in self.trigger.waiting:
+            self.trigger.waiting.remove(self)
+        self.closing = True
+        if self._held_eof:
+            log.info("trigger {trigger}: stopping: taking the job {peer} sent while it waited",
+                     trigger=self.trigger.name, peer=self.label)
+            self.activate()
+            return
+        log.info("trigger {trigger}: stopping: resetting {peer}, which waited with its job unsent, "
+                 "so it sends it again", trigger=self.trigger.name, peer=self.label)
+        self.held = False
+        self.input_done = True
+        stream_transport(self).abortConnection()
+
     def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
         """A job that could not be stored: reset, so the sender (CUPS, nc) sees a failure."""
         self.input_done = True
