@@ -50,3 +50,26 @@ class ConfigError(RawsvcError):
 
 class ListenError(RawsvcError):
     """A listener could not be opened (address in use, no permission)."""
+
+
+def quoted(text: str, limit: int | None = None) -> str:
+    """
+    C{text} in double quotes as a person reads it in a message: backslashes
+    stay single (a regex's C{\\d} shows as C{\\d}), control characters show
+    as C{\\r}, C{\\n}, C{\\t} or C{\\xNN}, a double quote as C{\\"}; past
+    C{limit} characters it is cut and ends with C{...}.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 3, 0)] + "..."
+    out = []
+    for ch in text:
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_SHOWN = {"\r": "\\r", "\n": "\\n", "\t": "\\t", '"': '\\"'}

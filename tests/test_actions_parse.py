@@ -60,8 +60,15 @@ def test_regex_unmatched_optional_group_is_empty():
 
 
 def test_regex_mismatch_fails_showing_payload_and_pattern():
-    with pytest.raises(ActionError, match=r"payload 'nope' does not match regex '\^\(\?P<a>\\\\d\+\)\$'"):
+    with pytest.raises(ActionError) as e:
         parse(b"nope", regex=r"^(?P<a>\d+)$")
+    assert str(e.value) == r'payload "nope" does not match regex "^(?P<a>\d+)$"'
+
+
+def test_regex_mismatch_shows_control_characters_escaped_and_backslashes_single():
+    with pytest.raises(ActionError) as e:
+        parse(b'say "hi"\r\n\x1b', regex=r"\A(?P<a>\d+)\Z", match="fullmatch")
+    assert str(e.value) == r'payload "say \"hi\"\r\n\x1b" does not match regex "\A(?P<a>\d+)\Z"'
 
 
 def test_regex_mismatch_shortens_long_payloads():
@@ -127,12 +134,12 @@ def test_keyvalue_fields_pick_and_rename():
 
 
 def test_keyvalue_missing_field_fails():
-    with pytest.raises(ActionError, match="no key 'zz'"):
+    with pytest.raises(ActionError, match='no key "zz"'):
         parse(b"a=1", format="keyvalue", fields={"x": "zz"})
 
 
 def test_keyvalue_pair_without_assign_fails_naming_the_pair():
-    with pytest.raises(ActionError, match=r"keyvalue pair 2 'oops' has no '='"):
+    with pytest.raises(ActionError, match=r'keyvalue pair 2 "oops" has no "="'):
         parse(b"a=1\noops", format="keyvalue")
 
 
@@ -164,7 +171,7 @@ def test_json_fields_by_dotted_path():
 
 
 def test_json_missing_path_fails_naming_path_and_variable():
-    with pytest.raises(ActionError, match=r"no field 'a.b.5' \(for \$\{x\}\)"):
+    with pytest.raises(ActionError, match=r'no field "a.b.5" \(for \$\{x\}\)'):
         parse(b'{"a": {"b": [1]}}', format="json", fields={"x": "a.b.5"})
 
 
@@ -202,7 +209,7 @@ def test_csv_index_with_header_skips_header():
 
 
 def test_csv_missing_header_fails():
-    with pytest.raises(ActionError, match=r"no column 'zz' \(for \$\{x\}\)"):
+    with pytest.raises(ActionError, match=r'no column "zz" \(for \$\{x\}\)'):
         parse(b"a,b\n1,2\n", format="csv", fields={"x": "zz"})
 
 

@@ -133,3 +133,28 @@ def test_a_request_without_a_running_service_waits_for_its_next_start(tmp_path, 
 def test_no_spool_is_a_clear_error(tmp_path, capsys):
     code, _, err = run_cli(capsys, "jobs", "--state-dir", str(tmp_path / "nowhere"))
     assert code == 1 and "no spool at" in err
+
+
+@implementer(IAction)
+class SetsVariables:
+    type_name = "sets"
+
+    def run(self, job):
+        job.variables["sku"] = "A\\d 1"
+        job.variables["note"] = 'two\r\nlines "quoted"'
+
+
+@pytest_twisted.inlineCallbacks
+def test_job_prints_variables_as_people_read_them_not_as_reprs(tmp_path, reactor, capsys):
+    sink = SpoolSink({"f": Flow("f", [SetsVariables()])}, Store(str(tmp_path), reactor), reactor)
+    sink.service.startService()
+    try:
+        j = yield submit(sink, b"label")
+        yield sink.drain_writes()
+    finally:
+        yield sink.service.stopService()
+    code, out, _ = yield deferToThread(run_cli, capsys, "job", "--state-dir", str(tmp_path), j.job_id)
+    assert code == 0
+    lines = out.splitlines()
+    assert '  sku = "A\\d 1"' in lines
+    assert '  note = "two\\r\\nlines \\"quoted\\""' in lines

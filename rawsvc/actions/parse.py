@@ -17,7 +17,7 @@ from typing import Any
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
-from rawsvc.errors import ActionError, ConfigIssue
+from rawsvc.errors import ActionError, ConfigIssue, quoted
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
 
@@ -115,8 +115,7 @@ class ParseAction:
         assert self.pattern is not None
         m = self.pattern.fullmatch(text) if self.match == "fullmatch" else self.pattern.search(text)
         if m is None:
-            shown = text if len(text) <= 60 else text[:57] + "..."
-            raise ActionError(f"payload {shown!r} does not match regex {self.pattern.pattern!r}")
+            raise ActionError(f"payload {quoted(text, 60)} does not match regex {quoted(self.pattern.pattern)}")
         return {k: (v if v is not None else "") for k, v in m.groupdict().items()}
 
     def _parse_keyvalue(self, text: str) -> dict[str, str]:
@@ -128,9 +127,9 @@ class ParseAction:
             key, sep, value = pair.partition(self.assign)
             key = key.strip()
             if not sep or not key:
-                raise ActionError(f"keyvalue pair {n + 1} {pair!r} has no {self.assign!r}")
+                raise ActionError(f"keyvalue pair {n + 1} {quoted(pair, 60)} has no {quoted(self.assign)}")
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", key):
-                raise ActionError(f"keyvalue pair {n + 1}: {key!r} is not a usable variable name")
+                raise ActionError(f"keyvalue pair {n + 1}: {quoted(key, 60)} is not a usable variable name")
             found[key] = value.strip()
         if self.fields:
             return {var: _pick(found, str(key), "key") for var, key in self.fields.items()}
@@ -155,7 +154,7 @@ class ParseAction:
                 elif isinstance(node, list) and step.lstrip("-").isdigit() and -len(node) <= int(step) < len(node):
                     node = node[int(step)]
                 else:
-                    raise ActionError(f"JSON payload has no field {path!r} (for ${{{var}}})")
+                    raise ActionError(f"JSON payload has no field {quoted(str(path))} (for ${{{var}}})")
             out[var] = _text(node)
         return out
 
@@ -176,7 +175,7 @@ class ParseAction:
             elif col in header:
                 index = header.index(col)
             else:
-                raise ActionError(f"CSV payload has no column {col!r} (for ${{{var}}})")
+                raise ActionError(f"CSV payload has no column {quoted(col)} (for ${{{var}}})")
             if not -len(row) <= index < len(row):
                 raise ActionError(f"CSV row has {len(row)} columns; no column {index} (for ${{{var}}})")
             out[var] = row[index]
@@ -185,7 +184,7 @@ class ParseAction:
 
 def _pick(found: dict[str, str], key: str, what: str) -> str:
     if key not in found:
-        raise ActionError(f"payload has no {what} {key!r}")
+        raise ActionError(f"payload has no {what} {quoted(key)}")
     return found[key]
 
 

@@ -229,6 +229,8 @@ def _job(args) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
+    from rawsvc.errors import quoted  # here, not at the top: keeps this edit inside _job
+
     variables = record.pop("variables")
     for key in COLUMNS:
         if key == "variables":
@@ -239,7 +241,7 @@ def _job(args) -> int:
         print(f"{key:16} {value if value is not None else '-'}")
     print("variables:")
     for name, value in sorted(variables.items()):
-        print(f"  {name} = {value!r}")
+        print(f"  {name} = {quoted(value) if isinstance(value, str) else json.dumps(value)}")
     return 0
 
 
