@@ -34,9 +34,10 @@ def send(port: int, data: bytes) -> bytes:
 
 
 class _Counting(Protocol):
+    """Counts connections; takes what is sent, as a printer does (closed when the sender closes)."""
+
     def connectionMade(self):
         self.factory.connections += 1
-        self.transport.loseConnection()
 
 
 class CountingListener(Factory):
