@@ -167,6 +167,10 @@ class RawService(MultiService):
         for child in reversed(list(self)):
             if child not in components:
                 yield maybeDeferred(child.stopService)
+        # Clients still sending a job finish it (it is stored) within the
+        # grace; past it they are reset while sending, so they see a failure.
+        started = self.reactor.seconds()
+        yield self._receiving_done(self.stop_grace)
         if hasattr(self.sink, "stopping"):
             self.sink.stopping = True  # what fails from now on is interrupted, not failed
         pool = self.context.components.get("destinations")
@@ -174,13 +178,34 @@ class RawService(MultiService):
             pool.begin_stop()
         drain = getattr(self.sink, "drain", None)
         if drain is not None:
-            grace = self.stop_grace
+            grace = max(0.0, self.stop_grace - (self.reactor.seconds() - started))
             if not (yield _within(self.reactor, drain(), grace)):
                 log.warn("stopped with {n} job(s) still in flight after {s} s; they resume at the next start",
                          n=len(getattr(self.sink, "running", ())), s=grace)
         for component in components:
             yield maybeDeferred(component.stopService)
         log.info("rawsvc stopped")
+
+    def _receiving(self) -> list[Any]:
+        """Connections (of the stopped listeners) in the middle of receiving a job."""
+        return [
+            c
+            for t in self.triggers.values()
+            for c in list(getattr(t, "connections", ()))
+            if getattr(c, "payload", None) is not None and not getattr(c, "closed", True)
+        ]
+
+    @inlineCallbacks
+    def _receiving_done(self, grace: float):
+        from twisted.internet.task import deferLater
+
+        deadline = self.reactor.seconds() + grace
+        while self._receiving() and self.reactor.seconds() < deadline:
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        for conn in self._receiving():
+            log.warn("stopping: resetting {peer}, still sending its job after {s} s; it sends it again",
+                     peer=getattr(conn, "label", "?"), s=grace)
+            conn.transport.abortConnection()
 
     @property
     def stop_grace(self) -> float:

@@ -137,8 +137,6 @@ class AttemptResult:
 ACK_POLL = 0.02
 #: The first look for the printer's acknowledgement of the last byte (doubling up to ACK_POLL).
 ACK_POLL_FIRST = 0.001
-#: Seconds without any more bytes acknowledged after which the half-close goes out anyway.
-ACK_WAIT_LIMIT = 5.0
 
 
 def _kernel_unacked(transport: Any) -> int | None:
@@ -282,10 +280,14 @@ class SendProtocol(Protocol):
         last, since = self._ack_progress
         if acked != last:
             self._ack_progress = (acked, now)
-        elif now - since >= ACK_WAIT_LIMIT:
-            log.info("{n} bytes still unacknowledged after {s} s; half-closing anyway",
-                     n=self._handed - acked, s=ACK_WAIT_LIMIT)
-            self._drain()
+        elif self.settings.send_timeout > 0 and now - since >= self.settings.send_timeout:
+            # The printer took nothing more for send_timeout seconds with the
+            # job's tail still unacknowledged: not delivered (retried), never
+            # closed as if it were.
+            self._stalled = True
+            log.warn("printer acknowledged nothing for {seconds} s with {n} bytes outstanding; aborting",
+                     seconds=self.settings.send_timeout, n=self._handed - acked)
+            stream_transport(self).abortConnection()
             return
         self._ack_poll = self.reactor.callLater(delay, self._await_acks, min(delay * 2, ACK_POLL))
 

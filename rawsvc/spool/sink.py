@@ -153,8 +153,12 @@ class SpoolSink(Dispatcher, SpoolOperations):
     # IJobSink ---------------------------------------------------------------
 
     def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
-        if self.stopping or self.store.error:
-            return succeed(self._refuse(job, counters, "the service is stopping" if self.stopping else self.store.error))
+        # While the service stops, a job a client finishes sending is still
+        # stored (its flow is then interrupted and resumes at the next start):
+        # refused, a sender that already wrote its last byte (CUPS) would
+        # count it printed.  Only a closed or failed spool refuses.
+        if self.closed or self.store.error:
+            return succeed(self._refuse(job, counters, "the spool is closed" if self.closed else self.store.error))
         # The writer thread reads the job's variables and payload: nothing
         # touches them until its flow starts, once it is stored.
         d = self.store.add(job, flow_name)

@@ -233,8 +233,12 @@ class ListenerTrigger(Service):
         if self.port is not None:
             port, self.port = self.port, None
             yield port.stopListening()
-        for conn in list(self.connections):
+        for conn in self.shutdown_order():
             conn.shutdown()
+
+    def shutdown_order(self) -> list[Any]:
+        """The open connections, in the order a stop tells them (a printer: served one, then its queue)."""
+        return list(self.connections)
 
     def pause(self) -> Deferred:
         """Stop accepting: the port closes, so new clients are refused."""

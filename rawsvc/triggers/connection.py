@@ -416,7 +416,11 @@ class JobConnection(ConnectionLimits):
         slot = self.replies.new_slot(self.label)
         job.reply_channel = slot
         self.running += 1
-        self.job_submitted(job)
+        try:
+            self.job_submitted(job)
+        except Exception:  # a hook's bug must never keep a received job from the sink
+            log.failure("trigger {trigger}: job_submitted hook failed for job {job_id}",
+                        trigger=t.name, job_id=job.job_id)
         d = t.sink.submit(job, flow, t.counters)
         d.addBoth(self._job_done, slot, job)
 

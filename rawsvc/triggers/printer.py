@@ -362,6 +362,10 @@ class PrinterTrigger(ClosingPort):
             conn.refuse_busy(why)
         self.update_port()
 
+    def shutdown_order(self) -> list[Any]:
+        first = ([self.active] if self.active is not None else []) + list(self.waiting)
+        return first + [c for c in self.connections if c not in first]
+
     def release(self, conn: PrinterConnection) -> None:
         """C{conn} closed and its jobs are done: serve the next client."""
         if conn in self.waiting:

@@ -37,6 +37,9 @@ _WORKING = (IDLE, RECEIVING, PROCESSING, ERROR)
 TRANSITIONS: dict[tuple[str, str], str] = {
     **{(s, "receive"): RECEIVING for s in _WORKING},
     (RECEIVING, "submit"): PROCESSING,
+    # At a stop, clients that waited in the queue hand their jobs in while
+    # another is served: a submit without a receive of its own.
+    **{(s, "submit"): SETTLE for s in (IDLE, PROCESSING, ERROR)},
     (RECEIVING, "abandon"): SETTLE,
     (RECEIVING, "finish"): RECEIVING,  # an earlier job's flow ended meanwhile
     (PROCESSING, "finish"): SETTLE,
