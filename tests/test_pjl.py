@@ -185,7 +185,14 @@ def test_next_job_arriving_while_the_previous_flow_runs():
 
 def test_invalid_transition_raises():
     with pytest.raises(InvalidTransition):
-        PrinterState().submit("j")
+        PrinterState().abandon()  # nothing was being received
+
+
+def test_a_submit_without_its_own_receive_settles():
+    # At a stop, a client that waited hands its job in while another is served.
+    state = PrinterState()
+    assert state.submit("j") == "processing"
+    assert state.finish("j", True) == "idle"
 
 
 # Languages: Ctrl-D ends a job only in PostScript, ~HS is answered only in ZPL ----
