@@ -17,18 +17,23 @@ from twisted.internet.threads import deferToThread
 from support import port_of, wait_until
 
 
+def _ending(s: socket.socket) -> str:
+    """Read until the printer ends the connection: "closed" (the job is its) or "reset"."""
+    try:
+        while s.recv(4096):
+            pass
+    except ConnectionResetError:
+        return "reset"
+    return "closed"
+
+
 def _client(port: int, data: bytes, sent: threading.Event) -> str:
     """Write the job and close fully (as python-escpos does); how the printer answered."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         sent.set()
-        try:
-            while s.recv(4096):
-                pass
-        except ConnectionResetError:
-            return "reset"
-    return "closed"
+        return _ending(s)
 
 
 @pytest_twisted.inlineCallbacks
@@ -84,12 +89,7 @@ def _slow_client(port: int, data: bytes, started: threading.Event) -> str:
         time.sleep(1.0)
         s.sendall(data[1000:])
         s.shutdown(socket.SHUT_WR)
-        try:
-            while s.recv(4096):
-                pass
-        except ConnectionResetError:
-            return "reset"
-    return "closed"
+        return _ending(s)
 
 
 @pytest_twisted.inlineCallbacks
