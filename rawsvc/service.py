@@ -186,26 +186,17 @@ class RawService(MultiService):
             yield maybeDeferred(component.stopService)
         log.info("rawsvc stopped")
 
-    def _receiving(self) -> list[Any]:
-        """Connections (of the stopped listeners) in the middle of receiving a job."""
-        return [
-            c
-            for t in self.triggers.values()
-            for c in list(getattr(t, "connections", ()))
-            if getattr(c, "payload", None) is not None and not getattr(c, "closed", True)
-        ]
-
     @inlineCallbacks
     def _receiving_done(self, grace: float):
+        """Wait up to C{grace} for clients still sending a job (of the stopped listeners), then reset them."""
         from twisted.internet.task import deferLater
 
         deadline = self.reactor.seconds() + grace
-        while self._receiving() and self.reactor.seconds() < deadline:
+        while any(t.receiving() for t in self.triggers.values()) and self.reactor.seconds() < deadline:
             yield deferLater(self.reactor, 0.05, lambda: None)
-        for conn in self._receiving():
-            log.warn("stopping: resetting {peer}, still sending its job after {s} s; it sends it again",
-                     peer=getattr(conn, "label", "?"), s=grace)
-            conn.transport.abortConnection()
+        reset = sum(t.abort_receiving() for t in self.triggers.values())
+        if reset:
+            log.warn("stopping: reset {n} client(s) still sending a job after {s} s", n=reset, s=grace)
 
     @property
     def stop_grace(self) -> float:

@@ -231,6 +231,18 @@ class AppSocketStatusTrigger(Service):
         host = self.port.getHost()
         return f"{host.host}:{host.port}"
 
+    #: It makes no jobs: no flow, no connections, nothing to wait for at a stop.
+    flow = ""
+
+    def connection_list(self) -> list[dict[str, Any]]:
+        return []
+
+    def receiving(self) -> int:
+        return 0
+
+    def abort_receiving(self) -> int:
+        return 0
+
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -283,3 +283,18 @@ class ListenerTrigger(Service):
 
     def connection_list(self) -> list[dict[str, Any]]:
         return [c.describe() for c in self.connections]
+
+    def _receiving(self) -> list[Any]:
+        return [c for c in list(self.connections) if c.payload is not None and not c.closed]
+
+    def receiving(self) -> int:
+        """Connections in the middle of sending a job (the stop waits for them)."""
+        return len(self._receiving())
+
+    def abort_receiving(self) -> int:
+        """Reset the connections still sending a job: the stop grace is over."""
+        conns = self._receiving()
+        for conn in conns:
+            log.warn("stopping: resetting {peer}, still sending its job; it sends it again", peer=conn.label)
+            conn.transport.abortConnection()
+        return len(conns)
