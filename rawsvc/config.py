@@ -20,8 +20,9 @@ from rawsvc.addresses import clashes
 from rawsvc.context import DEFAULT_STATE_DIR, BuildContext, config_relative
 from rawsvc.errors import ConfigError, ConfigIssue
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction
-from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
+from rawsvc.interfaces import IAction, IReferencingTriggerType, ITrigger
+from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted, not_provided
+from rawsvc.wiring import build_sink
 
 #: The config file C{twistd rawsvc}, C{rawsvc check-config} and C{rawsvc jobs} read when given none.
 DEFAULT_CONFIG = "etc/rawsvc.toml"
@@ -160,6 +161,9 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
     context.service_options = service
 
     flows = _load_flows(doc.get("flow", []), errors, context)
+    if doc.get("trigger") and not errors.lines:
+        # Wiring (rawsvc.wiring): the sink for these flows, handed to every trigger as it is built.
+        build_sink(context, flows)
     triggers = _load_triggers(doc.get("trigger", []), flows, errors, context)
     admin = _load_admin(doc.get("admin", {}), errors)
     if require_trigger and not doc.get("trigger"):
@@ -235,10 +239,9 @@ def _load_actions(items: list, label: str, key: str, errors: _Errors, context: B
         except Exception as e:  # a plugin's bug: an error line, not a traceback
             errors.add(where, f"cannot be built: {type(e).__name__}: {e}")
             continue
-        try:
-            verifyObject(IAction, action)
-        except Exception as e:
-            errors.add(where, f"type {type_name!r} built {action!r}, which does not provide IAction: {e}")
+        why = not_provided(IAction, action)
+        if why is not None:
+            errors.add(where, f"type {type_name!r} built a {type(action).__name__}, which does not provide IAction: {why}")
             continue
         built.append(action)
     return built
@@ -282,14 +285,29 @@ def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, conte
             context.trigger_options[name] = dict(values, type=type_name)
             tables.append((label, trigger_type, values))
     context.flows = dict(flows)
-    triggers: dict[str, Any] = {}
+    triggers = context.triggers
+    # A trigger that names other triggers (a status responder its printer)
+    # is built after them, so it is handed them at build time.
+    tables.sort(key=lambda t: IReferencingTriggerType.providedBy(t[1]))
     for label, trigger_type, values in tables:
         try:
-            triggers[values["name"]] = trigger_type.from_config(values, context)
+            trigger = trigger_type.from_config(values, context)
         except ConfigIssue as e:
             errors.add(label, e)
+            continue
         except Exception as e:  # a plugin's bug: an error line, not a traceback
             errors.add(label, f"cannot be built: {type(e).__name__}: {e}")
+            continue
+        why = not_provided(ITrigger, trigger)
+        if why is not None:
+            errors.add(label, f"type {trigger_type.type_name!r} built a {type(trigger).__name__}, "
+                              f"which does not provide ITrigger: {why}")
+            continue
+        triggers[values["name"]] = trigger
+    # Back in the config's order (status pages and logs list them so).
+    built = dict(triggers)
+    triggers.clear()
+    triggers.update((name, built[name]) for name in context.trigger_options if name in built)
     return triggers
 
 

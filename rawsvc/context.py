@@ -1,16 +1,19 @@
 """
 What a trigger or action may need while it is built: the reactor, the state
-directory, and the service's shared components (destination queues, the
-job sink, other triggers), created on first use.
+directory, and the parts it is wired to, each a typed field set in one
+place (L{rawsvc.wiring}): the destination pool, the job sink, the triggers
+built so far.  There is no registry to fetch things from at run time.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.application.service import IService
+
+from rawsvc.interfaces import IDestinationPool, IJobSink, ITrigger
 
 #: Where state lives when the config does not say.
 DEFAULT_STATE_DIR = "var/rawsvc"
@@ -37,17 +40,31 @@ class BuildContext:
     state_dir: str = DEFAULT_STATE_DIR
     service_options: dict[str, Any] = attrs.field(factory=dict)
     reactor: Any = None
-    components: dict[str, Any] = attrs.field(factory=dict)
     #: Set by the loader: every trigger's validated options, by name.
     trigger_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     #: Set by the loader before triggers are built: every flow, by name.
     flows: dict[str, Any] = attrs.field(factory=dict)
+    #: The outbound destination pool every send_tcp action shares (an IDestinationPool).
+    destinations: IDestinationPool = attrs.field(default=None)
+    #: The job sink triggers hand their jobs to (an IJobSink): built by the
+    #: loader after the flows (L{rawsvc.wiring.build_sink}); a test may set its own first.
+    sink: IJobSink | None = None
+    #: The durable store behind the sink, when the spool is on (else None).
+    store: Any = None
+    #: The triggers built so far, by name (a status responder finds its printer here).
+    triggers: dict[str, ITrigger] = attrs.field(factory=dict)
+    #: Services the wiring built that the service tree owns (the pool, the spool), in stop order.
+    services: list[IService] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         if self.reactor is None:
             from twisted.internet import reactor
 
             self.reactor = reactor
+        if self.destinations is None:
+            from rawsvc.client.destinations import DestinationPool
+
+            self.destinations = DestinationPool(self.reactor)
 
     @property
     def config_dir(self) -> str:
@@ -56,12 +73,6 @@ class BuildContext:
     def resolve_path(self, path: str) -> str:
         """Relative paths in the config are relative to the working directory."""
         return os.path.abspath(path)
-
-    def component(self, name: str, factory: Callable[[], Any]) -> Any:
-        """The shared component C{name}, built by C{factory} on first use."""
-        if name not in self.components:
-            self.components[name] = factory()
-        return self.components[name]
 
     @property
     def temp_dir(self) -> str:

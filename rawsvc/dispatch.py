@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IJobSink
+from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IJobHistory, IJobSink
 from rawsvc.job import Job
 
 log = Logger(namespace="rawsvc.dispatch")
 
 
-@implementer(IJobSink)
+@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher)
 class Dispatcher:
     """Runs jobs through their flows, directly (no durable spool)."""
 
@@ -99,12 +99,32 @@ class Dispatcher:
         job.state = "running"
         job.error = None
 
+    # IJobHistory ------------------------------------------------------------
+
     def recent(self, limit: int = 50) -> list[Job]:
         jobs = list(self.running.values()) + list(reversed(self.history))
         return jobs[:limit]
+
+    def waiting_deliveries(self) -> dict[str, dict[str, Any]]:
+        return {job_id: dict(w) for job_id, w in self.waiting.items()}
+
+    # IDrainable -------------------------------------------------------------
+
+    def begin_stop(self) -> None:
+        """What fails from now on is interrupted by the stop (it resumes at the next start)."""
+        self.stopping = True
 
     def drain(self) -> Deferred:
         """Fires once every job in flight has finished."""
         if not self._in_flight:
             return succeed(None)
         return DeferredList(list(self._in_flight), consumeErrors=True)
+
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    # IHealth ----------------------------------------------------------------
+
+    def health(self, now: float | None = None) -> str | None:
+        """An in-memory sink always takes jobs."""
+        return None

@@ -89,6 +89,14 @@ class ITriggerType(Interface):
         """
 
 
+class IReferencingTriggerType(ITriggerType):
+    """
+    A trigger type whose triggers name other triggers (a status responder
+    names its printer): the loader builds them after every other trigger,
+    so C{from_config} finds the ones it names, built, in C{context.triggers}.
+    """
+
+
 class ITrigger(IService):
     """
     A listener that turns incoming connections or datagrams into jobs.
@@ -182,6 +190,11 @@ class IJobSink(Interface):
         L{rawsvc.metrics.TriggerCounters} (or None): the sink counts the job
         as received, then done, failed or refused there.
 
+        The job arrives in state C{received}; the sink moves it along
+        L{rawsvc.states.TRANSITIONS} (C{queued}, then C{running} as its
+        flow starts, then a final state); any other move raises under
+        C{RAWSVC_STRICT_STATES=1}, as in rawsvc's own tests.
+
         Returns a Deferred firing with the finished job; it does not fail
         for a failing flow.  The job's C{state} is then C{done} or
         C{failed} (C{job.error} says why), C{interrupted} when the service
@@ -246,8 +259,12 @@ class IDrainable(Interface):
 class IHealth(Interface):
     """Optional, for a sink (or any part): whether it can take jobs now."""
 
-    def health():
-        """C{None} while healthy, else a sentence for people saying why not (C{/healthz} answers 503)."""
+    def health(now=None):
+        """
+        C{None} while healthy, else a sentence for people saying why not
+        (C{/healthz} answers 503).  C{now} (epoch seconds; default: the
+        time now) is for a part whose health depends on recent events.
+        """
 
 
 class IDeliveryWatcher(Interface):

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import attrs
 
 from rawsvc.errors import TemplateError
+from rawsvc.states import JobState, transition
 
 #: Past this size a payload lives in a file rather than in memory.
 SPILL_THRESHOLD = 1 << 20
@@ -298,7 +299,8 @@ class Job:
     received_at: float = attrs.field(factory=time.time)
     encoding: str = "utf-8"
     reply_channel: Any = None
-    state: str = "received"
+    #: See L{state}; set it only through that property, which checks the transition.
+    _state: JobState = JobState.RECEIVED
     error: str | None = None
     seq: int = attrs.field(factory=lambda: next(_counter))
     finished_at: float | None = None
@@ -317,6 +319,15 @@ class Job:
         self.variables = Variables(self, base)
 
     @property
+    def state(self) -> JobState:
+        """Where the job is in its life (L{rawsvc.states.JobState}); moves only along L{rawsvc.states.TRANSITIONS}."""
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        self._state = transition(self.job_id, self._state, new)
+
+    @property
     def size(self) -> int:
         return self.payload.size
 
@@ -329,6 +340,6 @@ class Job:
             "received_at": self.received_at,
             "finished_at": self.finished_at,
             "size": self.size,
-            "state": self.state,
+            "state": self.state.value,
             "error": self.error,
         }

@@ -9,6 +9,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from zope.interface.exceptions import BrokenImplementation, BrokenMethodImplementation, DoesNotImplement, Invalid
+from zope.interface.exceptions import MultipleInvalid  # type: ignore[attr-defined]  # not in its stubs
 from zope.interface.verify import verifyObject
 
 from rawsvc.errors import ConfigIssue
@@ -79,13 +81,41 @@ def _find(name: str, builtins: dict[str, str], group: str, iface, what: str) -> 
                 f"unknown {what} type {name!r}; known types: {', '.join(known)}, "
                 "or a plugin as 'module:Name'"
             )
-    try:
-        verifyObject(iface, found)
-    except Exception as e:
-        raise ConfigIssue(
-            f"{what} type {name!r} does not provide {iface.__name__}: {e}"
-        ) from None
+    why = not_provided(iface, found)
+    if why is not None:
+        raise ConfigIssue(f"{what} type {name!r} does not provide {iface.__name__}: {why}")
     return found
+
+
+def not_provided(iface: Any, obj: Any) -> str | None:
+    """
+    Why C{obj} does not provide C{iface}, in one line for people (C{None}
+    when it does): the missing attributes and methods by name, a method
+    whose signature is wrong, a missing C{@implementer}.
+    """
+    try:
+        verifyObject(iface, obj)
+    except MultipleInvalid as e:
+        problems = list(e.exceptions)
+    except Invalid as e:
+        problems = [e]
+    else:
+        return None
+    missing: list[str] = []
+    lines: list[str] = []
+    for p in problems:
+        if isinstance(p, DoesNotImplement):
+            lines.append(f"it is not declared to (add @implementer({iface.__name__}))")
+        elif isinstance(p, BrokenMethodImplementation):
+            method = getattr(p.method, "__name__", str(p.method))
+            lines.append(f"its method {method}() {p.mess}")
+        elif isinstance(p, BrokenImplementation):
+            missing.append(getattr(p.name, "__name__", str(p.name)).rsplit(".", 1)[-1])
+        else:
+            lines.append(str(p))
+    if missing:
+        lines.insert(0, "it lacks " + ", ".join(missing))
+    return "; ".join(lines)
 
 
 def find_action_type(name: str) -> Any:

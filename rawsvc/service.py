@@ -17,11 +17,10 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
-from rawsvc.client.destinations import DestinationPool
 from rawsvc.config import Config
-from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ListenError
-from rawsvc.plugins import load_dotted
+from rawsvc.interfaces import IDestinationPool, IDrainable, IJobSink, ITrigger
+from rawsvc.plugins import load_dotted, not_provided
 from rawsvc.spool.check import SpoolDamaged
 from rawsvc.spool.lock import StateDirBusy, StateDirLock
 
@@ -43,52 +42,47 @@ class RawService(MultiService):
     #: Set by the twistd plugin: a listener that cannot open ends the process.
     exit_on_error = False
 
-    def __init__(self, config: Config, sink: Any = None) -> None:
+    def __init__(self, config: Config, sink: IJobSink | None = None) -> None:
+        """
+        The service tree for C{config}, whose parts the loader built and
+        wired (L{rawsvc.wiring}): each trigger already holds its job sink.
+        C{sink} (tests) replaces the config's sink for every trigger.
+        """
         super().__init__()
         self.config = config
         self.context = config.context
         self.reactor = config.context.reactor
         self.flows = config.flows
-        self.triggers = config.triggers
+        self.triggers: dict[str, ITrigger] = config.triggers
         os.makedirs(self.context.state_dir, mode=0o700, exist_ok=True)
         if sink is None:
-            sink = self._make_sink()
-        self.sink = sink
-        self.context.components["sink"] = sink
-        self.context.components["service"] = self
-        pool = self.context.components.get("destinations")
-        if isinstance(pool, DestinationPool) and hasattr(sink, "delivery_waiting"):
-            pool.watchers.append(sink)  # a delivery waiting to retry shows on its job
+            sink = self.context.sink
+            if sink is None:  # a config of flows alone: the loader built no trigger to hand one
+                from rawsvc.wiring import build_sink
+
+                sink = build_sink(self.context, self.flows)
+        else:
+            for trigger in self.triggers.values():
+                trigger.sink = sink  # type: ignore[attr-defined]  # tests: every trigger here has a sink
+        why = not_provided(IJobSink, sink)
+        if why is not None:
+            raise TypeError(f"the job sink {type(sink).__name__} does not provide IJobSink: {why}")
+        self.sink: IJobSink = sink
+        #: The outbound pool every send_tcp action of the config shares.
+        self.destinations: IDestinationPool = self.context.destinations
         for trigger in self.triggers.values():
-            trigger.sink = sink
             trigger.setServiceParent(self)
         for section, options in config.admin.items():
             factory = load_dotted(ADMIN_FACTORIES[section])
             factory(options, self).setServiceParent(self)
-        self._add_component_services()
+        # Shared parts stop after the listeners, in this order (destinations
+        # before the spool, which closes last); the state_dir lock goes last of all.
+        self._components: list[IService] = [IService(self.destinations), *self.context.services]
         # One owner per state_dir: taken first at start, released last at stop.
         self.state_lock = StateDirLock(self.context.state_dir, spool=bool(self.config.service.get("spool", True)))
-        self.state_lock.setServiceParent(self)
         self._components.append(self.state_lock)
-
-    def _make_sink(self) -> Any:
-        factory = self.context.components.get("sink_factory")
-        if factory is not None:
-            return factory(self)
-        if self.config.service.get("spool", True):
-            from rawsvc.spool.sink import SpoolSink
-
-            return SpoolSink.for_service(self)
-        return Dispatcher(self.flows, self.config.service.get("history", 1000))
-
-    def _add_component_services(self) -> None:
-        self._components: list[Any] = []
-        for name, component in list(self.context.components.items()):
-            if name in ("sink", "service"):
-                continue
-            if IService.providedBy(component) and component.parent is None:
-                component.setServiceParent(self)
-                self._components.append(component)
+        for component in self._components:
+            component.setServiceParent(self)
 
     @property
     def jobs(self) -> Any:
@@ -163,7 +157,7 @@ class RawService(MultiService):
         when the spool closes is simply not recorded as finished.
         """
         Service.stopService(self)
-        components = getattr(self, "_components", [])
+        components = self._components
         for child in reversed(list(self)):
             if child not in components:
                 yield maybeDeferred(child.stopService)
@@ -171,17 +165,15 @@ class RawService(MultiService):
         # grace; past it they are reset while sending, so they see a failure.
         started = self.reactor.seconds()
         yield self._receiving_done(self.stop_grace)
-        if hasattr(self.sink, "stopping"):
-            self.sink.stopping = True  # what fails from now on is interrupted, not failed
-        pool = self.context.components.get("destinations")
-        if isinstance(pool, DestinationPool):
-            pool.begin_stop()
-        drain = getattr(self.sink, "drain", None)
-        if drain is not None:
+        sink = self.sink
+        if IDrainable.providedBy(sink):
+            sink.begin_stop()  # what fails from now on is interrupted, not failed
+        self.destinations.begin_stop()
+        if IDrainable.providedBy(sink):
             grace = max(0.0, self.stop_grace - (self.reactor.seconds() - started))
-            if not (yield _within(self.reactor, drain(), grace)):
+            if not (yield _within(self.reactor, sink.drain(), grace)):
                 log.warn("stopped with {n} job(s) still in flight after {s} s; they resume at the next start",
-                         n=len(getattr(self.sink, "running", ())), s=grace)
+                         n=sink.in_flight(), s=grace)
         for component in components:
             yield maybeDeferred(component.stopService)
         log.info("rawsvc stopped")

@@ -1,14 +1,93 @@
 """
-The states a job can be in, in one place, and the parsing of the
-comma-separated filters on them that C{rawsvc jobs} and C{/jobs} share.
+The states a job can be in, in one place: L{JobState} and the one table of
+allowed transitions, L{TRANSITIONS}, that the flow, the sinks, the store and
+the admin side all go by; and the parsing of the comma-separated filters on
+states that C{rawsvc jobs} and C{/jobs} share.
+
+A job's life::
+
+    received -> queued -> running -> done
+       |          |          |-> waiting -> running (its delivery retries)
+       |          |          |-> failed -> cancelled (an operator's cancel ended it)
+       |          |          `-> interrupted (the service stopped under it; it resumes at the
+       |          |                           next start) -> cancelled
+       |          `-> failed (its flow crashed before running)
+       `-> refused (the sink could not store it; its flow never ran)
+
+A transition outside the table is a bug: under C{RAWSVC_STRICT_STATES=1}
+(the test suite sets it) it raises L{InvalidJobTransition}; in production
+it is logged as an error and the new state is taken, so that a bug in the
+bookkeeping never costs a job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+import os
+from collections.abc import Iterable, Mapping
 
-#: Every state a job can be in, in the order of a job's life.
-JOB_STATES = ("queued", "running", "waiting", "done", "failed", "cancelled", "interrupted", "refused")
+from twisted.logger import Logger
+
+log = Logger(namespace="rawsvc.states")
+
+
+class JobState(enum.StrEnum):
+    """What a job is doing; the values are what status pages, the spool and the CLI show."""
+
+    RECEIVED = "received"  # built by a trigger, not yet handed to a flow
+    QUEUED = "queued"  # stored (or taken), waiting for its flow to start
+    RUNNING = "running"
+    WAITING = "waiting"  # its delivery waits to retry (back-off)
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    REFUSED = "refused"
+
+
+S = JobState
+
+#: state -> the states it may go to.  Final states go nowhere: a retried
+#: job is a new run, rebuilt from the spool, that starts at C{received}.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    # RUNNING: a flow run on its own, without a sink (rawsvc.flow.run_job: tests, the CLI).
+    S.RECEIVED: frozenset({S.QUEUED, S.REFUSED, S.RUNNING}),
+    S.QUEUED: frozenset({S.RUNNING, S.FAILED}),
+    S.RUNNING: frozenset({S.WAITING, S.DONE, S.FAILED, S.INTERRUPTED}),
+    S.WAITING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.INTERRUPTED}),
+    S.FAILED: frozenset({S.CANCELLED}),
+    S.INTERRUPTED: frozenset({S.CANCELLED}),
+    S.DONE: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.REFUSED: frozenset(),
+}
+
+#: Every state a stored job can be in (filters accept these), in the order of a job's life.
+JOB_STATES = tuple(s.value for s in JobState if s is not S.RECEIVED)
+
+
+class InvalidJobTransition(RuntimeError):
+    """A job was moved between two states the table does not connect: a bug."""
+
+
+def _strict() -> bool:
+    return os.environ.get("RAWSVC_STRICT_STATES", "") not in ("", "0")
+
+
+def transition(job_id: str, old: str, new: str) -> JobState:
+    """
+    The state C{new} for a job in C{old}, checked against L{TRANSITIONS}.
+    Setting the state it is in already is no transition, and allowed.
+    """
+    target = JobState(new)
+    if old == target:
+        return target
+    if target not in TRANSITIONS[JobState(old)]:
+        message = f"job {job_id}: no transition from {old} to {target} (see rawsvc.states.TRANSITIONS)"
+        if _strict():
+            raise InvalidJobTransition(message)
+        log.error("{message}; taken anyway (a bug: please report it)", message=message)
+    return target
 
 
 class FilterError(ValueError):

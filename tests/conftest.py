@@ -18,6 +18,10 @@ import sys
 import pytest
 import pytest_twisted
 
+# A job state change outside rawsvc.states.TRANSITIONS raises in every test,
+# also inside the twistd processes the tests start (they inherit this).
+os.environ["RAWSVC_STRICT_STATES"] = "1"
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 

@@ -14,7 +14,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from rawsvc.admin.web import REFUSED_WINDOW, refusing
+from rawsvc.admin.web import refusing
+from rawsvc.spool.sink import REFUSED_WINDOW
 from rawsvc.spool.schema import FILES_DIR
 
 BIG = bytes(range(256)) * 400  # 100 KB: stored in its own file in the spool's folder
@@ -92,23 +93,26 @@ async def test_healthz_is_503_while_jobs_are_refused_and_200_once_one_is_stored(
     assert "reason" not in body
 
 
-class _Store:
-    def __init__(self, error):
-        self.error = error
+def _spool_sink(tmp_path):
+    from twisted.internet import reactor
+
+    from rawsvc.spool.sink import SpoolSink
+    from rawsvc.spool.store import Store
+
+    return SpoolSink({}, Store(str(tmp_path), reactor), reactor)
 
 
-class _Sink:
-    def __init__(self, error=None, last_refusal=None):
-        self.store = _Store(error)
-        self.last_refusal = last_refusal
-
-
-def test_refusing_names_the_spool_error_and_forgets_old_refusals():
-    assert refusing(_Sink("cannot open var/spool.db: disk I/O error")) == (
-        "spool unavailable: cannot open var/spool.db: disk I/O error")
-    assert refusing(_Sink()) is None
-    last = (1000.0, "spool unavailable: No space left on device")
-    assert refusing(_Sink(last_refusal=last), now=1010.0) == (
+def test_refusing_forgets_old_refusals(tmp_path):
+    sink = _spool_sink(tmp_path)
+    assert refusing(sink) is None
+    sink.last_refusal = (1000.0, "spool unavailable: No space left on device")
+    assert refusing(sink, now=1010.0) == (
         "spool unavailable: No space left on device (a job was refused 10 s ago; none stored since)")
-    assert refusing(_Sink(last_refusal=last), now=1000.0 + REFUSED_WINDOW) is None
-    assert refusing(object()) is None  # a sink without a spool (spool = false)
+    assert refusing(sink, now=1000.0 + REFUSED_WINDOW) is None
+
+
+def test_a_sink_without_health_reports_is_never_refusing():
+    from rawsvc.dispatch import Dispatcher
+
+    assert refusing(Dispatcher({})) is None  # spool = false: jobs are never refused for storage
+    assert refusing(object()) is None  # a plugin sink that does not provide IHealth

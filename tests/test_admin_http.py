@@ -92,8 +92,11 @@ def test_metrics_include_destination_counters(running, get):
     pool = type("Pool", (), {"status": lambda self: {
         "127.0.0.1:9100": {"attempts": 5, "delivered": 3, "failures": 2, "retries": 1, "queued": 4, "state": "idle"}
     }})()
-    service.context.components["destinations"] = pool
-    samples = parse_metrics((yield get(base + "/metrics"))[2].decode())
+    real, service.destinations = service.destinations, pool
+    try:
+        samples = parse_metrics((yield get(base + "/metrics"))[2].decode())
+    finally:
+        service.destinations = real
     dest = (("destination", "127.0.0.1:9100"),)
     assert samples[("rawsvc_destination_attempts_total", dest)] == 5
     assert samples[("rawsvc_destination_failures_total", dest)] == 2

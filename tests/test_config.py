@@ -21,12 +21,37 @@ PLUGIN_MODULE = '''
 from zope.interface import implementer, provider
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import IAction, IActionType, ITriggerType
+from twisted.application.service import Service
+from rawsvc.interfaces import IAction, IActionType, ITrigger, ITriggerType
 
 
 @provider(ITriggerType)
-class FakeTrigger:
+@implementer(ITrigger)
+class FakeTrigger(Service):
+    """A trigger that listens nowhere, written to rawsvc.interfaces.ITrigger."""
+
     type_name = "fake"
+    listening = False
+    counters = None
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass
+
+    def status(self):
+        return {"name": self.name, "type": self.type_name, "listening": False, "paused": False, "counters": {}}
+
+    def connection_list(self):
+        return []
+
+    def receiving(self):
+        return 0
+
+    def abort_receiving(self):
+        return 0
+
     options = o.Schema(
         o.Option("name", str),
         o.Option("type", str),
@@ -41,7 +66,8 @@ class FakeTrigger:
         t = cls()
         t.name = options["name"]
         t.options = options
-        t.flow = context.flows[options["flow"]]
+        t.flow = options["flow"]
+        t.built_flow = context.flows[options["flow"]]
         return t
 
 
@@ -134,7 +160,7 @@ def test_valid_config_builds_flows_and_triggers():
     assert isinstance(config, Config)
     assert list(config.flows) == ["label", "archive"]
     assert list(config.triggers) == ["orders"]
-    assert config.triggers["orders"].flow is config.flows["label"]
+    assert config.triggers["orders"].built_flow is config.flows["label"]
     assert config.service["state_dir"] == "var/test"
     assert config.context.state_dir == os.path.join(os.getcwd(), "var/test")  # good.toml is in the cwd
 

@@ -33,6 +33,8 @@ class HeldSink:
         job, d = self.jobs[index]
         if reply is not None:
             job.reply_channel.reply(reply)
+        job.state = "queued"
+        job.state = "running"
         job.state = "done"
         d.callback(job)
 

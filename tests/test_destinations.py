@@ -189,7 +189,7 @@ actions = [ {{ type = "send_tcp", destination = "{other.destination}", wait_for_
         ordered = sorted(busy.jobs, key=lambda j: j.opened)
         assert all(b.opened >= a.closed for a, b in zip(ordered, ordered[1:]))
         assert {j.bytes for j in busy.jobs} == sent
-        status = config.context.components["destinations"].status()
+        status = config.context.destinations.status()
         assert status[busy.destination]["delivered"] == 100
         assert status[busy.destination]["queued"] == 0 and status[busy.destination]["state"] == "idle"
         assert status[other.destination]["delivered"] == 5

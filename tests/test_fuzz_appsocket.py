@@ -12,6 +12,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from rawsvc.interfaces import IPrinterStatus
+from rawsvc.triggers.printer_state import PrinterSnapshot
 
 from rawsvc.triggers.appsocket import AppSocketStatusTrigger, StatusProtocol, TokenBuckets, parse_status, STATUS_KEYS
 
@@ -28,22 +32,29 @@ class _Transport:
         self.sent.append((data, addr))
 
 
-def _printer(error: str = "", state: str = "idle"):
-    job = SimpleNamespace(job_id="J1", variables={"pjl_job_name": "name\r\nINJECTED=1"})
-    return SimpleNamespace(
-        name="p",
-        state=SimpleNamespace(state=state, current_job=job, jobs_ok=1, jobs_failed=2, last_error=error),
-        active=SimpleNamespace(label="127.0.0.1:5"),
-        waiting=[1, 2],
-    )
+@implementer(IPrinterStatus)
+class _Printer:
+    """A printer as the responder sees it: a name and a frozen snapshot."""
+
+    name = "p"
+
+    def __init__(self, error: str, state: str) -> None:
+        self.error, self.state = error, state
+
+    def snapshot(self) -> PrinterSnapshot:
+        return PrinterSnapshot(printer="p", state=self.state, job_id="J1", job_name="name\r\nINJECTED=1",
+                               client="127.0.0.1:5", queued=2, jobs_ok=1, jobs_failed=2, last_error=self.error)
+
+
+def _printer(error: str = "", state: str = "idle") -> _Printer:
+    return _Printer(error, state)
 
 
 def responder(clock, error=""):
     context = SimpleNamespace(reactor=clock)
     options = {"name": "s", "listen": (0, "127.0.0.1"), "printer": "p", "rate_limit": RATE, "rate_limit_total": TOTAL}
-    trigger = AppSocketStatusTrigger(options, context)
+    trigger = AppSocketStatusTrigger(options, context, _printer(error))
     trigger.limiter = TokenBuckets(RATE, TOTAL, clock=clock.seconds)
-    trigger.printer = _printer(error)
     proto = StatusProtocol(trigger)
     proto.transport = _Transport()
     return trigger, proto

@@ -31,7 +31,7 @@ name = "f"
 actions = [ {action} ]
 """
     config = loads(text, context=BuildContext(reactor=reactor))
-    return config.flows["f"], config.context.components["destinations"]
+    return config.flows["f"], config.context.destinations
 
 
 def job(data: bytes = b"hello printer\n", **variables) -> Job:

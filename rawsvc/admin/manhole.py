@@ -38,6 +38,7 @@ from zope.interface import implementer
 from rawsvc import options as o
 from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import repl_namespace
+from rawsvc.admin.repl import OperatorManhole
 from rawsvc.errors import ConfigIssue
 
 log = Logger(namespace="rawsvc.admin.manhole")
@@ -241,7 +242,7 @@ class ManholeRealm(manhole_ssh.TerminalRealm):
         super().__init__()
 
         def chained_protocol() -> insults.ServerProtocol:
-            return insults.ServerProtocol(manhole.ColoredManhole, namespace())
+            return insults.ServerProtocol(OperatorManhole, namespace())
 
         # conch types chainedProtocolFactory as type[ServerProtocol] (its untyped default); it is any factory.
         self.chainedProtocolFactory = chained_protocol  # type: ignore[assignment]

@@ -13,6 +13,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from rawsvc.interfaces import IJobControl, IJobHistory
+
 log = Logger(namespace="rawsvc.admin")
 
 
@@ -30,12 +32,11 @@ class ReportList(list):
 
 def destinations(service: Any) -> dict[str, Any]:
     """The outbound pool's per-destination status, or C{{}} when there is none."""
-    pool = service.context.components.get("destinations")
-    status = getattr(pool, "status", None)
-    if status is None:
+    pool = service.destinations
+    if pool is None:
         return {}
     try:
-        return dict(status())
+        return dict(pool.status())
     except Exception:
         log.failure("destination pool status() failed")
         return {}
@@ -83,36 +84,17 @@ def health(service: Any) -> tuple[bool, dict[str, Any]]:
     return all(v["up"] for v in listeners.values()), listeners
 
 
-def _peer(conn: Any) -> str:
-    transport = getattr(conn, "transport", conn)
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return repr(conn)
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)
-
-
 def connections(service: Any) -> ReportList:
-    """
-    Open connections per trigger: the trigger's C{connection_list()} when
-    it has one, else peers from its C{connections} collection, else the
-    open count.
-    """
+    """Open connections per trigger, from each trigger's C{connection_list()}."""
     out = ReportList()
     for name, trigger in service.triggers.items():
-        listed: Any = None
-        describe = getattr(trigger, "connection_list", None)
-        if describe is not None:
-            listed = describe()
-        else:
-            conns = getattr(trigger, "connections", None)
-            if conns is not None and not isinstance(conns, (int, str)):
-                listed = [_peer(c) for c in conns]
-        if isinstance(listed, list):
-            out.extend(dict(p, trigger=name) if isinstance(p, dict) else {"trigger": name, "peer": p} for p in listed)
-        else:
+        try:
+            listed = trigger.connection_list()
+        except Exception:
+            log.failure("connection_list() of trigger {name} failed", name=name)
             out.append({"trigger": name, "open": trigger.counters.connections_open})
+            continue
+        out.extend(dict(p, trigger=name) for p in listed)
     return out
 
 
@@ -144,31 +126,30 @@ class RetryUnsupported(Exception):
 
 def retry(service: Any, job_id: str) -> Any:
     """Run a finished or failed job again, when the job sink supports it."""
-    do_retry = getattr(service.sink, "retry", None)
-    if do_retry is None:
+    if not IJobControl.providedBy(service.sink):
         raise RetryUnsupported(
             f"retry is not supported by this job sink ({type(service.sink).__name__} keeps "
             "no payloads); it needs the durable spool"
         )
     log.info("job {job_id} retried by an administrator", job_id=job_id)
-    return do_retry(job_id)
+    return service.sink.retry(job_id)
 
 
 def cancel(service: Any, job_id: str) -> Any:
     """Cancel a job (at once when its delivery waits to retry), when the job sink supports it."""
-    do_cancel = getattr(service.sink, "cancel", None)
-    if do_cancel is None:
+    if not IJobControl.providedBy(service.sink):
         raise RetryUnsupported(
             f"cancel is not supported by this job sink ({type(service.sink).__name__} keeps "
             "no jobs); it needs the durable spool"
         )
     log.info("job {job_id} cancelled by an administrator", job_id=job_id)
-    return do_cancel(job_id)
+    return service.sink.cancel(job_id)
 
 
 def recent_jobs(service: Any, limit: int = 50) -> list[dict[str, Any]]:
-    recent = getattr(service.sink, "recent", None)
-    return [job.summary() for job in recent(limit)] if recent is not None else []
+    if not IJobHistory.providedBy(service.sink):
+        return []
+    return [job.summary() for job in service.sink.recent(limit)]
 
 
 def repl_namespace(service: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from rawsvc import options as o
 from rawsvc.admin import prometheus
 from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import health, recent_jobs, status
+from rawsvc.interfaces import IHealth, IJobHistory
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 HTTP_OPTIONS = o.Schema(
@@ -68,25 +69,11 @@ class Health(Resource):
         return _json(request, report, 200 if ok else 503)
 
 
-#: Seconds after a job was refused (not stored) during which /healthz stays
-#: unhealthy, unless a job has been stored since.
-REFUSED_WINDOW = 60.0
-
-
 def refusing(sink: Any, now: float | None = None) -> str | None:
-    """Why the sink refuses jobs now (or did within REFUSED_WINDOW), else None."""
-    store = getattr(sink, "store", None)
-    error = getattr(store, "error", None)
-    if error:
-        return f"spool unavailable: {error}"
-    last = getattr(sink, "last_refusal", None)
-    if last is None:
+    """Why the sink refuses jobs now (or did a moment ago), else None: its L{IHealth} report."""
+    if not IHealth.providedBy(sink):
         return None
-    refused_at, why = last
-    age = (time.time() if now is None else now) - refused_at
-    if age >= REFUSED_WINDOW:
-        return None
-    return f"{why} (a job was refused {age:.0f} s ago; none stored since)"
+    return sink.health(now)
 
 
 class Metrics(Resource):
@@ -135,7 +122,8 @@ class Jobs(Resource):
             and (not states or j["state"] in states)
             and j["received_at"] >= since
         ][:limit]
-        waiting = getattr(self.service.sink, "waiting", {})
+        sink = self.service.sink
+        waiting = sink.waiting_deliveries() if IJobHistory.providedBy(sink) else {}
         for j in jobs:
             if j["state"] == "waiting" and j["job_id"] in waiting:
                 j["delivery"] = dict(waiting[j["job_id"]])  # destination, attempt, last_error, next_try

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
@@ -50,10 +51,12 @@ from rawsvc.client.outcomes import (  # noqa: F401  (DeliveryResult and the outc
 from rawsvc.client.queues import WAITING, DeliveryWatcher, _Cancelled, _Queue, _Stopping
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
+from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
 
 log = Logger(namespace="rawsvc.client")
 
 
+@implementer(IDestinationPool)
 class DestinationPool(Service):
     """Per-destination queues; see the module docstring."""
 
@@ -74,6 +77,10 @@ class DestinationPool(Service):
         self._turns: dict[str, Deferred[None]] = {}
         self.watchers: list[DeliveryWatcher] = []
         self.configured = allow is not None
+
+    def add_watcher(self, watcher: IDeliveryWatcher) -> None:
+        """Tell C{watcher} about deliveries that wait for a retry and try again."""
+        self.watchers.append(watcher)
 
     # Configuration ----------------------------------------------------------
 
@@ -395,7 +402,7 @@ def pool_for(context: Any) -> DestinationPool:
     The config's shared pool, with C{[service] allowed_destinations} applied;
     a bad entry is a L{ConfigIssue} naming that key (raised once).
     """
-    pool = context.component("destinations", lambda: DestinationPool(context.reactor))
+    pool = context.destinations
     if not pool.configured:
         try:
             pool.configure(context.service_options.get("allowed_destinations"))

@@ -25,6 +25,7 @@ CLI's requests, retention, stop) in L{rawsvc.spool.service}.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -35,17 +36,22 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IJobSink
+from rawsvc.interfaces import IAction, IDestinationPool, IJobControl, IJobSink, ITrigger
 from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
 from rawsvc.spool.store import Store
+from rawsvc.wiring import counters_of, tell_recovered
 
 __all__ = [
     "POLL_INTERVAL", "RETENTION_INTERVAL", "STOP_GRACE", "SenderGone", "SpoolPayload", "SpoolService", "SpoolSink",
 ]
 
 log = Logger(namespace="rawsvc.spool")
+
+#: Seconds after a job was refused (not stored) during which the sink
+#: reports itself unhealthy (C{/healthz} 503), unless a job has been stored since.
+REFUSED_WINDOW = 60.0
 
 
 @implementer(IAction)
@@ -88,21 +94,24 @@ def _delivery(result: Any) -> tuple[str, int] | None:
     return None
 
 
-@implementer(IJobSink)
+@implementer(IJobSink, IJobControl)
 class SpoolSink(Dispatcher, SpoolOperations):
     """A L{Dispatcher} whose jobs are stored before their flows run."""
 
     def __init__(self, flows: dict[str, Flow], store: Store, reactor: Any, history: int = 1000,
                  retention_days: float = 7.0, retention_mb: float = 1024.0,
-                 counters_for: Any = None) -> None:
+                 triggers: Mapping[str, ITrigger] | None = None, pool: IDestinationPool | None = None,
+                 stop_grace: float = STOP_GRACE) -> None:
         self.plain_flows = flows
         super().__init__({name: self._wrap(flow) for name, flow in flows.items()}, history)
         self.store = store
         self.reactor = reactor
         self.retention_days = retention_days
         self.retention_mb = retention_mb
-        self.counters_for = counters_for or (lambda trigger: None)
+        #: The config's triggers, by name (filled by the loader once they are built).
+        self.triggers: Mapping[str, ITrigger] = triggers if triggers is not None else {}
         self.service = SpoolService(self)
+        self.service.stop_grace = min(STOP_GRACE, stop_grace)
         self.ready = False
         self._cancel: set[str] = set()
         self._start_at: dict[str, int] = {}
@@ -113,41 +122,21 @@ class SpoolSink(Dispatcher, SpoolOperations):
         #: (when, why) of the last job refused since the last one stored; /healthz reads it.
         self.last_refusal: tuple[float, str] | None = None
         #: The destination pool, when the config has one (cancel and retry reach into its queues).
-        self.pool: Any = None
-        #: Called with a job run again by an operator that finished done (a printer clears its error).
-        self.on_recovered: Any = lambda job: None
+        self.pool = pool
         self._again: set[str] = set()
 
-    @classmethod
-    def for_service(cls, service: Any) -> "SpoolSink":
-        """The sink for a L{rawsvc.service.RawService} (C{[service] spool = true})."""
-        opts = service.config.service
-        triggers = service.triggers
-        sink = cls(
-            service.flows,
-            Store(service.context.state_dir, service.reactor,
-                  min_free_bytes=int(opts.get("min_free_mb", 100) * (1 << 20))),
-            service.reactor,
-            opts.get("history", 1000),
-            opts.get("retention_days", 7.0),
-            opts.get("retention_mb", 1024.0),
-            lambda name: getattr(triggers.get(name), "counters", None),
-        )
-        sink.service.stop_grace = min(STOP_GRACE, float(opts.get("stop_grace", STOP_GRACE)))
-        sink.pool = service.context.components.get("destinations")
+    def counters_for(self, trigger: str) -> Any:
+        """The counters of a stored job's trigger (a resumed job counts there)."""
+        return counters_of(self.triggers, trigger)
 
-        def recovered(job: Job) -> None:
-            hook = getattr(triggers.get(job.trigger), "job_recovered", None)
-            if hook is not None:
-                hook(job)
-
-        sink.on_recovered = recovered
-        service.context.components["spool"] = sink.service
-        return sink
+    def on_recovered(self, job: Job) -> None:
+        """A job run again by an operator finished done: its trigger may clear an error (a printer)."""
+        tell_recovered(self.triggers, job)
 
     def _wrap(self, flow: Flow) -> Any:
         n = len(flow.actions)
-        wrapped = Flow(flow.name, [_Recorded(a, self, i == n - 1) for i, a in enumerate(flow.actions)], flow.on_error)
+        wrapped = Flow(flow.name, [_Recorded(a, self, i == n - 1) for i, a in enumerate(flow.actions)], flow.on_error,
+                       log_jobs=flow.log_jobs)
         return _ResumableFlow(wrapped, self)
 
     # IJobSink ---------------------------------------------------------------
@@ -234,6 +223,21 @@ class SpoolSink(Dispatcher, SpoolOperations):
         if again and job.state == "done":
             self.on_recovered(job)
         return job
+
+    def health(self, now: float | None = None) -> str | None:
+        """
+        Why jobs are refused now: the store cannot store them, or a job was
+        refused within L{REFUSED_WINDOW} seconds and none stored since.
+        """
+        if self.store.error:
+            return f"spool unavailable: {self.store.error}"
+        if self.last_refusal is None:
+            return None
+        refused_at, why = self.last_refusal
+        age = (time.time() if now is None else now) - refused_at
+        if age >= REFUSED_WINDOW:
+            return None
+        return f"{why} (a job was refused {age:.0f} s ago; none stored since)"
 
     def drain_writes(self) -> Deferred:
         """Fires once every write queued so far is committed (background writes fail in the log)."""

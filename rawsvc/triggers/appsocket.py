@@ -37,7 +37,7 @@ from zope.interface import implementer, provider
 
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import ITrigger, ITriggerType
+from rawsvc.interfaces import IPrinterStatus, IReferencingTriggerType, ITrigger
 from rawsvc.metrics import TriggerCounters
 
 log = Logger(namespace="rawsvc.trigger")
@@ -59,17 +59,16 @@ def _line(value: Any) -> str:
     return str(value).replace("\r", " ").replace("\n", " ")
 
 
-def format_status(printer: Any) -> bytes:
-    """The status datagram for a live printer trigger."""
-    s = printer.state
-    job = s.current_job
+def format_status(printer: IPrinterStatus) -> bytes:
+    """The status datagram for a printer, from its snapshot."""
+    s = printer.snapshot()
     fields = {
         "STATE": s.state,
-        "PRINTER": printer.name,
-        "JOB": job.job_id if job is not None else "",
-        "JOB_NAME": job.variables.get("pjl_job_name", "") if job is not None else "",
-        "CLIENT": printer.active.label if printer.active is not None else "",
-        "QUEUED": len(printer.waiting),
+        "PRINTER": s.printer,
+        "JOB": s.job_id,
+        "JOB_NAME": s.job_name,
+        "CLIENT": s.client,
+        "QUEUED": s.queued,
         "JOBS_OK": s.jobs_ok,
         "JOBS_FAILED": s.jobs_failed,
         "LAST_ERROR": s.last_error,
@@ -147,7 +146,7 @@ class StatusProtocol(DatagramProtocol):
         self.transport.write(reply, addr)
 
 
-@provider(ITriggerType)
+@provider(IReferencingTriggerType)
 @implementer(ITrigger)
 class AppSocketStatusTrigger(Service):
     """Answers UDP status queries for one printer trigger."""
@@ -155,7 +154,7 @@ class AppSocketStatusTrigger(Service):
     type_name = "appsocket-status"
     options = APPSOCKET_OPTIONS
 
-    def __init__(self, options: dict[str, Any], context: Any) -> None:
+    def __init__(self, options: dict[str, Any], context: Any, printer: IPrinterStatus) -> None:
         self.name = options["name"]
         self.opts = options
         self.context = context
@@ -168,7 +167,8 @@ class AppSocketStatusTrigger(Service):
         self.ignored = 0
         self.port: Any = None
         self.paused = False
-        self.printer: Any = None
+        #: The printer it reports on, handed over at build time.
+        self.printer = printer
 
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "AppSocketStatusTrigger":
@@ -179,7 +179,10 @@ class AppSocketStatusTrigger(Service):
             raise ConfigIssue(
                 f"names trigger {options['printer']!r} of type {target.get('type')!r}; "
                 "it must name a trigger of type \"printer\"", "printer")
-        return cls(options, context)
+        printer = context.triggers.get(options["printer"])
+        if printer is None or not IPrinterStatus.providedBy(printer):
+            raise ConfigIssue(f"names trigger {options['printer']!r}, which could not be built", "printer")
+        return cls(options, context, printer)
 
     def status_datagram(self) -> bytes:
         return format_status(self.printer)
@@ -195,11 +198,6 @@ class AppSocketStatusTrigger(Service):
                  port=self.port.getHost().port)
 
     def startService(self) -> None:
-        service = self.context.components.get("service")
-        triggers = getattr(service, "triggers", {})
-        self.printer = triggers.get(self.printer_name)
-        if self.printer is None:
-            raise RuntimeError(f"appsocket-status {self.name}: printer {self.printer_name!r} is not running")
         super().startService()
         if not self.paused:
             self._listen()

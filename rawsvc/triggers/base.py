@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue, ListenError
-from rawsvc.interfaces import ITrigger
+from rawsvc.interfaces import IJobSink, ITrigger
 from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.admission import disk_low, raise_fd_limit
@@ -177,7 +177,8 @@ class ListenerTrigger(Service):
         self.counted: set = set()
         self.spill_budget = SpillBudget(options.get("spill_budget", 4 << 30) or None)
         self.min_free = options.get("min_free", 16 << 20)
-        self.sink: Any = None
+        #: Where its jobs go (an IJobSink), handed over at build time.
+        self.sink: IJobSink = context.sink
         self.port: Any = None
         self.paused = False
         self.spill_threshold = context.service_options.get("spill_threshold", 1 << 20)

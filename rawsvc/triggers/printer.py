@@ -36,17 +36,17 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
-from zope.interface import provider
+from zope.interface import implementer, provider
 
 from rawsvc._transport import stream_transport
 from rawsvc import options as o
-from rawsvc.interfaces import ITriggerType
+from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ITriggerType
 from rawsvc.triggers import pjl
 from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
 from rawsvc.triggers.connection import JobConnection
 from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
 from rawsvc.triggers.printer_port import ClosingPort
-from rawsvc.triggers.printer_state import PrinterState
+from rawsvc.triggers.printer_state import PrinterSnapshot, PrinterState
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -322,6 +322,7 @@ class PrinterConnection(JobConnection):
 
 
 @provider(ITriggerType)
+@implementer(IPrinterStatus, IRecoveryAware)
 class PrinterTrigger(ClosingPort):
     """A virtual JetDirect/AppSocket printer."""
 
@@ -430,6 +431,21 @@ class PrinterTrigger(ClosingPort):
         """A job of this printer, run again by an operator, finished done: a good retry clears the error."""
         if self.state.failed:
             self.state.clear()
+
+    def snapshot(self) -> PrinterSnapshot:
+        s = self.state
+        job = s.current_job
+        return PrinterSnapshot(
+            printer=str(self.name),
+            state=s.state,
+            job_id=job.job_id if job is not None else "",
+            job_name=job.variables.get("pjl_job_name", "") if job is not None else "",
+            client=self.active.label if self.active is not None else "",
+            queued=len(self.waiting),
+            jobs_ok=s.jobs_ok,
+            jobs_failed=s.jobs_failed,
+            last_error=s.last_error,
+        )
 
     def host_status(self) -> bytes:
         s = self.state

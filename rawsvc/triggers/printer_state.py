@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 IDLE = "idle"
 RECEIVING = "receiving"
 PROCESSING = "processing"
@@ -54,6 +56,21 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 class InvalidTransition(Exception):
     pass
+
+
+@attrs.frozen
+class PrinterSnapshot:
+    """What a printer is doing at one moment (L{rawsvc.interfaces.IPrinterStatus}); read-only."""
+
+    printer: str
+    state: str
+    job_id: str = ""
+    job_name: str = ""
+    client: str = ""
+    queued: int = 0
+    jobs_ok: int = 0
+    jobs_failed: int = 0
+    last_error: str = ""
 
 
 class PrinterState:

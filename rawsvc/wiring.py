@@ -1,0 +1,76 @@
+"""
+Wiring, in one place: the parts a config's triggers and actions are handed.
+
+The loader (L{rawsvc.config.loads}) builds, in this order: the destination
+pool (with the build context, before any action), the flows (their
+C{send_tcp} actions take the pool), then here the job sink (and, with the
+spool on, the store behind it) for those flows, then the triggers, each
+given the sink.  The sink learns the triggers through the same
+C{context.triggers} mapping the loader fills, to count a resumed job on its
+trigger and tell a trigger (L{IRecoveryAware}) that an operator's retry of
+its job succeeded.  L{rawsvc.service.RawService} then owns what was built:
+it adds C{context.services} to its service tree.
+
+Nothing is looked up by name at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from zope.interface.verify import verifyObject
+
+from rawsvc.context import BuildContext
+from rawsvc.interfaces import IDeliveryWatcher, IJobSink, IRecoveryAware, ITrigger
+
+
+def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
+    """
+    The job sink for C{flows}: C{context.sink} when the caller (a test) set
+    one, else the durable spool sink (C{[service] spool = true}, the
+    default) or the in-memory dispatcher.
+    """
+    if context.sink is not None:
+        return context.sink
+    opts = context.service_options
+    sink: IJobSink
+    if opts.get("spool", True):
+        from rawsvc.spool.sink import SpoolSink
+        from rawsvc.spool.store import Store
+
+        store = Store(context.state_dir, context.reactor, min_free_bytes=int(opts.get("min_free_mb", 100) * (1 << 20)))
+        spool = SpoolSink(
+            dict(flows), store, context.reactor,
+            history=opts.get("history", 1000),
+            retention_days=opts.get("retention_days", 7.0),
+            retention_mb=opts.get("retention_mb", 1024.0),
+            triggers=context.triggers,
+            pool=context.destinations,
+            stop_grace=float(opts.get("stop_grace", 30.0)),
+        )
+        context.store = store
+        context.services.append(spool.service)
+        sink = spool
+    else:
+        from rawsvc.dispatch import Dispatcher
+
+        sink = Dispatcher(dict(flows), opts.get("history", 1000))
+    verifyObject(IJobSink, sink)  # a built-in: a mismatch is our bug, found by any test
+    if IDeliveryWatcher.providedBy(sink):
+        context.destinations.add_watcher(sink)  # a delivery waiting to retry shows on its job
+    context.sink = sink
+    return sink
+
+
+def counters_of(triggers: Mapping[str, ITrigger], name: str) -> Any:
+    """The counters of trigger C{name}, or None when the config has no such trigger (any more)."""
+    trigger = triggers.get(name)
+    return trigger.counters if trigger is not None else None
+
+
+def tell_recovered(triggers: Mapping[str, ITrigger], job: Any) -> None:
+    """Tell the job's trigger, when it wants to know, that its job ran again and is done."""
+    trigger = triggers.get(job.trigger)
+    if trigger is not None and IRecoveryAware.providedBy(trigger):
+        trigger.job_recovered(job)
