@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 import pytest_twisted
@@ -243,3 +244,32 @@ def test_cancel_with_the_spool_names_an_unknown_job(running):
     service, _port = running
     with pytest.raises(KeyError, match="no job 0-x in the spool"):
         yield cancel(service, "0-x")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_command_that_answers_later_shows_its_answer_not_a_deferred(reactor, running, keys, logged_errors):
+    service, port = running
+    counters = service.triggers["orders"].counters
+    yield send_job(reactor, trigger_port(service), b"hello", counters, expect_ok=1)
+    job_id = service.sink.recent()[0].job_id
+    from twisted.internet.threads import deferToThread
+
+    def session():
+        # The answers come from the spool's thread: wait for them before the EOF.
+        command = [require_tool("ssh"), *SSH_OPTIONS, "-i", str(keys / "admin"), "-p", str(port), "-tt", "127.0.0.1"]
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdin.write(b"retry(recent()[0]['job_id'])\rcancel('0-x')\r")
+        proc.stdin.flush()
+        time.sleep(2)
+        proc.stdin.write(b"\x04")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        return proc.wait(timeout=20), out
+
+    code, raw = yield deferToThread(session)
+    out = raw.decode("utf-8", "replace")
+    assert code == 0, out
+    assert f"job {job_id} (done) queued again at action 0" in out
+    assert "failed: no job 0-x in the spool" in out
+    assert "<Deferred" not in out and "Deferred #" not in out
+    assert not logged_errors
