@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "rawsvc.triggers.status_cli",
     "rawsvc.spool.cli",
     "rawsvc.spool.check_cli",
+    "rawsvc.cli_keys",
 ]
 
 

@@ -27,30 +27,30 @@ from rawsvc.plugins import find_action_type, find_trigger_type, load_dotted
 DEFAULT_CONFIG = "etc/rawsvc.toml"
 
 SERVICE_OPTIONS = o.Schema(
-    o.Option("state_dir", str, DEFAULT_STATE_DIR, doc="spool, host keys, temp files (relative: to the config's folder)"),
-    o.Option(
-        "allowed_destinations",
-        list,
-        None,
-        o.string_list,
-        doc="host[:port|:lo-hi] or CIDR[:ports] that send_tcp may reach",
-    ),
-    o.Option(
-        "spill_threshold",
-        int,
-        1 << 20,
-        o.positive,
-        doc="bytes past which a job's payload moves from memory to a file",
-    ),
+    o.Option("state_dir", str, DEFAULT_STATE_DIR,
+             doc="spool, host keys, temporary files (created with mode 0700). A relative path is taken from the "
+                 "config file's folder (`etc/x.toml` with `\"../var/x\"` is `<repo>/var/x`, whatever the working "
+                 "directory), alike for `twistd rawsvc` and the `rawsvc` commands that take `-c`; the service logs "
+                 "the absolute path it uses, and so does every command. One service at a time per `state_dir` (an "
+                 "exclusive lock on `state_dir/lock`, holding its pid)"),
+    o.Option("allowed_destinations", list, None, o.string_list,
+             doc="where `send_tcp` may connect (see `send_tcp`)", shown_default="literal destinations + loopback"),
+    o.Option("spill_threshold", int, 1 << 20, o.positive,
+             doc="bytes past which a job's payload moves from memory to a file"),
     o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
-    o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
-    o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
+    o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this many days"),
+    o.Option("retention_mb", (int, float), 1024.0, o.non_negative,
+             doc="purge the oldest finished jobs beyond this size"),
     o.Option("min_free_mb", (int, float), 100.0, o.non_negative,
-             doc="purge the oldest finished jobs while the spool's filesystem has less free than this"),
+             doc="free-space floor: while the filesystem of `state_dir` has less free than this, each retention "
+                 "pass also purges the oldest finished jobs (0: no floor)"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
     o.Option("stop_grace", (int, float), 30.0, o.non_negative,
-             doc="seconds a stop waits for jobs in flight; what is cut off resumes at the next start"),
-    o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
+             doc="seconds a stop waits for jobs in flight; what it cuts off resumes at the next start "
+                 "(see \"Stopping and restarting\")"),
+    o.Option("log_jobs", bool, False,
+             doc="log every finished job at info (failures are always logged at warn; job history is in the "
+                 "spool, `/jobs` and `rawsvc jobs`)"),
 )
 
 #: Admin sections: name -> dotted path to their Schema, loaded on first use.
@@ -60,9 +60,10 @@ ADMIN_SECTIONS = {
 }
 
 FLOW_OPTIONS = o.Schema(
-    o.Option("name", str, doc="the flow's name, used by triggers"),
-    o.Option("actions", list, doc="the actions, in order"),
-    o.Option("on_error", list, [], doc="actions run when an action fails"),
+    o.Option("name", str, doc="the flow's name, which triggers give as their `flow`"),
+    o.Option("actions", list, doc="the actions, in order (at least one): inline tables or `[[flow.actions]]`"),
+    o.Option("on_error", list, [],
+             doc="actions run when an action fails, with `${error}` set (e.g. a `reply` to the sender)"),
     o.Option("description", str, "", doc="free text"),
 )
 
