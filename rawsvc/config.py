@@ -165,7 +165,8 @@ def service_config(path: str | None = None) -> ServiceConfig:
     """
     if path is None:
         if not os.path.exists(DEFAULT_CONFIG):
-            return ServiceConfig(None, SERVICE_OPTIONS.settings(), config_relative("<memory>", DEFAULT_STATE_DIR))
+            defaults = SERVICE_OPTIONS.settings()
+            return ServiceConfig(None, defaults, config_relative("<memory>", defaults.state_dir))
         path = DEFAULT_CONFIG
     errors = _Errors(path)
     doc = _parse(_read(path), path)

@@ -139,3 +139,27 @@ def test_config_keys_on_an_unknown_table_exits_2():
     result = run("action.teleport")
     assert result.returncode == 2
     assert result.stderr.startswith("rawsvc config-keys: action.teleport: unknown action type 'teleport'")
+
+
+def test_config_keys_lists_the_built_in_tables():
+    result = run("--list")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == keytables.table_names()
+
+
+def test_a_plugins_table_is_rendered_from_its_own_declarations(tmp_path):
+    (tmp_path / "shout.py").write_text(
+        "from zope.interface import implementer, provider\n"
+        "from rawsvc import options as o\n"
+        "from rawsvc.interfaces import IAction, IActionType\n"
+        "@provider(IActionType)\n@implementer(IAction)\nclass Shout:\n"
+        "    type_name = 'shout'\n"
+        "    options = o.Schema(o.Option('text', str, '${data}', o.template, doc='what to shout'))\n"
+        "    @classmethod\n    def from_config(cls, options, context):\n        return cls()\n"
+        "    def run(self, job):\n        pass\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "rawsvc", "config-keys", "action.shout:Shout"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT])))
+    assert result.returncode == 0, result.stderr
+    assert '| `text` | `"${data}"` | what to shout |' in result.stdout
