@@ -4,10 +4,15 @@ Loading and validating the TOML config, completely, before anything listens.
 Every problem is collected and reported with the file, the table and the
 key; the caller gets either a L{Config} (flows and triggers built, nothing
 started) or a L{ConfigError} listing them all.
+
+The C{rawsvc} commands that only need the state directory read the config
+through L{service_config}: the same parsing, the same top-level and
+C{[service]} checks and the same path resolution as L{load}, nothing built.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -27,31 +32,36 @@ from rawsvc.wiring import build_sink
 #: The config file C{twistd rawsvc}, C{rawsvc check-config} and C{rawsvc jobs} read when given none.
 DEFAULT_CONFIG = "etc/rawsvc.toml"
 
+def _state_dir(value: str) -> str:
+    """An empty C{state_dir} is the default one."""
+    return value or DEFAULT_STATE_DIR
+
+
 SERVICE_OPTIONS = o.Schema(
-    o.Option("state_dir", str, DEFAULT_STATE_DIR, doc="spool, host keys, temp files (relative: to the config's folder)"),
-    o.Option(
-        "allowed_destinations",
-        list,
-        None,
-        o.string_list,
-        doc="host[:port|:lo-hi] or CIDR[:ports] that send_tcp may reach",
-    ),
-    o.Option(
-        "spill_threshold",
-        int,
-        1 << 20,
-        o.positive,
-        doc="bytes past which a job's payload moves from memory to a file",
-    ),
+    o.Option("state_dir", str, DEFAULT_STATE_DIR, _state_dir,
+             doc="spool, host keys, temporary files (created with mode 0700). A relative path is taken from the "
+                 "config file's folder (`etc/x.toml` with `\"../var/x\"` is `<repo>/var/x`, whatever the working "
+                 "directory), alike for `twistd rawsvc` and the `rawsvc` commands that take `-c`; the service logs "
+                 "the absolute path it uses, and so does every command. One service at a time per `state_dir` (an "
+                 "exclusive lock on `state_dir/lock`, holding its pid)"),
+    o.Option("allowed_destinations", list, None, o.string_list,
+             doc="where `send_tcp` may connect (see `send_tcp`)", shown_default="literal destinations + loopback"),
+    o.Option("spill_threshold", int, 1 << 20, o.positive,
+             doc="bytes past which a job's payload moves from memory to a file"),
     o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
-    o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this"),
-    o.Option("retention_mb", (int, float), 1024.0, o.non_negative, doc="purge oldest finished jobs past this"),
+    o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this many days"),
+    o.Option("retention_mb", (int, float), 1024.0, o.non_negative,
+             doc="purge the oldest finished jobs beyond this size"),
     o.Option("min_free_mb", (int, float), 100.0, o.non_negative,
-             doc="purge the oldest finished jobs while the spool's filesystem has less free than this"),
+             doc="free-space floor: while the filesystem of `state_dir` has less free than this, each retention "
+                 "pass also purges the oldest finished jobs (0: no floor)"),
     o.Option("history", int, 1000, o.positive, doc="finished jobs kept in memory for status pages"),
     o.Option("stop_grace", (int, float), 30.0, o.non_negative,
-             doc="seconds a stop waits for jobs in flight; what is cut off resumes at the next start"),
-    o.Option("log_jobs", bool, False, doc="log every finished job at info (failures are always logged)"),
+             doc="seconds a stop waits for jobs in flight; what it cuts off resumes at the next start "
+                 "(see \"Stopping and restarting\")"),
+    o.Option("log_jobs", bool, False,
+             doc="log every finished job at info (failures are always logged at warn; job history is in the "
+                 "spool, `/jobs` and `rawsvc jobs`)"),
 )
 
 #: Admin sections: name -> dotted path to their Schema, loaded on first use.
@@ -61,9 +71,10 @@ ADMIN_SECTIONS = {
 }
 
 FLOW_OPTIONS = o.Schema(
-    o.Option("name", str, doc="the flow's name, used by triggers"),
-    o.Option("actions", list, doc="the actions, in order"),
-    o.Option("on_error", list, [], doc="actions run when an action fails"),
+    o.Option("name", str, doc="the flow's name, which triggers give as their `flow`"),
+    o.Option("actions", list, doc="the actions, in order (at least one): inline tables or `[[flow.actions]]`"),
+    o.Option("on_error", list, [],
+             doc="actions run when an action fails, with `${error}` set (e.g. a `reply` to the sender)"),
     o.Option("description", str, "", doc="free text"),
 )
 
@@ -72,7 +83,11 @@ TOP_LEVEL = ("service", "trigger", "flow", "admin")
 
 @attrs.define(eq=False)
 class Config:
-    """A validated config: built flows and triggers, nothing started."""
+    """
+    A validated config: built flows and triggers, nothing started.
+    C{service} is the validated C{[service]} table as a dict; C{settings}
+    the same values as a frozen L{o.Settings} (C{config.settings.stop_grace}).
+    """
 
     path: str
     service: dict[str, Any]
@@ -80,8 +95,10 @@ class Config:
     triggers: dict[str, Any]
     admin: dict[str, dict[str, Any]]
     context: BuildContext
+    settings: o.Settings = attrs.field(factory=lambda: SERVICE_OPTIONS.settings())
 
     def summary(self) -> str:
+        """check-config's one line: what the config defines, and the absolute state_dir it uses."""
         kinds = ", ".join(
             f"{name} ({getattr(t, 'type_name', '?')})" for name, t in self.triggers.items()
         )
@@ -89,7 +106,22 @@ class Config:
             f"{self.path}: OK: {len(self.triggers)} trigger(s) [{kinds}], "
             f"{len(self.flows)} flow(s) [{', '.join(self.flows)}]"
             + (f", admin: {', '.join(self.admin)}" if self.admin else "")
+            + f"; state_dir {self.context.state_dir}"
         )
+
+
+@attrs.frozen
+class ServiceConfig:
+    """
+    What the C{rawsvc} commands need of a config: its validated C{[service]}
+    table and the absolute state directory the service would use.  C{path}
+    is None when there was no config file to read (every default, the
+    state directory taken from the working directory).
+    """
+
+    path: str | None
+    settings: o.Settings
+    state_dir: str
 
 
 class _Errors:
@@ -118,12 +150,65 @@ def load(path: str, context: BuildContext | None = None, require_trigger: bool =
     Read, validate and build the config at C{path}: what C{twistd rawsvc}
     and C{rawsvc check-config} run, so a config without a trigger is an error.
     """
+    return loads(_read(path), path, context, require_trigger)
+
+
+def service_config(path: str | None = None) -> ServiceConfig:
+    """
+    The C{[service]} table of the config at C{path} (None: L{DEFAULT_CONFIG}
+    when that file exists), read and checked as L{load} reads and checks it
+    (TOML, the top level, every C{[service]} key), nothing else built; its
+    C{state_dir} resolved from the config file's folder as the service
+    resolves it.  Without a path and without the default file: every
+    default, the state directory taken from the working directory.
+    Problems raise the L{ConfigError} that C{rawsvc check-config} would
+    list for them.
+    """
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            defaults = SERVICE_OPTIONS.settings()
+            return ServiceConfig(None, defaults, config_relative("<memory>", defaults.state_dir))
+        path = DEFAULT_CONFIG
+    errors = _Errors(path)
+    doc = _parse(_read(path), path)
+    settings = _service(doc, errors)
+    if errors.lines:
+        raise ConfigError(errors.lines)
+    return ServiceConfig(path, settings, config_relative(path, settings.state_dir))
+
+
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read config: {e.strerror}"]) from None
-    return loads(raw, path, context, require_trigger)
+
+
+def _parse(raw: bytes | str, path: str) -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
+    try:
+        return tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
+
+
+def _service(doc: dict[str, Any], errors: _Errors) -> o.Settings:
+    """Check the top level's keys and validate [service]: its settings (defaults where a key is wrong)."""
+    for key in doc:
+        if key not in TOP_LEVEL:
+            errors.add("top level", f"unknown table or key (expected one of: {', '.join(TOP_LEVEL)})", key)
+    service_table = doc.get("service", {})
+    if not isinstance(service_table, dict):
+        errors.add("[service]", "must be a table")
+        service_table = {}
+    values, issues = SERVICE_OPTIONS.validate(service_table)
+    errors.extend("[service]", issues)
+    return SERVICE_OPTIONS.settings(values)
 
 
 def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None = None,
@@ -133,34 +218,17 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
     alone is accepted unless C{require_trigger} (tests build flows so).
     """
     errors = _Errors(path)
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
-    try:
-        doc = tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: TOML syntax error: {e}"]) from None
-
-    for key in doc:
-        if key not in TOP_LEVEL:
-            errors.add("top level", f"unknown table or key (expected one of: {', '.join(TOP_LEVEL)})", key)
-
-    service_table = doc.get("service", {})
-    if not isinstance(service_table, dict):
-        errors.add("[service]", "must be a table")
-        service_table = {}
-    service, issues = SERVICE_OPTIONS.validate(service_table)
-    errors.extend("[service]", issues)
+    doc = _parse(raw, path)
+    settings = _service(doc, errors)
+    service = dict(settings)
 
     if context is None:
         context = BuildContext(config_path=path)
     context.config_path = path
-    context.state_dir = config_relative(path, service.get("state_dir") or DEFAULT_STATE_DIR)
+    context.state_dir = config_relative(path, settings.state_dir)
     context.service_options = service
 
-    flows = _load_flows(doc.get("flow", []), errors, context)
+    flows = _load_flows(doc.get("flow", []), errors, context, settings)
     if doc.get("trigger") and not errors.lines:
         # Wiring (rawsvc.wiring): the sink for these flows, handed to every trigger as it is built.
         build_sink(context, flows)
@@ -172,7 +240,7 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
 
     if errors.lines:
         raise ConfigError(errors.lines)
-    return Config(path, service, flows, triggers, admin, context)
+    return Config(path, service, flows, triggers, admin, context, settings)
 
 
 def _table_list(value: Any, name: str, errors: _Errors) -> list[Any]:
@@ -185,7 +253,7 @@ def _table_list(value: Any, name: str, errors: _Errors) -> list[Any]:
     return value
 
 
-def _load_flows(value: Any, errors: _Errors, context: BuildContext) -> dict[str, Flow]:
+def _load_flows(value: Any, errors: _Errors, context: BuildContext, settings: o.Settings) -> dict[str, Flow]:
     flows: dict[str, Flow] = {}
     for i, table in enumerate(_table_list(value, "flow", errors)):
         label = f"[[flow]] #{i + 1}"
@@ -206,7 +274,7 @@ def _load_flows(value: Any, errors: _Errors, context: BuildContext) -> dict[str,
             errors.add(label, "must list at least one action", "actions")
         handlers = _load_actions(values.get("on_error", []), label, "on_error", errors, context)
         if isinstance(name, str) and name and name not in flows:
-            flows[name] = Flow(name, actions, handlers, log_jobs=bool(context.service_options.get("log_jobs")))
+            flows[name] = Flow(name, actions, handlers, log_jobs=settings.log_jobs)
     return flows
 
 

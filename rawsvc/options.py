@@ -1,17 +1,27 @@
 """
 A small declarative schema for config tables.
 
-Each trigger and action type declares its keys as L{Option}s; the loader
-checks every key (unknown keys, types, ranges, custom checks) and collects
-every problem instead of stopping at the first.
+Each trigger and action type declares its keys as L{Option}s, each once:
+its TOML type, default, check and documentation together.  The same
+declarations drive three things:
+
+  - validation: L{Schema.validate} checks every key (unknown keys, types,
+    ranges, custom checks) and collects every problem instead of stopping
+    at the first;
+  - construction: L{Schema.settings} turns validated values into a frozen
+    L{Settings} record (C{settings.idle_timeout}), defaults filled in from
+    the declaration, so a constructor never copies a default;
+  - documentation: L{rawsvc.keytables} renders each schema as README's key
+    table (C{rawsvc config-keys}).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 import attrs
 
@@ -40,7 +50,12 @@ class Option:
     """
     One config key: its name, its TOML type(s), a default (or L{REQUIRED}),
     an optional C{check} that converts the value or raises L{ConfigIssue},
-    and a line of documentation.
+    and its documentation.
+
+    C{doc} is README's "meaning" cell, in Markdown (one line, no C{|}).
+    C{shown_default} is README's "default" cell when the TOML value of
+    C{default} would mislead (C{""} that means "the payload, untouched",
+    C{None} that means "no cap"); Markdown too.
     """
 
     name: str
@@ -48,6 +63,7 @@ class Option:
     default: Any = REQUIRED
     check: Callable[[Any], Any] | None = None
     doc: str = ""
+    shown_default: str | None = None
 
     @property
     def required(self) -> bool:
@@ -68,6 +84,12 @@ class Option:
             value = self.check(value)
         return value
 
+    def default_value(self) -> Any:
+        """The default as a validated table holds it (converted by the check; None stays None)."""
+        if self.default is not None and self.check is not None:
+            return self.check(self.default)
+        return self.default
+
 
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
@@ -83,6 +105,44 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+class Settings(Mapping[str, Any]):
+    """
+    The validated values of one config table, read-only: C{settings.key}
+    or C{settings["key"]} (a L{Mapping}, so code written for the plain dict
+    of L{Schema.validate} keeps working).  Built by L{Schema.settings}.
+    """
+
+    __slots__ = ("_values",)
+    _values: Mapping[str, Any]
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r} (known: {', '.join(self._values)})") from None
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+
 class Schema:
     """An ordered set of L{Option}s."""
 
@@ -95,8 +155,31 @@ class Schema:
     def __add__(self, other: "Schema") -> "Schema":
         return Schema(*self.options.values(), *other.options.values())
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Option]:
         return iter(self.options.values())
+
+    def settings(self, values: Mapping[str, Any] | None = None, **more: Any) -> Settings:
+        """
+        A frozen L{Settings} record of C{values} (the converted values
+        L{validate} returned), every key this schema declares present: one
+        left out takes its declared default, converted by its check as
+        L{validate} converts it.  A key the schema does not declare, or a
+        required one left out, is a L{ValueError}: a programming error, not
+        a config one (the config was validated before).
+        """
+        given = dict(values or {}, **more)
+        unknown = [k for k in given if k not in self.options]
+        if unknown:
+            raise ValueError(f"not declared in this schema: {', '.join(unknown)}")
+        out: dict[str, Any] = {}
+        for opt in self.options.values():
+            if opt.name in given:
+                out[opt.name] = given[opt.name]
+            elif opt.required:
+                raise ValueError(f"{opt.name!r} is required and has no default")
+            else:
+                out[opt.name] = opt.default_value()
+        return Settings(out)
 
     def validate(
         self, table: Mapping[str, Any], ignore: Iterable[str] = ()
@@ -125,10 +208,8 @@ class Schema:
                     issues.append(ConfigIssue(e.message, opt.name))
             elif opt.required:
                 issues.append(ConfigIssue("is required", opt.name))
-            elif opt.default is not None and opt.check is not None:
-                values[opt.name] = opt.check(opt.default)
             else:
-                values[opt.name] = opt.default
+                values[opt.name] = opt.default_value()
         return values, issues
 
 

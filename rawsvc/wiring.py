@@ -33,21 +33,23 @@ def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
     """
     if context.sink is not None:
         return context.sink
-    opts = context.service_options
+    from rawsvc.config import SERVICE_OPTIONS
+
+    opts = SERVICE_OPTIONS.settings(context.service_options)  # declared defaults for what is not set
     sink: IJobSink
-    if opts.get("spool", True):
+    if opts.spool:
         from rawsvc.spool.sink import SpoolSink
         from rawsvc.spool.store import Store
 
-        store = Store(context.state_dir, context.reactor, min_free_bytes=int(opts.get("min_free_mb", 100) * (1 << 20)))
+        store = Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))
         spool = SpoolSink(
             dict(flows), store, context.reactor,
-            history=opts.get("history", 1000),
-            retention_days=opts.get("retention_days", 7.0),
-            retention_mb=opts.get("retention_mb", 1024.0),
+            history=opts.history,
+            retention_days=opts.retention_days,
+            retention_mb=opts.retention_mb,
             triggers=context.triggers,
             pool=context.destinations,
-            stop_grace=float(opts.get("stop_grace", 30.0)),
+            stop_grace=float(opts.stop_grace),
         )
         context.store = store
         context.services.append(spool.service)
@@ -55,7 +57,7 @@ def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
     else:
         from rawsvc.dispatch import Dispatcher
 
-        sink = Dispatcher(dict(flows), opts.get("history", 1000))
+        sink = Dispatcher(dict(flows), opts.history)
     verifyObject(IJobSink, sink)  # a built-in: a mismatch is our bug, found by any test
     if IDeliveryWatcher.providedBy(sink):
         context.destinations.add_watcher(sink)  # a delivery waiting to retry shows on its job

@@ -12,7 +12,7 @@ from twisted.internet.threads import deferToThread
 
 from conftest import ROOT
 from printer_support import GateAction, archive_flow, printer, status_trigger, udp_port, wait_for
-from rawsvc.triggers import status_cli
+from rawsvc.cli import status as status_cli
 from support import port_of, start_service, stop_service
 
 

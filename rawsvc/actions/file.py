@@ -129,13 +129,15 @@ class FileAction:
 
     type_name = "file"
     options = o.Schema(
-        o.Option("folder", str, doc="target folder (created with mode 0700)"),
-        o.Option("name", str, "${job_id}.prn", o.template, doc="file name template"),
-        o.Option("data", str, "", o.optional_template, doc="content template; default the payload"),
-        o.Option("encoding", str, "auto", o.encoding),
+        o.Option("folder", str, doc="the folder written to (created with mode 0700)"),
+        o.Option("name", str, "${job_id}.prn", o.template,
+                 doc="file name (template); one that would leave the folder (`..`, absolute, NUL, symlink) fails"),
+        o.Option("data", str, "", o.optional_template, doc="template to write instead",
+                 shown_default="the payload, streamed"),
+        o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered data"),
         o.Option("mode", str, "0600", _mode, doc="file mode, octal"),
         o.Option("overwrite", bool, True, doc="replace an existing file of that name"),
-        o.Option("save_path", str, "", doc="variable that receives the written file's path"),
+        o.Option("save_path", str, "", doc="variable that receives the written file's path", shown_default="—"),
     )
 
     def __init__(

@@ -168,19 +168,21 @@ class HttpAction:
 
     type_name = "http"
     options = o.Schema(
-        o.Option("url", str, check=_url, doc="URL template (http:// or https://)"),
-        o.Option("method", str, "POST", lambda m: o.one_of(*METHODS)(m.upper()), doc="HTTP method"),
-        o.Option("headers", dict, {}, _headers, doc="header name -> value template"),
-        o.Option("body", str, "", o.optional_template, doc="body template; default the payload"),
+        o.Option("url", str, check=_url, doc="the URL (template), `http://` or `https://`"),
+        o.Option("method", str, "POST", lambda m: o.one_of(*METHODS)(m.upper()), doc="the HTTP method"),
+        o.Option("headers", dict, {}, _headers, doc="`{ Name = \"template\", ... }`: headers to send"),
+        o.Option("body", str, "", o.optional_template, doc="template to send as the body instead",
+                   shown_default="the payload"),
         o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered body"),
         o.Option("timeout", (int, float), 30.0, o.positive, doc="seconds per attempt, reply included"),
-        o.Option("retries", int, 3, o.non_negative, doc="extra attempts after a connection error, timeout or 5xx"),
-        o.Option("retry_delay", (int, float), 1.0, o.non_negative, doc="seconds before the first retry; doubles each time"),
-        o.Option("expect_status", (int, str, list), "2xx", _status_matcher, doc="accepted statuses: 200, \"2xx\" or a list"),
-        o.Option("save_reply", str, "", _optional_variable, doc="variable for the response body; the status goes to ${name}_status"),
-        o.Option("max_reply", int, 1 << 20, o.positive, doc="largest response body read, in bytes"),
+        o.Option("retries", int, 3, o.non_negative, doc="retries on connection errors, timeouts and 5xx"),
+        o.Option("retry_delay", (int, float), 1.0, o.non_negative, doc="seconds before the first retry, doubling"),
+        o.Option("expect_status", (int, str, list), "2xx", _status_matcher, doc="the statuses that succeed: `\"2xx\"`, `200` or a list of them"),
+        o.Option("save_reply", str, "", _optional_variable, shown_default="—",
+                 doc="variable for the response body; the status goes into `${name}_status`"),
+        o.Option("max_reply", int, 1 << 20, o.positive, doc="largest response body read, in bytes (1 MiB)"),
         o.Option("verify_tls", bool, True, doc="verify the server's TLS certificate"),
-        o.Option("ca_file", str, "", doc="PEM file of the CA to trust instead of the system store"),
+        o.Option("ca_file", str, "", doc="PEM file of the CA to trust instead of the system store", shown_default="—"),
     )
 
     def __init__(

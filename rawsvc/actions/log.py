@@ -24,8 +24,9 @@ class LogAction:
 
     type_name = "log"
     options = o.Schema(
-        o.Option("message", str, "job ${job_id} from ${peer_host}: ${size} bytes", o.template),
-        o.Option("level", str, "info", o.one_of(*_LEVELS)),
+        o.Option("message", str, "job ${job_id} from ${peer_host}: ${size} bytes", o.template,
+                 doc="the line to log (template)"),
+        o.Option("level", str, "info", o.one_of(*_LEVELS), doc="`debug`, `info`, `warn` or `error`"),
     )
 
     def __init__(self, message: Template, level: str = "info") -> None:
@@ -57,7 +58,8 @@ class SetAction:
     """Set variables from templates: C{{ type = "set", vars = { a = "${b}-x" } }}."""
 
     type_name = "set"
-    options = o.Schema(o.Option("vars", dict, check=_assignments))
+    options = o.Schema(o.Option("vars", dict, check=_assignments,
+                                 doc="`{ name = \"template\", ... }`: each variable set to its rendered template"))
 
     def __init__(self, assignments: dict[str, Template]) -> None:
         self.assignments = assignments

@@ -39,16 +39,17 @@ class ParseAction:
 
     type_name = "parse"
     options = o.Schema(
-        o.Option("format", str, "", o.one_of("", *FORMATS), doc="regex | keyvalue | json | csv"),
-        o.Option("source", str, "${data}", o.template, doc="text to parse"),
-        o.Option("regex", str, "", doc="pattern with (?P<name>...) groups"),
-        o.Option("match", str, "search", o.one_of("search", "fullmatch"), doc="regex: search or whole text"),
-        o.Option("fields", dict, {}, _fields, doc="json: var = \"a.b.0\"; csv: var = \"Header\" or index"),
-        o.Option("pair_separator", str, "\n", doc="keyvalue: between pairs"),
-        o.Option("assign", str, "=", doc="keyvalue: between key and value"),
-        o.Option("csv_delimiter", str, ",", doc="csv: field delimiter"),
+        o.Option("format", str, "", o.one_of("", *FORMATS), shown_default="`\"regex\"` with a `regex` key",
+                 doc="`regex`, `keyvalue`, `json` or `csv`"),
+        o.Option("source", str, "${data}", o.template, doc="the text to parse (template)"),
+        o.Option("regex", str, "", doc="regex: a pattern whose named groups `(?P<name>...)` become variables", shown_default="—"),
+        o.Option("match", str, "search", o.one_of("search", "fullmatch"), doc="regex: `search` (anywhere) or `fullmatch` (the whole text)"),
+        o.Option("fields", dict, {}, _fields, doc="json: `var = \"a.b.0\"`; csv and keyvalue: `var = \"Header\"` or a column index"),
+        o.Option("pair_separator", str, "\n", doc="keyvalue: the text between pairs"),
+        o.Option("assign", str, "=", doc="keyvalue: the text between a key and its value"),
+        o.Option("csv_delimiter", str, ",", doc="csv: the field delimiter"),
         o.Option("header", bool, True, doc="csv: the first row holds column names"),
-        o.Option("prefix", str, "", doc="prepended to every variable set"),
+        o.Option("prefix", str, "", doc="prepended to the name of every variable set"),
     )
 
     def __init__(self, fmt: str, source: Template, *, pattern: re.Pattern[str] | None = None,

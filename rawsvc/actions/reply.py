@@ -23,8 +23,8 @@ class ReplyAction:
 
     type_name = "reply"
     options = o.Schema(
-        o.Option("data", str, "OK ${job_id}\r\n", o.template, doc="reply template"),
-        o.Option("encoding", str, "utf-8", o.encoding),
+        o.Option("data", str, "OK ${job_id}\r\n", o.template, doc="what to write back to the sender (template)"),
+        o.Option("encoding", str, "utf-8", o.encoding, doc="encoding of the rendered reply"),
     )
 
     def __init__(self, data: Template, encoding: str = "utf-8") -> None:

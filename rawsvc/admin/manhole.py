@@ -91,14 +91,18 @@ MANHOLE_OPTIONS = o.Schema(
         str,
         "tcp:2222:interface=127.0.0.1",
         o.server_endpoint,
-        doc="SSH endpoint string; keep it on loopback",
+        doc="SSH endpoint; keep it on loopback",
     ),
-    o.Option("authorized_keys", str, check=_authorized_keys, doc="OpenSSH authorized_keys file"),
+    o.Option("authorized_keys", str, check=_authorized_keys,
+             doc="OpenSSH `authorized_keys` file. Missing, empty or unparseable stops start-up; it is re-read at "
+                 "each login, so removing a line takes effect at once. Any user name is accepted when the key "
+                 "matches; option prefixes (`from=\"…\"`) are not supported."),
     o.Option(
         "host_key",
         str,
         "",
-        doc=f"host key file; default STATE_DIR/{HOST_KEY_NAME}, generated on first start",
+        doc="generated (ed25519, mode 0600) on first start, reused after",
+        shown_default=f"`STATE_DIR/{HOST_KEY_NAME}`",
     ),
 )
 

@@ -28,10 +28,10 @@ HTTP_OPTIONS = o.Schema(
         str,
         "tcp:8080:interface=127.0.0.1",
         o.server_endpoint,
-        doc="HTTP endpoint string; loopback by default",
+        doc="HTTP endpoint; there is no authentication, keep it on loopback",
     ),
-    o.Option("refresh", int, 5, o.non_negative, doc="seconds between reloads of the / page; 0 never"),
-    o.Option("recent_jobs", int, 50, o.positive, doc="jobs listed on the / page"),
+    o.Option("refresh", int, 5, o.non_negative, doc="seconds between reloads of the `/` page (0: off)"),
+    o.Option("recent_jobs", int, 50, o.positive, doc="jobs listed on `/`"),
 )
 
 #: Most jobs one /jobs answer lists.

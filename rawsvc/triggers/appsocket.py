@@ -46,11 +46,11 @@ STATUS_KEYS = ("STATE", "PRINTER", "JOB", "JOB_NAME", "CLIENT", "QUEUED", "JOBS_
 
 APPSOCKET_OPTIONS = o.Schema(
     o.Option("name", str, doc="the trigger's name"),
-    o.Option("type", str, doc="trigger type"),
-    o.Option("listen", str, check=o.udp_endpoint, doc="udp:PORT[:interface=ADDR] (9101 by convention)"),
-    o.Option("printer", str, doc="the printer trigger whose status is reported"),
+    o.Option("type", str, doc="`\"appsocket-status\"`"),
+    o.Option("listen", str, check=o.udp_endpoint, doc="`udp:PORT:interface=ADDR` (9101 by convention)"),
+    o.Option("printer", str, doc="the `printer` trigger it reports on"),
     o.Option("description", str, "", doc="free text"),
-    o.Option("rate_limit", (int, float), 5.0, o.positive, doc="replies per second per source address"),
+    o.Option("rate_limit", (int, float), 5.0, o.positive, doc="replies per second per source address (no amplification)"),
     o.Option("rate_limit_total", (int, float), 100.0, o.positive, doc="replies per second in all"),
 )
 

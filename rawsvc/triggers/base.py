@@ -63,29 +63,34 @@ def _max_bytes(value: int) -> int:
 
 #: Options every stream trigger accepts.
 LISTENER_OPTIONS = o.Schema(
-    o.Option("name", str, doc="the trigger's name"),
-    o.Option("type", str, doc="trigger type"),
-    o.Option("listen", str, check=o.server_endpoint, doc="Twisted server endpoint string"),
+    o.Option("name", str, doc="the trigger's name (in logs, status, `/metrics` and job variables)"),
+    o.Option("type", str, doc="the trigger type: `tcp`, `printer`, `appsocket-status` or a plugin's"),
+    o.Option("listen", str, check=o.server_endpoint, doc="any Twisted server endpoint: `tcp:9200:interface=127.0.0.1`, `ssl:...`, `unix:/path`"),
     o.Option("flow", str, doc="the flow each job runs"),
     o.Option("description", str, "", doc="free text"),
     o.Option("max_connections", int, 1000, o.positive,
-             doc="connections counted at once; at the cap the longest-silent one is evicted (low-resources mode)"),
-    o.Option("allow", list, [], _networks, doc="client CIDRs allowed to connect; empty: any"),
+             doc="connections counted at once (see low-resources mode below); at the cap the longest-silent "
+                 "one is evicted, and a new client is refused only when every counted connection has a job in flight"),
+    o.Option("allow", list, [], _networks, doc="client addresses/CIDRs allowed; others are closed at connect",
+             shown_default="`[]` (any)"),
     o.Option("idle_timeout", (int, float), 300.0, o.non_negative,
-             doc="close a connection silent this long, in seconds (0: never)"),
+             doc="close a connection that sent no job bytes for this long (s; 0 = never); empty messages "
+                 "(a bare delimiter, e.g. `\\r\\n` keep-alives) are not activity"),
     o.Option("job_timeout", (int, float), 600.0, o.non_negative,
-             doc="refuse a job that takes longer than this to arrive (0: never)"),
-    o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse jobs larger than this (0: no limit)"),
+             doc="refuse a job that takes longer than this to arrive (s; 0 = never)"),
+    o.Option("max_job_bytes", int, 2 << 30, _max_bytes, doc="refuse larger jobs, never half-run (0 = no limit)"),
     o.Option("min_free", int, 16 << 20, _max_bytes,
-             doc="refuse new clients while the disk of state_dir has fewer bytes free (0: never)"),
+             doc="refuse new clients while the disk of `state_dir` has fewer bytes free (0 = never); "
+                 "a `printer` closes its port instead"),
     o.Option("spill_budget", int, 4 << 30, _max_bytes,
-             doc="bytes of spill files (jobs past spill_threshold) this trigger holds at once; "
-                 "a job past it is refused (0: no limit)"),
+             doc="bytes of spill files (jobs past `spill_threshold`, in `state_dir/tmp`) the trigger holds "
+                 "at once; a job that would pass it is refused (0 = no limit)"),
     o.Option("refusal", str, "", lambda v: _refusal(v),
-             doc="text written to a refused client; ${reason} says why (empty: just close)"),
-    o.Option("encoding", str, "utf-8", o.encoding, doc="how ${data} decodes the payload"),
+             doc="text written to a refused client, `${reason}` says why (empty: just close)"),
+    o.Option("encoding", str, "utf-8", o.encoding, doc="how `${data}` decodes the payload"),
     o.Option("backlog", int, 1024, lambda v: _backlog(v),
-             doc="listen backlog for tcp/ssl endpoints without their own backlog= (Twisted's default is 50)"),
+             doc="listen backlog added to `tcp:`/`ssl:` endpoints that set no `backlog=` (Twisted's default "
+                 "of 50 drops legitimate clients' SYNs during a burst)"),
 )
 
 

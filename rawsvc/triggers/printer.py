@@ -56,25 +56,28 @@ HOLD_BUFFER = 64 << 10
 
 PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("busy", str, "queue", o.one_of("queue", "refuse"),
-             doc="while a client is served, hold new clients (queue) or refuse them (refuse)"),
+             doc="while a job is received or processed: hold new clients (`queue`) or refuse them (`refuse`)"),
     o.Option("queue_depth", int, 8, o.non_negative,
-             doc="busy = queue: clients held at once; past it they are refused"),
+             doc="with `queue`: clients held at once; past that the port closes"),
     o.Option("eoj_ctrl_d", bool, True,
-             doc="Ctrl-D (0x04) ends a PostScript job (%! or ENTER LANGUAGE = POSTSCRIPT); elsewhere 0x04 is data"),
-    o.Option("eoj_uel", bool, True, doc="the PJL UEL closing a PJL job ends the job"),
+             doc="Ctrl-D ends a PostScript job (see above); 0x04 in any other language is always data. "
+                 "`false`: Ctrl-D never ends a job"),
+    o.Option("eoj_uel", bool, True, doc="the UEL closing a PJL job ends the job"),
     o.Option("after_eoj", str, "next", o.one_of("next", "ignore"),
-             doc="bytes after an end-of-job marker start the next job (next) or are dropped (ignore)"),
-    o.Option("pjl", bool, True, doc="answer @PJL INFO/ECHO/USTATUS/INQUIRE queries in the stream"),
+             doc="bytes after an end of job start the next job (`next`) or are dropped (`ignore`)"),
+    o.Option("pjl", bool, True, doc="answer `@PJL INFO STATUS`/`ID` (others: `?`), `@PJL ECHO`, `@PJL INQUIRE`; "
+             "`@PJL USTATUS DEVICE=ON`/`JOB=ON` and `USTATUSOFF` switch unsolicited status"),
     o.Option("zpl_host_status", bool, True,
-             doc="answer the Zebra ~HS query between jobs and in ZPL text (a job beginning with ^ or ~)"),
-    o.Option("model", str, "rawsvc virtual printer", doc="what @PJL INFO ID answers"),
+             doc="answer the Zebra `~HS` query (three STX…ETX lines, in one write) between jobs and in ZPL "
+                 "text (see above); elsewhere `~HS` is data"),
+    o.Option("model", str, "rawsvc virtual printer", doc="what `@PJL INFO ID` answers"),
     o.Option("on_reset", str, "discard", o.one_of("process", "discard"),
-             doc="a job cut off by a connection reset"),
+             doc="a job cut off by a connection reset: `discard` or `process`"),
     o.Option("idle_timeout", (int, float), 90.0, o.non_negative,
-             doc="close a connection silent this long, in seconds (0: never); 90 s as on an HP JetDirect"),
+             doc="as for `tcp`, but HP JetDirect's default of 90 s"),
     o.Option("busy_idle_timeout", (int, float), 5.0, o.non_negative,
-             doc="while clients wait, close the client being served once it has sent nothing "
-                 "for this long outside a job, in seconds (0: only idle_timeout)"),
+             doc="while other clients wait, close the client being served once it has sent nothing outside "
+                 "a job for this long (s; 0 = only `idle_timeout`)"),
 )
 
 

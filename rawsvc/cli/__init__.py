@@ -1,9 +1,11 @@
 """
-The C{rawsvc} command: C{check-config}, C{--version}, and the subcommands
-other modules register (C{send}, C{status}, C{jobs} ...).
+The C{rawsvc} command (C{rawsvc.cli:main}, also C{python -m rawsvc}):
+C{--version} and one module of this package per subcommand.
 
 Each subcommand module has C{register(subparsers)} that adds its parser and
-sets C{func(args) -> exit code}.
+sets C{func(args) -> exit code}; the argument parsing and the printing live
+here, the logic in the modules they call (L{rawsvc.config},
+L{rawsvc.spool.browse}, L{rawsvc.spool.check} ...).
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from rawsvc import __version__
 
 #: Subcommand modules, each with a C{register(subparsers)} function.
 SUBCOMMANDS = [
-    "rawsvc.cli_config",
-    "rawsvc.cli_plugincache",
-    "rawsvc.client.cli",
-    "rawsvc.triggers.status_cli",
-    "rawsvc.spool.cli",
-    "rawsvc.spool.check_cli",
+    "rawsvc.cli.check_config",  # check-config
+    "rawsvc.cli.plugin_cache",  # plugin-cache
+    "rawsvc.cli.send",          # send
+    "rawsvc.cli.status",        # status
+    "rawsvc.cli.jobs",          # jobs, job, retry, cancel
+    "rawsvc.cli.spool",         # spool check, spool salvage
+    "rawsvc.cli.config_keys",   # config-keys
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The C{rawsvc} parser with every subcommand that imports."""
     parser = argparse.ArgumentParser(
         prog="rawsvc", description="rawsvc: raw TCP/IP device and print integration."
     )
@@ -51,6 +55,7 @@ def _broken(name: str, error: Exception) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run C{rawsvc ARGV}; the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

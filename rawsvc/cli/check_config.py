@@ -1,9 +1,12 @@
-"""C{rawsvc check-config FILE}: the service's own validation, nothing started."""
+"""
+C{rawsvc check-config [FILE]}: the service's own validation, nothing
+started: one summary line (with the absolute state_dir) and exit 0, or every
+error and exit 1.
+"""
 
 from __future__ import annotations
 
-import sys
-
+from rawsvc.cli._common import print_config_errors
 from rawsvc.config import DEFAULT_CONFIG, load
 from rawsvc.errors import ConfigError
 
@@ -19,9 +22,7 @@ def check_config(args) -> int:
     try:
         config = load(args.file)
     except ConfigError as e:
-        print(f"{args.file}: {len(e.errors)} error(s):", file=sys.stderr)
-        for line in e.errors:
-            print(f"  {line}", file=sys.stderr)
+        print_config_errors(args.file, e)
         return 1
     print(config.summary())
     return 0

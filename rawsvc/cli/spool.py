@@ -1,6 +1,8 @@
 """
 C{rawsvc spool check} and C{rawsvc spool salvage --to DIR}: is the spool
-sound, and if not, save what can be read of it.
+sound, and if not, save what can be read of it (the logic is
+L{rawsvc.spool.check} and L{rawsvc.spool.salvage}).  Both name the absolute
+state directory on stdout; a config that does not validate exits 2.
 """
 
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from rawsvc.cli._common import state_dir_options, with_state_dir
 from rawsvc.spool import check
-from rawsvc.spool.cli import DEFAULT_CONFIG, CliError, state_dir_of
 from rawsvc.spool.lock import holder_of, try_lock, unlock
 from rawsvc.spool.salvage import LOST_FOUND, SalvageError, salvage
 
@@ -18,27 +20,21 @@ def register(sub) -> None:
     spool = sub.add_parser("spool", help="check the spool, or salvage a damaged one")
     actions = spool.add_subparsers(dest="spool_command", metavar="ACTION")
 
-    def common(p) -> None:
-        p.add_argument("--state-dir", metavar="DIR", help="the service's state directory (default: from --config)")
-        p.add_argument("-c", "--config", metavar="FILE", default=None,
-                       help=f"read [service] state_dir from this config (default {DEFAULT_CONFIG} if present)")
-
     p = actions.add_parser("check", help="check the spool: exit 0 sound (or none yet), 1 damaged")
-    common(p)
+    state_dir_options(p)
     p.set_defaults(func=cmd_check)
     p = actions.add_parser("salvage", help="copy everything readable of the spool into a new state_dir")
-    common(p)
+    state_dir_options(p)
     p.add_argument("--to", metavar="DIR", required=True, help="a new (or empty) folder for the salvaged spool")
     p.set_defaults(func=cmd_salvage)
     spool.set_defaults(func=lambda args: (spool.print_help(sys.stderr), 2)[1])
 
 
 def cmd_check(args) -> int:
-    try:
-        state_dir = state_dir_of(args)
-    except CliError as e:
-        print(f"rawsvc spool check: {e}", file=sys.stderr)
-        return 1
+    return with_state_dir(args, _check)
+
+
+def _check(args, state_dir: str) -> int:
     report = check.inspect(state_dir)
     out = sys.stdout
     if report.problems:
@@ -61,11 +57,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_salvage(args) -> int:
-    try:
-        state_dir = state_dir_of(args)
-    except CliError as e:
-        print(f"rawsvc spool salvage: {e}", file=sys.stderr)
-        return 1
+    return with_state_dir(args, _salvage)
+
+
+def _salvage(args, state_dir: str) -> int:
     target = os.path.abspath(args.to)
     held = try_lock(state_dir)
     if held is None:

@@ -1,0 +1,202 @@
+"""
+C{rawsvc jobs}, C{rawsvc job ID}, C{rawsvc retry ID}, C{rawsvc cancel ID}:
+the spool from the command line, safe while the service runs (the reading
+and the requests are L{rawsvc.spool.browse}).
+
+C{retry} and C{cancel} leave a request that the running service applies
+within a second (or at its next start); the command waits C{--wait}
+seconds for the answer and prints it.
+
+Each names the absolute state directory it reads: C{jobs} in its heading
+line, the others (and C{jobs --json}, whose stdout is data) on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+
+from rawsvc.cli._common import say, state_dir_options, with_state_dir
+from rawsvc.spool import browse, check
+from rawsvc.spool.lock import try_lock, unlock
+from rawsvc.spool.schema import COLUMNS
+from rawsvc.states import JOB_STATES, FilterError, parse_states, split_list
+
+
+def register(sub) -> None:
+    p = sub.add_parser("jobs", help="list the jobs in the spool, newest first")
+    state_dir_options(p)
+    p.add_argument("--state", type=_states, default=[], metavar="STATE[,STATE...]",
+                   help=f"only jobs in these states ({', '.join(JOB_STATES)})")
+    p.add_argument("--trigger", type=split_list, default=[], metavar="NAME[,NAME...]",
+                   help="only jobs from these triggers")
+    p.add_argument("--limit", type=_limit, default=50, help="at most this many (0: all; default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", help="show one job of the spool")
+    state_dir_options(p)
+    p.add_argument("job_id", metavar="ID", help="a job id (or a unique prefix)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--payload", action="store_true", help="write the job's payload to stdout, nothing else")
+    p.set_defaults(func=cmd_job)
+
+    for name, what in (("retry", "run a failed, cancelled or done job again"),
+                       ("cancel", "cancel a queued or running job")):
+        p = sub.add_parser(name, help=what)
+        state_dir_options(p)
+        p.add_argument("job_id", metavar="ID", help="a job id (or a unique prefix)")
+        p.add_argument("--wait", type=float, default=5.0, metavar="S",
+                       help="seconds to wait for the running service to answer (default 5)")
+        p.set_defaults(func=cmd_request, action=name)
+
+
+def _states(value: str) -> list[str]:
+    try:
+        return parse_states(value)
+    except FilterError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 for all, not {value!r}")
+    return limit
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _run(func: Callable[[argparse.Namespace, str], int], args: argparse.Namespace) -> int:
+    return with_state_dir(args, lambda args, state_dir: _guarded(func, args, state_dir))
+
+
+def _guarded(func: Callable[[argparse.Namespace, str], int], args: argparse.Namespace, state_dir: str) -> int:
+    try:
+        return func(args, state_dir)
+    except browse.SpoolError as e:
+        say(args, str(e))
+        return 1
+    except sqlite3.DatabaseError as e:
+        say(args, f"cannot read the spool in {state_dir}: {e} (see rawsvc spool check --state-dir {state_dir})")
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    return _run(_jobs, args)
+
+
+def _jobs(args: argparse.Namespace, state_dir: str) -> int:
+    conn = browse.open_spool(state_dir)
+    rows = browse.list_jobs(conn, args.state, args.trigger, args.limit)
+    out = sys.stdout
+    if args.json:
+        say(args, f"spool {state_dir}: {len(rows)} job(s)")
+        for row in rows:
+            out.write(json.dumps(browse.job_record(row)) + "\n")
+        return 0
+    out.write(f"spool {state_dir}: {len(rows)} job(s) shown\n")
+    out.write(f"{'JOB ID':24} {'STATE':9} {'TRIGGER':12} {'FLOW':12} {'ACT':>3} {'TRY':>3} "
+              f"{'SIZE':>9} {'RECEIVED':19}  ERROR\n")
+    for r in rows:
+        out.write(
+            f"{r['job_id']:24} {r['state']:9} {r['trigger'][:12]:12} {r['flow'][:12]:12} {r['action_index']:>3} "
+            f"{r['attempt']:>3} {r['size']:>9} {_when(r['received_at']):19}  {_error(r)}\n"
+        )
+    return 0
+
+
+def _error(row: sqlite3.Row) -> str:
+    """The ERROR column; for a waiting job, its delivery attempt and next try first."""
+    error = row["last_error"] or ""
+    if row["state"] == "waiting" and row["next_try"]:
+        return f"attempt {row['delivery_attempt']}, next try {_when(row['next_try'])}: {error}"
+    return error
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    return _run(_job, args)
+
+
+def _job(args: argparse.Namespace, state_dir: str) -> int:
+    conn = browse.open_spool(state_dir)
+    row = browse.find_job(conn, args.job_id)
+    say(args, f"spool {state_dir}: job {row['job_id']}")
+    if args.payload:
+        for chunk in browse.payload_chunks(conn, state_dir, row):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return 0
+    record = browse.job_record(row)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    from rawsvc.errors import quoted
+
+    variables = record.pop("variables")
+    for key in COLUMNS:
+        if key == "variables":
+            continue
+        value = record.get(key)
+        if key.endswith("_at") or key == "next_try":
+            value = f"{_when(value)}" + (f" ({value:.3f})" if value else "")
+        print(f"{key:16} {value if value is not None else '-'}")
+    print("variables:")
+    for name, value in sorted(variables.items()):
+        print(f"  {name} = {quoted(value) if isinstance(value, str) else json.dumps(value)}")
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    return _run(_request, args)
+
+
+def _request(args: argparse.Namespace, state_dir: str) -> int:
+    say(args, f"spool {state_dir}")
+    # While the service is down, hold its lock: our close then checkpoints
+    # the WAL into the spool and deletes it, so mark the spool clean.
+    held = try_lock(state_dir)
+    try:
+        conn = browse.open_spool(state_dir, readonly=False)
+        try:
+            return _ask(args, conn, alone=held is not None)
+        finally:
+            if held is not None:
+                check.mark_clean(conn)
+            conn.close()
+    finally:
+        if held is not None:
+            unlock(held)
+
+
+def _ask(args: argparse.Namespace, conn: sqlite3.Connection, alone: bool) -> int:
+    job_id = browse.find_job(conn, args.job_id)["job_id"]
+    request_id = browse.add_request(conn, job_id, args.action)
+    deadline = time.monotonic() + (0 if alone else max(args.wait, 0))
+    while True:
+        answer = browse.request_answer(conn, request_id)
+        if answer is not None:
+            ok, result = answer
+            print(result, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if alone:
+        print(f"{args.action} {job_id}: requested (#{request_id}); the service is not running: "
+              "it applies the request at its next start")
+        return 0
+    print(f"{args.action} {job_id}: requested (#{request_id}); no answer from the service within {args.wait:g} s: "
+          "it applies the request within a second while it runs, else at its next start")
+    return 0
