@@ -35,7 +35,7 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IJobSink
+from rawsvc.interfaces import IAction, IJobSink, IJobStore
 from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
@@ -92,7 +92,7 @@ def _delivery(result: Any) -> tuple[str, int] | None:
 class SpoolSink(Dispatcher, SpoolOperations):
     """A L{Dispatcher} whose jobs are stored before their flows run."""
 
-    def __init__(self, flows: dict[str, Flow], store: Store, reactor: Any, history: int = 1000,
+    def __init__(self, flows: dict[str, Flow], store: IJobStore, reactor: Any, history: int = 1000,
                  retention_days: float = 7.0, retention_mb: float = 1024.0,
                  counters_for: Any = None) -> None:
         self.plain_flows = flows
