@@ -321,11 +321,14 @@ class IJobStore(Interface):
         before the job's C{finish} never lands after it.
       - C{flush} fires once every write asked for before it took effect
         (or failed).
-      - Between C{stop} and the next C{open}, every write fails with
-        C{SpoolError("the spool is stopped")} (a background one: logged).
+      - While the store is not open (before C{open} succeeded; after
+        C{stop}) every write and read fails with a C{SpoolError} (a
+        background write: logged): after C{stop} it says C{"the spool is
+        stopped"}; after a failed C{open}, why (C{error}).
 
     B{Records.}  Reads fire with L{rawsvc.spool.model.StoredJob}s (build
-    them with keywords).  Fields: C{seq} (int, arrival order: a job added
+    them with keywords); each read makes new ones, which the caller may
+    change.  Fields: C{seq} (int, arrival order: a job added
     later has a larger one), C{job_id}, C{trigger}, C{flow}, C{state},
     C{peer_host}, C{peer_port} (int), C{encoding}, C{size} (payload bytes),
     C{received_at} (the job's, epoch s), C{action_index} (first action not
