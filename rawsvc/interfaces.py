@@ -328,8 +328,8 @@ class IJobStore(Interface):
 
     B{Records.}  Reads fire with L{rawsvc.spool.model.StoredJob}s (build
     them with keywords); each read makes new ones, which the caller may
-    change.  Fields: C{seq} (int, arrival order: a job added
-    later has a larger one), C{job_id}, C{trigger}, C{flow}, C{state},
+    change.  Fields: C{seq} (int, arrival order: a job added later has a
+    larger one), C{job_id}, C{trigger}, C{flow}, C{state},
     C{peer_host}, C{peer_port} (int), C{encoding}, C{size} (payload bytes),
     C{received_at} (the job's, epoch s), C{action_index} (first action not
     completed), C{attempt} (how often its flow started: 1 once added),
@@ -528,6 +528,7 @@ class IJobStore(Interface):
         more than C{max_bytes} (int), or while the free space of the store's
         filesystem is below the store's own floor (a constructor setting;
         an engine without a filesystem of its own has none).  Unfinished
-        jobs always stay.  Answered requests older than C{max_age} go too.
+        jobs always stay.  Requests answered more than C{max_age} seconds
+        ago go too.
         Fires with C{(jobs removed, their bytes)}.
         """

@@ -88,11 +88,14 @@ class MemoryStore:
             if job.job_id in self._jobs:
                 raise SpoolError(f"job {job.job_id} is stored already")
             payload = job.payload
-            if payload.in_memory:
-                data = payload.bytes()
-            else:
-                with open(payload.path, "rb") as f:
-                    data = f.read()
+            try:
+                if payload.in_memory:
+                    data = payload.bytes()
+                else:
+                    with open(payload.path, "rb") as f:
+                        data = f.read()
+            except OSError as e:
+                raise SpoolError(f"cannot read the payload of job {job.job_id}: {e.strerror or e}") from None
             now = self.clock()
             self._jobs[job.job_id] = StoredJob(
                 seq=next(self._seq), job_id=job.job_id, trigger=job.trigger, flow=flow, state="running",

@@ -170,6 +170,7 @@ class Store:
         return self._submit(None, sqlops.take_requests, ())
 
     def answer(self, request_id: int, ok: bool, result: str) -> Deferred:
+        """Record a request's answer (C{ok}, a text for people)."""
         return self._submit(None, sqlops.answer, (request_id, ok, result, self.clock()))
 
     def answer_of(self, request_id: int) -> Deferred:
