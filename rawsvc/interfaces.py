@@ -301,3 +301,251 @@ class IDestinationPool(Interface):
 
     def add_watcher(watcher):
         """Tell C{watcher} (an L{IDeliveryWatcher}) about waiting and retrying deliveries."""
+
+
+# --- store: IJobStore -------------------------------------------------------
+
+
+class IJobStore(Interface):
+    """
+    The durable spool behind L{rawsvc.spool.sink.SpoolSink}: a job is
+    stored before its sender is acknowledged, its progress and final state
+    are recorded, and unfinished jobs come back after a restart.  SQLite
+    (L{rawsvc.spool.store.Store}) implements it; any engine that passes
+    C{tests/store_contract.py} can take its place.
+
+    B{Calling.}  Every method is called on the reactor thread and must not
+    block it: do the I/O on a thread of your own (the SQLite store has one
+    writer thread).  Deferreds fire on the reactor thread.  A failure is a
+    L{rawsvc.spool.model.SpoolError} whose message is for people (no
+    Python reprs), unless the method says otherwise.
+
+    B{Durable and background writes.}
+      - A I{durable} write (C{add}, C{requeue}, C{finish} without
+        C{background}) fires its Deferred only once it, and every write
+        asked for before it, would survive a crash of the process or the
+        machine (committed and fsynced).  For C{add} this is the ack: the
+        sender is answered only after it fired.
+      - A I{background} write (C{progress}, C{started}, C{waiting}, and
+        any of them or C{finish} with C{background=True}) returns None at
+        once.  It may be lost at a crash (applied, but not fsynced before a
+        later durable write or C{stop}); when it fails the store logs why,
+        nobody else hears of it.  A background C{finish} that could not be
+        written is kept and tried again (at the latest at C{stop}): a job
+        whose final state is lost runs again at the next start.
+      - Writes take effect in the order they were asked for, both kinds
+        mixed, at least for the writes of one job: a C{progress} asked for
+        before the job's C{finish} never lands after it.
+      - C{flush} fires once every write asked for before it took effect
+        (or failed).
+      - While the store is not open (before C{open} succeeded; after
+        C{stop}) every write and read fails with a C{SpoolError} (a
+        background write: logged): after C{stop} it says C{"the spool is
+        stopped"}; after a failed C{open}, why (C{error}).
+
+    B{Records.}  Reads fire with L{rawsvc.spool.model.StoredJob}s (build
+    them with keywords); each read makes new ones, which the caller may
+    change.  Fields: C{seq} (int, arrival order: a job added later has a
+    larger one), C{job_id}, C{trigger}, C{flow}, C{state},
+    C{peer_host}, C{peer_port} (int), C{encoding}, C{size} (payload bytes),
+    C{received_at} (the job's, epoch s), C{action_index} (first action not
+    completed), C{attempt} (how often its flow started: 1 once added),
+    C{variables}, C{payload} (the bytes) or C{payload_path} (a file of the
+    store's holding them; then C{payload} is None), C{queued_at},
+    C{started_at}, C{updated_at}, C{finished_at} (epoch s by the store's
+    clock; C{finished_at} None while unfinished), C{last_error},
+    C{destination} (the latest delivery's), C{bytes_delivered} (the sum of
+    every delivery recorded), C{delivery_attempt}, C{next_try}.
+    C{variables} are those of the job's latest write (a dict of str to
+    str), without C{action_index}, and a store may leave out C{job_id},
+    C{trigger}, C{peer_host}, C{peer_port} and C{size} when they equal the
+    fields (C{StoredJob.all_variables()} puts them back).  A payload comes
+    back exactly: every byte value, any size (also past
+    L{rawsvc.spool.records.BLOB_MAX}, where SQLite keeps it in a file).
+
+    B{States} are the strings of L{rawsvc.states.JOB_STATES}.  A stored job
+    is unfinished (C{queued}, C{running}, C{waiting}: it is still to run
+    and comes back after a restart) or finished (C{done}, C{failed},
+    C{cancelled}); L{rawsvc.spool.model} has both tuples.  C{refused} and
+    C{interrupted} are never stored: a refused job was never taken, an
+    interrupted one stays C{running}.
+
+    B{Time.}  C{received_at} is the job's own; every other time, and the age
+    C{purge} measures, is read from the store's clock (an engine takes one
+    in its constructor, C{time.time} by default, so tests can move it).
+
+    B{Many nodes.}  A store may be shared by several rawsvc processes (the
+    cluster spool on PostgreSQL); each process's store object is then one
+    I{node}.  The jobs a node C{add}s, C{requeue}s or adopts (from a node
+    that died) are its own to run, and C{load()} of unfinished jobs gives
+    only those.  Reads by id or by C{query} see every node's jobs.  Each
+    request of the CLI goes to one node: the one that runs its job.  A
+    store used by one process owns every job.
+    """
+
+    error = Attribute(
+        "None while the store can take new jobs, else a sentence for people "
+        "saying why not (it could not be opened; its database is damaged or "
+        "out of reach).  Meanwhile the sink refuses new jobs with this text and "
+        "calls C{open} again every second."
+    )
+
+    def open():
+        """
+        Open the store (or reopen it after a failure or a C{stop}): make or
+        migrate what it needs, take what it must hold alone (the SQLite
+        store: the state_dir's lock).  Fires with a short text naming where
+        the jobs are kept, for the log (a path; a database without its
+        password).  Fails with C{SpoolError} saying why, and C{error} is
+        then that text; a success clears C{error}.  On a store that is open
+        it fires again at once, or fails when the store went bad meanwhile.
+        """
+
+    def stop():
+        """
+        Apply every write asked for so far (background ones included),
+        close, and let go of what C{open} took; a shared store's node
+        leaves, so its unfinished jobs go to the other nodes.  Fires once
+        done; never fails.  C{open} may be called again afterwards.
+        """
+
+    def add(job, flow, variables=None):
+        """
+        Store a new job, durably (see above): the job is C{running} at
+        action 0, attempt 1, this node's, and its flow starts as soon as
+        this fires.
+
+        C{job} is a L{rawsvc.job.Job}: keep its C{job_id}, C{trigger},
+        C{peer_host}, C{peer_port}, C{encoding}, C{received_at},
+        C{payload.size}, the flow's name C{flow}, its variables
+        (C{variables}, else C{job.variables.snapshot()}) and its payload:
+        exactly the bytes of C{job.payload}, C{job.payload.bytes()} while
+        C{job.payload.in_memory}, else the file C{job.payload.path} (copy
+        or hard-link it; never keep that path: the caller deletes the file).
+        Nothing of the job changes until the Deferred fires.
+
+        Fires with None, or with the path of a file of the store's own that
+        holds exactly the payload until the job is purged (the caller may
+        then drop its copy and read the payload from there).  Fails with
+        C{SpoolError} when the job could not be stored: it is then not in
+        the store, and nothing of it is left behind; the sink refuses it.
+        Job ids are unique: adding one the store holds already fails.
+        """
+
+    def progress(job_id, action_index, variables, delivery, background=False):
+        """
+        The running job C{job_id} completed an action: C{action_index} is
+        the next one to run, C{variables} (a dict of str to str) replace
+        its stored variables.  C{delivery} is None or C{(destination,
+        bytes written)} of a delivery the action made: the record keeps the
+        latest destination and adds up the bytes.  The job is C{running}
+        (a C{waiting} job's wait is over).  Not durable: returns a Deferred
+        that fires once it took effect, or None with C{background}.  A
+        finished job, or one the store does not hold, is left alone.
+        """
+
+    def started(job_id, action_index, background=False):
+        """
+        The unfinished job C{job_id} starts its flow again (resumed after a
+        restart, or retried) at action C{action_index}: it is C{running},
+        C{attempt} is one more, C{started_at} is set if it was not.  Not
+        durable; a Deferred, or None with C{background}.  A finished job,
+        or one the store does not hold, is left alone.
+        """
+
+    def finish(job_id, state, error, action_index, variables, delivery, background=False):
+        """
+        The job's final state, durably: C{state} is C{done}, C{failed} or
+        C{cancelled}; C{error} its text for people (C{last_error}) or None;
+        C{action_index} the first action not completed (one past the last
+        for a done job); C{variables} and C{delivery} as for C{progress}.
+        C{finished_at} is now; C{next_try} is cleared.  It applies to any job
+        the store holds, finished or not.  A Deferred that fires once
+        durable, or, with C{background}, None (see above: tried again).
+        """
+
+    def waiting(job_id, attempt, error, next_try):
+        """
+        In the background (returns None): the delivery of the running or
+        waiting job C{job_id} failed attempt C{attempt} with C{error} (text)
+        and waits until C{next_try} (epoch s): state C{waiting}, with
+        C{delivery_attempt}, C{last_error} and C{next_try} recorded.  With
+        C{next_try} None it makes attempt C{attempt} now: a C{waiting} job
+        is C{running} again (C{delivery_attempt} = C{attempt}, C{next_try}
+        None).  Any other job is left alone.
+        """
+
+    def flush():
+        """
+        Fires once every write asked for before it took effect or failed;
+        at once when the store is not open.  Never fails.
+        """
+
+    def requeue(job_id, action_index):
+        """
+        Retry, durably: the finished job C{job_id} is C{queued} again at
+        C{action_index}, C{finished_at} None, this node's; it keeps its
+        place in arrival order (C{seq}).  The caller then runs it (and calls
+        C{started}).  Does nothing for a job the store does not hold.
+        """
+
+    def load(states=("queued", "running", "waiting"), job_id=None):
+        """
+        Fires with a list of records with their payloads.  With C{job_id}:
+        that one job, in any state and whichever node runs it (C{[]} when
+        the store does not hold it).  Else the jobs in C{states}, in
+        arrival order: by default the unfinished jobs this node is to run
+        (what a start resumes; for jobs added through one store, the order
+        of the C{add} calls).  Called again while open, it gives them as
+        they are now (a shared store: with those adopted since from a node
+        that died); the caller skips the ones it runs already.
+        """
+
+    def query(states=(), triggers=(), limit=50, prefix=None):
+        """
+        History, newest first (by C{seq}): fires with a list of records of
+        every node's jobs, only in C{states} and only from C{triggers} when
+        those are given (empty: any), only those whose C{job_id} starts
+        with C{prefix} when given, at most C{limit} (0 or None: all).
+        Records carry no payload (C{payload} None; C{payload_path} may be
+        set).  A read only: safe while jobs are written.
+        """
+
+    def request(job_id, action):
+        """
+        What C{rawsvc retry}/C{rawsvc cancel} ask of the running service:
+        queue a request, C{action} C{"retry"} or C{"cancel"}, for C{job_id}
+        (not checked here: the answer says so).  Durable: the request
+        survives a restart and is taken then.  Fires with its id (an int).
+        """
+
+    def take_requests():
+        """
+        Fires with the requests not yet answered, oldest first: a list of
+        C{(request_id, job_id, action)}.  A request stays until it is
+        answered, so one taken and not yet answered may be given again: the
+        caller answers each before it takes again.  A shared store gives a
+        request to the node that runs its job (any one node when none does).
+        """
+
+    def answer(request_id, ok, result):
+        """
+        Record the answer to a request: C{ok} (a bool) and C{result} (a
+        text for people).  It is no longer taken.  Fires once recorded.
+        """
+
+    def answer_of(request_id):
+        """Fires with None while the request is unanswered (or unknown), else C{(ok, result)}."""
+
+    def purge(max_age, max_bytes):
+        """
+        Retention: remove the finished jobs (payloads included) that
+        finished more than C{max_age} seconds ago; then more, oldest
+        finished first, while the sizes of the finished jobs left add up to
+        more than C{max_bytes} (int), or while the free space of the store's
+        filesystem is below the store's own floor (a constructor setting;
+        an engine without a filesystem of its own has none).  Unfinished
+        jobs always stay.  Requests answered more than C{max_age} seconds
+        ago go too.
+        Fires with C{(jobs removed, their bytes)}.
+        """

@@ -22,7 +22,7 @@ from typing import Any
 from zope.interface.verify import verifyObject
 
 from rawsvc.context import BuildContext
-from rawsvc.interfaces import IDeliveryWatcher, IJobSink, IRecoveryAware, ITrigger
+from rawsvc.interfaces import IDeliveryWatcher, IJobSink, IJobStore, IRecoveryAware, ITrigger
 
 
 def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
@@ -42,6 +42,7 @@ def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
         from rawsvc.spool.store import Store
 
         store = Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))
+        verifyObject(IJobStore, store)
         spool = SpoolSink(
             dict(flows), store, context.reactor,
             history=opts.history,

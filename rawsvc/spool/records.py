@@ -1,6 +1,7 @@
 """
-Rows of the spool: L{StoredJob} (a row read back) and the multi-row
-statements that write new jobs, progress and final states.
+Rows of the SQLite spool: the multi-row statements that write new jobs,
+progress and final states, and the lean C{variables} column
+(L{StoredJob}, a row read back, is in L{rawsvc.spool.model}).
 """
 
 from __future__ import annotations
@@ -8,39 +9,15 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import attrs
+from rawsvc.spool.model import DERIVED, StoredJob
+
+__all__ = [
+    "BLOB_MAX", "DERIVED", "LeanVariables", "StoredJob", "finish_params", "full_variables", "insert_params",
+    "progress_params", "write_rows", "write_waiting",
+]
 
 #: Payloads up to this size are kept in the database; larger ones in files.
 BLOB_MAX = 64 << 10
-
-
-@attrs.define
-class StoredJob:
-    """One row of C{jobs}, with its payload (bytes) or payload file."""
-
-    seq: int
-    job_id: str
-    trigger: str
-    flow: str
-    state: str
-    peer_host: str
-    peer_port: int
-    encoding: str
-    size: int
-    received_at: float
-    action_index: int
-    attempt: int
-    variables: dict[str, str]
-    payload: bytes | None
-    payload_path: str | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "StoredJob":
-        return cls(
-            row["seq"], row["job_id"], row["trigger"], row["flow"], row["state"], row["peer_host"],
-            row["peer_port"], row["encoding"], row["size"], row["received_at"], row["action_index"],
-            row["attempt"], json.loads(row["variables"] or "{}"), row["payload"], row["payload_path"],
-        )
 
 
 def insert_params(job, flow: str, now: float, variables: str, blob: bytes | None, path: str | None) -> tuple:
@@ -49,8 +26,7 @@ def insert_params(job, flow: str, now: float, variables: str, blob: bytes | None
             job.received_at, now, now, now, variables, blob, path)
 
 
-#: Variables a job's row gives back from its columns.
-DERIVED = ("job_id", "trigger", "peer_host", "peer_port", "size")
+# DERIVED: the variables a job's row gives back from its columns.
 _NOT_STORED = frozenset(DERIVED + ("action_index",))
 _MISSING = object()
 

@@ -17,10 +17,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IReplyChannel
+from rawsvc.interfaces import IJobStore, IReplyChannel
 from rawsvc.job import Job, Payload
-from rawsvc.spool.records import StoredJob
-from rawsvc.spool.schema import FINISHED, SpoolError
+from rawsvc.spool.model import FINISHED, SpoolError, StoredJob
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -49,7 +48,7 @@ class SpoolOperations:
     """Resume, retry, cancel, requests and retention; mixed into L{rawsvc.spool.sink.SpoolSink}."""
 
     # Provided by SpoolSink.
-    store: Any
+    store: IJobStore
     service: Any
     flows: dict[str, Any]
     running: dict[str, Job]

@@ -19,13 +19,18 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from rawsvc.spool.model import FINISHED, UNFINISHED, SpoolError
+
+__all__ = [
+    "COLUMNS", "DB_NAME", "FILES_DIR", "FINISHED", "SCHEMA", "UNFINISHED", "UNFINISHED_SQL", "SpoolError", "connect",
+    "db_path", "describe", "is_damage", "migrate", "spool_error",
+]
+
 DB_NAME = "spool.db"
 FILES_DIR = "spool"
 
-#: C{waiting}: its delivery waits to retry (attempt, error and next try in
-#: C{delivery_attempt}, C{last_error}, C{next_try}).
-UNFINISHED = ("queued", "running", "waiting")
-FINISHED = ("done", "failed", "cancelled")
+# C{waiting} (in UNFINISHED): its delivery waits to retry (attempt, error
+# and next try in C{delivery_attempt}, C{last_error}, C{next_try}).
 
 #: Idempotent: creates what is missing, drops indexes no query needs any more.
 SCHEMA = """
@@ -86,10 +91,6 @@ COLUMNS = (
     "attempt", "last_error", "destination", "bytes_delivered", "variables", "payload_path",
     "delivery_attempt", "next_try",
 )
-
-
-class SpoolError(Exception):
-    """The spool cannot store jobs (unwritable, full, not open)."""
 
 
 def db_path(state_dir: str) -> str:

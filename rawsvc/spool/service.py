@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from rawsvc.spool.check import SpoolDamaged
-from rawsvc.spool.schema import SpoolError
+from rawsvc.spool.model import SpoolError
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -46,7 +46,6 @@ class SpoolService(Service):
     def startService(self) -> None:
         super().startService()
         self.sink.stopping = self.sink.closed = False
-        self.sink.store.start()
         #: Fires once the spool is open and unfinished jobs are resumed.
         self.started = self.open_and_resume()
         self._poll.start(POLL_INTERVAL, now=False)
@@ -56,7 +55,7 @@ class SpoolService(Service):
     def open_and_resume(self):
         store = self.sink.store
         try:
-            yield store.open()
+            where = yield store.open()
         except SpoolDamaged as e:
             if str(e) != self._last_error:  # said once, not at every reopen attempt
                 log.critical("spool: {advice}\nNew jobs are refused.", advice=e.advice())
@@ -68,7 +67,7 @@ class SpoolService(Service):
             self._last_error = str(e)
             return
         self._last_error = None
-        log.info("spool open: {path}", path=store.path)
+        log.info("spool open: {path}", path=where)
         # Requests first (a job cancelled while we were down must not resume),
         # then every unfinished job, before any new one reaches a flow.
         yield self.sink.apply_requests()

@@ -36,11 +36,10 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IDestinationPool, IJobControl, IJobSink, ITrigger
+from rawsvc.interfaces import IAction, IDestinationPool, IJobControl, IJobSink, IJobStore, ITrigger
 from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
-from rawsvc.spool.store import Store
 from rawsvc.wiring import counters_of, tell_recovered
 
 __all__ = [
@@ -98,7 +97,7 @@ def _delivery(result: Any) -> tuple[str, int] | None:
 class SpoolSink(Dispatcher, SpoolOperations):
     """A L{Dispatcher} whose jobs are stored before their flows run."""
 
-    def __init__(self, flows: dict[str, Flow], store: Store, reactor: Any, history: int = 1000,
+    def __init__(self, flows: dict[str, Flow], store: IJobStore, reactor: Any, history: int = 1000,
                  retention_days: float = 7.0, retention_mb: float = 1024.0,
                  triggers: Mapping[str, ITrigger] | None = None, pool: IDestinationPool | None = None,
                  stop_grace: float = STOP_GRACE) -> None:

@@ -1,14 +1,15 @@
 """
-The durable job store: SQLite (WAL) in C{state_dir/spool.db}, payloads
-larger than L{BLOB_MAX} in C{state_dir/spool/<job_id>.job}.
+The durable job store on SQLite (WAL) in C{state_dir/spool.db}, payloads
+larger than L{BLOB_MAX} in C{state_dir/spool/<job_id>.job}: the
+L{IJobStore} of a single node.
 
 L{Store} is the reactor side: each method queues a write (or a read) for
 the writer thread (L{rawsvc.spool.writer}) and returns a Deferred that
 fires once it is committed; a background write (C{background=True}) has
-none, its failure is logged, and L{Store.flush} waits for it.  The
-operations themselves, run on the writer thread, are the C{_}-prefixed
-functions here; new jobs, progress and final states are written in runs by
-the writer (L{rawsvc.spool.records}).
+none, its failure is logged, and L{Store.flush} waits for it.  New jobs,
+progress and final states are written in runs by the writer
+(L{rawsvc.spool.records}); the other operations are in
+L{rawsvc.spool.sqlops}.
 """
 
 from __future__ import annotations
@@ -16,38 +17,47 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from rawsvc.spool import check, lock
-from rawsvc.spool.files import payload_file, unlink
+from rawsvc.interfaces import IJobStore
+from rawsvc.spool import check, lock, sqlops
+from rawsvc.spool.files import unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
 from rawsvc.spool.schema import (
-    COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, UNFINISHED_SQL, SpoolError, connect, db_path,
-    describe, migrate,
+    COLUMNS, DB_NAME, FILES_DIR, FINISHED, SCHEMA, UNFINISHED, SpoolError, connect, db_path, describe, migrate,
 )
+from rawsvc.spool.sqlops import free_bytes
 from rawsvc.spool.writer import ADD, FINISH, MAX_BATCH, PROGRESS, Op, Writer
 
 log = Logger(namespace="rawsvc.spool")
 
 __all__ = [
     "BLOB_MAX", "COLUMNS", "DB_NAME", "FILES_DIR", "FINISHED", "MAX_BATCH", "SCHEMA", "UNFINISHED",
-    "SpoolError", "Store", "StoredJob", "connect", "db_path",
+    "SpoolError", "Store", "StoredJob", "connect", "db_path", "free_bytes",
 ]
 
 
+@implementer(IJobStore)
 class Store:
-    """See the module docstring.  Methods return Deferreds; call from the reactor."""
+    """
+    See the module docstring and L{IJobStore}.  Methods return Deferreds;
+    call from the reactor.  C{clock} gives the times it records (and the
+    age C{purge} measures); C{max_pages} (tests) simulates a full disk.
+    """
 
-    def __init__(self, state_dir: str, reactor: Any, max_pages: int | None = None, min_free_bytes: int = 0) -> None:
+    def __init__(self, state_dir: str, reactor: Any, max_pages: int | None = None, min_free_bytes: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.state_dir = state_dir
         self.path = db_path(state_dir)
         self.files_dir = os.path.join(state_dir, FILES_DIR)
         self.reactor = reactor
-        self.max_pages = max_pages  # tests: simulate a full disk
+        self.max_pages = max_pages
+        self.clock = clock
         self.writer = Writer(reactor, self.files_dir)
         self._holding = False  # the state_dir's lock (see rawsvc.spool.lock)
         #: Retention's free-space floor on the spool's filesystem ([service] min_free_mb).
@@ -55,7 +65,7 @@ class Store:
 
     @property
     def error(self) -> str | None:
-        """Why the spool cannot store jobs, once opening it failed; else None."""
+        """Why the spool cannot store jobs, once opening it failed (or it is damaged); else None."""
         return self.writer.error
 
     @property
@@ -64,20 +74,23 @@ class Store:
 
     @property
     def batches(self) -> int:
+        """Transactions committed (tests, benchmarks)."""
         return self.writer.batches
 
     @property
     def commits_full(self) -> int:
+        """Transactions committed with an fsync (tests, benchmarks)."""
         return self.writer.commits_full
 
     # Lifetime ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread (then call L{open})."""
+        """Start the writer thread; L{open} does when it is not running."""
         self.writer.start()
 
     def open(self) -> Deferred:
-        """(Re)open the database; fails with L{SpoolError} saying why."""
+        """(Re)open the database; fires with its path, or fails with L{SpoolError} saying why."""
+        self.writer.start()
         return self._submit(None, self._open, (), raw=True)
 
     def stop(self) -> Deferred:
@@ -98,7 +111,7 @@ class Store:
         file's path (or None when the payload is in the database).  Without C{variables}, the
         writer thread takes the job's own, and its payload: nothing may change them until this fires.
         """
-        return self._submit(ADD, None, (job, flow, variables, time.time()), durable=True)
+        return self._submit(ADD, None, (job, flow, variables, self.clock()), durable=True)
 
     def progress(self, job_id: str, action_index: int, variables: dict[str, str], delivery: tuple | None,
                  background: bool = False) -> Deferred | None:
@@ -106,52 +119,73 @@ class Store:
         The job is running its action C{action_index}; not fsynced.  With
         C{background}, no Deferred: a failure is logged (see L{flush}).
         """
-        return self._submit(PROGRESS, None, (job_id, action_index, variables, delivery, time.time()),
+        return self._submit(PROGRESS, None, (job_id, action_index, variables, delivery, self.clock()),
                             background=background)
 
     def started(self, job_id: str, action_index: int, background: bool = False) -> Deferred | None:
         """The flow (re)started: state running, one more attempt."""
-        return self._submit(None, _started, (job_id, action_index, time.time()), background=background)
+        return self._submit(None, sqlops.started, (job_id, action_index, self.clock()), background=background)
 
     def finish(self, job_id: str, state: str, error: str | None, action_index: int,
                variables: dict[str, str], delivery: tuple | None, background: bool = False) -> Deferred | None:
         """The job's final state, durably."""
         return self._submit(
-            FINISH, None, (job_id, state, error, action_index, variables, delivery, time.time()), durable=True,
+            FINISH, None, (job_id, state, error, action_index, variables, delivery, self.clock()), durable=True,
             background=background,
         )
 
     def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None) -> None:
         """The job's delivery waits to retry (or, C{next_try} None, tries again); in the background."""
-        self._submit(None, write_waiting, (job_id, attempt, error, next_try, time.time()), background=True)
+        self._submit(None, write_waiting, (job_id, attempt, error, next_try, self.clock()), background=True)
 
     def flush(self) -> Deferred:
         """Fires once every write queued so far is committed (or has failed)."""
         if not self.writer.running:
             return succeed(None)
-        return self._submit(None, _nothing, (), raw=True)
+        return self._submit(None, sqlops.nothing, (), raw=True)
 
     def requeue(self, job_id: str, action_index: int) -> Deferred:
         """Retry: a finished job goes back to C{queued} at C{action_index}."""
-        return self._submit(None, _requeue, (job_id, action_index, time.time()), durable=True)
+        return self._submit(None, sqlops.requeue, (job_id, action_index, self.clock()), durable=True)
+
+    # Reads ------------------------------------------------------------------
 
     def load(self, states: tuple[str, ...] = UNFINISHED, job_id: str | None = None) -> Deferred:
         """Fires with the L{StoredJob}s in C{states} (or the one C{job_id}), by seq."""
-        return self._submit(None, _load, (states, job_id, self.files_dir))
+        return self._submit(None, sqlops.load_jobs, (states, job_id, self.files_dir))
+
+    def query(self, states: Iterable[str] = (), triggers: Iterable[str] = (), limit: int | None = 50,
+              prefix: str | None = None) -> Deferred:
+        """History, newest first, without payloads (see L{sqlops.query_jobs})."""
+        return self._submit(None, sqlops.query_jobs, (tuple(states), tuple(triggers), limit, prefix, self.files_dir))
+
+    # The CLI's requests -----------------------------------------------------
+
+    def request(self, job_id: str, action: str) -> Deferred:
+        """Queue a retry or cancel request (durably); fires with its id."""
+        return self._submit(None, sqlops.insert_request, (job_id, action, self.clock()), durable=True)
 
     def take_requests(self) -> Deferred:
         """Fires with the CLI's pending requests: (id, job_id, action)."""
-        return self._submit(None, _take_requests, ())
+        return self._submit(None, sqlops.take_requests, ())
 
     def answer(self, request_id: int, ok: bool, result: str) -> Deferred:
-        return self._submit(None, _answer, (request_id, ok, result, time.time()))
+        """Record a request's answer (C{ok}, a text for people)."""
+        return self._submit(None, sqlops.answer, (request_id, ok, result, self.clock()))
+
+    def answer_of(self, request_id: int) -> Deferred:
+        """Fires with C{(ok, result)} once the request is answered, else None."""
+        return self._submit(None, sqlops.answer_of, (request_id,))
+
+    # Retention --------------------------------------------------------------
 
     def purge(self, max_age: float, max_bytes: int) -> Deferred:
         """
         Remove finished jobs older than C{max_age} s, then the oldest past
         C{max_bytes} or while free space is below L{min_free_bytes}.
         """
-        return self._submit(None, _purge, (time.time() - max_age, max_bytes, self.files_dir, self.min_free_bytes))
+        return self._submit(None, sqlops.purge,
+                            (self.clock() - max_age, max_bytes, self.files_dir, self.min_free_bytes))
 
     def _submit(self, kind: str | None, fn: Callable | None, args: tuple, durable: bool = False,
                 raw: bool = False, background: bool = False) -> Any:
@@ -201,86 +235,3 @@ def _sweep_orphans(conn: sqlite3.Connection, files_dir: str) -> int:
     for name in orphans:
         unlink(os.path.join(files_dir, name))
     return len(orphans)
-
-
-def _nothing() -> None:
-    pass
-
-
-def _started(conn, job_id, action_index, now) -> None:
-    conn.execute(
-        "UPDATE jobs SET state = 'running', action_index = ?, attempt = attempt + 1,"
-        " started_at = COALESCE(started_at, ?), updated_at = ? WHERE job_id = ?",
-        (action_index, now, now, job_id),
-    )
-
-
-def _requeue(conn, job_id, action_index, now) -> None:
-    conn.execute(
-        "UPDATE jobs SET state = 'queued', action_index = ?, finished_at = NULL, updated_at = ?"
-        " WHERE job_id = ?",
-        (action_index, now, job_id),
-    )
-
-
-def _load(conn, states, job_id, files_dir) -> list[StoredJob]:
-    if job_id is not None:
-        rows = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-    elif tuple(states) == UNFINISHED:
-        rows = conn.execute(f"SELECT * FROM jobs WHERE {UNFINISHED_SQL} ORDER BY seq")
-    else:
-        marks = ", ".join("?" for _ in states)
-        rows = conn.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY seq", states)
-    jobs = [StoredJob.from_row(r) for r in rows]
-    for job in jobs:
-        if job.payload_path:
-            job.payload_path = payload_file(files_dir, job.payload_path)
-    return jobs
-
-
-def _take_requests(conn) -> list[tuple[int, str, str]]:
-    rows = conn.execute("SELECT id, job_id, action FROM requests WHERE done_at IS NULL ORDER BY id")
-    return [tuple(r) for r in rows]
-
-
-def _answer(conn, request_id, ok, result, now) -> None:
-    conn.execute("UPDATE requests SET done_at = ?, ok = ?, result = ? WHERE id = ?", (now, int(ok), result, request_id))
-
-
-def free_bytes(path: str) -> int:
-    """Bytes free for us on the filesystem of C{path}."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def _purge(conn, cutoff, max_bytes, files_dir, min_free) -> tuple[int, int]:
-    """
-    Finished jobs older than C{cutoff}; then the oldest, while their total
-    is past C{max_bytes} or the free space of the spool's filesystem is
-    below C{min_free} (the floor counts the jobs' sizes as freed).
-    """
-    finished = "state IN ('done', 'failed', 'cancelled')"
-    doomed = conn.execute(
-        f"SELECT seq, payload_path, size FROM jobs WHERE {finished} AND finished_at < ?", (cutoff,)
-    ).fetchall()
-    total = conn.execute(f"SELECT COALESCE(SUM(size), 0) FROM jobs WHERE {finished}").fetchone()[0]
-    total -= sum(r["size"] for r in doomed)
-    short = min_free - free_bytes(files_dir) - sum(r["size"] for r in doomed) if min_free else 0
-    if total > max_bytes or short > 0:
-        for r in conn.execute(
-            f"SELECT seq, payload_path, size FROM jobs WHERE {finished} AND finished_at >= ?"
-            " ORDER BY finished_at", (cutoff,)
-        ):
-            if total <= max_bytes and short <= 0:
-                break
-            doomed.append(r)
-            total -= r["size"]
-            short -= r["size"]
-    conn.executemany("DELETE FROM jobs WHERE seq = ?", [(r["seq"],) for r in doomed])
-    conn.execute("DELETE FROM requests WHERE done_at < ?", (cutoff,))
-    freed = 0
-    for r in doomed:
-        freed += r["size"]
-        if r["payload_path"]:
-            unlink(payload_file(files_dir, r["payload_path"]))
-    return len(doomed), freed

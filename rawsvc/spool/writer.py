@@ -294,7 +294,8 @@ class Writer:
         """
         New jobs, then progress, then final states.  Within a run only a
         job's latest progress matters, and none at all when its final state
-        is in the run too; the bytes each one delivered add up.
+        is in the run too (before it: the bytes each one delivered add up;
+        after it: ignored, as the statement of a later batch ignores it).
         """
         lean = self.variables
         inserts = []
@@ -319,10 +320,8 @@ class Writer:
                 job_id, state, error, index, variables, delivery, now = op.args
                 latest = [state, error, index, variables, now]
             dest, sent = delivery or (None, 0)
-            if op.kind == PROGRESS and job_id in finals:  # progress never undoes a final state
-                final = finals[job_id]
-                final[-2], final[-1] = final[-2] or dest, final[-1] + sent
-                continue
+            if op.kind == PROGRESS and job_id in finals:
+                continue  # progress of a finished job changes nothing (as in a later batch)
             earlier = progress.pop(job_id, None) or finals.pop(job_id, None)
             if earlier is not None:
                 dest, sent = dest or earlier[-2], sent + earlier[-1]
