@@ -100,7 +100,7 @@ class Config:
     def summary(self) -> str:
         """check-config's one line: what the config defines, and the absolute state_dir it uses."""
         kinds = ", ".join(
-            f"{name} ({getattr(t, 'type_name', '?')})" for name, t in self.triggers.items()
+            f"{name} ({t.type_name})" for name, t in self.triggers.items()
         )
         return (
             f"{self.path}: OK: {len(self.triggers)} trigger(s) [{kinds}], "

@@ -87,7 +87,7 @@ class Flow:
                         "action {index} ({type}) of flow {flow} crashed for job {job_id}",
                         failure,
                         index=index,
-                        type=getattr(action, "type_name", "?"),
+                        type=action.type_name,
                         flow=self.name,
                         job_id=job.job_id,
                     )
@@ -117,7 +117,7 @@ class Flow:
     def _fail(self, job: Job, index: int, action: IAction, message: str, interrupted: bool = False):
         job.state = "interrupted" if interrupted else "failed"
         job.error = message
-        type_name = getattr(action, "type_name", "?")
+        type_name = action.type_name
         log.emit(
             LogLevel.info if interrupted else LogLevel.warn,
             "job {job_id} {state} at action {index} ({type}) of flow {flow}: {error}",
@@ -138,7 +138,7 @@ class Flow:
             except Exception:
                 log.warn(
                     "on_error action ({type}) of flow {flow} failed for job {job_id}: {error}",
-                    type=getattr(handler, "type_name", "?"),
+                    type=handler.type_name,
                     flow=self.name,
                     job_id=job.job_id,
                     error=describe_failure(Failure()),

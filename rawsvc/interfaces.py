@@ -49,6 +49,17 @@ class IAction(Interface):
         """
 
 
+class IDeliveryReport(Interface):
+    """
+    Optional, for what an action's C{run} returns (fires with): it
+    delivered the job somewhere.  The spool records the destination and
+    the byte count with the job (C{rawsvc jobs}, C{/jobs}).
+    """
+
+    destination = Attribute("Where the job went, e.g. C{'10.0.0.5:9100'} (a str).")
+    written = Attribute("How many bytes were delivered (an int).")
+
+
 class IActionType(Interface):
     """
     Provided by an action class (or any factory): how the config builds it.

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Union
 
 from rawsvc.errors import ConfigIssue, TemplateError
+from rawsvc.job import Variables
 
 #: Encodings an action may name; C{auto} passes payload bytes through.
 ENCODINGS = ("utf-8", "ascii", "latin-1", "cp437", "cp1252", "utf-16", "auto")
@@ -118,7 +119,7 @@ class Template:
 
     def _lookup(self, variables: Mapping[str, Value], name: str, raw: bool = False) -> Value:
         try:
-            if raw and hasattr(variables, "raw"):
+            if raw and isinstance(variables, Variables):
                 return variables.raw(name)
             return variables[name]
         except KeyError:
@@ -152,3 +153,4 @@ class Template:
 def render(source: str, variables: Mapping[str, Value]) -> str:
     """Parse and render C{source} in one go (for one-off use)."""
     return Template(source).render_text(variables)
+

@@ -12,7 +12,10 @@ import attrs
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 
+from zope.interface import implementer
+
 from rawsvc.client.protocol import SendSettings
+from rawsvc.interfaces import IDeliveryReport
 
 #: Outcomes of a delivery (C{DeliveryResult.outcome}).
 DELIVERED = "delivered"
@@ -21,6 +24,7 @@ CANCELLED = "cancelled"
 
 
 @attrs.frozen
+@implementer(IDeliveryReport)
 class DeliveryResult:
     """How a delivery ended; C{message} is what goes into C{${error}}."""
 

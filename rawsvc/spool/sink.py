@@ -36,7 +36,7 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IDestinationPool, IJobControl, IJobSink, IJobStore, ITrigger
+from rawsvc.interfaces import IAction, IDeliveryReport, IDestinationPool, IJobControl, IJobSink, IJobStore, ITrigger
 from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
@@ -59,7 +59,7 @@ class _Recorded:
 
     def __init__(self, action: IAction, sink: "SpoolSink", last: bool) -> None:
         self.action = action
-        self.type_name = getattr(action, "type_name", "?")
+        self.type_name = action.type_name
         self.sink = sink
         self.last = last
 
@@ -85,11 +85,9 @@ class _Recorded:
 
 
 def _delivery(result: Any) -> tuple[str, int] | None:
-    """C{(destination, bytes written)} from a send_tcp-like action result."""
-    dest = getattr(result, "destination", None)
-    written = getattr(result, "written", None)
-    if isinstance(dest, str) and isinstance(written, int):
-        return dest, written
+    """C{(destination, bytes written)} from an action result that reports a delivery (send_tcp's)."""
+    if IDeliveryReport.providedBy(result):
+        return str(result.destination), int(result.written)
     return None
 
 
