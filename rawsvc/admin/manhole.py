@@ -37,10 +37,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc import options as o
-from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import repl_namespace
 from rawsvc.compat import pty_size, resize_terminal, terminal_glue
 from rawsvc.errors import ConfigIssue
+from rawsvc.listening import Listener
 
 log = Logger(namespace="rawsvc.admin.manhole")
 
@@ -267,12 +267,12 @@ def make_factory(authorized_keys: str, host_key: keys.Key, namespace: Any) -> Ma
     return ManholeFactory(Portal(ManholeRealm(namespace), [checker]), host_key)
 
 
-def make_service(options: dict[str, Any], service: Any) -> AdminListener:
+def make_service(options: dict[str, Any], service: Any) -> Listener:
     """The manhole listener for C{[admin.manhole]}."""
     host_key_path = options.get("host_key") or os.path.join(service.context.state_dir, HOST_KEY_NAME)
     host_key = load_or_create_host_key(os.path.abspath(host_key_path))
     factory_ = make_factory(options["authorized_keys"], host_key, lambda: repl_namespace(service))
     endpoint = serverFromString(service.context.reactor, options["listen"])
-    listener = AdminListener(endpoint, factory_, "[admin.manhole]", options["listen"])
+    listener = Listener(endpoint, factory_, "[admin.manhole]", options["listen"])
     listener.setName("admin-manhole")
     return listener

@@ -17,8 +17,8 @@ from twisted.web.server import Site
 
 from rawsvc import options as o
 from rawsvc.admin import prometheus
-from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import health, recent_jobs, status
+from rawsvc.listening import Listener
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 HTTP_OPTIONS = o.Schema(
@@ -255,11 +255,11 @@ def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
     return site
 
 
-def make_service(options: dict[str, Any], service: Any) -> AdminListener:
+def make_service(options: dict[str, Any], service: Any) -> Listener:
     """The HTTP admin listener for C{[admin.http]}."""
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])
-    listener = AdminListener(endpoint, site, "[admin.http]", options["listen"])
+    listener = Listener(endpoint, site, "[admin.http]", options["listen"])
     listener.setName("admin-http")
     return listener
 
