@@ -44,7 +44,24 @@ def _json(request: Any, value: Any, code: int = 200) -> bytes:
     return json.dumps(value, indent=1, default=str).encode("utf-8") + b"\n"
 
 
-class Health(Resource):
+class AdminPage(Resource):
+    """
+    An admin resource: a HEAD request answers with the headers of a GET
+    (the same status, type and length) and no body.  twisted.web would
+    otherwise render the GET and log a warning for each HEAD as it drops
+    the body.
+    """
+
+    def render_GET(self, request: Any) -> bytes:
+        raise NotImplementedError
+
+    def render_HEAD(self, request: Any) -> bytes:
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+
+
+class Health(AdminPage):
     """
     200 while every listener is up and the sink stores jobs, 503 otherwise;
     the body says which listeners are down and why jobs are refused.
@@ -89,7 +106,7 @@ def refusing(sink: Any, now: float | None = None) -> str | None:
     return f"{why} (a job was refused {age:.0f} s ago; none stored since)"
 
 
-class Metrics(Resource):
+class Metrics(AdminPage):
     isLeaf = True
 
     def __init__(self, service: Any) -> None:
@@ -106,7 +123,7 @@ def _arg(request: Any, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
-class Jobs(Resource):
+class Jobs(AdminPage):
     """
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
     and C{state} (comma-separated lists; a waiting job carries its C{delivery}: destination, attempt, last error, next try), C{since} (received at or after,
@@ -183,7 +200,7 @@ def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
-class StatusPage(Resource):
+class StatusPage(AdminPage):
     """The human page at C{/}: triggers, printers, destinations, recent jobs."""
 
     def __init__(self, service: Any, refresh: int, recent: int) -> None:
