@@ -17,6 +17,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from rawsvc.compat import exit_by_signal
 from rawsvc.config import Config
 from rawsvc.errors import ListenError
 from rawsvc.interfaces import IDestinationPool, IDrainable, IJobSink, ITrigger
@@ -133,7 +134,7 @@ class RawService(MultiService):
         def hangup(signum: int, frame: Any) -> None:
             # As twistd does for SIGTERM: once stopped, it ends by the same
             # signal, the exit status service managers count as a clean stop.
-            reactor._exitSignal = signum
+            exit_by_signal(reactor, signum)
             reactor.callFromThread(stop)
 
         def stop() -> None:

@@ -50,14 +50,9 @@ def build_service(reactor, text: str):
 
 def admin_port(service, name: str):
     """The listening port of the started admin listener C{name}."""
-    found = []
-
-    def keep(port):
-        found.append(port)
-        return port  # the service needs it back to stop listening
-
-    service.getServiceNamed(name)._waitingForPort.addCallback(keep)
-    return found[0]
+    port = service.getServiceNamed(name).port
+    assert port is not None, f"{name} is not listening"
+    return port
 
 
 def trigger_port(service, name: str = "orders") -> int:

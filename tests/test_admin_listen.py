@@ -65,7 +65,7 @@ def test_an_admin_listener_that_cannot_listen_raises_listen_error_and_stops_clea
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.internet.protocol import Factory, Protocol
 
-    from rawsvc.admin.listener import AdminListener
+    from rawsvc.listening import Listener
     from rawsvc.errors import ListenError
 
     from twisted.internet import reactor
@@ -74,8 +74,8 @@ def test_an_admin_listener_that_cannot_listen_raises_listen_error_and_stops_clea
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        listener = AdminListener(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"),
-                                 Factory.forProtocol(Protocol), "[admin.http]", f"tcp:{port}")
+        listener = Listener(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"),
+                            Factory.forProtocol(Protocol), "[admin.http]", f"tcp:{port}")
         with pytest.raises(ListenError) as caught:
             listener.startService()
     assert str(caught.value).startswith(f"[admin.http] cannot listen on 'tcp:{port}': Couldn't listen on")

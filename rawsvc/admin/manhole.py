@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.insults import insults
 from twisted.conch.ssh import factory, keys
 from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
@@ -36,10 +37,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc import options as o
-from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import repl_namespace
 from rawsvc.admin.repl import OperatorManhole
+from rawsvc.compat import pty_size, resize_terminal, terminal_glue
 from rawsvc.errors import ConfigIssue
+from rawsvc.listening import Listener
 
 log = Logger(namespace="rawsvc.admin.manhole")
 
@@ -164,20 +166,11 @@ class SessionTransport:
         self.chainedProtocol = chainedProtocol
         session = proto.session
         proto.makeConnection(
-            manhole_ssh._Glue(
-                write=chainedProtocol.dataReceived,
-                loseConnection=lambda: avatar.conn.sendClose(session),
-                name="SSH Proto Transport",
-            )
+            terminal_glue("SSH Proto Transport", chainedProtocol.dataReceived,
+                          lambda: avatar.conn.sendClose(session))
         )
-        chainedProtocol.makeConnection(
-            manhole_ssh._Glue(
-                write=proto.write,
-                loseConnection=self._ended,
-                name="Chained Proto Transport",
-            )
-        )
-        chainedProtocol.terminalProtocol.terminalSize(width, height)
+        chainedProtocol.makeConnection(terminal_glue("Chained Proto Transport", proto.write, self._ended))
+        resize_terminal(chainedProtocol, width, height)
 
     def _ended(self) -> None:
         self.proto.processEnded(Failure(ProcessDone(0)))
@@ -185,9 +178,7 @@ class SessionTransport:
 
 def _refuse(proto: Any, message: bytes) -> None:
     """Say why on the channel, ignore any input, end with exit status 1."""
-    proto.makeConnection(
-        manhole_ssh._Glue(write=lambda data: None, loseConnection=lambda: None, name="Refused")
-    )
+    proto.makeConnection(terminal_glue("Refused", lambda data: None, lambda: None))
     proto.write(message)
     proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
 
@@ -205,7 +196,8 @@ class ManholeSession(manhole_ssh.TerminalSession):
     _transport: Any = None
 
     def openShell(self, proto: Any) -> None:
-        if not hasattr(self, "width"):
+        size = pty_size(self)
+        if size is None:
             _refuse(proto, b"rawsvc manhole: this is an interactive REPL and needs a terminal; "
                            b"connect with ssh -t\r\n")
             return
@@ -213,9 +205,8 @@ class ManholeSession(manhole_ssh.TerminalSession):
         self._transport = self.transportFactory(
             proto,
             self.chainedProtocolFactory(),
-            manhole_ssh.iconch.IConchUser(self.original),
-            self.width,
-            self.height,
+            IConchUser(self.original),
+            *size,
         )
 
     def execCommand(self, proto: Any, cmd: bytes) -> None:
@@ -224,9 +215,7 @@ class ManholeSession(manhole_ssh.TerminalSession):
     def windowChanged(self, newWindowSize: Any) -> None:
         self.height, self.width = newWindowSize[:2]
         if self._transport is not None:
-            terminal = self._transport.chainedProtocol.terminalProtocol
-            if terminal is not None:
-                terminal.terminalSize(self.width, self.height)
+            resize_terminal(self._transport.chainedProtocol, self.width, self.height)
 
     def eofReceived(self) -> None:
         if self._proto is not None:
@@ -283,12 +272,12 @@ def make_factory(authorized_keys: str, host_key: keys.Key, namespace: Any) -> Ma
     return ManholeFactory(Portal(ManholeRealm(namespace), [checker]), host_key)
 
 
-def make_service(options: dict[str, Any], service: Any) -> AdminListener:
+def make_service(options: dict[str, Any], service: Any) -> Listener:
     """The manhole listener for C{[admin.manhole]}."""
     host_key_path = options.get("host_key") or os.path.join(service.context.state_dir, HOST_KEY_NAME)
     host_key = load_or_create_host_key(os.path.abspath(host_key_path))
     factory_ = make_factory(options["authorized_keys"], host_key, lambda: repl_namespace(service))
     endpoint = serverFromString(service.context.reactor, options["listen"])
-    listener = AdminListener(endpoint, factory_, "[admin.manhole]", options["listen"])
+    listener = Listener(endpoint, factory_, "[admin.manhole]", options["listen"])
     listener.setName("admin-manhole")
     return listener

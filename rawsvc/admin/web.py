@@ -17,9 +17,9 @@ from twisted.web.server import Site
 
 from rawsvc import options as o
 from rawsvc.admin import prometheus
-from rawsvc.admin.listener import AdminListener
 from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.interfaces import IHealth, IJobHistory
+from rawsvc.listening import Listener
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 HTTP_OPTIONS = o.Schema(
@@ -45,7 +45,24 @@ def _json(request: Any, value: Any, code: int = 200) -> bytes:
     return json.dumps(value, indent=1, default=str).encode("utf-8") + b"\n"
 
 
-class Health(Resource):
+class AdminPage(Resource):
+    """
+    An admin resource: a HEAD request answers with the headers of a GET
+    (the same status, type and length) and no body.  twisted.web would
+    otherwise render the GET and log a warning for each HEAD as it drops
+    the body.
+    """
+
+    def render_GET(self, request: Any) -> bytes:
+        raise NotImplementedError
+
+    def render_HEAD(self, request: Any) -> bytes:
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+
+
+class Health(AdminPage):
     """
     200 while every listener is up and the sink stores jobs, 503 otherwise;
     the body says which listeners are down and why jobs are refused.
@@ -76,7 +93,7 @@ def refusing(sink: Any, now: float | None = None) -> str | None:
     return sink.health(now)
 
 
-class Metrics(Resource):
+class Metrics(AdminPage):
     isLeaf = True
 
     def __init__(self, service: Any) -> None:
@@ -93,7 +110,7 @@ def _arg(request: Any, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
-class Jobs(Resource):
+class Jobs(AdminPage):
     """
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
     and C{state} (comma-separated lists; a waiting job carries its C{delivery}: destination, attempt, last error, next try), C{since} (received at or after,
@@ -171,7 +188,7 @@ def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
-class StatusPage(Resource):
+class StatusPage(AdminPage):
     """The human page at C{/}: triggers, printers, destinations, recent jobs."""
 
     def __init__(self, service: Any, refresh: int, recent: int) -> None:
@@ -243,11 +260,11 @@ def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
     return site
 
 
-def make_service(options: dict[str, Any], service: Any) -> AdminListener:
+def make_service(options: dict[str, Any], service: Any) -> Listener:
     """The HTTP admin listener for C{[admin.http]}."""
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])
-    listener = AdminListener(endpoint, site, "[admin.http]", options["listen"])
+    listener = Listener(endpoint, site, "[admin.http]", options["listen"])
     listener.setName("admin-http")
     return listener
 

@@ -23,6 +23,7 @@ from rawsvc import options as o
 from rawsvc.errors import ConfigIssue, ListenError
 from rawsvc.interfaces import IJobSink, ITrigger
 from rawsvc.job import SpillBudget
+from rawsvc.listening import Listener
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.admission import disk_low, raise_fd_limit
 
@@ -198,47 +199,58 @@ class ListenerTrigger(Service):
     def build_protocol(self):
         raise NotImplementedError
 
+    #: The service that owns the listening port (None while paused or stopped).
+    _listener: Listener | None = None
+
     @property
     def listening(self) -> bool:
         return self.port is not None
 
-    def _listen(self) -> Deferred:
-        endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
-        d = endpoint.listen(TriggerFactory(self))
+    def _endpoint(self) -> Any:
+        """The endpoint the config's C{listen} names, with the listen backlog."""
+        return serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
 
-        def up(port):
-            self.port = port
-            host = port.getHost()
-            log.info(
-                "trigger {trigger} ({type}) listening on {addr}, flow {flow}",
-                trigger=self.name,
-                type=self.type_name,
-                addr=f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}",
-                flow=self.flow,
-            )
-            return port
+    def _new_listener(self) -> Listener:
+        return Listener(self._endpoint(), TriggerFactory(self), f"trigger {self.name!r}", self.listen,
+                        on_port=self._up)
 
-        return d.addCallback(up)
+    def _up(self, port: Any) -> None:
+        self.port = port
+        host = port.getHost()
+        log.info(
+            "trigger {trigger} ({type}) listening on {addr}, flow {flow}",
+            trigger=self.name,
+            type=self.type_name,
+            addr=f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}",
+            flow=self.flow,
+        )
 
     def startService(self) -> None:
+        """Listen; a port that cannot be opened raises L{ListenError} (tcp, unix and ssl fail at once)."""
         super().startService()
         raise_fd_limit(self.max_connections, str(self.name))
-        failures: list = []
-        d = self._listen()
-        d.addErrback(failures.append)
-        if failures:  # endpoints listen synchronously for tcp/unix/ssl
+        try:
+            self._open_at_start()
+        except ListenError:
             self.running = 0
-            raise ListenError(
-                f"trigger {self.name!r} cannot listen on {self.listen!r}: "
-                f"{failures[0].getErrorMessage()}"
-            )
+            raise
+
+    def _open_at_start(self) -> None:
+        listener = self._new_listener()
+        listener.startService()
+        self._listener = listener
+
+    def _close_listener(self) -> Deferred:
+        listener, self._listener = self._listener, None
+        self.port = None
+        if listener is None:
+            return succeed(None)
+        return listener.stopService()
 
     @inlineCallbacks
     def stopService(self):
         super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            yield port.stopListening()
+        yield self._close_listener()
         for conn in self.shutdown_order():
             conn.shutdown()
 
@@ -249,18 +261,25 @@ class ListenerTrigger(Service):
     def pause(self) -> Deferred:
         """Stop accepting: the port closes, so new clients are refused."""
         self.paused = True
-        if self.port is None:
+        if self._listener is None:
             return succeed(None)
-        port, self.port = self.port, None
         log.info("trigger {trigger} paused", trigger=self.name)
-        return port.stopListening()
+        return self._close_listener()
 
     def resume(self) -> Deferred:
+        """Listen again (a new listener); fires once listening, or once the failure to is logged."""
         self.paused = False
-        if self.port is not None or not self.running:
+        if self._listener is not None or not self.running:
             return succeed(None)
         log.info("trigger {trigger} resumed", trigger=self.name)
-        return self._listen()
+        listener = self._new_listener()
+        try:
+            listener.startService()
+        except ListenError as e:
+            log.error("{error}; the trigger stays closed", error=str(e))
+            return succeed(None)
+        self._listener = listener
+        return listener.when_listening().addCallback(lambda _: None)
 
     def disk_check(self) -> str | None:
         """Why new clients are refused for want of disk space (C{min_free}), or None."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from zope.interface import implementer, provider
@@ -42,7 +42,7 @@ from rawsvc._transport import stream_transport
 from rawsvc import options as o
 from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ITriggerType
 from rawsvc.triggers import pjl
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.connection import JobConnection
 from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
 from rawsvc.triggers.printer_port import ClosingPort
@@ -340,10 +340,6 @@ class PrinterTrigger(ClosingPort):
         self.state = PrinterState()
         self.active: PrinterConnection | None = None
         self.waiting: collections.deque[PrinterConnection] = collections.deque()
-        self._endpoint: Any = None
-        self._port_op: Deferred | None = None
-        self._again = False
-        self._retry: Any = None
 
     def build_protocol(self) -> PrinterConnection:
         return PrinterConnection(self)
@@ -394,22 +390,12 @@ class PrinterTrigger(ClosingPort):
         log.info("trigger {trigger} (printer) listening on {addr}, busy = {busy}, flow {flow}",
                  trigger=self.name, addr=self.address(), busy=self.busy, flow=self.flow)
 
-    def stopService(self) -> Deferred:
-        self.stop_disk_watch()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        d = succeed(None)
-        if self._port_op is not None:
-            d = self._port_op
-        return d.addCallback(lambda _: ListenerTrigger.stopService(self))
-
     # ITrigger ---------------------------------------------------------------
 
     @property
     def listening(self) -> bool:
         """Up, and not paused (closed only because busy still counts)."""
-        return bool(self.running) and not self.paused and (self.port is not None or self._busy() or self._port_op is not None)
+        return bool(self.running) and not self.paused and (self.port is not None or self._busy() or self.port_machine.moving())
 
     def pause(self) -> Deferred:
         """Operator pause: stop accepting, report C{paused}; the job in hand finishes."""
@@ -418,7 +404,7 @@ class PrinterTrigger(ClosingPort):
             self.state.pause()
             log.info("trigger {trigger} paused", trigger=self.name)
             self.update_port()
-        return self._port_op or succeed(None)
+        return self.port_settled()
 
     def resume(self) -> Deferred:
         if self.paused:
@@ -426,7 +412,7 @@ class PrinterTrigger(ClosingPort):
             self.state.resume()
             log.info("trigger {trigger} resumed", trigger=self.name)
             self.update_port()
-        return self._port_op or succeed(None)
+        return self.port_settled()
 
     # Hook for the spool (issue 12) ----------------------------------------------
 

@@ -8,6 +8,9 @@ A closed port is the one refusal every JetDirect client sees for sure
 (ECONNREFUSED; CUPS's backend keeps the job and tries again): a reset,
 even at the accept, comes too late for a client whose job fits in the
 socket buffers, as it has written every byte and takes the job as printed.
+
+The opening and closing is L{rawsvc.triggers.port_machine.PortMachine}'s;
+L{ClosingPort.update_port} tells it what the printer wants.
 """
 
 from __future__ import annotations
@@ -15,31 +18,36 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from rawsvc.listening import with_port
 from rawsvc.triggers.base import ListenerTrigger, TriggerFactory, with_backlog
+from rawsvc.triggers.port_machine import RELISTEN_DELAY, PortMachine
+
+__all__ = ["ClosingPort", "DISK_CHECK_INTERVAL", "RELISTEN_DELAY"]
 
 log = Logger(namespace="rawsvc.trigger")
-
-#: Seconds between attempts to listen again when the port was taken meanwhile.
-RELISTEN_DELAY = 1.0
 
 #: Seconds between checks of the free disk space against C{min_free}.
 DISK_CHECK_INTERVAL = 1.0
 
 
 class ClosingPort(ListenerTrigger):
-    """A listener whose port follows C{paused} and L{_busy}."""
-
-    _endpoint: Any
-    _port_op: Deferred | None
-    _again: bool
-    _retry: Any
+    """A listener whose port follows C{paused}, L{_busy} and the free disk space."""
 
     disk_low_reason: str | None = None
     _disk_watch: LoopingCall | None = None
+    #: The endpoint string for listening again: C{listen} with the port number
+    #: the first listen got, when C{listen} asked for port 0.
+    _listen_again: str | None = None
+
+    def __init__(self, options: dict[str, Any], context: Any) -> None:
+        super().__init__(options, context)
+        self.port_machine = PortMachine(
+            str(self.name), self.listen, self._endpoint, lambda: TriggerFactory(self), self.reactor, self._port_changed
+        )
 
     def _busy(self) -> bool:
         raise NotImplementedError
@@ -73,54 +81,34 @@ class ClosingPort(ListenerTrigger):
 
     # The port: closed while paused or busy ----------------------------------
 
-    def _make_endpoint(self) -> Any:
-        if self._endpoint is None:
-            self._endpoint = serverFromString(self.reactor, with_backlog(self.listen, self.opts.get("backlog", 1024)))
-        return self._endpoint
+    def _endpoint(self) -> Any:
+        listen = self._listen_again or self.listen
+        return serverFromString(self.reactor, with_backlog(listen, self.opts.get("backlog", 1024)))
 
-    def _listen(self) -> Deferred:
-        endpoint = self._make_endpoint()
-        d = endpoint.listen(TriggerFactory(self))
+    def _port_changed(self, port: Any) -> None:
+        self.port = port
+        if port is not None and self._listen_again is None:
+            number = getattr(port.getHost(), "port", None)
+            self._listen_again = with_port(self.listen, number) if number else self.listen
 
-        def up(port: Any) -> Any:
-            self.port = port
-            # Listen again on the same port number after closing it, also
-            # when the config asked for port 0.
-            if getattr(endpoint, "_port", None) == 0:
-                endpoint._port = port.getHost().port
-            return port
+    def _open_at_start(self) -> None:
+        self.port_machine.start()
 
-        return d.addCallback(up)
+    def _close_listener(self) -> Deferred:
+        self.update_port()  # not running: closes the port, ends any retry
+        return self.port_machine.settled()
+
+    def stopService(self) -> Deferred:
+        self.stop_disk_watch()
+        return super().stopService()
 
     def update_port(self) -> None:
-        """Open or close the listening port to match paused/busy."""
-        if self._port_op is not None:
-            self._again = True
-            return
-        want = bool(self.running) and not self.paused and not self._busy() and self.disk_low_reason is None
-        if want and self.port is None:
-            d = self._listen()
-        elif not want and self.port is not None:
-            port, self.port = self.port, None
-            d = port.stopListening()
+        """Open or close the listening port to match running, paused, busy and the disk."""
+        if self.running and not self.paused and not self._busy() and self.disk_low_reason is None:
+            self.port_machine.want_open()
         else:
-            return
-        self._port_op = d
-        d.addErrback(self._listen_failed)
-        d.addBoth(self._port_done)
+            self.port_machine.want_closed()
 
-    def _port_done(self, _: Any) -> None:
-        self._port_op = None
-        if self._again:
-            self._again = False
-            self.update_port()
-
-    def _listen_failed(self, failure: Any) -> None:
-        log.error("trigger {trigger}: cannot listen again on {listen}: {e}; retrying in {s} s",
-                  trigger=self.name, listen=self.listen, e=failure.getErrorMessage(), s=RELISTEN_DELAY)
-        if self.running and self._retry is None:
-            self._retry = self.reactor.callLater(RELISTEN_DELAY, self._retry_listen)
-
-    def _retry_listen(self) -> None:
-        self._retry = None
-        self.update_port()
+    def port_settled(self) -> Deferred:
+        """Fires once the port is open or closed as last asked (no listen or close under way)."""
+        return self.port_machine.settled()
