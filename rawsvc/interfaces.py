@@ -105,3 +105,25 @@ class IJobSink(Interface):
         take it (a durable spool that cannot store it): the flow did not run
         and the trigger tells the sender.
         """
+
+
+# --- client slice: what the destination pool tells about deliveries -----------
+
+
+class IDeliveryWatcher(Interface):
+    """
+    Told by the destination pool (L{rawsvc.client.destinations.DestinationPool})
+    when a job's delivery waits to retry and when it tries again; the job sink
+    shows such a job as C{waiting}.  Errors raised here are logged, never
+    passed on to the delivery.
+    """
+
+    def delivery_waiting(job_id, destination, attempt, error, next_try):
+        """
+        Attempt C{attempt} (1-based) of C{job_id} to C{destination}
+        (C{"host:port"}) failed with C{error} (text for people); the next one
+        is due at C{next_try} (epoch seconds).
+        """
+
+    def delivery_retrying(job_id, destination, attempt):
+        """The waiting delivery of C{job_id} makes attempt C{attempt} now."""
