@@ -263,6 +263,9 @@ class SendProtocol(Protocol):
             if half_close is not None:
                 half_close()
         self._poll_acks()
+        # The EOF timeout and the disconnect delay (and the stall and close
+        # timers) are timers on transport events, not on a Deferred, so they
+        # are callLater, not Deferred.addTimeout; connectionLost cancels them.
         if self._peer_eof:
             self._close(Ending.EOF)
         elif self.settings.wait_for_eof:
