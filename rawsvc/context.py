@@ -46,6 +46,8 @@ class BuildContext:
     flows: dict[str, Any] = attrs.field(factory=dict)
     #: The outbound destination pool every send_tcp action shares (an IDestinationPool).
     destinations: IDestinationPool = attrs.field(default=None)
+    #: The HTTP clients (one connection pool per TLS setting) every http action shares.
+    http_clients: Any = None
     #: The job sink triggers hand their jobs to (an IJobSink): built by the
     #: loader after the flows (L{rawsvc.wiring.build_sink}); a test may set its own first.
     sink: IJobSink | None = None
@@ -65,6 +67,10 @@ class BuildContext:
             from rawsvc.client.destinations import DestinationPool
 
             self.destinations = DestinationPool(self.reactor)
+        if self.http_clients is None:
+            from rawsvc.client.http_clients import HttpClients
+
+            self.http_clients = HttpClients(self.reactor)
 
     @property
     def config_dir(self) -> str:

@@ -79,7 +79,7 @@ class Dispatcher:
 
         return d.addErrback(crashed).addBoth(finished)
 
-    # The destination pool's watcher (rawsvc.client.queues.DeliveryWatcher) --------------------
+    # IDeliveryWatcher: the destination pool tells about waiting deliveries ------------
 
     def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
         """A running job's delivery waits to retry: the job is C{waiting}, its error the last attempt's."""

@@ -280,16 +280,21 @@ class IHealth(Interface):
 
 class IDeliveryWatcher(Interface):
     """
-    Told by the destination pool when a running job's delivery starts to
-    wait for a retry, and when it tries again (the sink shows the job as
-    C{waiting} meanwhile).
+    Told by the destination pool (L{rawsvc.client.destinations.DestinationPool})
+    when a job's delivery waits to retry and when it tries again; the job sink
+    shows such a job as C{waiting}.  Errors raised here are logged, never
+    passed on to the delivery.
     """
 
     def delivery_waiting(job_id, destination, attempt, error, next_try):
-        """Job C{job_id}'s delivery to C{destination} failed attempt C{attempt} with C{error}; next at C{next_try} (epoch s)."""
+        """
+        Attempt C{attempt} (1-based) of C{job_id} to C{destination}
+        (C{"host:port"}) failed with C{error} (text for people); the next one
+        is due at C{next_try} (epoch seconds).
+        """
 
     def delivery_retrying(job_id, destination, attempt):
-        """Job C{job_id}'s delivery makes attempt C{attempt} now."""
+        """The waiting delivery of C{job_id} makes attempt C{attempt} now."""
 
 
 class IDestinationPool(Interface):

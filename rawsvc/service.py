@@ -78,7 +78,8 @@ class RawService(MultiService):
             factory(options, self).setServiceParent(self)
         # Shared parts stop after the listeners, in this order (destinations
         # before the spool, which closes last); the state_dir lock goes last of all.
-        self._components: list[IService] = [IService(self.destinations), *self.context.services]
+        self._components: list[IService] = [IService(self.destinations), self.context.http_clients,
+                                            *self.context.services]
         # One owner per state_dir: taken first at start, released last at stop.
         self.state_lock = StateDirLock(self.context.state_dir, spool=bool(self.config.service.get("spool", True)))
         self._components.append(self.state_lock)

@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 
 from rawsvc.client.address import AddressError, AllowEntry, AllowList, Destination
 from rawsvc.client.destinations import DestinationPool
-from rawsvc.client.protocol import DeliveryMachine, InvalidTransition, SendProtocol, SendSettings, State
+from rawsvc.client.machine import Delivery, InvalidTransition, State
+from rawsvc.client.protocol import SendProtocol, SendSettings
 from rawsvc.config import loads
 from rawsvc.context import BuildContext
 from rawsvc.interfaces import IAction, IActionType
@@ -108,23 +109,26 @@ class HalfCloseTransport(StringTransport):
 def test_delivery_states_follow_the_table():
     from twisted.internet.task import Clock
 
-    machine = DeliveryMachine()
-    machine.to(State.CONNECTING)
+    machine = Delivery()
+    assert machine.state is State.QUEUED
+    machine.connect()
+    assert machine.state is State.CONNECTING
     proto = SendProtocol(Clock(), b"job", SendSettings(disconnect_delay=1.0), machine)
     transport = HalfCloseTransport()
     proto.makeConnection(transport)
     assert transport.value() == b"job" and transport.write_closed
-    assert machine.history == [State.QUEUED, State.CONNECTING, State.SENDING, State.DRAINING]
+    assert machine.state is State.DRAINING
     with pytest.raises(InvalidTransition):
-        machine.to(State.SENDING)
+        machine.connected()
+    assert machine.state is State.DRAINING  # a refused input changes nothing
 
 
 def test_eof_from_the_printer_ends_draining_at_once():
     from twisted.internet.task import Clock
 
     clock = Clock()
-    machine = DeliveryMachine()
-    machine.to(State.CONNECTING)
+    machine = Delivery()
+    machine.connect()
     proto = SendProtocol(clock, b"job", SendSettings(wait_for_eof=True, eof_timeout=5), machine)
     transport = HalfCloseTransport()
     proto.makeConnection(transport)
@@ -199,9 +203,9 @@ actions = [ {{ type = "send_tcp", destination = "{other.destination}", wait_for_
 
 
 def test_status_has_the_documented_fields():
-    from rawsvc.client.destinations import _Queue
+    from rawsvc.client.queues import DestinationQueue
 
-    assert {"attempts", "delivered", "failures", "retries", "queued", "state"} <= set(_Queue("h:1").status())
+    assert {"attempts", "delivered", "failures", "retries", "queued", "state"} <= set(DestinationQueue("h:1").status())
 
 
 @pytest_twisted.inlineCallbacks

@@ -351,3 +351,37 @@ def test_retry_delay_longer_than_max_retry_delay_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         loads(text, "x.toml", BuildContext())
     assert "key 'retry_delay': 60 s is longer than max_retry_delay (1 s)" in str(e.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_outbound_connections_log_no_factory_start_or_stop_lines(reactor, tmp_path, printer):
+    """Issue 19: one line per event an operator cares about, none per connection's factory."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    printer.listen()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refusing = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: refused
+    flow, _ = build(
+        reactor, tmp_path,
+        f'{{ type = "send_tcp", destination = "${{to}}", wait_for_eof = true, retries = 1, retry_delay = 0.01 }}',
+        service=f'allowed_destinations = ["{printer.destination}", "{refusing}"]',
+    )
+    lines: list[str] = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        done = yield flow.run(job(b"one", to=printer.destination))
+        again = yield flow.run(job(b"two", to=printer.destination))
+        refused = yield flow.run(job(b"three", to=refusing))
+        yield sleep(reactor, 0.05)  # the connections' last events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert (done.state, again.state, refused.state) == ("done", "done", "failed")
+    assert sum("attempt 1: delivered" in line for line in lines) == 2  # the capture sees the pool's lines
+    assert sum("attempt 2: refused" in line for line in lines) == 1
+    assert [line for line in lines if "Starting factory" in line or "Stopping factory" in line] == []

@@ -2,25 +2,33 @@
 Action C{http}: one HTTP request per job, with treq.
 
 The C{url}, C{headers} and C{body} are templates; the body defaults to the
-payload.  A connection error, a timeout or a 5xx answer is retried with
-back-off (C{retries} times); any other status outside C{expect_status}
-fails at once.  With C{save_reply}, the response body goes into that
+payload.  A connection error, a timeout or a 5xx answer is retried
+C{retries} times with the same back-off as C{send_tcp}
+(L{rawsvc.client.retry.RetryPolicy}): C{retry_delay} before the first
+retry, doubling each time, capped at L{MAX_RETRY_DELAY} seconds (or at
+C{retry_delay} when that is longer), plus a jitter of up to a quarter of
+C{retry_delay}; any other status outside C{expect_status} fails at once.  With C{save_reply}, the response body goes into that
 variable and the status into C{${name}_status}, also when the action fails,
 so that C{on_error} actions can report what the server said.
 
 TLS certificates are verified against the system trust store (or
 C{ca_file}) unless C{verify_tls = false}.
+
+The action sends through a treq C{HTTPClient} it is given (C{client=}: a
+test passes C{treq.testing.StubTreq}); built from the config, it uses the
+config's shared client for its TLS setting, with persistent, quiet
+connections (L{rawsvc.client.http_clients}).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
@@ -28,11 +36,17 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
+from rawsvc.client._compat_http import quiet_connection_pool
+from rawsvc.client.http_clients import http_clients, make_client
+from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ActionError, ConfigIssue
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
 
 log = Logger(namespace="rawsvc.action.http")
+
+#: The longest wait between two attempts (unless C{retry_delay} is longer).
+MAX_RETRY_DELAY = 30.0
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
@@ -175,8 +189,9 @@ class HttpAction:
                    shown_default="the payload"),
         o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered body"),
         o.Option("timeout", (int, float), 30.0, o.positive, doc="seconds per attempt, reply included"),
-        o.Option("retries", int, 3, o.non_negative, doc="retries on connection errors, timeouts and 5xx"),
-        o.Option("retry_delay", (int, float), 1.0, o.non_negative, doc="seconds before the first retry, doubling"),
+        o.Option("retries", int, 3, o.non_negative, doc="extra attempts after a connection error, timeout or 5xx"),
+        o.Option("retry_delay", (int, float), 1.0, o.non_negative,
+                 doc="seconds before the first retry; doubles each time up to 30 s (or `retry_delay`, if longer), plus a little jitter"),
         o.Option("expect_status", (int, str, list), "2xx", _status_matcher, doc="the statuses that succeed: `\"2xx\"`, `200` or a list of them"),
         o.Option("save_reply", str, "", _optional_variable, shown_default="—",
                  doc="variable for the response body; the status goes into `${name}_status`"),
@@ -200,7 +215,14 @@ class HttpAction:
         max_reply: int = 1 << 20,
         tls: Any = None,
         reactor: Any = None,
+        client: Any = None,
     ) -> None:
+        """
+        C{client} is what sends: a treq C{HTTPClient} or anything with its
+        C{request} (C{treq.testing.StubTreq}).  Without it the action makes
+        its own, checking TLS as C{tls} says, with one connection per
+        request (nothing stays open that no one would close).
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -217,14 +239,17 @@ class HttpAction:
         self.save_reply = save_reply
         self.max_reply = max_reply
         self.reactor = reactor
-        from treq.client import HTTPClient
-
-        agent = webclient.Agent(reactor, contextFactory=tls or webclient.BrowserLikePolicyForHTTPS())
-        self.client = HTTPClient(agent)
+        self.policy = RetryPolicy(retry_delay, max(MAX_RETRY_DELAY, retry_delay), math.inf, retries)
+        if client is None:
+            tls = tls or webclient.BrowserLikePolicyForHTTPS()
+            client = make_client(reactor, tls, quiet_connection_pool(reactor, persistent=False))
+        self.client = client
 
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "HttpAction":
         ca_file = context.resolve_path(options["ca_file"]) if options["ca_file"] else ""
+        verify = options["verify_tls"]
+        client = http_clients(context).client((verify, ca_file), lambda: tls_policy(verify, ca_file))
         return cls(
             options["url"],
             options["method"],
@@ -237,8 +262,8 @@ class HttpAction:
             options["expect_status"],
             options["save_reply"],
             options["max_reply"],
-            tls=tls_policy(options["verify_tls"], ca_file),
             reactor=context.reactor,
+            client=client,
         )
 
     def _body(self, job: Any) -> Any:
@@ -258,8 +283,9 @@ class HttpAction:
         headers = {k: [t.render_text(job.variables)] for k, t in self.headers.items()}
         body = self._body(job)
         what = f"HTTP {self.method} {url}"
-        delay = self.retry_delay
-        for attempt in range(1, self.retries + 2):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 status, phrase, reply = yield self._attempt(url, headers, body, what)
             except _Retryable as e:
@@ -272,15 +298,15 @@ class HttpAction:
                 last = f"{what} answered {status} {phrase} (expected {_describe(self.expect_status)})"
                 if status < 500:
                     raise ActionError(last)
-            if attempt <= self.retries:
-                log.info(
-                    "{error}; retry {n} of {retries} in {delay} s",
-                    error=last, n=attempt, retries=self.retries, delay=delay, job_id=job.job_id,
-                )
-                yield deferLater(self.reactor, delay, lambda: None)
-                delay *= 2
-        tries = self.retries + 1
-        raise ActionError(f"{last} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
+            if self.policy.exhausted(attempt, 0.0):
+                break
+            wait = self.policy.wait(self.reactor, attempt)
+            log.info(
+                "{error}; retry {n} of {retries} in {delay:.2f} s",
+                error=last, n=attempt, retries=self.retries, delay=wait.delay, job_id=job.job_id,
+            )
+            yield wait.deferred
+        raise ActionError(f"{last} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})")
 
     @inlineCallbacks
     def _attempt(self, url: str, headers: dict, body: Any, what: str):
@@ -300,27 +326,18 @@ class HttpAction:
             content = yield reader.done
             return response.code, response.phrase.decode("latin-1"), content
 
-        whole = exchange()
-        timed_out = []
+        def expired(_cancelled: Any, timeout: float) -> Any:
+            # Whatever the cancelled request failed with, the attempt timed out.
+            raise _Retryable(f"{what}: no complete reply within {timeout:g} s")
 
-        def expire() -> None:
-            timed_out.append(True)
-            whole.cancel()
-
-        timer = self.reactor.callLater(self.timeout, expire)
         try:
-            return (yield whole)
+            return (yield exchange().addTimeout(self.timeout, self.reactor, onTimeoutCancel=expired))
+        except ActionError:
+            raise
         except Exception as e:
-            if timed_out:
-                raise _Retryable(f"{what}: no complete reply within {self.timeout:g} s") from None
-            if isinstance(e, ActionError):
-                raise
             if isinstance(e, _RETRYABLE):
                 raise _Retryable(f"{what}: {_explain(e)}") from None
             raise ActionError(f"{what}: {_explain(e)}") from None
-        finally:
-            if timer.active():
-                timer.cancel()
 
     def _save(self, job: Any, status: int, reply: bytes) -> None:
         if self.save_reply:

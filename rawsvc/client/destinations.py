@@ -8,8 +8,12 @@ attempt that a later one may cure (refused, reset mid-job, connect timeout,
 unreachable host, failed lookup, stalled printer) is retried with capped,
 jittered back-off (L{rawsvc.client.retry.RetryPolicy}) until delivered or
 C{retry_for} runs out, as CUPS's socket backend does.  While it waits, the
-delivery is C{waiting} (attempt, last error, next try), its watchers (the
-spool) are told, and later jobs for that printer wait behind it.  An
+delivery is C{waiting} (attempt, last error, next try), its watchers
+(L{IDeliveryWatcher} providers: the spool) are told, and later jobs for
+that printer wait behind it.  A delivery's states are its
+L{rawsvc.client.machine.Delivery} machine's; a destination's one connection
+is a L{DeferredLock} (L{rawsvc.client.queues.DestinationQueue}), whose
+waiters are served in submission order.  An
 operator may cut the wait short (L{DestinationPool.retry_now}) or end the
 delivery (L{DestinationPool.cancel}).  Every C{deliver} fires with a
 L{DeliveryResult}; it never fails but when its caller cancels it.
@@ -25,30 +29,27 @@ stays unfinished in the spool and resumes at the next start.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Iterable
 from typing import Any
 
 import attrs
 from zope.interface import implementer
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rawsvc.client.address import AddressError, AllowList, Destination, resolve
-from rawsvc.client.protocol import (
-    AttemptResult,
-    DeliveryMachine,
-    Ending,
-    SendProtocol,
-    SendSettings,
-    Source,
-    State,
-)
+from rawsvc.client.machine import Delivery, InvalidTransition, State, transition_text
 from rawsvc.client.outcomes import (  # noqa: F401  (DeliveryResult and the outcomes are public here)
-    CANCELLED, DELIVERED, STOPPED, DeliveryResult, _AttemptFields, _connect_failure, _dns_text, _not_allowed,
+    CANCELLED, DELIVERED, STOPPED, DeliveryResult, _connect_failure, _dns_text, _not_allowed, from_attempt,
 )
-from rawsvc.client.queues import WAITING, DeliveryWatcher, _Cancelled, _Queue, _Stopping
+from rawsvc.client.protocol import AttemptResult, SendProtocol, SendSettings, Source
+from rawsvc.client.queues import DestinationQueue, Turn, _Cancelled, _Stopping
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
@@ -56,11 +57,35 @@ from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
 log = Logger(namespace="rawsvc.client")
 
 
+class _OneConnection(Factory):
+    """
+    Builds the one protocol of one connection attempt, quietly: no "Starting
+    factory" / "Stopping factory" line per connection (C{connectProtocol}'s
+    factory is noisy).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol
+
+
+def _watcher(watcher: Any) -> IDeliveryWatcher:
+    if not IDeliveryWatcher.providedBy(watcher):
+        raise TypeError(f"{type(watcher).__name__} does not provide IDeliveryWatcher")
+    return watcher
+
+
 @implementer(IDestinationPool)
 class DestinationPool(Service):
     """Per-destination queues; see the module docstring."""
 
-    def __init__(self, reactor: Any = None, allow: AllowList | None = None) -> None:
+    def __init__(
+        self, reactor: Any = None, allow: AllowList | None = None, watchers: Iterable[IDeliveryWatcher] = (),
+    ) -> None:
         self.setName("destinations")
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -69,18 +94,17 @@ class DestinationPool(Service):
         self.reactor = reactor
         self._explicit = allow
         self._literals: list[Destination] = []
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, DestinationQueue] = {}
         self._stopping = False
         #: The stop grace has begun: no more retries (L{begin_stop}).
         self._no_retry = False
-        #: job_id -> its turn in a queue, while it waits for it.
-        self._turns: dict[str, Deferred[None]] = {}
-        self.watchers: list[DeliveryWatcher] = []
+        #: Told about deliveries that wait to retry and retry (see L{add_watcher}).
+        self.watchers: list[IDeliveryWatcher] = [_watcher(w) for w in watchers]
         self.configured = allow is not None
 
     def add_watcher(self, watcher: IDeliveryWatcher) -> None:
-        """Tell C{watcher} about deliveries that wait for a retry and try again."""
-        self.watchers.append(watcher)
+        """Tell C{watcher} (an L{IDeliveryWatcher}) about deliveries that wait to retry and retry."""
+        self.watchers.append(_watcher(watcher))
 
     # Configuration ----------------------------------------------------------
 
@@ -124,15 +148,14 @@ class DestinationPool(Service):
         self.begin_stop()
         self._stopping = True
         for q in self._queues.values():
-            while q.waiting:
-                q.waiting.popleft().errback(_Stopping())
+            q.end_turns(STOPPED)
         return super().stopService()
 
     # Operators ---------------------------------------------------------------
 
-    def _current(self, job_id: str) -> _Queue | None:
+    def _current(self, job_id: str) -> DestinationQueue | None:
         for q in self._queues.values():
-            if q.busy and q.job_id == job_id:
+            if q.current is not None and q.current.job_id == job_id:
                 return q
         return None
 
@@ -149,18 +172,13 @@ class DestinationPool(Service):
         """
         if not job_id:
             return False
-        turn = self._turns.pop(job_id, None)
-        if turn is not None and not turn.called:
-            for q in self._queues.values():
-                if turn in q.waiting:
-                    q.waiting.remove(turn)
-            turn.errback(_Cancelled())
-            return True
+        for q in self._queues.values():
+            for turn in q.turns:
+                if turn.delivery.job_id == job_id:
+                    turn.end(CANCELLED)
+                    return True
         current = self._current(job_id)
-        if current is None or current.retry_wait is None:
-            return False
-        current.cancelled = True
-        return current.end_wait()
+        return current is not None and current.end_wait(_Cancelled())
 
     # Delivery ------------------------------------------------------------------
 
@@ -176,6 +194,9 @@ class DestinationPool(Service):
         """
         Queue one job for C{dest}; fires with a L{DeliveryResult}.  Without
         C{policy}, C{settings} give the back-off and the number of retries.
+        Cancelling the result while the job waits for its turn gives its
+        place up (it fails with C{CancelledError}); once it runs, the
+        delivery ends C{stopped}.
         """
         key = str(dest)
         if self._stopping:
@@ -186,80 +207,48 @@ class DestinationPool(Service):
             policy = RetryPolicy(settings.retry_delay, settings.max_retry_delay, retries=settings.retries)
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = _Queue(key)
+            q = self._queues[key] = DestinationQueue(key)
+        delivery = Delivery(job_id, key, self.watchers)
+        turn = Turn(delivery, q.lock.acquire())
+        if not turn.acquired.called:
+            q.turns.append(turn)
 
-        def leave_queue(cancelled: Deferred[None]) -> None:
-            # Cancelled while waiting its turn: give the place up, so the
-            # queue never hands its single connection to a dead job.
-            try:
-                q.waiting.remove(cancelled)
-            except ValueError:
-                pass
+        def run(_: DeferredLock) -> Deferred[DeliveryResult]:
+            if turn in q.turns:
+                q.turns.remove(turn)
+            return self._run(q, dest, source, settings, policy, delivery, total)
 
-        turn: Deferred[None] = Deferred(leave_queue)
-        q.waiting.append(turn)
-        if job_id:
-            self._turns[job_id] = turn
-        machine = DeliveryMachine(lambda state: self._set_state(q, state.value))
-
-        def run(_: None) -> Deferred[DeliveryResult]:
-            return self._run(q, dest, source, settings, policy, machine, job_id, total)
-
-        def not_run(failure: Any) -> DeliveryResult:
-            failure.trap(_Stopping, _Cancelled)
-            machine.to(State.DONE)
-            if failure.check(_Cancelled):
+        def not_run(failure: Failure) -> DeliveryResult | Failure:
+            failure.trap(CancelledError)
+            if turn in q.turns:
+                q.turns.remove(turn)
+            if not turn.ended_by:
+                return failure  # its caller cancelled it: the lock's canceller gave its place up
+            delivery.finish()
+            if turn.ended_by == CANCELLED:
                 return DeliveryResult(CANCELLED, key, message=f"cancelled by an operator before {key} was tried")
             return DeliveryResult(STOPPED, key, message=f"service stopping: {key} not tried")
 
-        def forget(result: Any) -> Any:
-            if self._turns.get(job_id) is turn:
-                del self._turns[job_id]
-            return result
-
-        d = turn.addBoth(forget).addCallbacks(run, not_run)
-        self._next(q)
-        return d
-
-    def _next(self, q: _Queue) -> None:
-        while not q.busy and q.waiting:
-            turn = q.waiting.popleft()
-            if turn.called:  # cancelled meanwhile
-                continue
-            q.busy = True
-            turn.callback(None)
-
-    def _set_state(self, q: _Queue, state: str) -> None:
-        if state == State.DONE.value:
-            return  # the queue goes idle (or to its next job) in _run
-        q.state = state
-        q.last_change = time.time()
-
-    def _tell(self, method: str, *args: Any) -> None:
-        for watcher in self.watchers:
-            try:
-                getattr(watcher, method)(*args)
-            except Exception:
-                log.failure("delivery watcher {watcher} failed", watcher=watcher)
+        return turn.acquired.addCallbacks(run, not_run)
 
     @inlineCallbacks
-    def _run(self, q, dest, source, settings, policy, machine, job_id, total):
+    def _run(
+        self, q: DestinationQueue, dest: Destination, source: Source, settings: SendSettings,
+        policy: RetryPolicy, delivery: Delivery, total: int | None,
+    ) -> Generator[Deferred[Any], Any, DeliveryResult]:
         key = str(dest)
-        q.job_id = job_id
-        q.cancelled = False
-        attempt = 0
+        q.current = delivery
         first = self.reactor.seconds()
         result: DeliveryResult
         try:
             while True:
-                attempt += 1
                 q.attempts += 1
-                q.attempt = attempt
-                machine.to(State.CONNECTING)
-                result = yield self._attempt(dest, source, settings, machine, attempt, total)
+                delivery.connect()
+                attempt = delivery.attempt
+                result = yield self._attempt(dest, source, settings, delivery, total)
                 log.info(
                     "job {job_id} to {dest}: attempt {attempt}: {outcome}",
-                    job_id=job_id, dest=key, attempt=attempt, outcome=result.outcome,
+                    job_id=delivery.job_id, dest=key, attempt=attempt, outcome=result.outcome,
                     written=result.written, error=result.message,
                 )
                 if result.ok:
@@ -272,52 +261,51 @@ class DestinationPool(Service):
                 if policy.gives_up(result.outcome, attempt, self.reactor.seconds() - first):
                     break
                 q.retries += 1
-                machine.to(State.QUEUED)
-                delay = policy.delay(attempt)
-                q.next_try = time.time() + delay
                 q.last_error = result.message
-                self._set_state(q, WAITING)
+                q.retry = policy.wait(self.reactor, attempt)
                 log.info("job {job_id} to {dest}: waiting {delay:.1f} s before attempt {next}: {error}",
-                         job_id=job_id, dest=key, delay=delay, next=attempt + 1, error=result.message)
-                self._tell("delivery_waiting", job_id, key, attempt, result.message, q.next_try)
-                q.retry_wait = Deferred()
-                q.retry_call = self.reactor.callLater(delay, q.end_wait)
+                         job_id=delivery.job_id, dest=key, delay=q.retry.delay, next=attempt + 1,
+                         error=result.message)
+                delivery.wait(result.message, time.time() + q.retry.delay)
                 try:
-                    yield q.retry_wait
+                    yield q.retry.deferred
                 except _Stopping:
                     result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
                     break
-                finally:
-                    q.retry_wait = q.retry_call = q.next_try = None
-                if q.cancelled:
+                except _Cancelled:
                     result = attrs.evolve(
                         result, outcome=CANCELLED,
                         message=f"cancelled by an operator while waiting to retry; {result.message}",
                     )
                     break
-                self._tell("delivery_retrying", job_id, key, attempt + 1)
+                finally:
+                    q.retry = None
         except CancelledError:  # its caller gave up on it
-            result = DeliveryResult(STOPPED, key, attempt, message=f"delivery to {key} cancelled")
+            result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"delivery to {key} cancelled")
         except Exception as e:  # a bug: say so, never leave the queue stuck
             log.failure("delivery to {dest} crashed", dest=key)
-            text = str(e) or type(e).__name__
-            result = DeliveryResult("error", key, attempt, message=f"internal error sending to {key}: {text}")
+            text = transition_text(e) if isinstance(e, InvalidTransition) else str(e) or type(e).__name__
+            result = DeliveryResult("error", key, delivery.attempt, message=f"internal error sending to {key}: {text}")
         finally:
-            if machine.state is not State.DONE:
-                machine.to(State.DONE)
-            q.busy = False
-            q.job_id = ""
-            q.attempt = 0
-            self._set_state(q, "idle")
-            self.reactor.callLater(0, self._next, q)
+            if delivery.state is not State.DONE:
+                delivery.finish()
+            q.current = None
+            q.idle_since = time.time()
+        return self._finished(q, delivery, result)
+
+    def _finished(self, q: DestinationQueue, delivery: Delivery, result: DeliveryResult) -> DeliveryResult:
+        """Count C{result} and hand the destination on; the delivery's final result."""
         if result.outcome == STOPPED:
             # The stop cut this job off: the jobs behind it must not overtake
             # it (they all resume, in order, at the next start).
-            while q.waiting:
-                q.waiting.popleft().errback(_Stopping())
-        result = attrs.evolve(result, attempts=attempt)
-        if not result.ok and attempt > 1:
-            result = attrs.evolve(result, message=f"{result.message} ({attempt} attempts)")
+            q.end_turns(STOPPED)
+        # The next delivery starts in a later turn of the reactor, so that a
+        # long queue of jobs failing at once does not recurse.
+        self.reactor.callLater(0, q.lock.release)
+        attempts = delivery.attempt
+        result = attrs.evolve(result, attempts=attempts)
+        if not result.ok and attempts > 1:
+            result = attrs.evolve(result, message=f"{result.message} ({attempts} attempts)")
         q.last_outcome = result.outcome
         if result.ok:
             q.delivered += 1
@@ -329,7 +317,9 @@ class DestinationPool(Service):
         return result
 
     @inlineCallbacks
-    def _attempt(self, dest, source, settings, machine, attempt, total):
+    def _attempt(
+        self, dest: Destination, source: Source, settings: SendSettings, delivery: Delivery, total: int | None,
+    ) -> Generator[Deferred[Any], Any, DeliveryResult]:
         key = str(dest)
         try:
             addresses = yield resolve(self.reactor, dest)
@@ -340,61 +330,23 @@ class DestinationPool(Service):
             return _not_allowed(key, addresses)
         failure: DeliveryResult | None = None
         for address in allowed:
-            proto = SendProtocol(self.reactor, source, settings, machine, total)
+            proto = SendProtocol(self.reactor, source, settings, delivery, total)
             kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            # The endpoint's own timeout is Twisted's connect timeout (it
+            # stops the connector and fails with TimeoutError); an addTimeout
+            # on top would be a second timer for the same thing.
             endpoint = kind(self.reactor, address, dest.port, timeout=settings.connect_timeout)
             try:
-                yield connectProtocol(endpoint, proto)
+                yield endpoint.connect(_OneConnection(proto))
             except (ConnectError, CancelledError) as e:
                 this = _connect_failure(key, address, e, settings)
                 if failure is None or failure.outcome != "refused":
                     failure = this
                 continue
             ended: AttemptResult = yield proto.finished
-            return _from_attempt(key, address, ended, settings)
+            return from_attempt(key, address, ended, settings)
         assert failure is not None
         return failure
-
-
-def _from_attempt(key: str, address: str, r: AttemptResult, settings: SendSettings) -> DeliveryResult:
-    common = _AttemptFields(written=r.written, total=r.total, reply=r.reply, ending=r.ending.value, address=address)
-    total = r.total if r.total is not None else "?"
-    if r.ending in (Ending.EOF, Ending.DELAY, Ending.SENT):
-        return DeliveryResult(DELIVERED, key, message=f"delivered {r.written} bytes to {key}", **common)
-    if r.ending is Ending.EOF_TIMEOUT:
-        return DeliveryResult(
-            "reply_timeout", key,
-            message=f"reply timeout: {key} did not close the connection within "
-            f"{settings.eof_timeout:g} s after all {r.written} bytes were written",
-            **common,
-        )
-    if r.ending is Ending.RESET_DRAINING:
-        # The printer's kernel acknowledged every byte: the job is printed (or
-        # the printer's own to lose).  Sending it again would print it twice.
-        log.warn(
-            "{dest} reset the connection ({error}) after acknowledging all {written} bytes; "
-            "counted as delivered, not sent again",
-            dest=key, error=r.error, written=r.written,
-        )
-        return DeliveryResult(
-            DELIVERED, key,
-            message=f"delivered {r.written} bytes to {key} (the printer then reset the connection: {r.error})",
-            **common,
-        )
-    if r.ending is Ending.STALLED:
-        return DeliveryResult(
-            "send_timeout", key,
-            message=f"send timeout: {key} took no data for {settings.send_timeout:g} s "
-            f"(printer stopped reading) after {r.written} of {total} bytes were written",
-            **common,
-        )
-    if r.ending is Ending.SOURCE_ERROR:
-        return DeliveryResult("source_error", key, message=f"sending to {key}: {r.error}", **common)
-    return DeliveryResult(
-        "reset", key,
-        message=f"connection to {key} reset mid-job ({r.error}) after {r.written} of {total} bytes were written",
-        **common,
-    )
 
 
 def pool_for(context: Any) -> DestinationPool:

@@ -1,10 +1,12 @@
 """
 The outbound printer client: one connection that sends one job.
 
-A delivery moves through explicit states (L{State}): C{queued} (waiting for
-its destination, or for a retry), C{connecting}, C{sending}, C{draining}
-(every byte handed over, write side half-closed, reading the back-channel
-until EOF, the disconnect delay or the EOF timeout) and C{done}.
+A delivery's states are its L{rawsvc.client.machine.Delivery} machine's;
+the protocol tells it C{connected} and C{written} (the attempt moves from
+C{sending} to C{draining}: every byte handed over, waiting for the
+printer's acknowledgements, then the write side half-closed, reading the
+back-channel until EOF, the disconnect delay or the EOF timeout), and asks
+it whether it is draining.
 
 L{SendProtocol} does the I/O of one attempt: it writes the job (small jobs
 in one write, spilled jobs streamed from their file with L{FileSender}),
@@ -34,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc._transport import AckProbe, reset_if_abandoned, stream_transport
+from rawsvc.client.machine import Delivery, State
 
 log = Logger(namespace="rawsvc.client")
 
@@ -53,44 +56,6 @@ class _FileSender(FileSender):
 
     CHUNK_SIZE = 1 << 18
 
-class State(enum.Enum):
-    QUEUED = "queued"
-    CONNECTING = "connecting"
-    SENDING = "sending"
-    DRAINING = "draining"
-    DONE = "done"
-
-
-_TRANSITIONS = {
-    State.QUEUED: {State.CONNECTING, State.DONE},
-    State.CONNECTING: {State.SENDING, State.QUEUED, State.DONE},
-    State.SENDING: {State.DRAINING, State.QUEUED, State.DONE},
-    State.DRAINING: {State.QUEUED, State.DONE},
-    State.DONE: set(),
-}
-
-
-class InvalidTransition(RuntimeError):
-    pass
-
-
-class DeliveryMachine:
-    """The state of one delivery; every change is checked against the table."""
-
-    def __init__(self, on_change: Callable[[State], None] | None = None) -> None:
-        self.state = State.QUEUED
-        self.history = [State.QUEUED]
-        self._on_change = on_change
-
-    def to(self, new: State) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise InvalidTransition(f"delivery cannot go from {self.state.value} to {new.value}")
-        self.state = new
-        self.history.append(new)
-        if self._on_change is not None:
-            self._on_change(new)
-
-
 @attrs.frozen
 class SendSettings:
     """How one job is sent (the C{send_tcp} options, minus what and where)."""
@@ -105,10 +70,6 @@ class SendSettings:
     max_retry_delay: float = 30.0
     #: Seconds without any buffered byte reaching the kernel before the attempt is aborted (0: never).
     send_timeout: float = 300.0
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number C{attempt} (1-based)."""
-        return min(self.retry_delay * (2 ** (attempt - 1)), self.max_retry_delay)
 
 
 class Ending(enum.Enum):
@@ -173,7 +134,7 @@ class SendProtocol(Protocol):
         reactor: Any,
         source: Source,
         settings: SendSettings,
-        machine: DeliveryMachine,
+        machine: Delivery,
         total: int | None = None,
     ) -> None:
         self.reactor = reactor
@@ -186,7 +147,6 @@ class SendProtocol(Protocol):
         self._reply_len = 0
         self._handed = 0
         self._file: BinaryIO | None = None
-        self._written_all = False
         self._peer_eof = False
         self._ending: Ending | None = None
         self._error = ""
@@ -204,10 +164,15 @@ class SendProtocol(Protocol):
         self._probe = AckProbe(None)
         self._ack_progress: tuple[int, float] = (-1, 0.0)
 
+    @property
+    def _draining(self) -> bool:
+        """Every byte is handed to the transport (asked of the delivery's machine)."""
+        return self.machine.state is State.DRAINING
+
     # I/O ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.machine.to(State.SENDING)
+        self.machine.connected()
         self._probe = AckProbe.of(self.transport)
         if self._probe.acked() is not None:
             # Until the printer acknowledged every byte, a close we did not
@@ -253,8 +218,7 @@ class SendProtocol(Protocol):
         self._close_file()
         if self._ending is not None or self._lost:
             return
-        self._written_all = True
-        self.machine.to(State.DRAINING)
+        self.machine.written()
         if self._probe.acked() is not None:
             # Half-close (or close) only once the printer's kernel acknowledged
             # every byte.  Closed earlier, a job whose tail is still in our
@@ -299,6 +263,9 @@ class SendProtocol(Protocol):
             if half_close is not None:
                 half_close()
         self._poll_acks()
+        # The EOF timeout and the disconnect delay (and the stall and close
+        # timers) are timers on transport events, not on a Deferred, so they
+        # are callLater, not Deferred.addTimeout; connectionLost cancels them.
         if self._peer_eof:
             self._close(Ending.EOF)
         elif self.settings.wait_for_eof:
@@ -326,7 +293,7 @@ class SendProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self._peer_eof = True
-        if self._written_all and self._ending is None:
+        if self._draining and self._ending is None:
             self._close(Ending.EOF)
 
     def writeConnectionLost(self) -> None:
@@ -412,7 +379,7 @@ class SendProtocol(Protocol):
             error = f"the printer took no data for {self.settings.send_timeout:g} s (send_timeout)"
         elif ending is None:
             error = _reason_text(reason)
-            if self._written_all and acked_all:
+            if self._draining and acked_all:
                 ending = Ending.RESET_DRAINING
             else:
                 ending = Ending.RESET

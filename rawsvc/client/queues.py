@@ -1,45 +1,62 @@
 """
-One destination's queue (L{_Queue}): its jobs in order, the current job's
-attempt and back-off wait, and its counters; and L{DeliveryWatcher}, what
-the pool tells about deliveries waiting to retry.
+One destination's queue (L{DestinationQueue}): a L{DeferredLock} that gives
+its single connection to one delivery at a time, in submission order; the
+deliveries waiting for it; the current delivery (whose L{Delivery.state}
+is the destination's state) and its back-off wait; and the counters.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+
+from rawsvc.client.machine import Delivery, State
+from rawsvc.client.retry import RetryWait
 
 #: The queue state of a delivery waiting for its next attempt.
-WAITING = "waiting"
+WAITING = State.WAITING.value
 
-
-class DeliveryWatcher(Protocol):
-    """Told when a job's delivery starts waiting for a retry and when it tries again."""
-
-    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None: ...
-
-    def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None: ...
+#: The queue state when no delivery holds the destination.
+IDLE = "idle"
 
 
 class _Stopping(Exception):
-    pass
+    """The service stops: the delivery ends C{stopped} (it resumes at the next start)."""
 
 
 class _Cancelled(Exception):
-    pass
+    """An operator cancelled the delivery while it waited to retry."""
 
 
-class _Queue:
-    """One destination's queue and counters."""
+@attrs.define(eq=False)
+class Turn:
+    """A delivery waiting for its destination's lock; C{ended_by} says why its wait was cancelled."""
+
+    delivery: Delivery
+    acquired: Deferred[DeferredLock]
+    #: The outcome an operator or the stop gave it ("cancelled", "stopped"); "" when its caller cancelled.
+    ended_by: str = ""
+
+    def end(self, outcome: str) -> None:
+        """Leave the queue (through the lock's canceller) with C{outcome}."""
+        self.ended_by = outcome
+        self.acquired.cancel()
+
+
+class DestinationQueue:
+    """One destination's lock, waiting deliveries, current delivery and counters."""
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.waiting: deque[Deferred[None]] = deque()
-        self.busy = False
-        self.state = "idle"
+        self.lock = DeferredLock()
+        #: Deliveries waiting for the lock, in order.
+        self.turns: list[Turn] = []
+        self.current: Delivery | None = None
+        self.retry: RetryWait | None = None
+        self.cancelled = False
         self.attempts = 0
         self.delivered = 0
         self.failures = 0
@@ -47,24 +64,23 @@ class _Queue:
         self.bytes_sent = 0
         self.last_outcome = ""
         self.last_error = ""
-        self.last_change = time.time()
-        self.job_id = ""
-        #: The current job's attempt number and, while it waits, its next try (epoch seconds).
-        self.attempt = 0
-        self.next_try: float | None = None
-        self.cancelled = False
-        self.retry_wait: Deferred[None] | None = None
-        self.retry_call: Any = None
+        self.idle_since = time.time()
+
+    @property
+    def state(self) -> str:
+        """The current delivery's state, or C{idle}."""
+        return self.current.state.value if self.current is not None else IDLE
 
     def status(self) -> dict[str, Any]:
+        d = self.current
         return {
             "state": self.state,
-            "queued": len(self.waiting),
-            "in_progress": 1 if self.busy else 0,
-            "waiting": 1 if self.next_try is not None else 0,
-            "job_id": self.job_id,
-            "attempt": self.attempt,
-            "next_try": self.next_try,
+            "queued": len(self.lock.waiting),
+            "in_progress": 1 if d is not None else 0,
+            "waiting": 1 if d is not None and d.state is State.WAITING else 0,
+            "job_id": d.job_id if d is not None else "",
+            "attempt": d.attempt if d is not None else 0,
+            "next_try": d.next_try if d is not None else None,
             "attempts": self.attempts,
             "delivered": self.delivered,
             "failures": self.failures,
@@ -72,21 +88,17 @@ class _Queue:
             "bytes_sent": self.bytes_sent,
             "last_outcome": self.last_outcome,
             "last_error": self.last_error,
-            "since": self.last_change,
+            "since": d.since if d is not None else self.idle_since,
         }
 
+    def end_turns(self, outcome: str) -> None:
+        """Every delivery still waiting for the lock leaves it with C{outcome}, in order."""
+        for turn in list(self.turns):
+            turn.end(outcome)
+
     def end_wait(self, error: Exception | None = None) -> bool:
-        """End a back-off wait now (with C{error}: the delivery ends); False when not waiting."""
-        wait, call = self.retry_wait, self.retry_call
+        """End the current back-off wait now (with C{error}: the delivery ends); False when not waiting."""
+        wait = self.retry
         if wait is None:
             return False
-        if call is not None and call.active():
-            call.cancel()
-        self.retry_wait = self.retry_call = None
-        if error is None:
-            wait.callback(None)
-        else:
-            wait.errback(error)
-        return True
-
-
+        return wait.now() if error is None else wait.stop(error)

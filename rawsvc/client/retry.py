@@ -1,5 +1,7 @@
 """
-How long and how often a delivery is retried: L{RetryPolicy}.
+How long and how often a failed attempt is retried: L{RetryPolicy}, and the
+back-off wait between two attempts: L{RetryWait}.  Both the destination pool
+(C{send_tcp}) and the C{http} action retry with these.
 
 A spooled delivery is retried until it is delivered or C{retry_for}
 seconds have passed since its first attempt (7 days by default, like
@@ -7,16 +9,21 @@ CUPS); C{retries}, when set, caps the number of retries as well.  The
 wait between attempts is Twisted's C{backoffPolicy}: C{retry_delay}
 multiplied by C{factor} each time up to C{max_retry_delay}, plus a little
 jitter so that many jobs for one printer that comes back do not all
-knock at once.
+knock at once.  The jitter is uniform between 0 and a quarter of
+C{retry_delay}, added to the capped delay (so a wait is at most
+C{max_retry_delay + retry_delay / 4}).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 #: Seconds a delivery is retried for by default (CUPS's job-retry-limit spirit: 7 days).
 RETRY_FOR = 604800.0
@@ -52,8 +59,52 @@ class RetryPolicy:
 
     def gives_up(self, outcome: str, failed: int, elapsed: float) -> bool:
         """Whether a delivery whose C{failed}-th attempt ended in C{outcome} stops here."""
-        if outcome not in TRANSIENT:
-            return True
+        return outcome not in TRANSIENT or self.exhausted(failed, elapsed)
+
+    def exhausted(self, failed: int, elapsed: float) -> bool:
+        """Whether C{failed} failed attempts, C{elapsed} seconds after the first began, are all there may be."""
         if self.retries is not None and failed > self.retries:
             return True
         return elapsed >= self.retry_for
+
+    def wait(self, clock: IReactorTime, failed: int) -> "RetryWait":
+        """The back-off after C{failed} failed attempts, started now on C{clock}."""
+        return RetryWait(clock, self.delay(failed))
+
+
+class RetryWait:
+    """
+    A back-off wait: L{deferred} fires with None after C{delay} seconds, or
+    at once on L{now}; L{stop} fails it with an error instead.  Cancelling
+    L{deferred} (its caller gave up) ends the wait too.
+    """
+
+    def __init__(self, clock: IReactorTime, delay: float) -> None:
+        self.delay = delay
+        self.deferred: Deferred[None] = Deferred(self._cancelled)
+        self._call: Any = clock.callLater(delay, self._end, None)
+
+    def now(self) -> bool:
+        """End the wait now; False when it is already over."""
+        return self._end(None)
+
+    def stop(self, error: Exception) -> bool:
+        """Fail the wait with C{error}; False when it is already over."""
+        return self._end(error)
+
+    def _end(self, error: Exception | None) -> bool:
+        if self.deferred.called:
+            return False
+        self._cancel_call()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
+        return True
+
+    def _cancelled(self, _d: Deferred[None]) -> None:
+        self._cancel_call()
+
+    def _cancel_call(self) -> None:
+        if self._call.active():
+            self._call.cancel()
