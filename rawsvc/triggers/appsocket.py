@@ -39,6 +39,7 @@ from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import ITrigger, ITriggerType
 from rawsvc.metrics import TriggerCounters
+from rawsvc.triggers.printer_state import PrinterSnapshot
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -59,20 +60,18 @@ def _line(value: Any) -> str:
     return str(value).replace("\r", " ").replace("\n", " ")
 
 
-def format_status(printer: Any) -> bytes:
-    """The status datagram for a live printer trigger."""
-    s = printer.state
-    job = s.current_job
+def format_status(snapshot: PrinterSnapshot) -> bytes:
+    """The status datagram for a printer's L{PrinterSnapshot} (C{printer.snapshot()})."""
     fields = {
-        "STATE": s.state,
-        "PRINTER": printer.name,
-        "JOB": job.job_id if job is not None else "",
-        "JOB_NAME": job.variables.get("pjl_job_name", "") if job is not None else "",
-        "CLIENT": printer.active.label if printer.active is not None else "",
-        "QUEUED": len(printer.waiting),
-        "JOBS_OK": s.jobs_ok,
-        "JOBS_FAILED": s.jobs_failed,
-        "LAST_ERROR": s.last_error,
+        "STATE": snapshot.state,
+        "PRINTER": snapshot.printer,
+        "JOB": snapshot.job_id,
+        "JOB_NAME": snapshot.job_name,
+        "CLIENT": snapshot.client,
+        "QUEUED": snapshot.queued,
+        "JOBS_OK": snapshot.jobs_ok,
+        "JOBS_FAILED": snapshot.jobs_failed,
+        "LAST_ERROR": snapshot.last_error,
     }
     return "".join(f"{k}={_line(fields[k])}\n" for k in STATUS_KEYS).encode("utf-8", "replace")
 
@@ -182,7 +181,7 @@ class AppSocketStatusTrigger(Service):
         return cls(options, context)
 
     def status_datagram(self) -> bytes:
-        return format_status(self.printer)
+        return format_status(self.printer.snapshot())
 
     @property
     def listening(self) -> bool:

@@ -1,9 +1,9 @@
 """
 The limits on one connection of a stream trigger, mixed into
-L{rawsvc.triggers.connection.JobConnection}: pausing and resuming its
-reads, C{idle_timeout} and C{job_timeout} (one timer serves both, plus a
-subclass's own deadline), and eviction in low-resources mode (see
-L{rawsvc.triggers.admission}).
+L{rawsvc.triggers.connection.FramedConnection}: pausing and resuming its
+reads, C{idle_timeout} and C{job_timeout} (one timer serves both), and
+eviction in low-resources mode (see L{rawsvc.triggers.admission}).  The
+values come from the trigger's L{rawsvc.triggers.settings.ConnectionSettings}.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from rawsvc._transport import stream_transport
+from rawsvc.triggers.settings import ConnectionSettings
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -22,11 +23,15 @@ class ConnectionLimits(Protocol):
     """Timeouts, read pausing and eviction; the connection supplies the state below."""
 
     trigger: Any
+    settings: ConnectionSettings
+    reactor: Any
     label: str
     closed: bool
     refused: bool
     refusing: bool
     input_done: bool
+    held: bool
+    began: bool
     running: int
     ready: Any
     payload: Any
@@ -45,6 +50,7 @@ class ConnectionLimits(Protocol):
     # Flow control and timeouts ---------------------------------------------
 
     def pause_reading(self, reason: str) -> None:
+        """Stop reading the client for C{reason} (reads resume once every reason is gone)."""
         if not self._paused and not self.closed:
             stream_transport(self).pauseProducing()
         self._paused.add(reason)
@@ -55,12 +61,17 @@ class ConnectionLimits(Protocol):
             if not self._paused and not self.closed:
                 stream_transport(self).resumeProducing()
 
+    @property
+    def reading_paused(self) -> frozenset[str]:
+        """Why reading is paused now (C{backpressure}, C{flow}, C{queued}, C{timeout}); empty: reading."""
+        return frozenset(self._paused)
+
     def _arm_idle(self) -> None:
         """(Re)start counting idle time from now."""
-        if not self.trigger.idle_timeout or self.closed:
+        if not self.settings.idle_timeout or self.closed:
             return
         self._idle_armed = True
-        self.last_active = self.trigger.reactor.seconds()
+        self.last_active = self.reactor.seconds()
         self._schedule_deadline()
 
     def _disarm_idle(self) -> None:
@@ -68,23 +79,13 @@ class ConnectionLimits(Protocol):
         self._idle_armed = False
 
     def _next_deadline(self) -> float | None:
-        t = self.trigger
+        s = self.settings
         deadlines = []
-        if self._idle_armed and t.idle_timeout:
-            deadlines.append(self.last_active + t.idle_timeout)
-        if self._job_started is not None and t.job_timeout:
-            deadlines.append(self._job_started + t.job_timeout)
-        extra = self.extra_deadline()
-        if extra is not None:
-            deadlines.append(extra)
+        if self._idle_armed and s.idle_timeout:
+            deadlines.append(self.last_active + s.idle_timeout)
+        if self._job_started is not None and s.job_timeout:
+            deadlines.append(self._job_started + s.job_timeout)
         return min(deadlines) if deadlines else None
-
-    def extra_deadline(self) -> float | None:
-        """Hook: one more deadline (reactor seconds) for L{extra_deadline_reached}."""
-        return None
-
-    def extra_deadline_reached(self) -> None:
-        """Hook: L{extra_deadline} has passed."""
 
     def _schedule_deadline(self) -> None:
         if self.closed:
@@ -92,7 +93,7 @@ class ConnectionLimits(Protocol):
         deadline = self._next_deadline()
         if deadline is None:
             return
-        delay = max(0.0, deadline - self.trigger.reactor.seconds())
+        delay = max(0.0, deadline - self.reactor.seconds())
         if self._deadline_call is not None:
             # A later deadline (activity) waits for the pending call, which
             # re-checks and re-arms; an earlier one (a job_timeout shorter
@@ -100,23 +101,19 @@ class ConnectionLimits(Protocol):
             if deadline < self._deadline_call.getTime():
                 self._deadline_call.reset(delay)
             return
-        self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
+        self._deadline_call = self.reactor.callLater(delay, self._deadline_reached)
 
     def _deadline_reached(self) -> None:
         self._deadline_call = None
         if self.closed:
             return
-        t = self.trigger
-        now = t.reactor.seconds()
-        if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
+        s = self.settings
+        now = self.reactor.seconds()
+        if self._job_started is not None and s.job_timeout and now >= self._job_started + s.job_timeout:
             self._job_started = None
             self._job_too_slow()
-        elif self._idle_armed and t.idle_timeout and now >= self.last_active + t.idle_timeout:
+        elif self._idle_armed and s.idle_timeout and now >= self.last_active + s.idle_timeout:
             self._idle_fired()
-        else:
-            extra = self.extra_deadline()
-            if extra is not None and now >= extra:
-                self.extra_deadline_reached()
         self._schedule_deadline()
 
     def _idle_fired(self) -> None:
@@ -124,8 +121,8 @@ class ConnectionLimits(Protocol):
             self._arm_idle()  # a flow is still working for this client
             return
         self._idle_armed = False  # closing: never count idle time again
-        reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
-        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        reason = f"idle for {self.settings.idle_timeout:g} s (idle_timeout)"
+        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._drop_partial()
         if not self.refusing:  # else the refusal is out and our side is half-closed
             self._send_refusal(reason)
@@ -133,9 +130,9 @@ class ConnectionLimits(Protocol):
         stream_transport(self).loseConnection()
 
     def _job_too_slow(self) -> None:
-        reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
+        reason = f"job not complete after {self.settings.job_timeout:g} s (job_timeout)"
         self.trigger.counters.jobs_refused += 1
-        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._drop_partial()
         self._send_refusal(reason)
         self.input_done = True
@@ -147,12 +144,12 @@ class ConnectionLimits(Protocol):
     # Low-resources mode (see rawsvc.triggers.admission) -----------------------
 
     def evictable(self) -> bool:
-        """May be closed to make room: counted, and no job of it in flight."""
-        return not (self.closed or self.refused or self.input_done or self.running or self.ready)
+        """May be closed to make room: counted, served, and no job of it in flight."""
+        return not (self.held or self.closed or self.refused or self.input_done or self.running or self.ready)
 
     def holds_partial_job(self) -> bool:
-        """Job bytes are being received (an eviction then resets, so they are not taken as sent)."""
-        return self.payload is not None and self.payload.size > 0
+        """A job has begun to arrive (an eviction then resets, so it is not taken as sent)."""
+        return self.began
 
     def evict(self, reason: str) -> None:
         """Close this silent connection to make room; counted in C{evicted}."""
@@ -160,11 +157,11 @@ class ConnectionLimits(Protocol):
         t.counters.evicted += 1
         t.counted.discard(self)
         partial = self.holds_partial_job()
-        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=t.name, peer=self.label, reason=reason)
+        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._idle_armed = False
         self._drop_partial()
         self.input_done = True
-        if partial and t.refusal is None:
+        if partial and self.settings.refusal is None:
             stream_transport(self).abortConnection()
             return
         self._send_refusal(reason)

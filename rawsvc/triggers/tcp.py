@@ -15,9 +15,9 @@ from zope.interface import provider
 
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import ITriggerType
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
-from rawsvc.triggers.connection import JobConnection
+from rawsvc.interfaces import IFramer, ITriggerType
+from rawsvc.triggers.api import FramedTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.framing import DelimiterFramer, LengthFramer, StreamFramer
 
 TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
@@ -40,8 +40,8 @@ TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
 
 
 @provider(ITriggerType)
-class TcpTrigger(ListenerTrigger):
-    """The TCP server trigger."""
+class TcpTrigger(FramedTrigger):
+    """The TCP server trigger: a framed trigger whose framer follows C{execute_on}."""
 
     type_name = "tcp"
     options = TCP_OPTIONS
@@ -74,16 +74,13 @@ class TcpTrigger(ListenerTrigger):
         if options["connect_flow"] and not options["execute_on_connect"]:
             raise ConfigIssue("is set but execute_on_connect is false", "connect_flow")
 
-    def make_framer(self):
+    def make_framer(self) -> IFramer:
         mode = self.opts["execute_on"]
         if mode == "delimiter":
             return DelimiterFramer(self.delimiter, self.opts["keep_delimiter"])
         if mode == "length":
             return LengthFramer(self.opts["length"])
-        return StreamFramer()
-
-    def build_protocol(self) -> JobConnection:
-        return JobConnection(self, self.make_framer())
+        return StreamFramer()  # disconnect, and idle (the settings' frame_idle ends its jobs)
 
     def status(self) -> dict[str, Any]:
         s = super().status()
