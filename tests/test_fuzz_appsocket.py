@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from rawsvc.triggers.printer_state import PrinterSnapshot
 from rawsvc.triggers.appsocket import AppSocketStatusTrigger, StatusProtocol, TokenBuckets, parse_status, STATUS_KEYS
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
@@ -29,13 +30,10 @@ class _Transport:
 
 
 def _printer(error: str = "", state: str = "idle"):
-    job = SimpleNamespace(job_id="J1", variables={"pjl_job_name": "name\r\nINJECTED=1"})
-    return SimpleNamespace(
-        name="p",
-        state=SimpleNamespace(state=state, current_job=job, jobs_ok=1, jobs_failed=2, last_error=error),
-        active=SimpleNamespace(label="127.0.0.1:5"),
-        waiting=[1, 2],
-    )
+    """A printer as the responder sees it: only its snapshot (IPrinterStatus)."""
+    snap = PrinterSnapshot(state=state, printer="p", job_id="J1", job_name="name\r\nINJECTED=1",
+                           client="127.0.0.1:5", queued=2, jobs_ok=1, jobs_failed=2, last_error=error)
+    return SimpleNamespace(name="p", snapshot=lambda: snap)
 
 
 def responder(clock, error=""):
