@@ -24,57 +24,29 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc._transport import stream_transport
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer
-from rawsvc.job import Job, Payload, PayloadError
+from rawsvc.job import Payload, PayloadError
 from rawsvc.triggers import admission
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
-from rawsvc.triggers.limits import ConnectionLimits
+from rawsvc.triggers.limits import HOLD_BUFFER, ReadThrottle
 from rawsvc.triggers.policy import ConnectionPolicy
-from rawsvc.triggers.replies import ReplyQueue, ReplySlot
+from rawsvc.triggers.replies import ReplyQueue
+from rawsvc.triggers.submit import JobSubmission
 
 log = Logger(namespace="rawsvc.trigger")
 
-#: Bytes read from a held client before it is paused: enough to see a
-#: client give up (its close), small enough to cost little.
-HOLD_BUFFER = 64 << 10
-
-#: Job states after which an C{End}'s C{ack} goes out (else its C{nak};
-#: an interrupted job, stored and resumed at the next start, gets neither).
-_ACKED, _NAKED = ("done",), ("failed", "refused", "cancelled")
-
-
-@implementer(IPushProducer)
-class _ReadThrottle:
-    """
-    Registered as the producer of our own writes: when the client does not
-    read its replies and the write buffer fills, stop reading its input.
-    """
-
-    def __init__(self, conn: "FramedConnection") -> None:
-        self.conn = conn
-
-    def pauseProducing(self) -> None:
-        self.conn.pause_reading("backpressure")
-
-    def resumeProducing(self) -> None:
-        self.conn.resume_reading("backpressure")
-
-    def stopProducing(self) -> None:
-        pass
-
 
 @implementer(IHalfCloseableProtocol)
-class FramedConnection(ConnectionLimits):
+class FramedConnection(JobSubmission):
     """
     Frames a connection's bytes into jobs with C{framer}; C{make_policy}
     (called with the connection) builds its L{IConnectionPolicy}, by
@@ -136,72 +108,6 @@ class FramedConnection(ConnectionLimits):
 
     _write = write
 
-    def hold(self) -> None:
-        """
-        Keep the client waiting (a printer's queue), with no idle timer.
-        Up to L{HOLD_BUFFER} bytes are read and kept (then reading pauses),
-        so a client that gives up (closes before sending anything) is seen
-        and its place freed.  L{serve} ends the wait.
-        """
-        self.held = True
-        self._disarm_idle()
-
-    def serve(self) -> None:
-        """Serve a held client now: what it sent while held is framed first."""
-        if not self.held:
-            return
-        self.held = False
-        self._arm_idle()
-        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
-        if data:
-            self.dataReceived(data)
-        if self._held_eof:
-            self.readConnectionLost()
-        self.resume_reading("queued")
-
-    def refuse_at_accept(self, reason: str) -> None:
-        """Turn a new client away: the C{refusal} text and a close, else a reset (RST)."""
-        self.trigger.counters.connections_refused += 1
-        if self.settings.refusal is not None:
-            self.refuse(reason)
-            return
-        self.refused = True
-        log.warn("trigger {trigger}: refused {peer}: {reason}",
-                 trigger=self.settings.trigger, peer=self.label, reason=reason)
-        stream_transport(self).abortConnection()
-
-    def refuse(self, reason: str) -> None:
-        """Turn the client away: say why (if configured), log, close."""
-        self.refused = True
-        log.warn("trigger {trigger}: refused {peer}: {reason}",
-                 trigger=self.settings.trigger, peer=self.label, reason=reason)
-        self._send_refusal(reason)
-        stream_transport(self).loseConnection()
-
-    def shutdown(self) -> None:
-        """
-        The service is stopping: close once the running jobs are done.  A
-        held client has nothing stored: when it already sent its whole job
-        (and closed its side), the job is taken now, as if its turn had come,
-        so it is stored before the spool closes (its sender, CUPS for one,
-        may count the close as printed); otherwise it is reset, so its
-        sender sees a failure and sends the job again.
-        """
-        self.closing = True
-        if self.held and not self.closed:
-            if self._held_eof:
-                log.info("trigger {trigger}: stopping: taking the job {peer} sent while it waited",
-                         trigger=self.settings.trigger, peer=self.label)
-                self.serve()
-                return
-            log.info("trigger {trigger}: stopping: resetting {peer}, which waited with its job unsent, "
-                     "so it sends it again", trigger=self.settings.trigger, peer=self.label)
-            self.held = False
-            self.input_done = True
-            stream_transport(self).abortConnection()
-            return
-        self._maybe_close()
-
     # Connection lifetime ----------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -225,7 +131,7 @@ class FramedConnection(ConnectionLimits):
         t.connections.add(self)
         t.counters.connections_open += 1
         t.counters.connections_total += 1
-        stream_transport(self).registerProducer(_ReadThrottle(self), True)
+        stream_transport(self).registerProducer(ReadThrottle(self), True)
         self._arm_idle()
         self._tell("accepted", self.policy.accepted)
         if s.connect_flow is not None and not (self.refused or self.held):
@@ -388,31 +294,6 @@ class FramedConnection(ConnectionLimits):
         self._abandon()
         self.refuse_unstored(reason)
 
-    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
-        """
-        A job of this client could not be stored: never let the client take
-        a clean close for success.  With a C{refusal} text (and no
-        C{reset_unstored}), say why and half-close once the jobs in flight
-        are done, throwing away what the client still sends until it closes
-        (a full close over unread bytes would reset the connection before
-        the client read the text); otherwise reset (RST).
-        """
-        s = self.settings
-        self.input_done = True
-        self.refusing = True
-        self.trigger.counted.discard(self)
-        if self.closed:
-            return
-        if s.refusal is None or s.reset_unstored:
-            if s.reset_unstored:
-                log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
-                         trigger=s.trigger, peer=self.label, reason=reason)
-            stream_transport(self).abortConnection()
-            return
-        if not text_sent:
-            self._send_refusal(reason)
-        self._maybe_close()
-
     def _end_job(self, end: End | None) -> None:
         payload, self.payload = self.payload, None
         self._job_started = None
@@ -488,97 +369,6 @@ class FramedConnection(ConnectionLimits):
         self._job_started = None
         self.job_refused = None
         self._abandon()
-
-    # Running jobs -----------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        wait = self.settings.wait_for_flow
-        while self.ready and not (wait and self.running):
-            payload, flow, end = self.ready.popleft()
-            self._submit(payload, flow, end)
-        if wait:
-            if self.ready or self.running:
-                self.pause_reading("flow")
-            else:
-                self.resume_reading("flow")
-
-    def _submit(self, payload: Payload, flow: str, end: End | None) -> None:
-        t, s = self.trigger, self.settings
-        job = Job(
-            trigger=s.trigger,
-            payload=payload,
-            peer_host=self.peer_host,
-            peer_port=self.peer_port,
-            encoding=s.job_encoding,
-            meta=dict(end.meta) if end is not None else {},
-        )
-        self.jobs += 1
-        slot = self.replies.new_slot(self.label)
-        job.reply_channel = slot
-        self.running += 1
-        # A hook's bug must never keep a received job from the sink.
-        self._tell("job_submitted", self.policy.job_submitted, job)
-        d = maybeDeferred(t.sink.submit, job, flow, t.counters)
-        d.addBoth(self._job_done, slot, job, end)
-
-    def _job_done(self, result: Any, slot: ReplySlot, job: Job, end: End | None) -> None:
-        if isinstance(result, Failure):
-            log.failure("trigger {trigger}: the job sink failed on job {job_id}", result,
-                        trigger=self.settings.trigger, job_id=job.job_id)
-        self.running -= 1
-        refused = job.state == "refused"
-        if end is not None:
-            slot.put(end.ack if job.state in _ACKED else end.nak if job.state in _NAKED else b"")
-        if refused:
-            # The sink could not take the job (the spool is unavailable): the
-            # refusal text goes out in this job's place in the reply order.
-            text = self._render_refusal(job.error or "refused")
-            if text is not None:
-                slot.put(text)
-        self.replies.finish(slot)
-        if refused:
-            self.refuse_unstored(job.error or "refused", text_sent=True)
-        # Silence is counted from the end of the last job (idle_timeout).
-        self.last_active = max(self.last_active, self.reactor.seconds())
-        self._tell("job_finished", self.policy.job_finished, job)
-        if self.settings.close_after_reply and not self.closed:
-            self.input_done = True
-            stream_transport(self).loseConnection()
-        self._dispatch()
-        self._maybe_close()
-        self._maybe_done()
-
-    def _maybe_close(self) -> None:
-        if self.closed or self.running or self.ready:
-            return
-        if self.refusing and not self.closing:
-            stream_transport(self).loseWriteConnection()  # the client reads the refusal, then closes
-            return
-        if self.input_done or (self.closing and self.payload is None):
-            stream_transport(self).loseConnection()
-
-    def _maybe_done(self) -> None:
-        if self.closed and not self.running and not self.ready and not self._told_done:
-            self._told_done = True
-            self._abandon()
-            self._tell("done", self.policy.done)
-
-    # Refusals ---------------------------------------------------------------
-
-    def _send_refusal(self, reason: str) -> None:
-        text = self._render_refusal(reason)
-        if text is not None:
-            self._write(text)
-
-    def _render_refusal(self, reason: str) -> bytes | None:
-        s = self.settings
-        if s.refusal is None:
-            return None
-        try:
-            return s.refusal.render({"reason": reason, "peer_host": self.peer_host, "trigger": s.trigger}, "utf-8")
-        except Exception as e:  # a template naming other variables
-            log.warn("trigger {trigger}: refusal template failed: {e}", trigger=s.trigger, e=e)
-            return None
 
     # Hooks ------------------------------------------------------------------
 

@@ -1,22 +1,50 @@
 """
 The limits on one connection of a stream trigger, mixed into
 L{rawsvc.triggers.connection.FramedConnection}: pausing and resuming its
-reads, C{idle_timeout} and C{job_timeout} (one timer serves both), and
-eviction in low-resources mode (see L{rawsvc.triggers.admission}).  The
-values come from the trigger's L{rawsvc.triggers.settings.ConnectionSettings}.
+reads, holding a client in a queue, C{idle_timeout} and C{job_timeout}
+(one timer serves both), eviction in low-resources mode (see
+L{rawsvc.triggers.admission}) and refusals (the C{refusal} text, a close
+or a reset).  The values come from the trigger's
+L{rawsvc.triggers.settings.ConnectionSettings}.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from rawsvc._transport import stream_transport
 from rawsvc.triggers.settings import ConnectionSettings
 
 log = Logger(namespace="rawsvc.trigger")
+
+#: Bytes read from a held client before it is paused: enough to see a
+#: client give up (its close), small enough to cost little.
+HOLD_BUFFER = 64 << 10
+
+
+@implementer(IPushProducer)
+class ReadThrottle:
+    """
+    Registered as the producer of our own writes: when the client does not
+    read its replies and the write buffer fills, stop reading its input.
+    """
+
+    def __init__(self, conn: "ConnectionLimits") -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        self.conn.pause_reading("backpressure")
+
+    def resumeProducing(self) -> None:
+        self.conn.resume_reading("backpressure")
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ConnectionLimits(Protocol):
@@ -24,6 +52,7 @@ class ConnectionLimits(Protocol):
 
     trigger: Any
     settings: ConnectionSettings
+    peer_host: str
     reactor: Any
     label: str
     closed: bool
@@ -41,10 +70,21 @@ class ConnectionLimits(Protocol):
     _idle_armed: bool
     _job_started: float | None
 
+    _held_bytes: list[bytes]
+    _held_size: int
+    _held_eof: bool
+    closing: bool
+
     def _drop_partial(self) -> None:
         raise NotImplementedError
 
-    def _send_refusal(self, reason: str) -> None:
+    def _maybe_close(self) -> None:
+        raise NotImplementedError
+
+    def readConnectionLost(self) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
         raise NotImplementedError
 
     # Flow control and timeouts ---------------------------------------------
@@ -65,6 +105,53 @@ class ConnectionLimits(Protocol):
     def reading_paused(self) -> frozenset[str]:
         """Why reading is paused now (C{backpressure}, C{flow}, C{queued}, C{timeout}); empty: reading."""
         return frozenset(self._paused)
+
+    def hold(self) -> None:
+        """
+        Keep the client waiting (a printer's queue), with no idle timer.
+        Up to L{HOLD_BUFFER} bytes are read and kept (then reading pauses),
+        so a client that gives up (closes before sending anything) is seen
+        and its place freed.  L{serve} ends the wait.
+        """
+        self.held = True
+        self._disarm_idle()
+
+    def serve(self) -> None:
+        """Serve a held client now: what it sent while held is framed first."""
+        if not self.held:
+            return
+        self.held = False
+        self._arm_idle()
+        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
+        if data:
+            self.dataReceived(data)
+        if self._held_eof:
+            self.readConnectionLost()
+        self.resume_reading("queued")
+
+    def shutdown(self) -> None:
+        """
+        The service is stopping: close once the running jobs are done.  A
+        held client has nothing stored: when it already sent its whole job
+        (and closed its side), the job is taken now, as if its turn had come,
+        so it is stored before the spool closes (its sender, CUPS for one,
+        may count the close as printed); otherwise it is reset, so its
+        sender sees a failure and sends the job again.
+        """
+        self.closing = True
+        if self.held and not self.closed:
+            if self._held_eof:
+                log.info("trigger {trigger}: stopping: taking the job {peer} sent while it waited",
+                         trigger=self.settings.trigger, peer=self.label)
+                self.serve()
+                return
+            log.info("trigger {trigger}: stopping: resetting {peer}, which waited with its job unsent, "
+                     "so it sends it again", trigger=self.settings.trigger, peer=self.label)
+            self.held = False
+            self.input_done = True
+            stream_transport(self).abortConnection()
+            return
+        self._maybe_close()
 
     def _arm_idle(self) -> None:
         """(Re)start counting idle time from now."""
@@ -166,3 +253,62 @@ class ConnectionLimits(Protocol):
             return
         self._send_refusal(reason)
         stream_transport(self).loseConnection()
+
+    # Refusals ---------------------------------------------------------------
+
+    def refuse_at_accept(self, reason: str) -> None:
+        """Turn a new client away: the C{refusal} text and a close, else a reset (RST)."""
+        self.trigger.counters.connections_refused += 1
+        if self.settings.refusal is not None:
+            self.refuse(reason)
+            return
+        self.refused = True
+        log.warn("trigger {trigger}: refused {peer}: {reason}",
+                 trigger=self.settings.trigger, peer=self.label, reason=reason)
+        stream_transport(self).abortConnection()
+
+    def refuse(self, reason: str) -> None:
+        """Turn the client away: say why (if configured), log, close."""
+        self.refused = True
+        log.warn("trigger {trigger}: refused {peer}: {reason}",
+                 trigger=self.settings.trigger, peer=self.label, reason=reason)
+        self._send_refusal(reason)
+        stream_transport(self).loseConnection()
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """
+        A job of this client could not be stored: never let the client take
+        a clean close for success.  With a C{refusal} text (and no
+        C{reset_unstored}), say why and half-close once the jobs in flight
+        are done, throwing away what the client still sends until it closes
+        (a full close over unread bytes would reset the connection before
+        the client read the text); otherwise reset (RST).
+        """
+        s = self.settings
+        self.input_done = True
+        self.refusing = True
+        self.trigger.counted.discard(self)
+        if self.closed:
+            return
+        if s.refusal is None or s.reset_unstored:
+            if s.reset_unstored:
+                log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
+                         trigger=s.trigger, peer=self.label, reason=reason)
+            stream_transport(self).abortConnection()
+            return
+        if not text_sent:
+            self._send_refusal(reason)
+        self._maybe_close()
+    def _send_refusal(self, reason: str) -> None:
+        text = self._render_refusal(reason)
+        if text is not None:
+            self.write(text)
+
+    def _render_refusal(self, reason: str) -> bytes | None:
+        s = self.settings
+        if s.refusal is None:
+            return None
+        try:
+            return s.refusal.render({"reason": reason, "peer_host": self.peer_host, "trigger": s.trigger}, "utf-8")
+        except Exception as e:  # a template naming other variables
+            log.warn("trigger {trigger}: refusal template failed: {e}", trigger=s.trigger, e=e)
+            return None
