@@ -376,3 +376,46 @@ def test_hold_keeps_the_bytes_and_serve_frames_them_in_turn(tmp_path):
     proto.serve()
     assert trigger.sink.payloads == [b"waited"] and proto.input_done
 
+
+
+# The README's plugin section runs as written ------------------------------------------
+
+
+def _readme_plugin_code() -> dict:
+    import os
+    import re
+
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("\n## Plugins\n") : text.index("\n## Benchmarks\n")]
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        exec(compile(block, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_readme_framer_frames_any_split_and_acks_each_line(tmp_path):
+    from rawsvc.testing import run_framer_every_split
+
+    code = _readme_plugin_code()
+    run = run_framer_every_split(code["PlusLines"], b"one\n\ntwo\nlast", how="close")
+    assert run.payloads == [b"one", b"", b"two"] and run.pending == b"last"
+    assert {(j.ack, j.nak) for j in run.jobs} == {(b"+\n", b"-\n")}
+    assert verifyObject(ITriggerType, code["PlusLinesTrigger"])
+
+
+def test_the_readme_action_fails_cleanly_or_crashes_as_it_says():
+    from rawsvc.errors import ActionError
+    from rawsvc.job import Job, Payload
+
+    code = _readme_plugin_code()
+    lookup = code["Lookup"]
+    job = Job("t", payload=Payload(b"W1\n"))
+    lookup(True).run(job)
+    assert job.variables["item"] == "widget"
+    with pytest.raises(ActionError, match="unknown item code 'X9'"):
+        lookup(True).run(Job("t", payload=Payload(b"X9")))
+    with pytest.raises(KeyError):
+        lookup(False).run(Job("t", payload=Payload(b"X9")))
