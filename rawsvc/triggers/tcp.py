@@ -9,6 +9,8 @@ when a client connects.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import provider
@@ -70,17 +72,19 @@ class TcpTrigger(FramedTrigger):
             self.idle_time = options["idle_time"]
         elif options["idle_time"]:
             raise ConfigIssue(f"only applies to execute_on = \"idle\", not {mode!r}", "idle_time")
+        # One framer per connection, its kind chosen here, once: disconnect and
+        # idle stream everything (the settings' frame_idle ends an idle job).
+        self._framer: Callable[[], IFramer] = StreamFramer
+        if mode == "delimiter":
+            self._framer = functools.partial(DelimiterFramer, self.delimiter, options["keep_delimiter"])
+        elif mode == "length":
+            self._framer = functools.partial(LengthFramer, options["length"])
         self.connect_flow = options["connect_flow"] or options["flow"]
         if options["connect_flow"] and not options["execute_on_connect"]:
             raise ConfigIssue("is set but execute_on_connect is false", "connect_flow")
 
     def make_framer(self) -> IFramer:
-        mode = self.opts["execute_on"]
-        if mode == "delimiter":
-            return DelimiterFramer(self.delimiter, self.opts["keep_delimiter"])
-        if mode == "length":
-            return LengthFramer(self.opts["length"])
-        return StreamFramer()  # disconnect, and idle (the settings' frame_idle ends its jobs)
+        return self._framer()
 
     def status(self) -> dict[str, Any]:
         s = super().status()
