@@ -65,6 +65,7 @@ class FramedConnection(JobSubmission):
         self.framer = framer
         self._announces = IAnnouncingFramer.providedBy(framer)
         self.policy: IConnectionPolicy = make_policy(self) if make_policy is not None else ConnectionPolicy(self)
+        self._plain_policy = type(self.policy) is ConnectionPolicy
         self.peer_host, self.peer_port, self.label = "", 0, ""
         self.payload: Payload | None = None  # the job being received
         self.began = False  # it has begun (Start, or its first byte)
@@ -222,7 +223,14 @@ class FramedConnection(JobSubmission):
         for ev in events:
             if self.input_done:  # a job could not be stored: the rest is not read
                 return
-            self._event(ev)
+            kind = type(ev)  # the two events of every message first, without isinstance
+            if kind is Data:
+                if ev.data:  # type: ignore[union-attr]
+                    self._append(ev.data)  # type: ignore[union-attr]
+            elif kind is End:
+                self._end_job(ev)  # type: ignore[arg-type]
+            else:
+                self._event(ev)
 
     def _event(self, ev: Event) -> None:
         if isinstance(ev, Data):
@@ -303,7 +311,8 @@ class FramedConnection(JobSubmission):
                 self._abandon()  # a Start without bytes
                 return
             payload = Payload()  # an empty message
-        self._begin(end.meta if end is not None else {})
+        if not self.began:
+            self._begin(end.meta if end is not None else {})
         if self.job_refused:
             reason, self.job_refused = self.job_refused, None
             self.trigger.counters.jobs_refused += 1
@@ -374,6 +383,8 @@ class FramedConnection(JobSubmission):
 
     def _tell(self, hook: str, call: Callable[..., Any], *args: Any) -> Any:
         """Call a policy hook; its bug is logged, never the connection's end."""
+        if self._plain_policy:
+            return None  # the default policy adds nothing
         try:
             return call(*args)
         except Exception:

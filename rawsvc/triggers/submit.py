@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -67,7 +67,7 @@ class JobSubmission(ConnectionLimits):
             peer_host=self.peer_host,
             peer_port=self.peer_port,
             encoding=s.job_encoding,
-            meta=dict(end.meta) if end is not None else {},
+            meta=end.meta if end is not None else {},
         )
         self.jobs += 1
         slot = self.replies.new_slot(self.label)
@@ -75,7 +75,10 @@ class JobSubmission(ConnectionLimits):
         self.running += 1
         # A hook's bug must never keep a received job from the sink.
         self._tell("job_submitted", self.policy.job_submitted, job)
-        d = maybeDeferred(t.sink.submit, job, flow, t.counters)
+        try:
+            d = t.sink.submit(job, flow, t.counters)
+        except Exception:
+            d = fail()
         d.addBoth(self._job_done, slot, job, end)
 
     def _job_done(self, result: Any, slot: ReplySlot, job: Job, end: End | None) -> None:
@@ -84,7 +87,7 @@ class JobSubmission(ConnectionLimits):
                         trigger=self.settings.trigger, job_id=job.job_id)
         self.running -= 1
         refused = job.state == "refused"
-        if end is not None:
+        if end is not None and (end.ack or end.nak):
             slot.put(end.ack if job.state in _ACKED else end.nak if job.state in _NAKED else b"")
         if refused:
             # The sink could not take the job (the spool is unavailable): the
