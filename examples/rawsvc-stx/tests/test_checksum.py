@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 from rawsvc.config import loads
 from rawsvc.job import Job, Payload
