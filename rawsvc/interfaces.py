@@ -565,3 +565,105 @@ class IJobStore(Interface):
         ago go too.
         Fires with C{(jobs removed, their bytes)}.
         """
+# --- proto: the protocol plugin API (sans-IO framers, connection policies) ---
+#
+# A stream trigger is a framer (bytes in, events out, no I/O) run by one
+# connection class, L{rawsvc.triggers.connection.FramedConnection}, which
+# gives every trigger the same limits, timeouts, reply order, back-pressure,
+# refusals and job sink.  The events are the classes in
+# L{rawsvc.triggers.framing}; L{rawsvc.triggers.api} is the public entry.
+
+
+class IFramer(Interface):
+    """
+    Splits one connection's byte stream into jobs, without I/O.
+
+    One framer is made per connection.  The connection calls L{feed} with
+    each chunk the client sent (TCP splits a stream anywhere: a framer must
+    give the same events for any split of the same bytes), and
+    L{end_of_input} once, when the client stopped sending.  Both return a
+    list of events from L{rawsvc.triggers.framing}, handled in order:
+
+      - C{Data(bytes)}: bytes of the job being received.  A job begins with
+        the first C{Data} after the previous C{End} or C{Drop}.  Pass bytes
+        on as soon as they are known to belong to the job (hold back only
+        what may begin a marker), so a large job streams to its spool file.
+      - C{End(meta, ack=b"", nak=b"")}: the job ends here.  C{meta} (a dict
+        of str to str) is what the framer learnt about it (a PJL job name, a
+        frame number); it lands on the job as C{job.meta} and as variables.
+        C{ack} is written to the sender, in this job's place in the reply
+        order, once its flow has ended C{done} (so an acknowledgement means
+        stored and processed); C{nak} instead when the job failed or was
+        refused.  An C{End} with no C{Data} before it is an empty message
+        (a job only with C{skip_empty = false}).
+      - C{Drop(reason)}: the bytes since the last C{End} make no job (a
+        bad check byte, a status poll): they are thrown away, and
+        C{reason}, if not empty, is logged.
+      - C{Reply(bytes)}: bytes for the sender (a NAK, an answer to a
+        greeting), written in reply order: after the replies of the jobs
+        that ended before this point.
+      - C{Query(value)}: a question only the trigger can answer (a status
+        query): handed to the connection's policy
+        (L{IConnectionPolicy.query}), whose answer is written at once.
+    """
+
+    def feed(data):
+        """Take the next chunk (non-empty bytes); return the events it completes."""
+
+    def end_of_input(how):
+        """
+        The client sent its last byte; C{how} is C{"half-close"} (it shut
+        down its sending side and still reads), C{"close"} or C{"lost
+        (<why>)"} (a reset).  Return the last events: C{Data} for any bytes
+        held back, then C{End} when the end of input ends the job (a
+        disconnect-framed stream), C{Drop} when what is left makes no job,
+        or neither: the job is then unterminated, and the trigger's
+        C{partial} option processes or discards it.  A job cut off by a
+        reset is discarded whatever is returned when C{on_reset =
+        "discard"}.
+        """
+
+
+class IAnnouncingFramer(IFramer):
+    """
+    A framer whose jobs may begin with bytes that make no job on their own
+    (a printer's PJL header, which a status poll also sends): it sends
+    C{Start(meta)} where the real job begins, and only then does the
+    connection count the job as arriving (L{IConnectionPolicy.job_began},
+    eviction resets).  For any other framer a job begins with its first
+    byte.
+    """
+
+
+class IConnectionPolicy(Interface):
+    """
+    What a trigger adds to its connections, through a few hooks (every
+    one optional: L{rawsvc.triggers.policy.ConnectionPolicy} does nothing in
+    each).  One policy is made per connection (its C{conn} attribute); it
+    acts through the connection's public methods: C{hold}, C{serve},
+    C{refuse_at_accept}, C{evict}, C{write}, and reads C{label},
+    C{last_active}, C{between_jobs}, C{closed}.
+    """
+
+    conn = Attribute("The L{rawsvc.triggers.connection.FramedConnection} this policy serves.")
+
+    def accepted():
+        """The client was accepted and counted: serve it (do nothing), C{hold()} it or C{refuse_at_accept(why)}."""
+
+    def query(value):
+        """Answer a framer's C{Query}: the bytes to write now, or None."""
+
+    def job_began(meta):
+        """A job began to arrive (C{Start}, or its first byte); C{meta} is what the framer knows so far."""
+
+    def job_abandoned():
+        """The job that began was dropped before it reached the sink (refused, cut off, timed out)."""
+
+    def job_submitted(job):
+        """C{job} (its variables and C{meta} set) goes to the sink now."""
+
+    def job_finished(job):
+        """C{job}'s flow ended (C{job.state} says how); its replies are written."""
+
+    def done():
+        """The connection has closed and every job of it has finished (called once)."""

@@ -12,7 +12,8 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import Any, BinaryIO
 
 import attrs
@@ -287,6 +288,14 @@ _COMPUTED = ("data", "size")
 _counter = itertools.count(1)
 
 
+def _frozen_meta(meta: Mapping[str, Any]) -> Mapping[str, str]:
+    """A job's C{meta}: a read-only copy, every value a string."""
+    return MappingProxyType({str(k): v if isinstance(v, str) else str(v) for k, v in meta.items()})
+
+
+_NO_META: Mapping[str, str] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class Job:
     """One unit of received data, with its metadata and variables."""
@@ -306,9 +315,18 @@ class Job:
     finished_at: float | None = None
     variables: Variables = attrs.field(init=False)
     extra: dict[str, str] = attrs.field(factory=dict, repr=False)
+    #: What the trigger's framer learnt about the job (the printer's
+    #: C{pjl_job_name}, C{pjl_language}, C{eoj}; a plugin's frame number):
+    #: read-only, and also set as variables (a built-in variable of the same
+    #: name wins), so flows and the spool see it.
+    meta: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        # Not an attrs converter: one would route every attribute set of a
+        # job through a setattr hook (job.state, job.error ...).
+        self.meta = _frozen_meta(self.meta) if self.meta else _NO_META
         base = {
+            **({k: v for k, v in self.meta.items() if k not in _COMPUTED} if self.meta else {}),
             "job_id": self.job_id,
             "trigger": self.trigger,
             "peer_host": self.peer_host,

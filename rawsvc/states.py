@@ -66,6 +66,28 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 JOB_STATES = tuple(s.value for s in JobState if s is not S.RECEIVED)
 
 
+def route(old: str, new: str) -> list[JobState]:
+    """
+    The shortest way from C{old} to C{new} along L{TRANSITIONS} (the states
+    after C{old}, ending with C{new}; [] when they are equal).  Test
+    doubles use it to end a job the way a real sink would.
+    """
+    start, goal = JobState(old), JobState(new)
+    paths: dict[JobState, list[JobState]] = {start: []}
+    frontier = [start]
+    while frontier and goal not in paths:
+        nxt = []
+        for state in frontier:
+            for target in sorted(TRANSITIONS[state]):
+                if target not in paths:
+                    paths[target] = paths[state] + [target]
+                    nxt.append(target)
+        frontier = nxt
+    if goal not in paths:
+        raise InvalidJobTransition(f"no way from {start} to {goal} (see rawsvc.states.TRANSITIONS)")
+    return paths[goal]
+
+
 class InvalidJobTransition(RuntimeError):
     """A job was moved between two states the table does not connect: a bug."""
 

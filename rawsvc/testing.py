@@ -1,5 +1,6 @@
 """
-Test doubles for rawsvc users and for rawsvc's own tests.
+Test doubles for rawsvc users and for rawsvc's own tests: test a plugin the
+way rawsvc tests its own triggers and actions.
 
 L{FakePrinter} is a real TCP listener (on loopback) that records every job
 it receives byte for byte, answers on the back-channel, and can behave like
@@ -9,6 +10,11 @@ close.
 L{send_job} is the fake sender: it connects to a trigger the way label
 software or C{nc -N} does, sends one job, half-closes (or not), and fires
 with everything the trigger answered until it closed.
+
+For a framer (L{rawsvc.interfaces.IFramer}): L{run_framer} and
+L{run_framer_every_split}.  For a trigger's connections without sockets:
+L{load_trigger}, L{connect}, L{StubSink}, L{StubTransport}.  For a real
+service on loopback: L{start_service}.
 """
 
 from __future__ import annotations
@@ -25,7 +31,26 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rawsvc._testing import (
+    FramedJob,
+    FramerRun,
+    HeldJob,
+    RunningService,
+    StubSink,
+    StubTransport,
+    connect,
+    load_trigger,
+    run_framer,
+    run_framer_every_split,
+    start_service,
+)
 from rawsvc._transport import stream_transport
+
+__all__ = [
+    "FakePrinter", "FramedJob", "FramerRun", "HeldJob", "ReceivedJob", "RunningService", "StubSink",
+    "StubTransport", "connect", "load_trigger", "run_framer", "run_framer_every_split", "send_job",
+    "start_service",
+]
 
 # --- FakePrinter (the outbound client's peer) ---------------------------------
 

@@ -117,22 +117,41 @@ def udp_port(service, name: str = "p-status") -> int:
 
 def frame_stream(chunks, **kw):
     """
-    Feed C{chunks} to a PrinterFramer; return (jobs, infos, commands met in
-    the stream, leftover bytes at close, the framer).
+    Feed C{chunks} to a PrinterFramer; return (jobs, infos, the queries met
+    in the stream, the bytes left at close, and what the end of input does
+    with them: "end" (a job) or "drop" (PJL only, a status poll)).  Each
+    info has C{pjl_job_name}, C{pjl_language} and C{ended_by} (the End's meta).
     """
-    from rawsvc.triggers.framing import DATA
+    import types
+
+    from rawsvc.triggers.framing import Data, Drop, End, Query
     from rawsvc.triggers.printer_framing import PrinterFramer
 
-    commands = []
-    f = PrinterFramer(commands.append, **kw)
-    jobs, infos, cur = [], [], []
+    f = PrinterFramer(**kw)
+    jobs, infos, queries, cur = [], [], [], []
+
+    def info(meta):
+        return types.SimpleNamespace(pjl_job_name=meta["pjl_job_name"], pjl_language=meta["pjl_language"],
+                                     ended_by=meta["eoj"])
+
     for chunk in chunks:
-        for kind, value in f.feed(chunk):
-            if kind == DATA:
-                cur.append(value)
-            else:
+        for ev in f.feed(chunk):
+            if isinstance(ev, Data):
+                cur.append(ev.data)
+            elif isinstance(ev, End):
                 jobs.append(b"".join(cur))
-                infos.append(value)
+                infos.append(info(ev.meta))
                 cur = []
-    cur.append(f.pending())
-    return jobs, infos, commands, b"".join(cur), f
+            elif isinstance(ev, Query):
+                queries.append(ev.value)
+    verdict = None
+    for ev in f.end_of_input("half-close"):
+        if isinstance(ev, Data):
+            cur.append(ev.data)
+        elif isinstance(ev, Query):
+            queries.append(ev.value)
+        elif isinstance(ev, End):
+            verdict = "end"
+        elif isinstance(ev, Drop):
+            verdict = "drop"
+    return jobs, infos, queries, b"".join(cur), verdict

@@ -171,3 +171,41 @@ def test_listen_must_be_a_udp_endpoint(tmp_path):
     with pytest.raises(ConfigError) as e:
         loads(toml, "x.toml", BuildContext(state_dir=str(tmp_path)))
     assert any("key 'listen'" in line and "UDP" in line for line in e.value.errors)
+
+
+# The datagram comes from the printer's snapshot only (IPrinterStatus) ----------
+
+
+def test_the_datagram_is_the_snapshot_s_fields_one_per_line():
+    from rawsvc.triggers.appsocket import format_status
+    from rawsvc.triggers.printer_state import PrinterSnapshot
+
+    snap = PrinterSnapshot(state="error", printer="zebra1", job_id="J7", job_name="label\r\n7", client="10.0.0.9:5120",
+                           queued=2, jobs_ok=40, jobs_failed=3, last_error="printer 10.0.0.5:9100 refused")
+    assert format_status(snap) == (
+        b"STATE=error\nPRINTER=zebra1\nJOB=J7\nJOB_NAME=label  7\nCLIENT=10.0.0.9:5120\nQUEUED=2\n"
+        b"JOBS_OK=40\nJOBS_FAILED=3\nLAST_ERROR=printer 10.0.0.5:9100 refused\n"
+    )
+
+
+def test_the_printer_provides_iprinterstatus_and_its_snapshot_tells_the_job_in_hand(tmp_path):
+    import attrs
+
+    from rawsvc.interfaces import IPrinterStatus
+    from rawsvc.testing import connect, load_trigger
+    from rawsvc.triggers.pjl import UEL
+
+    trigger = load_trigger("printer", tmp_path)
+    assert verifyObject(IPrinterStatus, trigger)
+    first, _ = connect(trigger, port=5001)
+    connect(trigger, port=5002)  # waits in the queue
+    first.dataReceived(UEL + b'@PJL JOB NAME="order 12"\r\n^XA^XZ' + UEL + b"@PJL EOJ\r\n" + UEL)
+    snap = trigger.snapshot()
+    job = trigger.sink.jobs[0].job
+    assert (snap.state, snap.printer, snap.job_id, snap.job_name, snap.client, snap.queued) == (
+        "processing", "t", job.job_id, "order 12", "127.0.0.1:5001", 1)
+    trigger.sink.finish(0, state="failed", error="no paper")
+    snap = trigger.snapshot()
+    assert (snap.state, snap.job_id, snap.jobs_failed, snap.last_error) == ("error", "", 1, "no paper")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        snap.state = "idle"

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from rawsvc.interfaces import IPrinterStatus
 from rawsvc.triggers.printer_state import PrinterSnapshot
 
+from rawsvc.triggers.printer_state import PrinterSnapshot
 from rawsvc.triggers.appsocket import AppSocketStatusTrigger, StatusProtocol, TokenBuckets, parse_status, STATUS_KEYS
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
@@ -32,22 +33,11 @@ class _Transport:
         self.sent.append((data, addr))
 
 
-@implementer(IPrinterStatus)
-class _Printer:
-    """A printer as the responder sees it: a name and a frozen snapshot."""
-
-    name = "p"
-
-    def __init__(self, error: str, state: str) -> None:
-        self.error, self.state = error, state
-
-    def snapshot(self) -> PrinterSnapshot:
-        return PrinterSnapshot(printer="p", state=self.state, job_id="J1", job_name="name\r\nINJECTED=1",
-                               client="127.0.0.1:5", queued=2, jobs_ok=1, jobs_failed=2, last_error=self.error)
-
-
-def _printer(error: str = "", state: str = "idle") -> _Printer:
-    return _Printer(error, state)
+def _printer(error: str = "", state: str = "idle"):
+    """A printer as the responder sees it: only its snapshot (IPrinterStatus)."""
+    snap = PrinterSnapshot(state=state, printer="p", job_id="J1", job_name="name\r\nINJECTED=1",
+                           client="127.0.0.1:5", queued=2, jobs_ok=1, jobs_failed=2, last_error=error)
+    return SimpleNamespace(name="p", snapshot=lambda: snap)
 
 
 def responder(clock, error=""):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from rawsvc.triggers.framing import DATA, DelimiterFramer, LengthFramer, StreamFramer, frame_all
+from rawsvc.triggers.framing import Data, DelimiterFramer, LengthFramer, StreamFramer, frame_all
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,10 +54,11 @@ def test_delimiter_framer_holds_back_less_than_a_delimiter(split, delimiter):
     fed = accounted = 0
     for chunk in chunks:
         fed += len(chunk)
-        for kind, out in framer.feed(chunk):
-            accounted += len(out) if kind == DATA else len(delimiter)
+        for ev in framer.feed(chunk):
+            accounted += len(ev.data) if isinstance(ev, Data) else len(delimiter)
         assert 0 <= fed - accounted < len(delimiter)  # a large job streams straight through
-    assert accounted + len(framer.pending()) == len(data)
+    tail = framer.end_of_input("close")
+    assert accounted + sum(len(ev.data) for ev in tail) == len(data)
 
 
 @FUZZ

@@ -303,7 +303,7 @@ def test_a_client_that_never_reads_cannot_make_the_service_buffer_without_bound(
 
     def sample():
         for conn in trig.connections:
-            samples.append((_buffered(conn), "backpressure" in conn._paused))
+            samples.append((_buffered(conn), "backpressure" in conn.reading_paused))
 
     sampler = LoopingCall(sample)
     sampler.start(0.05)

@@ -13,9 +13,9 @@ from printer_support import frame_stream
 
 
 def frame(chunks, **kw):
-    """Feed chunks; return (jobs, infos, command names, leftover bytes at close, framer)."""
-    jobs, infos, commands, rest, f = frame_stream(chunks, **kw)
-    return jobs, infos, [c.command for c in commands], rest, f
+    """Feed chunks; return (jobs, infos, query names, leftover bytes at close, "end" or "drop" at close)."""
+    jobs, infos, queries, rest, verdict = frame_stream(chunks, **kw)
+    return jobs, infos, [c.command for c in queries], rest, verdict
 
 
 # Parsing ---------------------------------------------------------------
@@ -91,18 +91,18 @@ def test_uel_ends_a_job_only_after_its_eoj():
     jobs, infos, commands, rest, _ = frame([job + b"next"])
     assert jobs == [job] and rest == b"next"
     assert infos[0].pjl_job_name == "n" and infos[0].pjl_language == "PCL"
-    assert commands == ["JOB", "ENTER", "EOJ"]
+    assert commands == []  # JOB, ENTER and EOJ are no questions: they stay in the job
 
 
 def test_queries_are_answered_and_removed_from_the_payload():
-    jobs, _, commands, rest, f = frame([UEL + b"@PJL INFO STATUS\r\n~HS@PJL ECHO x\r\n^XA^XZ~HS"])
+    jobs, _, commands, rest, at_close = frame([UEL + b"@PJL INFO STATUS\r\n~HS@PJL ECHO x\r\n^XA^XZ~HS"])
     assert commands == ["INFO", "~HS", "ECHO", "~HS"]
-    assert rest == UEL + b"^XA^XZ" and f.current.content
+    assert rest == UEL + b"^XA^XZ" and at_close == "end"
 
 
 def test_pjl_only_stream_is_not_a_job():
-    _, _, _, rest, f = frame([UEL + b"@PJL INFO STATUS\r\n" + UEL])
-    assert rest == UEL + UEL and not f.current.content
+    _, _, _, rest, at_close = frame([UEL + b"@PJL INFO STATUS\r\n" + UEL])
+    assert rest == UEL + UEL and at_close == "drop"
 
 
 def test_last_query_without_line_feed_is_answered_at_close():

@@ -39,6 +39,7 @@ from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IPrinterStatus, IReferencingTriggerType, ITrigger
 from rawsvc.metrics import TriggerCounters
+from rawsvc.triggers.printer_state import PrinterSnapshot
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -59,19 +60,18 @@ def _line(value: Any) -> str:
     return str(value).replace("\r", " ").replace("\n", " ")
 
 
-def format_status(printer: IPrinterStatus) -> bytes:
-    """The status datagram for a printer, from its snapshot."""
-    s = printer.snapshot()
+def format_status(snapshot: PrinterSnapshot) -> bytes:
+    """The status datagram for a printer's L{PrinterSnapshot} (C{printer.snapshot()})."""
     fields = {
-        "STATE": s.state,
-        "PRINTER": s.printer,
-        "JOB": s.job_id,
-        "JOB_NAME": s.job_name,
-        "CLIENT": s.client,
-        "QUEUED": s.queued,
-        "JOBS_OK": s.jobs_ok,
-        "JOBS_FAILED": s.jobs_failed,
-        "LAST_ERROR": s.last_error,
+        "STATE": snapshot.state,
+        "PRINTER": snapshot.printer,
+        "JOB": snapshot.job_id,
+        "JOB_NAME": snapshot.job_name,
+        "CLIENT": snapshot.client,
+        "QUEUED": snapshot.queued,
+        "JOBS_OK": snapshot.jobs_ok,
+        "JOBS_FAILED": snapshot.jobs_failed,
+        "LAST_ERROR": snapshot.last_error,
     }
     return "".join(f"{k}={_line(fields[k])}\n" for k in STATUS_KEYS).encode("utf-8", "replace")
 
@@ -185,7 +185,7 @@ class AppSocketStatusTrigger(Service):
         return cls(options, context, printer)
 
     def status_datagram(self) -> bytes:
-        return format_status(self.printer)
+        return format_status(self.printer.snapshot())
 
     @property
     def listening(self) -> bool:

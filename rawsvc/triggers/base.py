@@ -26,6 +26,7 @@ from rawsvc.job import SpillBudget
 from rawsvc.listening import Listener
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.admission import disk_low, raise_fd_limit
+from rawsvc.triggers.settings import ConnectionSettings
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -168,15 +169,18 @@ class ListenerTrigger(Service):
         self.opts = options
         self.context = context
         self.reactor = context.reactor
+        #: What every connection reads, fixed here, once.
+        self.settings = ConnectionSettings.from_options(options, context)
+        s = self.settings
         self.listen = options["listen"]
-        self.flow = options["flow"]
+        self.flow = s.flow
         self.allow = options["allow"]
-        self.max_connections = options["max_connections"]
-        self.idle_timeout = options["idle_timeout"]
-        self.job_timeout = options["job_timeout"]
-        self.max_job_bytes = options["max_job_bytes"] or None
-        self.refusal = options["refusal"]
-        self.encoding = options["encoding"]
+        self.max_connections = s.max_connections
+        self.idle_timeout = s.idle_timeout
+        self.job_timeout = s.job_timeout
+        self.max_job_bytes = s.max_job_bytes
+        self.refusal = s.refusal
+        self.encoding = s.encoding
         self.counters = TriggerCounters()
         self.connections: set = set()
         #: The connections that count against max_connections (see L{rawsvc.triggers.admission}).
@@ -187,8 +191,8 @@ class ListenerTrigger(Service):
         self.sink: IJobSink = context.sink
         self.port: Any = None
         self.paused = False
-        self.spill_threshold = context.service_options.get("spill_threshold", 1 << 20)
-        self.temp_dir = context.temp_dir
+        self.spill_threshold = s.spill_threshold
+        self.temp_dir = s.temp_dir
 
     @classmethod
     def from_config(cls, options: dict[str, Any], context: Any) -> "ListenerTrigger":

@@ -1,33 +1,105 @@
 """
 Framers: turn a byte stream into job boundaries, without I/O.
 
-A framer is fed chunks and returns events: C{(DATA, bytes)} for bytes that
-belong to the current job and C{(END, None)} where a job ends.  Bytes are
-never held longer than needed (at most a delimiter's length), so a large
-job streams straight into its payload.  Splitting uses C{bytes.find}, never
-a per-byte loop.
+A framer (L{rawsvc.interfaces.IFramer}) is fed chunks and returns the
+events below; L{rawsvc.triggers.connection.FramedConnection} runs it.
+Bytes are never held longer than needed (at most a delimiter's length), so
+a large job streams straight into its payload.  Splitting uses
+C{bytes.find}, never a per-byte loop.
+
+The built-in framers of the C{tcp} trigger live here: L{StreamFramer}
+(C{execute_on = "disconnect"} and C{"idle"}), L{DelimiterFramer} and
+L{LengthFramer}.  The printer's is L{rawsvc.triggers.printer_framing}.
 """
 
 from __future__ import annotations
 
-DATA = "data"
-END = "end"
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
 
-Event = tuple[str, bytes | None]
+import attrs
+from zope.interface import implementer
+
+from rawsvc.interfaces import IFramer
+
+# Events ---------------------------------------------------------------------
 
 
+@attrs.frozen
+class Data:
+    """Bytes of the job being received."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Start:
+    """The real job begins here (sent only by an L{rawsvc.interfaces.IAnnouncingFramer})."""
+
+    meta: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class End:
+    """
+    The job ends here.  C{meta} lands on the job (C{job.meta} and its
+    variables); C{ack} is written in the job's reply slot when its flow
+    ended done, C{nak} when it failed or was refused.
+    """
+
+    meta: Mapping[str, str] = attrs.field(factory=dict)
+    ack: bytes = b""
+    nak: bytes = b""
+
+
+@attrs.frozen
+class Drop:
+    """The bytes since the last end make no job: throw them away (C{reason} is logged)."""
+
+    reason: str = ""
+
+
+@attrs.frozen
+class Reply:
+    """Bytes for the sender, written in reply order."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Query:
+    """A question only the trigger can answer; its policy's answer is written at once."""
+
+    value: Any
+
+
+Event = Union[Data, Start, End, Drop, Reply, Query]
+
+#: An end with nothing to say (shared: built-in framers end every job with it).
+END = End()
+
+#: C{how} values of L{IFramer.end_of_input} (a reset is C{"lost (<why>)"}).
+HALF_CLOSE = "half-close"
+CLOSE = "close"
+
+
+# The tcp trigger's framers ----------------------------------------------------
+
+
+@implementer(IFramer)
 class StreamFramer:
-    """C{disconnect} and C{idle} framing: everything is data; ends come from outside."""
+    """C{disconnect} and C{idle} framing: everything is data; the end of input ends the job."""
 
     def feed(self, data: bytes) -> list[Event]:
-        return [(DATA, data)] if data else []
+        return [Data(data)] if data else []
 
-    def pending(self) -> bytes:
-        return b""
+    def end_of_input(self, how: str) -> list[Event]:
+        return [END]
 
 
+@implementer(IFramer)
 class DelimiterFramer:
-    """One job per message ended by C{delimiter}."""
+    """One job per message ended by C{delimiter}; bytes after the last one are a partial job."""
 
     def __init__(self, delimiter: bytes, keep_delimiter: bool = False) -> None:
         if not delimiter:
@@ -48,8 +120,8 @@ class DelimiterFramer:
                 break
             end = i + dlen if self.keep else i
             if end > start:
-                events.append((DATA, buf[start:end]))
-            events.append((END, None))
+                events.append(Data(buf[start:end]))
+            events.append(END)
             start = i + dlen
         # Hold back the longest suffix that could begin a delimiter.
         rest = len(buf) - start
@@ -60,18 +132,19 @@ class DelimiterFramer:
                 break
         cut = len(buf) - hold
         if cut > start:
-            events.append((DATA, buf[start:cut]))
+            events.append(Data(buf[start:cut]))
         self._tail = buf[cut:] if hold else b""
         return events
 
-    def pending(self) -> bytes:
-        """Bytes held back at the end of the stream (part of the last job)."""
+    def end_of_input(self, how: str) -> list[Event]:
+        """The bytes held back are part of the last, unterminated, job."""
         tail, self._tail = self._tail, b""
-        return tail
+        return [Data(tail)] if tail else []
 
 
+@implementer(IFramer)
 class LengthFramer:
-    """Messages of exactly C{length} bytes."""
+    """Messages of exactly C{length} bytes; a shorter last one is a partial job."""
 
     def __init__(self, length: int) -> None:
         if length <= 0:
@@ -85,32 +158,43 @@ class LengthFramer:
         n = len(data)
         while pos < n:
             take = min(self.length - self._have, n - pos)
-            events.append((DATA, data[pos : pos + take]))
+            events.append(Data(data[pos : pos + take]))
             pos += take
             self._have += take
             if self._have == self.length:
-                events.append((END, None))
+                events.append(END)
                 self._have = 0
         return events
 
-    def pending(self) -> bytes:
-        return b""
+    def end_of_input(self, how: str) -> list[Event]:
+        return []
 
 
-def frame_all(framer, chunks) -> list[bytes]:
-    """Feed C{chunks} and return the complete jobs (for tests and tools)."""
+def frame_all(framer: IFramer, chunks: Iterable[bytes], how: str = CLOSE) -> list[bytes]:
+    """
+    Feed C{chunks}, end the input, and return the jobs' bytes (a partial
+    last job included, as C{partial = "process"} does); for tests and tools.
+    L{rawsvc.testing.run_framer} tells more (meta, replies, drops).
+    """
     jobs: list[bytes] = []
     current: list[bytes] = []
-    for chunk in chunks:
-        for kind, data in framer.feed(chunk):
-            if kind == DATA:
-                current.append(data)
-            else:
-                jobs.append(b"".join(current))
+
+    def run(events: Iterable[Event], at_close: bool) -> None:
+        nonlocal current
+        for ev in events:
+            if isinstance(ev, Data):
+                current.append(ev.data)
+            elif isinstance(ev, End):
+                if current or not at_close:  # an empty message counts; an end of input with nothing does not
+                    jobs.append(b"".join(current))
                 current = []
-    tail = framer.pending()
-    if tail:
-        current.append(tail)
+            elif isinstance(ev, Drop):
+                current = []
+
+    for chunk in chunks:
+        if chunk:
+            run(framer.feed(chunk), False)
+    run(framer.end_of_input(how), True)
     if current:
         jobs.append(b"".join(current))
     return jobs

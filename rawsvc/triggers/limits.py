@@ -1,32 +1,66 @@
 """
 The limits on one connection of a stream trigger, mixed into
-L{rawsvc.triggers.connection.JobConnection}: pausing and resuming its
-reads, C{idle_timeout} and C{job_timeout} (one timer serves both, plus a
-subclass's own deadline), and eviction in low-resources mode (see
-L{rawsvc.triggers.admission}).
+L{rawsvc.triggers.connection.FramedConnection}: pausing and resuming its
+reads, holding a client in a queue, C{idle_timeout} and C{job_timeout}
+(one timer serves both), eviction in low-resources mode (see
+L{rawsvc.triggers.admission}) and refusals (the C{refusal} text, a close
+or a reset).  The values come from the trigger's
+L{rawsvc.triggers.settings.ConnectionSettings}.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from rawsvc._transport import stream_transport
+from rawsvc.triggers.settings import ConnectionSettings
 
 log = Logger(namespace="rawsvc.trigger")
+
+#: Bytes read from a held client before it is paused: enough to see a
+#: client give up (its close), small enough to cost little.
+HOLD_BUFFER = 64 << 10
+
+
+@implementer(IPushProducer)
+class ReadThrottle:
+    """
+    Registered as the producer of our own writes: when the client does not
+    read its replies and the write buffer fills, stop reading its input.
+    """
+
+    def __init__(self, conn: "ConnectionLimits") -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        self.conn.pause_reading("backpressure")
+
+    def resumeProducing(self) -> None:
+        self.conn.resume_reading("backpressure")
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ConnectionLimits(Protocol):
     """Timeouts, read pausing and eviction; the connection supplies the state below."""
 
     trigger: Any
+    settings: ConnectionSettings
+    peer_host: str
+    reactor: Any
     label: str
     closed: bool
     refused: bool
     refusing: bool
     input_done: bool
+    held: bool
+    began: bool
     running: int
     ready: Any
     payload: Any
@@ -36,15 +70,27 @@ class ConnectionLimits(Protocol):
     _idle_armed: bool
     _job_started: float | None
 
+    _held_bytes: list[bytes]
+    _held_size: int
+    _held_eof: bool
+    closing: bool
+
     def _drop_partial(self) -> None:
         raise NotImplementedError
 
-    def _send_refusal(self, reason: str) -> None:
+    def _maybe_close(self) -> None:
+        raise NotImplementedError
+
+    def readConnectionLost(self) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
         raise NotImplementedError
 
     # Flow control and timeouts ---------------------------------------------
 
     def pause_reading(self, reason: str) -> None:
+        """Stop reading the client for C{reason} (reads resume once every reason is gone)."""
         if not self._paused and not self.closed:
             stream_transport(self).pauseProducing()
         self._paused.add(reason)
@@ -55,12 +101,64 @@ class ConnectionLimits(Protocol):
             if not self._paused and not self.closed:
                 stream_transport(self).resumeProducing()
 
+    @property
+    def reading_paused(self) -> frozenset[str]:
+        """Why reading is paused now (C{backpressure}, C{flow}, C{queued}, C{timeout}); empty: reading."""
+        return frozenset(self._paused)
+
+    def hold(self) -> None:
+        """
+        Keep the client waiting (a printer's queue), with no idle timer.
+        Up to L{HOLD_BUFFER} bytes are read and kept (then reading pauses),
+        so a client that gives up (closes before sending anything) is seen
+        and its place freed.  L{serve} ends the wait.
+        """
+        self.held = True
+        self._disarm_idle()
+
+    def serve(self) -> None:
+        """Serve a held client now: what it sent while held is framed first."""
+        if not self.held:
+            return
+        self.held = False
+        self._arm_idle()
+        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
+        if data:
+            self.dataReceived(data)
+        if self._held_eof:
+            self.readConnectionLost()
+        self.resume_reading("queued")
+
+    def shutdown(self) -> None:
+        """
+        The service is stopping: close once the running jobs are done.  A
+        held client has nothing stored: when it already sent its whole job
+        (and closed its side), the job is taken now, as if its turn had come,
+        so it is stored before the spool closes (its sender, CUPS for one,
+        may count the close as printed); otherwise it is reset, so its
+        sender sees a failure and sends the job again.
+        """
+        self.closing = True
+        if self.held and not self.closed:
+            if self._held_eof:
+                log.info("trigger {trigger}: stopping: taking the job {peer} sent while it waited",
+                         trigger=self.settings.trigger, peer=self.label)
+                self.serve()
+                return
+            log.info("trigger {trigger}: stopping: resetting {peer}, which waited with its job unsent, "
+                     "so it sends it again", trigger=self.settings.trigger, peer=self.label)
+            self.held = False
+            self.input_done = True
+            stream_transport(self).abortConnection()
+            return
+        self._maybe_close()
+
     def _arm_idle(self) -> None:
         """(Re)start counting idle time from now."""
-        if not self.trigger.idle_timeout or self.closed:
+        if not self.settings.idle_timeout or self.closed:
             return
         self._idle_armed = True
-        self.last_active = self.trigger.reactor.seconds()
+        self.last_active = self.reactor.seconds()
         self._schedule_deadline()
 
     def _disarm_idle(self) -> None:
@@ -68,23 +166,13 @@ class ConnectionLimits(Protocol):
         self._idle_armed = False
 
     def _next_deadline(self) -> float | None:
-        t = self.trigger
+        s = self.settings
         deadlines = []
-        if self._idle_armed and t.idle_timeout:
-            deadlines.append(self.last_active + t.idle_timeout)
-        if self._job_started is not None and t.job_timeout:
-            deadlines.append(self._job_started + t.job_timeout)
-        extra = self.extra_deadline()
-        if extra is not None:
-            deadlines.append(extra)
+        if self._idle_armed and s.idle_timeout:
+            deadlines.append(self.last_active + s.idle_timeout)
+        if self._job_started is not None and s.job_timeout:
+            deadlines.append(self._job_started + s.job_timeout)
         return min(deadlines) if deadlines else None
-
-    def extra_deadline(self) -> float | None:
-        """Hook: one more deadline (reactor seconds) for L{extra_deadline_reached}."""
-        return None
-
-    def extra_deadline_reached(self) -> None:
-        """Hook: L{extra_deadline} has passed."""
 
     def _schedule_deadline(self) -> None:
         if self.closed:
@@ -92,7 +180,7 @@ class ConnectionLimits(Protocol):
         deadline = self._next_deadline()
         if deadline is None:
             return
-        delay = max(0.0, deadline - self.trigger.reactor.seconds())
+        delay = max(0.0, deadline - self.reactor.seconds())
         if self._deadline_call is not None:
             # A later deadline (activity) waits for the pending call, which
             # re-checks and re-arms; an earlier one (a job_timeout shorter
@@ -100,23 +188,19 @@ class ConnectionLimits(Protocol):
             if deadline < self._deadline_call.getTime():
                 self._deadline_call.reset(delay)
             return
-        self._deadline_call = self.trigger.reactor.callLater(delay, self._deadline_reached)
+        self._deadline_call = self.reactor.callLater(delay, self._deadline_reached)
 
     def _deadline_reached(self) -> None:
         self._deadline_call = None
         if self.closed:
             return
-        t = self.trigger
-        now = t.reactor.seconds()
-        if self._job_started is not None and t.job_timeout and now >= self._job_started + t.job_timeout:
+        s = self.settings
+        now = self.reactor.seconds()
+        if self._job_started is not None and s.job_timeout and now >= self._job_started + s.job_timeout:
             self._job_started = None
             self._job_too_slow()
-        elif self._idle_armed and t.idle_timeout and now >= self.last_active + t.idle_timeout:
+        elif self._idle_armed and s.idle_timeout and now >= self.last_active + s.idle_timeout:
             self._idle_fired()
-        else:
-            extra = self.extra_deadline()
-            if extra is not None and now >= extra:
-                self.extra_deadline_reached()
         self._schedule_deadline()
 
     def _idle_fired(self) -> None:
@@ -124,8 +208,8 @@ class ConnectionLimits(Protocol):
             self._arm_idle()  # a flow is still working for this client
             return
         self._idle_armed = False  # closing: never count idle time again
-        reason = f"idle for {self.trigger.idle_timeout:g} s (idle_timeout)"
-        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        reason = f"idle for {self.settings.idle_timeout:g} s (idle_timeout)"
+        log.info("trigger {trigger}: closing {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._drop_partial()
         if not self.refusing:  # else the refusal is out and our side is half-closed
             self._send_refusal(reason)
@@ -133,9 +217,9 @@ class ConnectionLimits(Protocol):
         stream_transport(self).loseConnection()
 
     def _job_too_slow(self) -> None:
-        reason = f"job not complete after {self.trigger.job_timeout:g} s (job_timeout)"
+        reason = f"job not complete after {self.settings.job_timeout:g} s (job_timeout)"
         self.trigger.counters.jobs_refused += 1
-        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.trigger.name, peer=self.label, reason=reason)
+        log.warn("trigger {trigger}: {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._drop_partial()
         self._send_refusal(reason)
         self.input_done = True
@@ -147,12 +231,12 @@ class ConnectionLimits(Protocol):
     # Low-resources mode (see rawsvc.triggers.admission) -----------------------
 
     def evictable(self) -> bool:
-        """May be closed to make room: counted, and no job of it in flight."""
-        return not (self.closed or self.refused or self.input_done or self.running or self.ready)
+        """May be closed to make room: counted, served, and no job of it in flight."""
+        return not (self.held or self.closed or self.refused or self.input_done or self.running or self.ready)
 
     def holds_partial_job(self) -> bool:
-        """Job bytes are being received (an eviction then resets, so they are not taken as sent)."""
-        return self.payload is not None and self.payload.size > 0
+        """A job has begun to arrive (an eviction then resets, so it is not taken as sent)."""
+        return self.began
 
     def evict(self, reason: str) -> None:
         """Close this silent connection to make room; counted in C{evicted}."""
@@ -160,12 +244,71 @@ class ConnectionLimits(Protocol):
         t.counters.evicted += 1
         t.counted.discard(self)
         partial = self.holds_partial_job()
-        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=t.name, peer=self.label, reason=reason)
+        log.info("trigger {trigger}: evicted {peer}: {reason}", trigger=self.settings.trigger, peer=self.label, reason=reason)
         self._idle_armed = False
         self._drop_partial()
         self.input_done = True
-        if partial and t.refusal is None:
+        if partial and self.settings.refusal is None:
             stream_transport(self).abortConnection()
             return
         self._send_refusal(reason)
         stream_transport(self).loseConnection()
+
+    # Refusals ---------------------------------------------------------------
+
+    def refuse_at_accept(self, reason: str) -> None:
+        """Turn a new client away: the C{refusal} text and a close, else a reset (RST)."""
+        self.trigger.counters.connections_refused += 1
+        if self.settings.refusal is not None:
+            self.refuse(reason)
+            return
+        self.refused = True
+        log.warn("trigger {trigger}: refused {peer}: {reason}",
+                 trigger=self.settings.trigger, peer=self.label, reason=reason)
+        stream_transport(self).abortConnection()
+
+    def refuse(self, reason: str) -> None:
+        """Turn the client away: say why (if configured), log, close."""
+        self.refused = True
+        log.warn("trigger {trigger}: refused {peer}: {reason}",
+                 trigger=self.settings.trigger, peer=self.label, reason=reason)
+        self._send_refusal(reason)
+        stream_transport(self).loseConnection()
+    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
+        """
+        A job of this client could not be stored: never let the client take
+        a clean close for success.  With a C{refusal} text (and no
+        C{reset_unstored}), say why and half-close once the jobs in flight
+        are done, throwing away what the client still sends until it closes
+        (a full close over unread bytes would reset the connection before
+        the client read the text); otherwise reset (RST).
+        """
+        s = self.settings
+        self.input_done = True
+        self.refusing = True
+        self.trigger.counted.discard(self)
+        if self.closed:
+            return
+        if s.refusal is None or s.reset_unstored:
+            if s.reset_unstored:
+                log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
+                         trigger=s.trigger, peer=self.label, reason=reason)
+            stream_transport(self).abortConnection()
+            return
+        if not text_sent:
+            self._send_refusal(reason)
+        self._maybe_close()
+    def _send_refusal(self, reason: str) -> None:
+        text = self._render_refusal(reason)
+        if text is not None:
+            self.write(text)
+
+    def _render_refusal(self, reason: str) -> bytes | None:
+        s = self.settings
+        if s.refusal is None:
+            return None
+        try:
+            return s.refusal.render({"reason": reason, "peer_host": self.peer_host, "trigger": s.trigger}, "utf-8")
+        except Exception as e:  # a template naming other variables
+            log.warn("trigger {trigger}: refusal template failed: {e}", trigger=s.trigger, e=e)
+            return None

@@ -31,28 +31,27 @@ C{printer} (the trigger's name).
 from __future__ import annotations
 
 import collections
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
+import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from zope.interface import implementer, provider
 
-from rawsvc._transport import stream_transport
 from rawsvc import options as o
 from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ITriggerType
+from rawsvc.job import Job
 from rawsvc.triggers import pjl
-from rawsvc.triggers.base import LISTENER_OPTIONS
-from rawsvc.triggers.connection import JobConnection
-from rawsvc.triggers.printer_framing import JobInfo, PrinterFramer
+from rawsvc.triggers.api import FramedTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
+from rawsvc.triggers.connection import FramedConnection
+from rawsvc.triggers.policy import ConnectionPolicy
+from rawsvc.triggers.printer_framing import PrinterFramer
 from rawsvc.triggers.printer_port import ClosingPort
 from rawsvc.triggers.printer_state import PrinterSnapshot, PrinterState
 
 log = Logger(namespace="rawsvc.trigger")
-
-#: Bytes read from a client held in the queue before it is paused: enough to
-#: see a client give up (its close), small enough to cost little.
-HOLD_BUFFER = 64 << 10
 
 PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("busy", str, "queue", o.one_of("queue", "refuse"),
@@ -81,252 +80,142 @@ PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
 )
 
 
-class PrinterConnection(JobConnection):
-    """One client of the virtual printer."""
+class PrinterPolicy(ConnectionPolicy):
+    """
+    One client of the virtual printer: its turn (the trigger's queue), the
+    answers to its status queries, its unsolicited status (C{@PJL
+    USTATUS}), and the printer's state as its job arrives and runs.
+    """
 
-    def __init__(self, trigger: "PrinterTrigger") -> None:
-        t = trigger
-        framer = PrinterFramer(
-            self.command,
-            ctrl_d=t.opts["eoj_ctrl_d"],
-            uel=t.opts["eoj_uel"],
-            zpl=t.opts["zpl_host_status"],
-            after_eoj=t.opts["after_eoj"],
-        )
-        super().__init__(trigger, framer)
-        self.held = False
-        self.released = False
+    def __init__(self, conn: FramedConnection, trigger: "PrinterTrigger") -> None:
+        super().__init__(conn)
+        self.trigger = trigger
         self.ustatus: dict[str, bool] = {}
-        self._info: JobInfo | None = None
-        self._infos: dict[Any, JobInfo] = {}
-        self._receiving = False
+        self.receiving = False
         self._unobserve: Any = None
-        self._held_bytes: list[bytes] = []
-        self._held_size = 0
-        self._held_eof = False
+        self._busy_call: Any = None
 
-    # Admission --------------------------------------------------------------
-
-    def refuse_when_disk_low(self) -> bool:
-        # Below min_free the printer closes its port (the kernel refuses new
-        # connects, which CUPS retries); one accepted meanwhile is served.
-        return False
+    # Its turn ---------------------------------------------------------------
 
     def accepted(self) -> None:
-        self.trigger.admit(self)
-
-    def hold(self) -> None:
-        """
-        Wait in the printer's queue, no idle timer.  Up to L{HOLD_BUFFER}
-        bytes are read and kept (then reading pauses), so a client that gives
-        up (closes before sending anything) is seen and its place freed.
-        """
-        self.held = True
-        self._disarm_idle()
+        self.trigger.admit(self.conn)
 
     def activate(self) -> None:
         """This client now has the printer: what it sent while held is framed first."""
-        self.held = False
         self._unobserve = self.trigger.state.observe(self._state_changed)
-        self._arm_idle()
-        data, self._held_bytes, self._held_size = b"".join(self._held_bytes), [], 0
-        if data:
-            self.dataReceived(data)
-        if self._held_eof:
-            self.readConnectionLost()
-        self.resume_reading("queued")
+        self.conn.serve()
 
-    def dataReceived(self, data: bytes) -> None:
-        if not self.held:
-            super().dataReceived(data)
-            return
-        self._held_bytes.append(data)
-        self._held_size += len(data)
-        if self._held_size >= HOLD_BUFFER:
-            self.pause_reading("queued")
-
-    def readConnectionLost(self) -> None:
-        if not self.held:
-            super().readConnectionLost()
-            return
-        if self._held_size:
-            self._held_eof = True  # a whole job sent while waiting: served in turn
-            return
-        log.info("trigger {trigger}: {peer} gave up while waiting (closed without sending anything)",
-                 trigger=self.trigger.name, peer=self.label)
-        self.input_done = True
-        stream_transport(self).loseConnection()
-
-    def shutdown(self) -> None:
-        """
-        The service is stopping.  A client still waiting in the queue has
-        nothing stored: when it already sent its whole job (and closed its
-        side), the job is taken now, as if its turn had come, so it is stored
-        before the spool closes (its sender, CUPS for one, may count the
-        close as printed); otherwise it is reset, so its sender sees a failure
-        and sends the job again.
-        """
-        if not self.held or self.closed:
-            super().shutdown()
-            return
-        if self in self.trigger.waiting:
-            self.trigger.waiting.remove(self)
-        self.closing = True
-        if self._held_eof:
-            log.info("trigger {trigger}: stopping: taking the job {peer} sent while it waited",
-                     trigger=self.trigger.name, peer=self.label)
-            self.activate()
-            return
-        log.info("trigger {trigger}: stopping: resetting {peer}, which waited with its job unsent, "
-                 "so it sends it again", trigger=self.trigger.name, peer=self.label)
-        self.held = False
-        self.input_done = True
-        stream_transport(self).abortConnection()
-
-    def refuse_unstored(self, reason: str, text_sent: bool = False) -> None:
-        """A job that could not be stored: reset, so the sender (CUPS, nc) sees a failure."""
-        self.input_done = True
-        self.trigger.counted.discard(self)
-        if not self.closed:
-            log.warn("trigger {trigger}: resetting {peer}: its job was not stored ({reason})",
-                     trigger=self.trigger.name, peer=self.label, reason=reason)
-            stream_transport(self).abortConnection()
-
-    # Low-resources mode -----------------------------------------------------
-
-    def evictable(self) -> bool:
-        return not self.held and super().evictable()
-
-    def holds_partial_job(self) -> bool:
-        return self._receiving
-
-    def extra_deadline(self) -> float | None:
-        """busy_idle_timeout: clients wait and this one, being served, sends nothing outside a job."""
-        t = self.trigger
-        limit = t.busy_idle_timeout
-        if not limit or t.active is not self or not t.waiting:
-            return None
-        if self._receiving or self.running or self.ready or self.input_done or self.closed:
-            return None
-        return self.last_active + limit
-
-    def extra_deadline_reached(self) -> None:
-        t = self.trigger
-        silent = max(0.0, t.reactor.seconds() - self.last_active)
-        self.evict(f"silent for {silent:.1f} s while {len(t.waiting)} client(s) wait "
-                   f"(busy_idle_timeout = {t.busy_idle_timeout:g})")
-
-    def refuse_busy(self, reason: str) -> None:
-        """Busy: send C{refusal} and close when configured, else reset."""
-        self.refuse_at_accept(reason)
-
-    def connectionLost(self, reason: Any = ConnectionDone) -> None:
-        was_refused = self.refused
-        super().connectionLost(reason)
+    def done(self) -> None:
+        if self._busy_call is not None and self._busy_call.active():
+            self._busy_call.cancel()
+        self._busy_call = None
         if self._unobserve is not None:
             self._unobserve()
             self._unobserve = None
-        if not was_refused:
-            self._maybe_release()
+        self.trigger.release(self.conn)
 
-    def _maybe_release(self) -> None:
-        if self.closed and not self.running and not self.ready and not self.released:
-            self.released = True
-            self._abandoned()
-            self.trigger.release(self)
+    # busy_idle_timeout: yield to waiting clients ------------------------------
 
-    # Framing ----------------------------------------------------------------
+    def _busy_deadline(self) -> float | None:
+        """Clients wait and this one, being served, sends nothing outside a job: when it must yield."""
+        t = self.trigger
+        limit = t.busy_idle_timeout
+        if not limit or t.stopping or t.active is not self.conn or not t.waiting:
+            return None
+        if self.receiving or not self.conn.between_jobs:
+            return None
+        return self.conn.last_active + limit
 
-    @property
-    def framer_ends_at_close(self) -> bool:
-        return True
-
-    def frame_ended(self, info: Any) -> None:
-        self._info = info
-        try:
-            self._end_job()
-        finally:
-            self._info = None
-
-    def job_ending(self, payload: Any) -> bool:
-        info = self._info if self._info is not None else self.framer.current  # a marker's, or end of input
-        if not info.content:
-            return False  # PJL, UELs, white space only: a status poll, not a job
-        self._infos[payload] = info
-        return True
-
-    def job_dropped(self) -> None:
-        self._abandoned()  # refused (too large) or cut off: never reached a flow
-
-    def _abandoned(self) -> None:
-        if self._receiving:
-            self._receiving = False
-            self.trigger.state.abandon()
-
-    def input_ending(self, clean: bool, how: str) -> None:
-        self.framer.current.ended_by = how
-
-    def after_data(self) -> None:
-        if self.payload is not None and self.framer.current.content:
-            self._start_receiving(self.framer.current)
-
-    def _start_receiving(self, info: JobInfo) -> None:
-        if self._receiving:
+    def arm_busy_idle(self) -> None:
+        """(Re)consider the C{busy_idle_timeout} deadline (a client started waiting, a job ended)."""
+        deadline = self._busy_deadline()
+        if deadline is None:
             return
-        self._receiving = True
+        reactor = self.trigger.reactor
+        delay = max(0.0, deadline - reactor.seconds())
+        if self._busy_call is not None and self._busy_call.active():
+            if deadline < self._busy_call.getTime():
+                self._busy_call.reset(delay)
+            return  # a later deadline (activity): the pending call re-checks
+        self._busy_call = reactor.callLater(delay, self._busy_fired)
+
+    def _busy_fired(self) -> None:
+        self._busy_call = None
+        deadline = self._busy_deadline()
+        if deadline is None:
+            return
+        t = self.trigger
+        now = t.reactor.seconds()
+        if now < deadline:
+            self.arm_busy_idle()
+            return
+        silent = max(0.0, now - self.conn.last_active)
+        self.conn.evict(f"silent for {silent:.1f} s while {len(t.waiting)} client(s) wait "
+                        f"(busy_idle_timeout = {t.busy_idle_timeout:g})")
+
+    # Its job ----------------------------------------------------------------
+
+    def job_began(self, meta: Mapping[str, str]) -> None:
+        if self.receiving:
+            return
+        self.receiving = True
         self.trigger.state.receive()
         if self.ustatus.get("JOB"):
-            self._write(pjl.ustatus_job("START", info.pjl_job_name))
+            self.conn.write(pjl.ustatus_job("START", meta.get("pjl_job_name", "")))
 
-    # Jobs -------------------------------------------------------------------
+    def job_abandoned(self) -> None:
+        """Refused (too large), cut off, timed out: it never reached a flow."""
+        if self.receiving:
+            self.receiving = False
+            self.trigger.state.abandon()
+        self.arm_busy_idle()
 
-    def job_submitted(self, job: Any) -> None:
-        info = self._infos.pop(job.payload, None) or JobInfo()
-        job.variables["pjl_job_name"] = info.pjl_job_name
-        job.variables["pjl_language"] = info.pjl_language
-        job.variables["eoj"] = info.ended_by or "close"
+    def job_submitted(self, job: Job) -> None:
         job.variables["printer"] = self.trigger.name
-        self._start_receiving(info)  # a job that began and ended in one read
-        self._receiving = False
+        if not self.receiving:
+            self.job_began(job.meta)
+        self.receiving = False
         self.trigger.state.submit(job)
 
-    def job_finished(self, job: Any) -> None:
+    def job_finished(self, job: Job) -> None:
+        t = self.trigger
         # Before this client sees its close, so the next one finds the port
         # closed if this job took the disk below min_free.
-        self.trigger.disk_check()
-        # Silence is counted from the end of the last job (busy_idle_timeout).
-        self.last_active = max(self.last_active, self.trigger.reactor.seconds())
-        self._schedule_deadline()
+        t.disk_check()
         ok = job.state == "done"
-        self.trigger.state.finish(job, ok, job.error or "")
+        t.state.finish(job, ok, job.error or "")
         if self.ustatus.get("JOB"):
             name = job.variables.get("pjl_job_name", "")
-            self._write(pjl.ustatus_job("END", name, 0, "OK" if ok else "FAILED"))
-        self._maybe_release()
+            self.conn.write(pjl.ustatus_job("END", name, 0, "OK" if ok else "FAILED"))
+        self.arm_busy_idle()  # silence is counted from the end of the last job
 
     # Status on the back-channel ---------------------------------------------
 
-    def command(self, cmd: pjl.PjlCommand) -> None:
-        """A query or PJL command met in the stream."""
+    def query(self, value: Any) -> bytes | None:
+        """A status query met in the stream: C{~HS}, or a C{@PJL} query."""
+        cmd = cast(pjl.PjlCommand, value)
         t = self.trigger
         if cmd.command == "~HS":
-            self._write(t.host_status())
-            return
-        if not t.opts["pjl"] or not cmd.is_query:
-            return
+            return t.host_status()
+        if not t.answer_pjl:
+            return None
         if cmd.command in ("USTATUS", "USTATUSOFF"):
             self.ustatus.update(pjl.ustatus_settings(cmd))
-            return
-        self._write(pjl.answer(cmd, t.state.state, t.state.last_error, t.opts["model"]))
+            return None
+        return pjl.answer(cmd, t.state.state, t.state.last_error, t.model)
 
     def _state_changed(self, old: str, new: str) -> None:
-        if self.ustatus.get("DEVICE") and not self.closed:
-            self._write(pjl.ustatus_device(new, self.trigger.state.last_error))
+        if self.ustatus.get("DEVICE") and not self.conn.closed:
+            self.conn.write(pjl.ustatus_device(new, self.trigger.state.last_error))
+
+
+def _policy(conn: FramedConnection) -> PrinterPolicy:
+    return cast(PrinterPolicy, conn.policy)
 
 
 @provider(ITriggerType)
 @implementer(IPrinterStatus, IRecoveryAware)
-class PrinterTrigger(ClosingPort):
+class PrinterTrigger(ClosingPort, FramedTrigger):
     """A virtual JetDirect/AppSocket printer."""
 
     type_name = "printer"
@@ -337,46 +226,60 @@ class PrinterTrigger(ClosingPort):
         self.busy = options["busy"]
         self.busy_idle_timeout = options["busy_idle_timeout"]
         self.queue_depth = options["queue_depth"] if self.busy == "queue" else 0
+        self.answer_pjl = options["pjl"]
+        self.model = options["model"]
+        # Below min_free the printer closes its port (the kernel refuses new
+        # connects, which CUPS retries); one accepted meanwhile is served.  A
+        # job that cannot be stored resets: CUPS reads no refusal text.
+        self.settings = attrs.evolve(self.settings, turn_away_when_disk_low=False, reset_unstored=True)
         self.state = PrinterState()
-        self.active: PrinterConnection | None = None
-        self.waiting: collections.deque[PrinterConnection] = collections.deque()
+        self.active: FramedConnection | None = None
+        self.waiting: collections.deque[FramedConnection] = collections.deque()
+        #: The service is stopping: no next client is served.
+        self.stopping = False
 
-    def build_protocol(self) -> PrinterConnection:
-        return PrinterConnection(self)
+    def make_framer(self) -> PrinterFramer:
+        opts = self.opts
+        return PrinterFramer(ctrl_d=opts["eoj_ctrl_d"], uel=opts["eoj_uel"], zpl=opts["zpl_host_status"],
+                             after_eoj=opts["after_eoj"])
+
+    def make_policy(self, conn: FramedConnection) -> PrinterPolicy:
+        return PrinterPolicy(conn, self)
 
     # Admission: one client at a time ----------------------------------------
 
-    def admit(self, conn: PrinterConnection) -> None:
+    def admit(self, conn: FramedConnection) -> None:
+        """A new client: served if the printer is free, else held in the queue, else turned away."""
         if self.active is None and not self.waiting:
             self.active = conn
-            conn.activate()
+            _policy(conn).activate()
         elif self.busy == "queue" and len(self.waiting) < self.queue_depth:
             self.waiting.append(conn)
             conn.hold()
             if self.active is not None:
-                self.active._schedule_deadline()  # busy_idle_timeout applies from now
+                _policy(self.active).arm_busy_idle()  # busy_idle_timeout applies from now
             log.info("trigger {trigger}: {peer} waits (queued {n} of {depth})",
                      trigger=self.name, peer=conn.label, n=len(self.waiting), depth=self.queue_depth)
         else:
             why = "printer busy" if self.busy == "refuse" else f"queue full (queue_depth = {self.queue_depth})"
-            conn.refuse_busy(why)
+            conn.refuse_at_accept(why)  # the refusal text and a close, else a reset
         self.update_port()
 
     def shutdown_order(self) -> list[Any]:
         first = ([self.active] if self.active is not None else []) + list(self.waiting)
         return first + [c for c in self.connections if c not in first]
 
-    def release(self, conn: PrinterConnection) -> None:
-        """C{conn} closed and its jobs are done: serve the next client."""
+    def release(self, conn: FramedConnection) -> None:
+        """C{conn} closed and its jobs are done: serve the next client (unless stopping)."""
         if conn in self.waiting:
             self.waiting.remove(conn)
         if self.active is conn:
             self.active = None
-            while self.waiting and self.active is None:
+            while self.waiting and self.active is None and not self.stopping:
                 nxt = self.waiting.popleft()
                 if not nxt.closed:
                     self.active = nxt
-                    nxt.activate()
+                    _policy(nxt).activate()
         self.update_port()
 
     def _busy(self) -> bool:
@@ -385,10 +288,17 @@ class PrinterTrigger(ClosingPort):
         return self.busy == "refuse" or len(self.waiting) >= self.queue_depth
 
     def startService(self) -> None:
+        self.stopping = False
         super().startService()
         self.start_disk_watch()
         log.info("trigger {trigger} (printer) listening on {addr}, busy = {busy}, flow {flow}",
                  trigger=self.name, addr=self.address(), busy=self.busy, flow=self.flow)
+
+    def stopService(self) -> Deferred:
+        # Each held client is told to shut down (its whole job taken, or a
+        # reset): none is served in turn from now on.
+        self.stopping = True
+        return super().stopService()
 
     # ITrigger ---------------------------------------------------------------
 
@@ -421,27 +331,36 @@ class PrinterTrigger(ClosingPort):
         if self.state.failed:
             self.state.clear()
 
+    # IPrinterStatus -----------------------------------------------------------
+
     def snapshot(self) -> PrinterSnapshot:
+        """The printer's state now, as one frozen record."""
         s = self.state
         job = s.current_job
         return PrinterSnapshot(
-            printer=str(self.name),
             state=s.state,
+            printer=str(self.name),
             job_id=job.job_id if job is not None else "",
-            job_name=job.variables.get("pjl_job_name", "") if job is not None else "",
+            job_name=job.meta.get("pjl_job_name", "") if job is not None else "",
             client=self.active.label if self.active is not None else "",
             queued=len(self.waiting),
+            receiving=s.receiving,
+            processing=len(s.processing),
             jobs_ok=s.jobs_ok,
             jobs_failed=s.jobs_failed,
             last_error=s.last_error,
+            last_error_at=s.last_error_at,
+            paused=self.paused,
+            since=s.since,
         )
 
     def host_status(self) -> bytes:
-        s = self.state
+        """The Zebra C{~HS} answer for the printer's state now."""
+        snap = self.snapshot()
         return pjl.host_status(
-            paused=s.state == "paused",
-            receiving=s.receiving,
-            formats=len(s.processing) + len(self.waiting),
+            paused=snap.state == "paused",
+            receiving=snap.receiving,
+            formats=snap.processing + snap.queued,
         )
 
     def status(self) -> dict[str, Any]:

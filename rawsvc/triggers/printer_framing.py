@@ -3,9 +3,12 @@ The printer's framer: splits an AppSocket stream into jobs at its
 end-of-job markers, and picks out the status queries it carries.
 
 Like the framers in L{rawsvc.triggers.framing} it does no I/O: C{feed}
-returns C{(DATA, bytes)} and C{(END, JobInfo)} events, and each query it
-meets (a C{@PJL} command or the Zebra C{~HS}) goes to C{on_command} as it
-is met, so the answer leaves before later data is processed.
+returns events (L{rawsvc.interfaces.IAnnouncingFramer}): C{Data} for the
+job's bytes, C{Start} where its print data begins, C{End} with what it
+learnt (C{pjl_job_name}, C{pjl_language}, C{eoj}) where it ends, and a
+C{Query} for each status query it meets (a C{@PJL} query or the Zebra
+C{~HS}), in stream order, so the answer leaves before later data is
+processed.
 
 Two modes, as on an HP printer:
 
@@ -40,11 +43,11 @@ the payload, so a forwarded job is the bytes the client sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-
 import attrs
+from zope.interface import implementer
 
-from rawsvc.triggers.framing import DATA, END, Event
+from rawsvc.interfaces import IAnnouncingFramer
+from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Start
 from rawsvc.triggers.pjl import CTRL_D, HOST_STATUS, PJL_PREFIX, UEL, PjlCommand, parse_line
 
 _WS = re.compile(rb"[ \t\r\n\f]*")
@@ -67,25 +70,29 @@ class JobInfo:
     content: bool = False  # holds print data (not only PJL, UELs, white space)
     pjl_job_name: str = ""
     pjl_language: str = ""
-    ended_by: str = ""  # ctrl-d | uel | half-close | close
+    ended_by: str = ""  # ctrl-d | uel | half-close | close | lost (...)
+
+    def meta(self) -> dict[str, str]:
+        """The job's metadata, as the C{End} event carries it (and its variables show)."""
+        return {"pjl_job_name": self.pjl_job_name, "pjl_language": self.pjl_language,
+                "eoj": self.ended_by or "close"}
 
 
+@implementer(IAnnouncingFramer)
 class PrinterFramer:
     """
-    Frames one printer connection.  C{on_command} receives every C{@PJL}
-    command met in PJL mode (a L{PjlCommand}) and C{PjlCommand("~HS")} for
-    each Zebra host-status query.
+    Frames one printer connection.  Each query met in PJL mode (a
+    L{PjlCommand} whose C{is_query}) and each Zebra host-status query
+    (C{PjlCommand("~HS")}) becomes a C{Query} event.
     """
 
     def __init__(
         self,
-        on_command: Callable[[PjlCommand], None],
         ctrl_d: bool = True,
         uel: bool = True,
         zpl: bool = True,
         after_eoj: str = "next",
     ) -> None:
-        self.on_command = on_command
         self.ctrl_d = ctrl_d
         self.uel = uel
         self.zpl = zpl
@@ -104,8 +111,12 @@ class PrinterFramer:
         if not chunk or self.ignoring:
             return
         if content and not self.current.content and _NON_WS.search(chunk):
-            self.current.content = True
-        self._events.append((DATA, chunk))
+            self._start()
+        self._events.append(Data(chunk))
+
+    def _start(self) -> None:
+        self.current.content = True
+        self._events.append(Start(self.current.meta()))
 
     def _end(self, how: str) -> None:
         if self.ignoring:
@@ -113,7 +124,7 @@ class PrinterFramer:
         info, self.current = self.current, JobInfo()
         info.ended_by = how
         self.depth = 0
-        self._events.append((END, info))  # type: ignore[arg-type]
+        self._events.append(End(info.meta()))
         if self.after_eoj == "ignore":
             self.ignoring = True
 
@@ -167,7 +178,7 @@ class PrinterFramer:
             return e + 1
         if self.zpl and buf.startswith(HOST_STATUS, j):
             self._data(buf[pos:j], content=False)
-            self.on_command(PjlCommand("~HS"))
+            self._events.append(Query(PjlCommand("~HS")))
             return j + len(HOST_STATUS)
         if self.ctrl_d and buf.startswith(CTRL_D, j):  # CUPS's "PostScript Ctrl-D" sends one first
             self._data(buf[pos : j + 1], content=False)
@@ -206,7 +217,8 @@ class PrinterFramer:
             language = self.current.pjl_language = cmd.params["LANGUAGE"].upper()
             self.pjl_mode = False
             self.language = POSTSCRIPT if language == "POSTSCRIPT" else ZPL if language == "ZPL" else OTHER
-        self.on_command(cmd)
+        if cmd.is_query:
+            self._events.append(Query(cmd))
 
     def _pjl_again(self) -> None:
         self.pjl_mode = True
@@ -256,7 +268,7 @@ class PrinterFramer:
             if self.current.content:
                 self._end("ctrl-d")
         else:
-            self.on_command(PjlCommand("~HS"))
+            self._events.append(Query(PjlCommand("~HS")))
         return end
 
     @staticmethod
@@ -282,23 +294,37 @@ class PrinterFramer:
                     break
         return longest
 
-    def pending(self) -> bytes:
+    def end_of_input(self, how: str) -> list[Event]:
         """
-        The bytes held back at the end of input.  A last C{@PJL} query
-        without its line feed is still answered (C{printf '@PJL INFO
-        STATUS' | nc -N} works).
+        The end of input ends the job (its C{eoj} is C{how}) when it holds
+        print data; PJL, UELs and white space alone are dropped (a status
+        poll).  A last C{@PJL} query without its line feed is still
+        answered (C{printf '@PJL INFO STATUS' | nc -N} works).
         """
+        self._events = []
         tail, self._held = self._held, b""
-        if not tail:
-            return b""
-        if self.pjl_mode:
+        pjl_line = False
+        if tail and self.pjl_mode:
             j = _WS.match(tail).end()  # type: ignore[union-attr]
             cmd = parse_line(tail[j:]) if tail[j : j + 4].upper() == PJL_PREFIX else None
             if cmd is not None:
                 self._command(cmd)
-                return b"" if cmd.is_query else tail
+                pjl_line = True
+                if cmd.is_query:
+                    tail = b""
         if self.ignoring:
-            return b""
-        if _NON_WS.search(tail) and not UEL.startswith(tail.strip()):
-            self.current.content = True
-        return tail
+            tail = b""
+        if tail:
+            if (not pjl_line and not self.current.content and _NON_WS.search(tail)
+                    and not UEL.startswith(tail.strip())):
+                self._start()
+            self._events.append(Data(tail))
+        if self.ignoring:
+            events, self._events = self._events, []
+            return events
+        if self.current.content:
+            self._end(how or HALF_CLOSE)
+        else:
+            self._events.append(Drop())
+        events, self._events = self._events, []
+        return events

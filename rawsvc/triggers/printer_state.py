@@ -60,17 +60,38 @@ class InvalidTransition(Exception):
 
 @attrs.frozen
 class PrinterSnapshot:
-    """What a printer is doing at one moment (L{rawsvc.interfaces.IPrinterStatus}); read-only."""
+    """
+    A virtual printer's state at one moment, as every status answer tells
+    it (L{rawsvc.interfaces.IPrinterStatus}): read by the UDP status
+    responder and the admin side without touching the printer's internals.
+    """
 
-    printer: str
+    #: idle, receiving, processing, paused or error.
     state: str
+    #: The printer trigger's name.
+    printer: str
+    #: The id of the job whose flow runs (the oldest), or "".
     job_id: str = ""
+    #: Its PJL job name (C{@PJL JOB NAME}), or "".
     job_name: str = ""
+    #: C{host:port} of the client being served, or "".
     client: str = ""
+    #: Clients held waiting (C{busy = "queue"}).
     queued: int = 0
+    #: A job is arriving now.
+    receiving: bool = False
+    #: Jobs whose flows run now.
+    processing: int = 0
+    #: Jobs whose flow succeeded, failed, since the start.
     jobs_ok: int = 0
     jobs_failed: int = 0
+    #: The last failed flow's error ("" when none), and when (epoch s).
     last_error: str = ""
+    last_error_at: float | None = None
+    #: The operator paused the printer.
+    paused: bool = False
+    #: When the state last changed (epoch s).
+    since: float = 0.0
 
 
 class PrinterState:

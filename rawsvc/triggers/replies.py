@@ -50,6 +50,11 @@ class ReplySlot:
         _confirmations.add(self._queue.reactor, self, d, len(data))
         return d
 
+    def put(self, data: bytes) -> None:
+        """Queue C{data} without waiting for it to be handed over (the connection's own answers)."""
+        if data and not self._queue.gone and not self.finished:
+            self.chunks.append(data)
+
     def confirm(self, d: Deferred, size: int) -> None:
         if self._queue.gone:
             d.errback(
@@ -80,6 +85,12 @@ class ReplyQueue:
         slot = ReplySlot(self, label)
         self._slots.append(slot)
         return slot
+
+    def add(self, data: bytes) -> None:
+        """Write C{data} in order: after the replies of every job before it on this connection."""
+        slot = self.new_slot("")
+        slot.put(data)
+        self.finish(slot)
 
     def finish(self, slot: ReplySlot) -> None:
         slot.finished = True

@@ -9,15 +9,17 @@ when a client connects.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import provider
 
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import ITriggerType
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
-from rawsvc.triggers.connection import JobConnection
+from rawsvc.interfaces import IFramer, ITriggerType
+from rawsvc.triggers.api import FramedTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.framing import DelimiterFramer, LengthFramer, StreamFramer
 
 TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
@@ -43,8 +45,8 @@ TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
 
 
 @provider(ITriggerType)
-class TcpTrigger(ListenerTrigger):
-    """The TCP server trigger."""
+class TcpTrigger(FramedTrigger):
+    """The TCP server trigger: a framed trigger whose framer follows C{execute_on}."""
 
     type_name = "tcp"
     options = TCP_OPTIONS
@@ -73,20 +75,19 @@ class TcpTrigger(ListenerTrigger):
             self.idle_time = options["idle_time"]
         elif options["idle_time"]:
             raise ConfigIssue(f"only applies to execute_on = \"idle\", not {mode!r}", "idle_time")
+        # One framer per connection, its kind chosen here, once: disconnect and
+        # idle stream everything (the settings' frame_idle ends an idle job).
+        self._framer: Callable[[], IFramer] = StreamFramer
+        if mode == "delimiter":
+            self._framer = functools.partial(DelimiterFramer, self.delimiter, options["keep_delimiter"])
+        elif mode == "length":
+            self._framer = functools.partial(LengthFramer, options["length"])
         self.connect_flow = options["connect_flow"] or options["flow"]
         if options["connect_flow"] and not options["execute_on_connect"]:
             raise ConfigIssue("is set but execute_on_connect is false", "connect_flow")
 
-    def make_framer(self):
-        mode = self.opts["execute_on"]
-        if mode == "delimiter":
-            return DelimiterFramer(self.delimiter, self.opts["keep_delimiter"])
-        if mode == "length":
-            return LengthFramer(self.opts["length"])
-        return StreamFramer()
-
-    def build_protocol(self) -> JobConnection:
-        return JobConnection(self, self.make_framer())
+    def make_framer(self) -> IFramer:
+        return self._framer()
 
     def status(self) -> dict[str, Any]:
         s = super().status()
