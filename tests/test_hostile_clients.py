@@ -217,7 +217,7 @@ def test_silent_and_trickling_connections_are_closed_by_their_timeouts_while_oth
     assert trig.counters.jobs_refused >= slow_ok
     assert not normal.errors
     assert len(normal.latencies) >= 5
-    assert max(normal.latencies) < 2.0  # generous: shared CI machines
+    assert max(normal.latencies) < 5.0  # generous: shared CI machines; starvation shows as 10 s timeouts
     assert trig.counters.jobs_ok == len(normal.latencies)
 
 
@@ -334,7 +334,7 @@ def test_a_client_that_never_reads_cannot_make_the_service_buffer_without_bound(
     assert result["sent"] < 256 << 20
     assert result["replies"] == expected  # nothing lost, in order
     assert not normal.errors and normal.latencies
-    assert max(normal.latencies) < 2.0
+    assert max(normal.latencies) < 5.0
 
 
 # A connection flood past max_connections ----------------------------------------
@@ -424,4 +424,4 @@ def test_a_connection_flood_beyond_max_connections_evicts_the_silent_without_lea
     assert (c.evicted, c.connections_refused) == (flood - limit, 0)
     assert after <= baseline
     assert not normal.errors and normal.latencies
-    assert max(normal.latencies) < 2.0
+    assert max(normal.latencies) < 5.0

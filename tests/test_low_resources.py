@@ -296,7 +296,7 @@ def test_acknowledged_clients_that_left_do_not_count_against_max_connections(ser
     started = time.monotonic()
     results = yield deferToThread(_clients, port_of(svc, "front"), 2000, 20)
     took = time.monotonic() - started
-    yield wait_for(lambda: len(archived(jobs)) == 2000, timeout=30)
+    yield wait_for(lambda: len(archived(jobs)) == 2000, timeout=90)
     print(f"\n[reply, send_tcp] 2000 clients at concurrency 20, max_connections 20: ok {results['ok']}, "
           f"refused {results['refused']}, other {results['other'][:3]}, evicted {front.counters.evicted}; "
           f"{took:.1f} s")
