@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IJobHistory, IJobSink
 from rawsvc.job import Job
+from rawsvc.states import JobState
 
 log = Logger(namespace="rawsvc.dispatch")
 
@@ -81,15 +82,21 @@ class Dispatcher:
 
     # IDeliveryWatcher: the destination pool tells about waiting deliveries ------------
 
-    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
-        """A running job's delivery waits to retry: the job is C{waiting}, its error the last attempt's."""
+    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> bool:
+        """
+        A running job's delivery waits to retry: the job is C{waiting}, its
+        error the last attempt's.  Only a job whose actions run (C{running}
+        or C{waiting}): a failed job's C{on_error} delivery that waits
+        leaves it failed.  True when the job was marked.
+        """
         job = self.running.get(job_id)
-        if job is None:
-            return
+        if job is None or job.state not in (JobState.RUNNING, JobState.WAITING):
+            return False
         job.state = "waiting"
         job.error = error
         self.waiting[job_id] = {"destination": destination, "attempt": attempt, "last_error": error,
                                 "next_try": next_try}
+        return True
 
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
         """The waiting job's delivery makes attempt C{attempt}: running again."""

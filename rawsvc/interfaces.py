@@ -304,7 +304,11 @@ class IDestinationPool(Interface):
     """
 
     def status():
-        """A JSON-able list of dicts, one per destination: C{destination}, C{state}, C{queued} ..."""
+        """
+        A JSON-able dict keyed by destination (C{"host:port"}), each value a
+        dict with at least C{state}, C{queued}, C{attempts}, C{delivered},
+        C{failures} and C{retries}.
+        """
 
     def retry_now(job_id):
         """Make the next attempt of C{job_id}, waiting for a retry, now; False when it is not waiting."""

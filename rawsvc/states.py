@@ -9,6 +9,7 @@ A job's life::
     received -> queued -> running -> done
        |          |          |-> waiting -> running (its delivery retries)
        |          |          |-> failed -> cancelled (an operator's cancel ended it)
+       |          |          |         `-> interrupted (it failed as the service stopped: it resumes)
        |          |          `-> interrupted (the service stopped under it; it resumes at the
        |          |                           next start) -> cancelled
        |          `-> failed (its flow crashed before running)
@@ -55,7 +56,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.RUNNING, S.FAILED}),
     S.RUNNING: frozenset({S.WAITING, S.DONE, S.FAILED, S.INTERRUPTED}),
     S.WAITING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.INTERRUPTED}),
-    S.FAILED: frozenset({S.CANCELLED}),
+    # A job that failed while the service stopped is left to resume: INTERRUPTED.
+    S.FAILED: frozenset({S.CANCELLED, S.INTERRUPTED}),
     S.INTERRUPTED: frozenset({S.CANCELLED}),
     S.DONE: frozenset(),
     S.CANCELLED: frozenset(),
@@ -96,10 +98,16 @@ def _strict() -> bool:
     return os.environ.get("RAWSVC_STRICT_STATES", "") not in ("", "0")
 
 
+#: value -> member, for a state set as a plain string (a dict lookup, not an Enum call).
+MEMBERS: Mapping[str, JobState] = {s.value: s for s in JobState}
+
+
 def transition(job_id: str, old: str, new: str) -> JobState:
     """
     The state C{new} for a job in C{old}, checked against L{TRANSITIONS}.
     Setting the state it is in already is no transition, and allowed.
+    (L{rawsvc.job.Job.state} checks the allowed moves inline, on every job,
+    and calls this for the rest.)
     """
     target = JobState(new)
     if old == target:

@@ -121,7 +121,7 @@ def test_a_failed_lookup_waits_and_cancel_ends_it_at_once(tmp_path):
         out = rawsvc("cancel", "--state-dir", state_dir, job_id)
         assert out.returncode == 0, out.stderr
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "cancelled", 5, "the job cancelled")
-        assert time.monotonic() - t0 < 2.5  # the CLI's request is read within a second
+        assert time.monotonic() - t0 < 10  # read within a second, not after the 30 s wait (slack for a loaded machine)
         # The printer's queue moves on: the next job makes its first attempt (and waits in turn).
         wait_for(lambda: jobs(state_dir)[behind]["state"] == "waiting", 5, "the next job's attempt")
     finally:
@@ -144,7 +144,7 @@ def test_retry_of_a_waiting_job_tries_again_at_once(tmp_path):
         assert out.returncode == 0, out.stderr
         assert b"next attempt now" in out.stdout
         wait_for(lambda: jobs(state_dir)[job_id]["state"] == "done", 5, "the job done")
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 10  # not the 60 s wait (slack for a loaded machine)
         assert printer.received == [b"retry me"]
     finally:
         _stop(service)

@@ -108,8 +108,9 @@ def test_a_paused_tcp_trigger_whose_port_was_taken_stays_closed_and_says_why(ser
     yield trigger.pause()
     assert not trigger.listening
     with _squat(port):
-        result = yield trigger.resume()
-        assert result is None and not trigger.listening and trigger.port is None
+        with pytest.raises(ListenError, match="cannot listen on"):  # the caller (the manhole) hears why
+            yield trigger.resume()
+        assert not trigger.listening and trigger.port is None
     [line] = _errors(logged)
     assert line["error"] == (f"trigger 't' cannot listen on '{listen}': "
                              f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.")

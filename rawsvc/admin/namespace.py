@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from rawsvc.interfaces import IJobControl, IJobHistory
@@ -113,11 +114,14 @@ def pause(service: Any, name: str) -> str:
     return f"paused {name}"
 
 
-def resume(service: Any, name: str) -> str:
-    """Let trigger C{name} accept again."""
-    _trigger(service, name).resume()
+def resume(service: Any, name: str) -> Deferred:
+    """
+    Let trigger C{name} accept again: fires with C{"resumed NAME"} once it
+    listens, or fails saying why it cannot (its port was taken meanwhile).
+    """
+    d = maybeDeferred(_trigger(service, name).resume)
     log.info("trigger {name} resumed by an administrator", name=name)
-    return f"resumed {name}"
+    return d.addCallback(lambda _: f"resumed {name}")
 
 
 class RetryUnsupported(Exception):

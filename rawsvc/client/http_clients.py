@@ -28,6 +28,10 @@ def make_client(reactor: Any, tls: Any, pool: HTTPConnectionPool) -> HTTPClient:
     return HTTPClient(Agent(reactor, contextFactory=tls, pool=pool))
 
 
+#: Seconds an idle kept-alive HTTP connection is kept for the next request.
+KEEPALIVE_IDLE = 4
+
+
 class HttpClients(Service):
     """Shared HTTP clients, one per TLS setting; see the module docstring."""
 
@@ -41,6 +45,12 @@ class HttpClients(Service):
         """The client for TLS setting C{key}; C{tls()} makes its policy the first time."""
         if key not in self._clients:
             pool = quiet_connection_pool(self.reactor, persistent=True)
+            # An idle kept-alive connection is dropped after this long, less than
+            # the common server keep-alive timeouts (Apache's 5 s): a POST sent on a
+            # connection the server closes at that moment fails without an answer
+            # (Twisted retries only idempotent methods by itself), and our retry
+            # could then send a request the server did carry out a second time.
+            pool.cachedConnectionTimeout = KEEPALIVE_IDLE
             self._pools.append(pool)
             self._clients[key] = make_client(self.reactor, tls(), pool)
         return self._clients[key]

@@ -188,10 +188,11 @@ class SpoolSink(Dispatcher, SpoolOperations):
             self._again.add(job.job_id)
         return self.dispatch(job, flow_name, counters, not fresh).addCallback(self._finished)
 
-    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> None:
-        Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
-        if job_id in self.running and not self.closed:
+    def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> bool:
+        marked = Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
+        if marked and not self.closed:
             self.store.waiting(job_id, attempt, error, next_try)
+        return marked
 
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
         was_waiting = job_id in self.waiting
@@ -208,10 +209,13 @@ class SpoolSink(Dispatcher, SpoolOperations):
             self._cancel.discard(job.job_id)
             if job.state != "done":
                 job.state = "cancelled"
-        if self.stopping and job.state != "done":
+        if self.stopping and job.state not in ("done", "cancelled"):
             # Most likely failed because the service is stopping: leave it
-            # unfinished on disk, it resumes at the next start.
+            # unfinished on disk, it resumes at the next start.  It is
+            # interrupted, not failed, so that its sender is not told it
+            # failed (a NAK would make it send the job again: twice printed).
             log.info("job {job_id} interrupted by the stop; it resumes at the next start", job_id=job.job_id)
+            job.state = "interrupted"
             return job
         index = int(job.variables.get("action_index", "0"))
         if job.state == "done":

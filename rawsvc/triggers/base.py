@@ -13,7 +13,7 @@ import ipaddress
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -271,7 +271,10 @@ class ListenerTrigger(Service):
         return self._close_listener()
 
     def resume(self) -> Deferred:
-        """Listen again (a new listener); fires once listening, or once the failure to is logged."""
+        """
+        Listen again (a new listener); fires once listening, or fails with
+        the L{ListenError} (also logged) when it cannot: it stays closed.
+        """
         self.paused = False
         if self._listener is not None or not self.running:
             return succeed(None)
@@ -281,7 +284,7 @@ class ListenerTrigger(Service):
             listener.startService()
         except ListenError as e:
             log.error("{error}; the trigger stays closed", error=str(e))
-            return succeed(None)
+            return fail(e)
         self._listener = listener
         return listener.when_listening().addCallback(lambda _: None)
 

@@ -153,6 +153,14 @@ class ConnectionLimits(Protocol):
             return
         self._maybe_close()
 
+    def count_silence_from_now(self) -> None:
+        """
+        For a policy: count this connection's silence (idle_timeout,
+        eviction) from now, as if it had just sent job bytes (a printer
+        counts it from the end of its last job).
+        """
+        self.last_active = max(self.last_active, self.reactor.seconds())
+
     def _arm_idle(self) -> None:
         """(Re)start counting idle time from now."""
         if not self.settings.idle_timeout or self.closed:

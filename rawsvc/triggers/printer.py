@@ -187,7 +187,8 @@ class PrinterPolicy(ConnectionPolicy):
         if self.ustatus.get("JOB"):
             name = job.variables.get("pjl_job_name", "")
             self.conn.write(pjl.ustatus_job("END", name, 0, "OK" if ok else "FAILED"))
-        self.arm_busy_idle()  # silence is counted from the end of the last job
+        self.conn.count_silence_from_now()  # a printer counts silence from the end of the last job
+        self.arm_busy_idle()
 
     # Status on the back-channel ---------------------------------------------
 

@@ -28,6 +28,8 @@ log = Logger(namespace="rawsvc.trigger")
 #: Job states after which an C{End}'s C{ack} goes out (else its C{nak};
 #: an interrupted job, stored and resumed at the next start, gets neither).
 _ACKED, _NAKED = ("done",), ("failed", "refused", "cancelled")
+# (A job the stop cut off ends "interrupted": the spool resumes it, so the
+# sender must not be told it failed, or it would send it again: twice printed.)
 
 
 class JobSubmission(ConnectionLimits):
@@ -98,8 +100,6 @@ class JobSubmission(ConnectionLimits):
         self.replies.finish(slot)
         if refused:
             self.refuse_unstored(job.error or "refused", text_sent=True)
-        # Silence is counted from the end of the last job (idle_timeout).
-        self.last_active = max(self.last_active, self.reactor.seconds())
         self._tell("job_finished", self.policy.job_finished, job)
         if self.settings.close_after_reply and not self.closed:
             self.input_done = True
