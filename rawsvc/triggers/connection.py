@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer
 from rawsvc.job import Payload, PayloadError
 from rawsvc.triggers import admission

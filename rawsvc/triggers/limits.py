@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 from rawsvc.triggers.settings import ConnectionSettings
 
 log = Logger(namespace="rawsvc.trigger")
