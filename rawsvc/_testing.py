@@ -32,6 +32,7 @@ from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, R
 if TYPE_CHECKING:
     from rawsvc.service import RawService
     from rawsvc.triggers.base import ListenerTrigger
+    from rawsvc.metrics import TriggerCounters
 
 # Framers ------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class StubSink:
     def __init__(self) -> None:
         self.jobs: list[HeldJob] = []
 
-    def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+    def submit(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> Deferred:
         d: Deferred = Deferred()
         self.jobs.append(HeldJob(job, flow_name, d))
         if counters is not None:
