@@ -17,7 +17,7 @@ Nothing is looked up by name at run time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zope.interface.verify import verifyObject
 

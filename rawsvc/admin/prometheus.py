@@ -6,7 +6,7 @@ counters, written by hand: no client library needed at run time.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rawsvc.admin.namespace import destinations
 

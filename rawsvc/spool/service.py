@@ -9,7 +9,7 @@ seconds for jobs in flight and commits every queued write.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
