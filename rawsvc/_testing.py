@@ -30,9 +30,9 @@ from rawsvc.job import Job
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 
 if TYPE_CHECKING:
+    from rawsvc.metrics import TriggerCounters
     from rawsvc.service import RawService
     from rawsvc.triggers.base import ListenerTrigger
-    from rawsvc.metrics import TriggerCounters
 
 # Framers ------------------------------------------------------------------------
 

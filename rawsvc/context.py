@@ -16,9 +16,9 @@ from twisted.application.service import IService
 from rawsvc.interfaces import IJobSink, IJobStore, ITrigger
 
 if TYPE_CHECKING:
+    from rawsvc.client.destinations import DestinationPool
     from rawsvc.client.http_clients import HttpClients
     from rawsvc.flow import Flow
-    from rawsvc.client.destinations import DestinationPool
 
 #: Where state lives when the config does not say.
 DEFAULT_STATE_DIR = "var/rawsvc"
