@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.address import IPv4Address
@@ -24,10 +24,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from rawsvc.interfaces import IFramer, IJobSink
+from rawsvc.interfaces import IFramer, IJobSink, ITrigger
 from rawsvc.states import route
 from rawsvc.job import Job
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
+
+if TYPE_CHECKING:
+    from rawsvc.metrics import TriggerCounters
+    from rawsvc.service import RawService
+    from rawsvc.triggers.base import ListenerTrigger
 
 # Framers ------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class StubSink:
     def __init__(self) -> None:
         self.jobs: list[HeldJob] = []
 
-    def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+    def submit(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> Deferred:
         d: Deferred = Deferred()
         self.jobs.append(HeldJob(job, flow_name, d))
         if counters is not None:
@@ -196,7 +201,7 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 
-def load_trigger(trigger_type: str, state_dir: str, clock: Clock | None = None, **options: Any) -> Any:
+def load_trigger(trigger_type: str, state_dir: str, clock: Clock | None = None, **options: Any) -> ListenerTrigger:
     """
     A trigger of C{trigger_type} (a registered type or a C{module:Name}
     path) built from C{options} (the keys of its C{[[trigger]]} table;
@@ -216,12 +221,12 @@ def load_trigger(trigger_type: str, state_dir: str, clock: Clock | None = None, 
         + f'[[flow]]\nname = {json.dumps(table["flow"])}\nactions = [ {{ type = "log" }} ]\n'
     )
     config = loads(text, "<memory>", BuildContext(reactor=clock if clock is not None else Clock()))
-    trigger = config.triggers[table["name"]]
+    trigger = cast("ListenerTrigger", config.triggers[table["name"]])  # connect() needs build_protocol
     trigger.sink = StubSink()
     return trigger
 
 
-def connect(trigger: Any, host: str = "127.0.0.1", port: int = 40000) -> tuple[Any, StubTransport]:
+def connect(trigger: ListenerTrigger, host: str = "127.0.0.1", port: int = 40000) -> tuple[Any, StubTransport]:
     """A new connection of C{trigger} from C{host:port}: its protocol and its L{StubTransport}."""
     proto = trigger.build_protocol()
     transport = StubTransport(peerAddress=IPv4Address("TCP", host, port))
@@ -236,14 +241,14 @@ def connect(trigger: Any, host: str = "127.0.0.1", port: int = 40000) -> tuple[A
 class RunningService:
     """A started L{rawsvc.service.RawService}; L{stop} it at the end of the test."""
 
-    service: Any
+    service: RawService
 
-    def trigger(self, name: str) -> Any:
+    def trigger(self, name: str) -> ITrigger:
         return self.service.triggers[name]
 
     def port(self, name: str) -> int:
         """The port trigger C{name} listens on (configs use C{tcp:0:interface=127.0.0.1})."""
-        return int(self.trigger(name).port.getHost().port)
+        return int(cast("ListenerTrigger", self.trigger(name)).port.getHost().port)
 
     def endpoint(self, name: str) -> str:
         """A client endpoint string for trigger C{name}, for L{rawsvc.testing.send_job}."""

@@ -92,7 +92,7 @@ class Config:
     path: str
     service: dict[str, Any]
     flows: dict[str, Flow]
-    triggers: dict[str, Any]
+    triggers: dict[str, ITrigger]
     admin: dict[str, dict[str, Any]]
     context: BuildContext
     settings: o.Settings = attrs.field(factory=lambda: SERVICE_OPTIONS.settings())
@@ -315,7 +315,7 @@ def _load_actions(items: list, label: str, key: str, errors: _Errors, context: B
     return built
 
 
-def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, context: BuildContext) -> dict[str, Any]:
+def _load_triggers(value: Any, flows: Mapping[str, Flow], errors: _Errors, context: BuildContext) -> dict[str, ITrigger]:
     tables: list[tuple[str, Any, dict[str, Any]]] = []
     names: set[str] = set()
     for i, table in enumerate(_table_list(value, "trigger", errors)):

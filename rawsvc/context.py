@@ -8,12 +8,17 @@ built so far.  There is no registry to fetch things from at run time.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService
 
-from rawsvc.interfaces import IDestinationPool, IJobSink, ITrigger
+from rawsvc.interfaces import IJobSink, IJobStore, ITrigger
+
+if TYPE_CHECKING:
+    from rawsvc.client.destinations import DestinationPool
+    from rawsvc.client.http_clients import HttpClients
+    from rawsvc.flow import Flow
 
 #: Where state lives when the config does not say.
 DEFAULT_STATE_DIR = "var/rawsvc"
@@ -43,16 +48,17 @@ class BuildContext:
     #: Set by the loader: every trigger's validated options, by name.
     trigger_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     #: Set by the loader before triggers are built: every flow, by name.
-    flows: dict[str, Any] = attrs.field(factory=dict)
-    #: The outbound destination pool every send_tcp action shares (an IDestinationPool).
-    destinations: IDestinationPool = attrs.field(default=None)
+    flows: dict[str, Flow] = attrs.field(factory=dict)
+    #: The outbound destination pool every send_tcp action shares (an IDestinationPool;
+    #: send_tcp drives the concrete pool, so it is typed as one).
+    destinations: DestinationPool = attrs.field(default=None)
     #: The HTTP clients (one connection pool per TLS setting) every http action shares.
-    http_clients: Any = None
+    http_clients: HttpClients = attrs.field(default=None)
     #: The job sink triggers hand their jobs to (an IJobSink): built by the
     #: loader after the flows (L{rawsvc.wiring.build_sink}); a test may set its own first.
     sink: IJobSink | None = None
     #: The durable store behind the sink, when the spool is on (else None).
-    store: Any = None
+    store: IJobStore | None = None
     #: The triggers built so far, by name (a status responder finds its printer here).
     triggers: dict[str, ITrigger] = attrs.field(factory=dict)
     #: Services the wiring built that the service tree owns (the pool, the spool), in stop order.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -19,6 +19,9 @@ from zope.interface import implementer
 from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IJobHistory, IJobSink
 from rawsvc.job import Job
 from rawsvc.states import JobState
+
+if TYPE_CHECKING:
+    from rawsvc.metrics import TriggerCounters
 
 log = Logger(namespace="rawsvc.dispatch")
 
@@ -37,10 +40,10 @@ class Dispatcher:
         #: job_id -> its delivery's wait for a retry: destination, attempt, error, next_try.
         self.waiting: dict[str, dict[str, Any]] = {}
 
-    def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+    def submit(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> Deferred:
         return self.dispatch(job, flow_name, counters)
 
-    def dispatch(self, job: Job, flow_name: str, counters: Any = None, again: bool = False) -> Deferred:
+    def dispatch(self, job: Job, flow_name: str, counters: TriggerCounters | None = None, again: bool = False) -> Deferred:
         """
         Run C{job}'s flow.  C{again}: the job ran before (retried by an
         operator): it is not counted as received again, and its earlier

@@ -87,7 +87,7 @@ class RawService(MultiService):
             component.setServiceParent(self)
 
     @property
-    def jobs(self) -> Any:
+    def jobs(self) -> IJobSink:
         return self.sink
 
     def startService(self) -> None:

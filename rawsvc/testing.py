@@ -44,7 +44,7 @@ from rawsvc._testing import (
     run_framer_every_split,
     start_service,
 )
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 
 __all__ = [
     "FakePrinter", "FramedJob", "FramerRun", "HeldJob", "ReceivedJob", "RunningService", "StubSink",

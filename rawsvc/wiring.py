@@ -17,15 +17,20 @@ Nothing is looked up by name at run time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from zope.interface.verify import verifyObject
 
 from rawsvc.context import BuildContext
 from rawsvc.interfaces import IDeliveryWatcher, IJobSink, IJobStore, IRecoveryAware, ITrigger
 
+if TYPE_CHECKING:
+    from rawsvc.flow import Flow
+    from rawsvc.job import Job
+    from rawsvc.metrics import TriggerCounters
 
-def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
+
+def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
     """
     The job sink for C{flows}: C{context.sink} when the caller (a test) set
     one, else the durable spool sink (C{[service] spool = true}, the
@@ -66,13 +71,13 @@ def build_sink(context: BuildContext, flows: Mapping[str, Any]) -> IJobSink:
     return sink
 
 
-def counters_of(triggers: Mapping[str, ITrigger], name: str) -> Any:
+def counters_of(triggers: Mapping[str, ITrigger], name: str) -> TriggerCounters | None:
     """The counters of trigger C{name}, or None when the config has no such trigger (any more)."""
     trigger = triggers.get(name)
     return trigger.counters if trigger is not None else None
 
 
-def tell_recovered(triggers: Mapping[str, ITrigger], job: Any) -> None:
+def tell_recovered(triggers: Mapping[str, ITrigger], job: Job) -> None:
     """Tell the job's trigger, when it wants to know, that its job ran again and is done."""
     trigger = triggers.get(job.trigger)
     if trigger is not None and IRecoveryAware.providedBy(trigger):

@@ -18,7 +18,7 @@ import time
 import pytest
 import pytest_twisted
 
-from rawsvc._transport import AckProbe
+from rawsvc.compat import AckProbe
 from rawsvc.config import loads
 from rawsvc.context import BuildContext
 from rawsvc.job import Job, Payload

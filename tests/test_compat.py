@@ -148,12 +148,13 @@ def test_stream_transport_names_an_unconnected_protocol():
         compat.stream_transport(Protocol())
 
 
-def test_the_old_module_name_still_gives_the_same_objects():
-    from rawsvc import _transport
+def test_the_old_transport_module_is_gone_and_compat_has_its_names():
+    import importlib
 
-    assert _transport.AckProbe is compat.AckProbe
-    assert _transport.stream_transport is compat.stream_transport
-    assert _transport.reset_if_abandoned is compat.reset_if_abandoned
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("rawsvc._transport")
+    for name in ("AckProbe", "IStreamTransport", "reset_if_abandoned", "stream_transport"):
+        assert hasattr(compat, name), name
 
 
 # Conch ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer, provider
@@ -21,6 +21,9 @@ from rawsvc import options as o
 from rawsvc.errors import ActionError, ConfigIssue
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 
 def _mode(value: str) -> int:
@@ -165,7 +168,7 @@ class FileAction:
         self.reactor = reactor
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "FileAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "FileAction":
         if options["save_path"]:
             try:
                 o.variable_name(options["save_path"])

@@ -23,7 +23,7 @@ connections (L{rawsvc.client.http_clients}).
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -42,6 +42,9 @@ from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ActionError, ConfigIssue
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.action.http")
 
@@ -246,7 +249,7 @@ class HttpAction:
         self.client = client
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "HttpAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "HttpAction":
         ca_file = context.resolve_path(options["ca_file"]) if options["ca_file"] else ""
         verify = options["verify_tls"]
         client = http_clients(context).client((verify, ca_file), lambda: tls_policy(verify, ca_file))

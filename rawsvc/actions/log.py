@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer, provider
@@ -11,6 +11,9 @@ from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.action.log")
 
@@ -34,7 +37,7 @@ class LogAction:
         self.level = _LEVELS[level]
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "LogAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "LogAction":
         return cls(options["message"], options["level"])
 
     def run(self, job) -> None:
@@ -65,7 +68,7 @@ class SetAction:
         self.assignments = assignments
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "SetAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "SetAction":
         return cls(options["vars"])
 
     def run(self, job) -> None:

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer, provider
 
@@ -20,6 +20,9 @@ from rawsvc import options as o
 from rawsvc.errors import ActionError, ConfigIssue, quoted
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 FORMATS = ("regex", "keyvalue", "json", "csv")
 
@@ -68,7 +71,7 @@ class ParseAction:
         self.prefix = prefix
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "ParseAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "ParseAction":
         fmt = options["format"] or ("regex" if options["regex"] else "")
         if not fmt:
             raise ConfigIssue("is required: one of regex, keyvalue, json, csv (or give 'regex')", "format")

@@ -5,7 +5,7 @@ from, while the sender keeps it open or has only half-closed it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import maybeDeferred
 from zope.interface import implementer, provider
@@ -14,6 +14,9 @@ from rawsvc import options as o
 from rawsvc.errors import ActionError
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 
 @provider(IActionType)
@@ -32,7 +35,7 @@ class ReplyAction:
         self.encoding = encoding
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "ReplyAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "ReplyAction":
         return cls(options["data"], options["encoding"])
 
     def run(self, job):

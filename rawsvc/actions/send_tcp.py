@@ -13,7 +13,7 @@ checked against C{[service] allowed_destinations}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer, provider
@@ -26,6 +26,9 @@ from rawsvc.client.retry import RETRY_FOR, RetryPolicy
 from rawsvc.errors import ActionError, ConfigIssue, Interrupted
 from rawsvc.interfaces import IAction, IActionType
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 
 def _retries(value: int) -> int:
@@ -90,7 +93,7 @@ class SendTcpAction:
         self.reply_encoding = reply_encoding
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "SendTcpAction":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "SendTcpAction":
         if options["retry_delay"] > options["max_retry_delay"]:
             raise ConfigIssue(
                 f"{options['retry_delay']:g} s is longer than max_retry_delay ({options['max_retry_delay']:g} s)",

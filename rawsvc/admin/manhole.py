@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
@@ -42,6 +42,9 @@ from rawsvc.admin.repl import OperatorManhole
 from rawsvc.compat import pty_size, resize_terminal, terminal_glue
 from rawsvc.errors import ConfigIssue
 from rawsvc.listening import Listener
+
+if TYPE_CHECKING:
+    from rawsvc.service import RawService
 
 log = Logger(namespace="rawsvc.admin.manhole")
 
@@ -272,7 +275,7 @@ def make_factory(authorized_keys: str, host_key: keys.Key, namespace: Any) -> Ma
     return ManholeFactory(Portal(ManholeRealm(namespace), [checker]), host_key)
 
 
-def make_service(options: dict[str, Any], service: Any) -> Listener:
+def make_service(options: dict[str, Any], service: RawService) -> Listener:
     """The manhole listener for C{[admin.manhole]}."""
     host_key_path = options.get("host_key") or os.path.join(service.context.state_dir, HOST_KEY_NAME)
     host_key = load_or_create_host_key(os.path.abspath(host_key_path))

@@ -9,12 +9,16 @@ C{repr} for the REPL.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from rawsvc.interfaces import IJobControl, IJobHistory
+
+if TYPE_CHECKING:
+    from rawsvc.interfaces import ITrigger
+    from rawsvc.service import RawService
 
 log = Logger(namespace="rawsvc.admin")
 
@@ -31,7 +35,7 @@ class ReportList(list):
         return json.dumps(self, indent=2, default=str)
 
 
-def destinations(service: Any) -> dict[str, Any]:
+def destinations(service: RawService) -> dict[str, Any]:
     """The outbound pool's per-destination status, or C{{}} when there is none."""
     pool = service.destinations
     if pool is None:
@@ -43,7 +47,7 @@ def destinations(service: Any) -> dict[str, Any]:
         return {}
 
 
-def trigger_status(trigger: Any) -> dict[str, Any]:
+def trigger_status(trigger: ITrigger) -> dict[str, Any]:
     """One trigger: its own C{status()}, type, listening flag and counters."""
     try:
         entry = dict(trigger.status())
@@ -56,7 +60,7 @@ def trigger_status(trigger: Any) -> dict[str, Any]:
     return entry
 
 
-def status(service: Any) -> Report:
+def status(service: RawService) -> Report:
     """
     Each trigger by name with its counters, each printer's state (triggers
     whose status has a C{state}), each destination's queue.
@@ -66,7 +70,7 @@ def status(service: Any) -> Report:
     return Report(triggers=triggers, printers=printers, destinations=destinations(service))
 
 
-def health(service: Any) -> tuple[bool, dict[str, Any]]:
+def health(service: RawService) -> tuple[bool, dict[str, Any]]:
     """
     (every listener up?, per listener C{{"up", "type", "state"}}).  A
     trigger is up while it listens and is not paused.
@@ -85,7 +89,7 @@ def health(service: Any) -> tuple[bool, dict[str, Any]]:
     return all(v["up"] for v in listeners.values()), listeners
 
 
-def connections(service: Any) -> ReportList:
+def connections(service: RawService) -> ReportList:
     """Open connections per trigger, from each trigger's C{connection_list()}."""
     out = ReportList()
     for name, trigger in service.triggers.items():
@@ -99,7 +103,7 @@ def connections(service: Any) -> ReportList:
     return out
 
 
-def _trigger(service: Any, name: str) -> Any:
+def _trigger(service: RawService, name: str) -> ITrigger:
     try:
         return service.triggers[name]
     except KeyError:
@@ -107,14 +111,14 @@ def _trigger(service: Any, name: str) -> Any:
         raise KeyError(f"no trigger named {name!r}; known: {known}") from None
 
 
-def pause(service: Any, name: str) -> str:
+def pause(service: RawService, name: str) -> str:
     """Stop trigger C{name} accepting (a printer then reports paused)."""
     _trigger(service, name).pause()
     log.info("trigger {name} paused by an administrator", name=name)
     return f"paused {name}"
 
 
-def resume(service: Any, name: str) -> Deferred:
+def resume(service: RawService, name: str) -> Deferred:
     """
     Let trigger C{name} accept again: fires with C{"resumed NAME"} once it
     listens, or fails saying why it cannot (its port was taken meanwhile).
@@ -128,7 +132,7 @@ class RetryUnsupported(Exception):
     """The job sink keeps no jobs it could run again."""
 
 
-def retry(service: Any, job_id: str) -> Any:
+def retry(service: RawService, job_id: str) -> Any:
     """Run a finished or failed job again, when the job sink supports it."""
     if not IJobControl.providedBy(service.sink):
         raise RetryUnsupported(
@@ -139,7 +143,7 @@ def retry(service: Any, job_id: str) -> Any:
     return service.sink.retry(job_id)
 
 
-def cancel(service: Any, job_id: str) -> Any:
+def cancel(service: RawService, job_id: str) -> Any:
     """Cancel a job (at once when its delivery waits to retry), when the job sink supports it."""
     if not IJobControl.providedBy(service.sink):
         raise RetryUnsupported(
@@ -150,13 +154,13 @@ def cancel(service: Any, job_id: str) -> Any:
     return service.sink.cancel(job_id)
 
 
-def recent_jobs(service: Any, limit: int = 50) -> list[dict[str, Any]]:
+def recent_jobs(service: RawService, limit: int = 50) -> list[dict[str, Any]]:
     if not IJobHistory.providedBy(service.sink):
         return []
     return [job.summary() for job in service.sink.recent(limit)]
 
 
-def repl_namespace(service: Any) -> dict[str, Any]:
+def repl_namespace(service: RawService) -> dict[str, Any]:
     """The manhole's namespace: the live service and the helpers."""
     return {
         "service": service,

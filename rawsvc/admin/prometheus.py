@@ -6,9 +6,12 @@ counters, written by hand: no client library needed at run time.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rawsvc.admin.namespace import destinations
+
+if TYPE_CHECKING:
+    from rawsvc.service import RawService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -46,7 +49,7 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render(service: Any) -> str:
+def render(service: RawService) -> str:
     """Every trigger's and destination's counters, as Prometheus text."""
     w = _Writer()
     triggers = service.triggers

@@ -9,7 +9,7 @@ import html
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
@@ -21,6 +21,10 @@ from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.interfaces import IHealth, IJobHistory
 from rawsvc.listening import Listener
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
+
+if TYPE_CHECKING:
+    from rawsvc.interfaces import IJobSink
+    from rawsvc.service import RawService
 
 HTTP_OPTIONS = o.Schema(
     o.Option(
@@ -70,7 +74,7 @@ class Health(AdminPage):
 
     isLeaf = True
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: RawService) -> None:
         super().__init__()
         self.service = service
 
@@ -86,7 +90,7 @@ class Health(AdminPage):
         return _json(request, report, 200 if ok else 503)
 
 
-def refusing(sink: Any, now: float | None = None) -> str | None:
+def refusing(sink: IJobSink, now: float | None = None) -> str | None:
     """Why the sink refuses jobs now (or did a moment ago), else None: its L{IHealth} report."""
     if not IHealth.providedBy(sink):
         return None
@@ -96,7 +100,7 @@ def refusing(sink: Any, now: float | None = None) -> str | None:
 class Metrics(AdminPage):
     isLeaf = True
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: RawService) -> None:
         super().__init__()
         self.service = service
 
@@ -123,7 +127,7 @@ class Jobs(AdminPage):
     #: The query parameters /jobs accepts.
     PARAMETERS = ("trigger", "state", "since", "limit")
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: RawService) -> None:
         super().__init__()
         self.service = service
 
@@ -191,7 +195,7 @@ def _when(ts: Any) -> str:
 class StatusPage(AdminPage):
     """The human page at C{/}: triggers, printers, destinations, recent jobs."""
 
-    def __init__(self, service: Any, refresh: int, recent: int) -> None:
+    def __init__(self, service: RawService, refresh: int, recent: int) -> None:
         super().__init__()
         self.service = service
         self.refresh = refresh
@@ -250,7 +254,7 @@ class StatusPage(AdminPage):
         return page.encode("utf-8")
 
 
-def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
+def make_site(service: RawService, refresh: int = 5, recent: int = 50) -> Site:
     root = StatusPage(service, refresh, recent)
     root.putChild(b"healthz", Health(service))
     root.putChild(b"metrics", Metrics(service))
@@ -260,7 +264,7 @@ def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
     return site
 
 
-def make_service(options: dict[str, Any], service: Any) -> Listener:
+def make_service(options: dict[str, Any], service: RawService) -> Listener:
     """The HTTP admin listener for C{[admin.http]}."""
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import implementer
@@ -53,6 +53,9 @@ from rawsvc.client.queues import DestinationQueue, Turn, _Cancelled, _Stopping
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.client")
 
@@ -349,7 +352,7 @@ class DestinationPool(Service):
         return failure
 
 
-def pool_for(context: Any) -> DestinationPool:
+def pool_for(context: BuildContext) -> DestinationPool:
     """
     The config's shared pool, with C{[service] allowed_destinations} applied;
     a bad entry is a L{ConfigIssue} naming that key (raised once).

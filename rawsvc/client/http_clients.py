@@ -13,7 +13,7 @@ the service closes the cached connections.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
@@ -21,6 +21,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from rawsvc.client._compat_http import quiet_connection_pool
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 
 def make_client(reactor: Any, tls: Any, pool: HTTPConnectionPool) -> HTTPClient:
@@ -61,7 +64,7 @@ class HttpClients(Service):
         return DeferredList([pool.closeCachedConnections() for pool in self._pools])
 
 
-def http_clients(context: Any) -> HttpClients:
+def http_clients(context: BuildContext) -> HttpClients:
     """The config's shared L{HttpClients}."""
     clients: HttpClients = context.http_clients
     return clients

@@ -35,7 +35,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc._transport import AckProbe, reset_if_abandoned, stream_transport
+from rawsvc.compat import AckProbe, reset_if_abandoned, stream_transport
 from rawsvc.client.machine import Delivery, State
 
 log = Logger(namespace="rawsvc.client")

@@ -11,7 +11,7 @@ its reply channel is L{SenderGone}, so its C{reply} actions are skipped
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
@@ -20,6 +20,11 @@ from zope.interface import implementer
 from rawsvc.interfaces import IJobStore, IReplyChannel
 from rawsvc.job import Job, Payload
 from rawsvc.spool.model import FINISHED, SpoolError, StoredJob
+
+if TYPE_CHECKING:
+    from rawsvc.interfaces import IDestinationPool
+    from rawsvc.metrics import TriggerCounters
+    from rawsvc.spool.service import SpoolService
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -49,19 +54,19 @@ class SpoolOperations:
 
     # Provided by SpoolSink.
     store: IJobStore
-    service: Any
+    service: SpoolService
     flows: dict[str, Any]
     running: dict[str, Job]
     stopping: bool
     ready: bool
     retention_days: float
     retention_mb: float
-    counters_for: Any
+    counters_for: Callable[[str], TriggerCounters | None]
     _run: Callable[..., Deferred]
     _held: dict[str, Deferred]
     _cancel: set[str]
     _polling: bool
-    pool: Any
+    pool: IDestinationPool | None
 
     def rebuild(self, stored: StoredJob) -> Job:
         """A L{Job} again, from its row; the sender is gone."""

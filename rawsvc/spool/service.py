@@ -9,7 +9,7 @@ seconds for jobs in flight and commits every queued write.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -18,6 +18,9 @@ from twisted.logger import Logger
 
 from rawsvc.spool.check import SpoolDamaged
 from rawsvc.spool.model import SpoolError
+
+if TYPE_CHECKING:
+    from rawsvc.spool.sink import SpoolSink
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -33,7 +36,7 @@ STOP_GRACE = 10.0
 class SpoolService(Service):
     """The spool's lifetime: open and resume at start, poll, purge, flush at stop."""
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: SpoolSink) -> None:
         self.setName("spool")
         self.sink = sink
         self._poll = LoopingCall(sink.poll_requests)

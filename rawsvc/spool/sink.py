@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -41,6 +41,9 @@ from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
 from rawsvc.wiring import counters_of, tell_recovered
+
+if TYPE_CHECKING:
+    from rawsvc.metrics import TriggerCounters
 
 __all__ = [
     "POLL_INTERVAL", "RETENTION_INTERVAL", "STOP_GRACE", "SenderGone", "SpoolPayload", "SpoolService", "SpoolSink",
@@ -122,7 +125,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self.pool = pool
         self._again: set[str] = set()
 
-    def counters_for(self, trigger: str) -> Any:
+    def counters_for(self, trigger: str) -> TriggerCounters | None:
         """The counters of a stored job's trigger (a resumed job counts there)."""
         return counters_of(self.triggers, trigger)
 
@@ -138,7 +141,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     # IJobSink ---------------------------------------------------------------
 
-    def submit(self, job: Job, flow_name: str, counters: Any = None) -> Deferred:
+    def submit(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> Deferred:
         # While the service stops, a job a client finishes sending is still
         # stored (its flow is then interrupted and resumes at the next start):
         # refused, a sender that already wrote its last byte (CUPS) would
@@ -151,7 +154,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._in_flight.add(d)
         return d.addCallbacks(self._stored, self._not_stored, (job, flow_name, counters, d), None, (job, counters, d))
 
-    def _stored(self, path: str | None, job: Job, flow_name: str, counters: Any, d: Deferred) -> Deferred:
+    def _stored(self, path: str | None, job: Job, flow_name: str, counters: TriggerCounters | None, d: Deferred) -> Deferred:
         self._in_flight.discard(d)
         self.last_refusal = None  # jobs are stored again
         if path is not None:
@@ -163,11 +166,11 @@ class SpoolSink(Dispatcher, SpoolOperations):
             return held.addCallback(lambda _: self._run(job, flow_name, counters, 0, True))
         return self._run(job, flow_name, counters, 0, True)
 
-    def _not_stored(self, failure: Failure, job: Job, counters: Any, d: Deferred) -> Job:
+    def _not_stored(self, failure: Failure, job: Job, counters: TriggerCounters | None, d: Deferred) -> Job:
         self._in_flight.discard(d)
         return self._refuse(job, counters, failure.getErrorMessage())
 
-    def _refuse(self, job: Job, counters: Any, reason: str | None) -> Job:
+    def _refuse(self, job: Job, counters: TriggerCounters | None, reason: str | None) -> Job:
         job.state = "refused"
         job.error = error = f"spool unavailable: {reason}"
         job.finished_at = now = time.time()
@@ -180,7 +183,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self.history.append(job)
         return job
 
-    def _run(self, job: Job, flow_name: str, counters: Any, start_at: int, fresh: bool = False) -> Deferred:
+    def _run(self, job: Job, flow_name: str, counters: TriggerCounters | None, start_at: int, fresh: bool = False) -> Deferred:
         """Run the stored job's flow from action C{start_at}; record how it ends."""
         if not fresh:  # a new job was stored as running, attempt 1, at action 0
             self._start_at[job.job_id] = start_at

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -33,6 +33,9 @@ from rawsvc.spool.schema import (
 )
 from rawsvc.spool.sqlops import free_bytes
 from rawsvc.spool.writer import ADD, FINISH, MAX_BATCH, PROGRESS, Op, Writer
+
+if TYPE_CHECKING:
+    from rawsvc.job import Job
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -105,7 +108,7 @@ class Store:
 
     # Writes -----------------------------------------------------------------
 
-    def add(self, job: Any, flow: str, variables: dict[str, str] | None = None) -> Deferred:
+    def add(self, job: Job, flow: str, variables: dict[str, str] | None = None) -> Deferred:
         """
         Store a new job durably (state C{running}: its flow starts at once).  Fires with the payload
         file's path (or None when the payload is in the database).  Without C{variables}, the

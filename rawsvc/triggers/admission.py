@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from rawsvc.triggers.base import ListenerTrigger
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -26,7 +29,7 @@ log = Logger(namespace="rawsvc.trigger")
 FD_MARGIN = 256
 
 
-def admit(trigger: Any, conn: Any) -> bool:
+def admit(trigger: ListenerTrigger, conn: Any) -> bool:
     """Count C{conn}, evicting the longest-silent connection at the cap; False: refuse it."""
     counted = trigger.counted
     if len(counted) >= trigger.max_connections:
@@ -51,7 +54,7 @@ def longest_silent(conns: Any) -> Any:
     return best
 
 
-def disk_low(trigger: Any) -> str | None:
+def disk_low(trigger: ListenerTrigger) -> str | None:
     """
     Why a new client cannot be taken (the disk its jobs go to has less than
     C{min_free} bytes free), or None.  Refused at the accept, before it sent

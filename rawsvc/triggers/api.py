@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import provider
 
@@ -53,6 +53,9 @@ from rawsvc.triggers.connection import FramedConnection
 from rawsvc.triggers.framing import CLOSE, END, HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 from rawsvc.triggers.policy import ConnectionPolicy
 from rawsvc.triggers.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 __all__ = [
     "CLOSE", "END", "HALF_CLOSE", "STREAM_OPTIONS", "ConnectionPolicy", "ConnectionSettings", "Data", "Drop",
@@ -83,7 +86,7 @@ class FramedTrigger(ListenerTrigger):
     options = LISTENER_OPTIONS + STREAM_OPTIONS
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "FramedTrigger":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "FramedTrigger":
         """Build the trigger and one framer, so a bad option is a config error, not a failing client."""
         trigger = cls(options, context)
         try:

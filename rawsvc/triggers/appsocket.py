@@ -27,7 +27,7 @@ reply is at most a few hundred bytes and never more than one per query.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -40,6 +40,9 @@ from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IPrinterStatus, IReferencingTriggerType, ITrigger
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.printer_state import PrinterSnapshot
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -154,7 +157,7 @@ class AppSocketStatusTrigger(Service):
     type_name = "appsocket-status"
     options = APPSOCKET_OPTIONS
 
-    def __init__(self, options: dict[str, Any], context: Any, printer: IPrinterStatus) -> None:
+    def __init__(self, options: dict[str, Any], context: BuildContext, printer: IPrinterStatus) -> None:
         self.name = options["name"]
         self.opts = options
         self.context = context
@@ -171,7 +174,7 @@ class AppSocketStatusTrigger(Service):
         self.printer = printer
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "AppSocketStatusTrigger":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "AppSocketStatusTrigger":
         target = context.trigger_options.get(options["printer"])
         if target is None:
             raise ConfigIssue(f"names trigger {options['printer']!r}, which is not defined", "printer")

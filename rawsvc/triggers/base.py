@@ -10,7 +10,7 @@ only and hands finished jobs to the service's job sink.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -27,6 +27,9 @@ from rawsvc.listening import Listener
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.admission import disk_low, raise_fd_limit
 from rawsvc.triggers.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -164,7 +167,7 @@ class ListenerTrigger(Service):
     type_name = "?"
     options = LISTENER_OPTIONS
 
-    def __init__(self, options: dict[str, Any], context: Any) -> None:
+    def __init__(self, options: dict[str, Any], context: BuildContext) -> None:
         self.name = options["name"]
         self.opts = options
         self.context = context
@@ -188,14 +191,14 @@ class ListenerTrigger(Service):
         self.spill_budget = SpillBudget(options.get("spill_budget", 4 << 30) or None)
         self.min_free = options.get("min_free", 16 << 20)
         #: Where its jobs go (an IJobSink), handed over at build time.
-        self.sink: IJobSink = context.sink
+        self.sink: IJobSink = cast(IJobSink, context.sink)  # the loader builds the sink before any trigger
         self.port: Any = None
         self.paused = False
         self.spill_threshold = s.spill_threshold
         self.temp_dir = s.temp_dir
 
     @classmethod
-    def from_config(cls, options: dict[str, Any], context: Any) -> "ListenerTrigger":
+    def from_config(cls, options: dict[str, Any], context: BuildContext) -> "ListenerTrigger":
         return cls(options, context)
 
     # Lifetime ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer
 from rawsvc.job import Payload, PayloadError
 from rawsvc.triggers import admission
@@ -41,6 +41,9 @@ from rawsvc.triggers.limits import HOLD_BUFFER, ReadThrottle
 from rawsvc.triggers.policy import ConnectionPolicy
 from rawsvc.triggers.replies import ReplyQueue
 from rawsvc.triggers.submit import JobSubmission
+
+if TYPE_CHECKING:
+    from rawsvc.triggers.base import ListenerTrigger
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -55,7 +58,7 @@ class FramedConnection(JobSubmission):
 
     def __init__(
         self,
-        trigger: Any,
+        trigger: ListenerTrigger,
         framer: IFramer,
         make_policy: Callable[["FramedConnection"], IConnectionPolicy] | None = None,
     ) -> None:

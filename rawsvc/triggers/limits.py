@@ -10,15 +10,18 @@ L{rawsvc.triggers.settings.ConnectionSettings}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 from rawsvc.triggers.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    from rawsvc.triggers.base import ListenerTrigger
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -50,7 +53,7 @@ class ReadThrottle:
 class ConnectionLimits(Protocol):
     """Timeouts, read pausing and eviction; the connection supplies the state below."""
 
-    trigger: Any
+    trigger: ListenerTrigger
     settings: ConnectionSettings
     peer_host: str
     reactor: Any

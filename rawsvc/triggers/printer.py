@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -50,6 +50,9 @@ from rawsvc.triggers.policy import ConnectionPolicy
 from rawsvc.triggers.printer_framing import PrinterFramer
 from rawsvc.triggers.printer_port import ClosingPort
 from rawsvc.triggers.printer_state import PrinterSnapshot, PrinterState
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 log = Logger(namespace="rawsvc.trigger")
 
@@ -222,7 +225,7 @@ class PrinterTrigger(ClosingPort, FramedTrigger):
     type_name = "printer"
     options = PRINTER_OPTIONS
 
-    def __init__(self, options: dict[str, Any], context: Any) -> None:
+    def __init__(self, options: dict[str, Any], context: BuildContext) -> None:
         super().__init__(options, context)
         self.busy = options["busy"]
         self.busy_idle_timeout = options["busy_idle_timeout"]

@@ -15,7 +15,7 @@ L{ClosingPort.update_port} tells it what the printer wants.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -25,6 +25,9 @@ from twisted.logger import Logger
 from rawsvc.listening import with_port
 from rawsvc.triggers.base import ListenerTrigger, TriggerFactory, with_backlog
 from rawsvc.triggers.port_machine import RELISTEN_DELAY, PortMachine
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 __all__ = ["ClosingPort", "DISK_CHECK_INTERVAL", "RELISTEN_DELAY"]
 
@@ -43,7 +46,7 @@ class ClosingPort(ListenerTrigger):
     #: the first listen got, when C{listen} asked for port 0.
     _listen_again: str | None = None
 
-    def __init__(self, options: dict[str, Any], context: Any) -> None:
+    def __init__(self, options: dict[str, Any], context: BuildContext) -> None:
         super().__init__(options, context)
         self.port_machine = PortMachine(
             str(self.name), self.listen, self._endpoint, lambda: TriggerFactory(self), self.reactor, self._port_changed

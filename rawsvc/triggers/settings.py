@@ -8,11 +8,14 @@ per event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from rawsvc.template import Template
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 #: Default C{[service] spill_threshold}: past this a job's bytes go to a file.
 DEFAULT_SPILL_THRESHOLD = 1 << 20
@@ -63,7 +66,7 @@ class ConnectionSettings:
     reset_unstored: bool = False
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], context: Any, **overrides: Any) -> "ConnectionSettings":
+    def from_options(cls, options: Mapping[str, Any], context: BuildContext, **overrides: Any) -> "ConnectionSettings":
         """
         The settings of a trigger from its validated C{options}
         (L{rawsvc.triggers.base.LISTENER_OPTIONS} and whichever of the

@@ -16,7 +16,7 @@ from twisted.internet.defer import fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rawsvc._transport import stream_transport
+from rawsvc.compat import stream_transport
 from rawsvc.interfaces import IConnectionPolicy
 from rawsvc.job import Job, Payload
 from rawsvc.triggers.framing import End

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import provider
 
@@ -21,6 +21,9 @@ from rawsvc.interfaces import IFramer, ITriggerType
 from rawsvc.triggers.api import FramedTrigger
 from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.framing import DelimiterFramer, LengthFramer, StreamFramer
+
+if TYPE_CHECKING:
+    from rawsvc.context import BuildContext
 
 TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("execute_on", str, "disconnect", o.one_of("disconnect", "delimiter", "length", "idle"),
@@ -51,7 +54,7 @@ class TcpTrigger(FramedTrigger):
     type_name = "tcp"
     options = TCP_OPTIONS
 
-    def __init__(self, options: dict[str, Any], context: Any) -> None:
+    def __init__(self, options: dict[str, Any], context: BuildContext) -> None:
         super().__init__(options, context)
         mode = options["execute_on"]
         self.delimiter = b""
