@@ -224,7 +224,8 @@ class StatusPage(AdminPage):
         ]
         jobs = recent_jobs(self.service, self.recent)
         j_rows = [
-            [j["job_id"], j["trigger"], j["peer"], _when(j["received_at"]), j["size"], j["state"], j["error"] or ""]
+            [j["job_id"], j["trigger"], j["peer"], _when(j["received_at"]), j["size"], j.get("language", ""),
+             j["state"], j["error"] or ""]
             for j in jobs
         ]
         refresh = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh else ""
@@ -241,7 +242,7 @@ class StatusPage(AdminPage):
             + "<h2>Destinations</h2>"
             + _table(["destination", "state", "queued", "attempts", "delivered", "failures", "retries"], dests)
             + "<h2>Recent jobs</h2>"
-            + _table(["job", "trigger", "peer", "received", "bytes", "state", "error"], j_rows,
+            + _table(["job", "trigger", "peer", "received", "bytes", "language", "state", "error"], j_rows,
                      [j["state"] for j in jobs])
             + "</body></html>"
         )
