@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
-from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ITriggerType
+from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ISimulatedPrinter, ITriggerType
 from rawsvc.job import Job
 from rawsvc.triggers import pjl
 from rawsvc.triggers.api import FramedTrigger
@@ -216,7 +216,7 @@ def _policy(conn: FramedConnection) -> PrinterPolicy:
 
 
 @provider(ITriggerType)
-@implementer(IPrinterStatus, IRecoveryAware)
+@implementer(IPrinterStatus, IRecoveryAware, ISimulatedPrinter)
 class PrinterTrigger(PrinterAnswers, ClosingPort, FramedTrigger):
     """A virtual JetDirect/AppSocket printer."""
 
