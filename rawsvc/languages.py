@@ -56,7 +56,8 @@ _LEADING_WS = re.compile(rb"[ \t\r\n\f\x00]*")
 #: A ZPL command: a caret or tilde, then two letters or a letter and a digit (^XA, ~HS, ^A0 ...).
 _ZPL = re.compile(rb"[\^~][A-Za-z][A-Za-z0-9@]")
 #: PCL: ESC E (reset), or ESC and a parameterized-command group character.
-_PCL = re.compile(rb"\x1b(?:E|[&*(\)%][a-zA-Z0-9@\-])")
+#: (ESC/POS's ESC E n, bold, has a binary 0 or 1 after it: not PCL.)
+_PCL = re.compile(rb"\x1b(?:E(?![\x00\x01])|[&*(\)%][a-zA-Z0-9@\-])")
 #: ESC/POS: ESC @, or a common ESC/GS command byte.
 _ESCPOS = re.compile(rb"\x1b[@!\-aEdJptMR3]|\x1d[V!BhwkvLH(]")
 #: EPL2: a whole line that is a command: N (clear), or a command letter then parameters.

@@ -32,6 +32,7 @@ EXAMPLES = [
     (b'N\r\nB10,10,0,1,2,2,60,B,"123"\r\nP1\r\n', "epl"),
     (b"\x1b@Receipt line\n\x1dV\x00", "escpos"),
     (b"Total 12.50\n\x1b!\x08BOLD\n", "escpos"),
+    (b"\x1bE\x01\x1bt\x00Order 42\n\x1dV\x00", "escpos"),  # ESC E 1 is bold here, not a PCL reset
     (b"plain text, \xc3\xa9t\xc3\xa9 too\r\n", "text"),
     (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),
     (b"", "empty"),

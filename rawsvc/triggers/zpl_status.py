@@ -5,9 +5,10 @@ the virtual printer's model and conditions.  Pure functions, no I/O.
 Formats (Zebra's ZPL II programming guide, SGD command reference):
 
 - C{~HS}: three C{STX fields ETX CR LF} lines (L{rawsvc.triggers.pjl.host_status});
-- C{~HQES}: C{STX CR LF}, C{PRINTER STATUS}, an C{ERRORS:} and a
-  C{WARNINGS:} line (a flag, then two groups of eight hex digits; the last
-  group's lowest nibble: 1 media out, 2 ribbon out, 4 head open), C{ETX CR LF};
+- C{~HQES}: C{STX CR LF}, an empty line, C{PRINTER STATUS}, an C{ERRORS:}
+  and a C{WARNINGS:} line (a flag, then two groups of eight hex digits; the
+  last group's lowest nibble: 1 media out, 2 ribbon out, 4 head open; its
+  fifth: 1 paused), C{ETX CR LF};
 - C{~HI}: C{STX model,firmware,dots per mm,memory ETX CR LF};
 - SGD C{! U1 getvar "name"}: the value in double quotes, no line end;
   an unknown name answers C{"?"}; C{setvar} and C{do} are ignored.
@@ -29,7 +30,7 @@ CONDITIONS = (PAPER_OUT, HEAD_OPEN, RIBBON_OUT, PAUSED, OFFLINE)
 HOLDING = (PAPER_OUT, HEAD_OPEN, RIBBON_OUT, PAUSED)
 
 #: ~HQES error bits (the lowest group of eight hex digits).
-_ERROR_BITS = {PAPER_OUT: 0x1, RIBBON_OUT: 0x2, HEAD_OPEN: 0x4}
+_ERROR_BITS = {PAPER_OUT: 0x1, RIBBON_OUT: 0x2, HEAD_OPEN: 0x4, PAUSED: 0x10000}
 
 #: Zebra host queries answered in the stream (beside C{~HS}).
 HQES = b"~HQES"
@@ -77,7 +78,8 @@ def hqes(conditions: Collection[str]) -> bytes:
     for c in conditions:
         bits |= _ERROR_BITS.get(c, 0)
     lines = [
-        "PRINTER STATUS",
+        "",
+        "  PRINTER STATUS",
         f"   ERRORS:         {1 if bits else 0} 00000000 {bits:08X}",
         "   WARNINGS:       0 00000000 00000000",
     ]
