@@ -35,9 +35,9 @@ language, as on a JetDirect port), or at a UEL (the printer's reset, in any
 language); both only once every C{@PJL JOB} has had its C{@PJL EOJ}, and
 only when the job holds print data: a job made of PJL commands, UELs,
 Ctrl-Ds and white space alone is not a job (status monitors send those).
-C{~HS}, C{~HQES} and C{~HI} are answered in PJL mode and in ZPL sections
-only (SGD lines, C{! U1 getvar/setvar/do "..."}, in PJL mode only: a
-C{setvar} or C{do} is left out of the payload and ignored), so binary data
+C{~HS}, C{~HQES}, C{~HI} and SGD lines (C{! U1 getvar/setvar/do "..."}
+ending in a line feed; a C{setvar} or C{do} is left out of the payload and
+ignored) are answered in PJL mode and in ZPL sections only, so binary data
 holding those three bytes is neither cut nor altered.  The marker stays in
 the payload, so a forwarded job is the bytes the client sent.
 """
@@ -255,6 +255,7 @@ class PrinterFramer:
             markers.append(CTRL_D)
         if self.zpl and self.language == ZPL:
             markers.extend(ZEBRA_QUERIES)
+            markers.append(SGD_PREFIX)
         return markers
 
     def _language_step(self, buf: bytes, pos: int, found: dict[object, int]) -> int:
@@ -267,7 +268,7 @@ class PrinterFramer:
             binary = self._next(_BINARY, buf, pos, found)
             if binary >= 0 and (first < 0 or binary < first):
                 self.language = OTHER  # binary data: ~HS is data from here on
-                if marker in ZEBRA_QUERIES:
+                if marker in ZEBRA_QUERIES or marker == SGD_PREFIX:
                     first, marker = found[UEL], UEL
         if first < 0:
             hold = self._partial_marker(buf, pos)
@@ -276,6 +277,8 @@ class PrinterFramer:
                 self._held = buf[len(buf) - hold :]
                 return -1
             return len(buf)
+        if marker == SGD_PREFIX:
+            return self._sgd_in_zpl(buf, pos, first)
         self._data(buf[pos:first], content=True)
         end = first + len(marker)
         if marker == UEL:
@@ -289,6 +292,21 @@ class PrinterFramer:
         else:
             self._events.append(Query(PjlCommand(marker.decode("ascii"))))
         return end
+
+    def _sgd_in_zpl(self, buf: bytes, pos: int, first: int) -> int:
+        """C{! U} in ZPL text: an SGD line is a query (or an ignored setting), anything else data."""
+        e = buf.find(b"\n", first)
+        if e < 0 and len(buf) - first <= MAX_PJL_LINE:
+            self._data(buf[pos:first], content=True)
+            return self._hold(buf, first)  # the rest of the line comes later
+        sgd = parse_sgd(buf[first : e + 1]) if e >= 0 else None
+        if sgd is None:
+            self._data(buf[pos : first + len(SGD_PREFIX)], content=True)
+            return first + len(SGD_PREFIX)
+        self._data(buf[pos:first], content=True)
+        if sgd.verb == "getvar":
+            self._events.append(Query(sgd))
+        return e + 1
 
     @staticmethod
     def _next(marker: bytes | re.Pattern[bytes], buf: bytes, pos: int, found: dict[object, int]) -> int:
@@ -336,6 +354,12 @@ class PrinterFramer:
                 pjl_line = True
                 if cmd.is_query:
                     tail = b""
+        elif tail and self.zpl and self.language == ZPL and tail.startswith(SGD_PREFIX):
+            sgd = parse_sgd(tail)  # a last SGD line in ZPL text, without its line feed
+            if sgd is not None:
+                if sgd.verb == "getvar":
+                    self._events.append(Query(sgd))
+                tail = b""
         if self.ignoring:
             tail = b""
         if tail:
