@@ -671,3 +671,24 @@ class IConnectionPolicy(Interface):
 
     def done():
         """The connection has closed and every job of it has finished (called once)."""
+
+
+# --- p14 (issue 14, the printer side): simulated printer conditions ---------------
+
+
+class ISimulatedPrinter(Interface):
+    """
+    A virtual printer that can be put in simulated conditions for testing
+    (C{paper_out}, C{head_open}, C{ribbon_out}, C{paused}, C{offline}; see
+    L{rawsvc.triggers.printer_conditions}).  Asked with C{providedBy} by the
+    admin side.
+    """
+
+    def set_condition(condition, on=True):
+        """Switch C{condition} on or off; returns the conditions now (text). C{ValueError} for an unknown one."""
+
+    def clear_conditions():
+        """Switch every condition off (held jobs then run, in order)."""
+
+    def snapshot():
+        """The printer's L{rawsvc.triggers.printer_state.PrinterSnapshot} (its C{conditions} and C{held})."""

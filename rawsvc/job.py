@@ -255,6 +255,12 @@ class Variables(MutableMapping[str, Any]):
         if name == "size" and "size" not in self._values:
             # Live: triggers usually write the payload after making the job.
             return str(self._job.payload.size)
+        if name in _DETECTED and name not in self._values:
+            # A job made without the stream triggers' submit path (which
+            # sets them): detected from its payload on first use.
+            from rawsvc.languages import job_variables
+
+            self._values.update(job_variables(self._job.payload, self._job.meta))
         return self._values[name]
 
     def __setitem__(self, name: str, value: Any) -> None:
@@ -274,6 +280,10 @@ class Variables(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._values) + sum(1 for k in _COMPUTED if k not in self._values)
 
+    def peek(self, name: str, default: str = "") -> str:
+        """A variable's value as set (nothing computed), or C{default}."""
+        return self._values.get(name, default)
+
     def snapshot(self) -> dict[str, str]:
         """Every variable except the payload, for records and logs."""
         values = {k: v for k, v in self._values.items() if k != "data"}
@@ -283,6 +293,8 @@ class Variables(MutableMapping[str, Any]):
 
 #: Variables computed from the payload unless a flow sets them.
 _COMPUTED = ("data", "size")
+#: Set when a job is received (L{rawsvc.languages.job_variables}), else detected on first use.
+_DETECTED = ("language", "labels")
 
 
 _counter = itertools.count(1)
@@ -364,4 +376,5 @@ class Job:
             "size": self.size,
             "state": self.state.value,
             "error": self.error,
+            "language": self.variables.peek("language"),
         }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from rawsvc.interfaces import IJobControl, IJobHistory
+from rawsvc.interfaces import IJobControl, IJobHistory, ISimulatedPrinter
 
 if TYPE_CHECKING:
     from rawsvc.interfaces import ITrigger
@@ -128,6 +128,38 @@ def resume(service: RawService, name: str) -> Deferred:
     return d.addCallback(lambda _: f"resumed {name}")
 
 
+def _printer(service: Any, name: str) -> Any:
+    trigger = _trigger(service, name)
+    if not ISimulatedPrinter.providedBy(trigger):
+        raise KeyError(f"trigger {name!r} is not a virtual printer (type {trigger.type_name})")
+    return trigger
+
+
+def printer(service: Any, name: str) -> Report:
+    """A virtual printer's state now: its snapshot, conditions and held jobs included."""
+    import attrs
+
+    snap = attrs.asdict(_printer(service, name).snapshot())
+    snap["conditions"] = list(snap["conditions"])
+    return Report(snap)
+
+
+def condition(service: Any, name: str, condition: str, on: bool = True) -> Report:
+    """
+    Put virtual printer C{name} in a simulated C{condition} (C{paper_out},
+    C{head_open}, C{ribbon_out}, C{paused}, C{offline}), or take it out
+    (C{on=False}; C{condition="all"} clears every one).
+    """
+    trigger = _printer(service, name)
+    if condition == "all" and not on:
+        trigger.clear_conditions()
+    else:
+        trigger.set_condition(condition, on)
+    log.info("printer {name}: condition {condition} {how} by an administrator", name=name,
+             condition=condition, how="set" if on else "cleared")
+    return printer(service, name)
+
+
 class RetryUnsupported(Exception):
     """The job sink keeps no jobs it could run again."""
 
@@ -174,4 +206,7 @@ def repl_namespace(service: RawService) -> dict[str, Any]:
         "retry": lambda job_id: retry(service, job_id),
         "cancel": lambda job_id: cancel(service, job_id),
         "recent": lambda limit=20: ReportList(recent_jobs(service, limit)),
+        "printer": lambda name: printer(service, name),
+        "condition": lambda name, cond, on=True: condition(service, name, cond, on),
+        "clear": lambda name, cond="all": condition(service, name, cond, False),
     }

@@ -1,6 +1,8 @@
 """
 The HTTP admin listener: C{/healthz}, C{/metrics}, C{/jobs} and a plain
-status page at C{/}.  Read-only; it listens on loopback by default.
+status page at C{/}, and C{/printers/<name>} (a virtual printer's state;
+a POST from loopback sets its simulated conditions).  It listens on
+loopback by default.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from rawsvc import options as o
-from rawsvc.admin import prometheus
+from rawsvc.admin import namespace, prometheus
 from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.interfaces import IHealth, IJobHistory
 from rawsvc.listening import Listener
@@ -220,7 +223,8 @@ class StatusPage(AdminPage):
                 c["jobs_refused"], c["bytes_in"],
             ])
             t_classes.append("up" if up else "down")
-        printers = [[n, s] for n, s in report["printers"].items()]
+        printers = [[n, s, ", ".join(triggers[n].get("conditions") or []), triggers[n].get("held", "")]
+                    for n, s in report["printers"].items()]
         dests = [
             [d, s.get("state", ""), s.get("queued", 0), s.get("attempts", 0), s.get("delivered", 0),
              s.get("failures", 0), s.get("retries", 0)]
@@ -228,7 +232,8 @@ class StatusPage(AdminPage):
         ]
         jobs = recent_jobs(self.service, self.recent)
         j_rows = [
-            [j["job_id"], j["trigger"], j["peer"], _when(j["received_at"]), j["size"], j["state"], j["error"] or ""]
+            [j["job_id"], j["trigger"], j["peer"], _when(j["received_at"]), j["size"], j.get("language", ""),
+             j["state"], j["error"] or ""]
             for j in jobs
         ]
         refresh = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh else ""
@@ -241,11 +246,11 @@ class StatusPage(AdminPage):
             "<h2>Triggers</h2>"
             + _table(["name", "type", "address", "state", "open", "received", "ok", "failed", "refused", "bytes in"],
                      t_rows, t_classes)
-            + "<h2>Printers</h2>" + _table(["printer", "state"], printers)
+            + "<h2>Printers</h2>" + _table(["printer", "state", "conditions", "held"], printers)
             + "<h2>Destinations</h2>"
             + _table(["destination", "state", "queued", "attempts", "delivered", "failures", "retries"], dests)
             + "<h2>Recent jobs</h2>"
-            + _table(["job", "trigger", "peer", "received", "bytes", "state", "error"], j_rows,
+            + _table(["job", "trigger", "peer", "received", "bytes", "language", "state", "error"], j_rows,
                      [j["state"] for j in jobs])
             + "</body></html>"
         )
@@ -254,11 +259,75 @@ class StatusPage(AdminPage):
         return page.encode("utf-8")
 
 
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+class Printers(Resource):
+    """
+    C{/printers/<name>}: a virtual printer's state (GET, JSON);
+    C{POST /printers/<name>/condition} with a JSON body
+    C{{"condition": "paper_out", "on": true}} sets or clears a simulated
+    condition (C{"condition": "all", "on": false} clears every one).  POSTs
+    are taken from loopback clients only, with a JSON content type (a web
+    page elsewhere cannot send one without asking first).
+    """
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return PrinterPage(self.service, path.decode("utf-8", "replace"))
+
+
+class PrinterPage(AdminPage):
+    """One printer (GET) and its C{condition} (POST); see L{Printers}."""
+
+    isLeaf = True
+
+    def __init__(self, service: Any, name: str) -> None:
+        super().__init__()
+        self.service = service
+        self.name = name
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.postpath not in ([], [b""]):
+            return _json(request, {"error": "not found"}, 404)
+        try:
+            return _json(request, namespace.printer(self.service, self.name))
+        except KeyError as e:
+            return _json(request, {"error": e.args[0]}, 404)
+
+    def render_POST(self, request: Any) -> bytes:
+        if request.postpath != [b"condition"]:
+            return _json(request, {"error": "POST /printers/<name>/condition"}, 404)
+        peer = request.getClientAddress()
+        if isinstance(peer, (IPv4Address, IPv6Address)) and not peer.host.startswith(_LOOPBACK):
+            return _json(request, {"error": "conditions are set from loopback only"}, 403)
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            return _json(request, {"error": "send a JSON body (content-type: application/json)"}, 415)
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            cond, on = body["condition"], body.get("on", True)
+            if not isinstance(cond, str) or not isinstance(on, bool):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _json(request, {"error": 'the body must be {"condition": "<name>", "on": true|false}'}, 400)
+        try:
+            return _json(request, namespace.condition(self.service, self.name, cond, on))
+        except KeyError as e:
+            return _json(request, {"error": e.args[0]}, 404)
+        except ValueError as e:
+            return _json(request, {"error": str(e)}, 400)
+
+
 def make_site(service: RawService, refresh: int = 5, recent: int = 50) -> Site:
     root = StatusPage(service, refresh, recent)
     root.putChild(b"healthz", Health(service))
     root.putChild(b"metrics", Metrics(service))
     root.putChild(b"jobs", Jobs(service))
+    root.putChild(b"printers", Printers(service))
     site = Site(root)
     site.displayTracebacks = False
     return site

@@ -76,7 +76,10 @@ def format_status(snapshot: PrinterSnapshot) -> bytes:
         "JOBS_FAILED": snapshot.jobs_failed,
         "LAST_ERROR": snapshot.last_error,
     }
-    return "".join(f"{k}={_line(fields[k])}\n" for k in STATUS_KEYS).encode("utf-8", "replace")
+    text = "".join(f"{k}={_line(fields[k])}\n" for k in STATUS_KEYS)
+    if snapshot.conditions:  # only while simulated conditions are set: the usual answer is unchanged
+        text += f"CONDITIONS={','.join(snapshot.conditions)}\nHELD={snapshot.held}\n"
+    return text.encode("utf-8", "replace")
 
 
 def parse_status(data: bytes) -> dict[str, str]:

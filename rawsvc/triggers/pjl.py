@@ -44,6 +44,16 @@ STATE_CODES = {
     "error": (30000, "ERROR", True),
 }
 
+#: (CODE, DISPLAY, ONLINE) for a simulated condition, which outranks the state
+#: (HP's 40xxx: intervention required; 10002: offline).
+CONDITION_CODES = {
+    "offline": (10002, "OFFLINE", False),
+    "paused": (10002, "PAUSED", False),
+    "head_open": (40021, "CLOSE PRINTER COVER", True),
+    "paper_out": (41000, "LOAD PAPER", True),
+    "ribbon_out": (40600, "RIBBON OUT", True),
+}
+
 _SPACE = re.compile(rb"[ \t]+")
 _WORD = re.compile(rb'([A-Za-z0-9_]+)(?:\s*=\s*("[^"]*"?|\S+))?')
 
@@ -112,17 +122,19 @@ def _quote(text: str) -> str:
     return '"' + _printable(text).replace('"', "'") + '"'
 
 
-def status_lines(state: str, error: str = "") -> list[str]:
-    """C{CODE=}, C{DISPLAY=}, C{ONLINE=} for a printer state."""
-    code, display, online = STATE_CODES[state]
+def status_lines(state: str, error: str = "", condition: str = "") -> list[str]:
+    """C{CODE=}, C{DISPLAY=}, C{ONLINE=} for a printer state (a simulated C{condition} outranks it)."""
+    code, display, online = CONDITION_CODES[condition] if condition else STATE_CODES[state]
+    if condition:
+        return [f"CODE={code}", f"DISPLAY={_quote(display)}", f"ONLINE={'TRUE' if online else 'FALSE'}"]
     if state == "error" and error:
         display = f"ERROR: {error}"[:80]
     return [f"CODE={code}", f"DISPLAY={_quote(display)}", f"ONLINE={'TRUE' if online else 'FALSE'}"]
 
 
-def info_status(state: str, error: str = "") -> bytes:
+def info_status(state: str, error: str = "", condition: str = "") -> bytes:
     """The answer to C{@PJL INFO STATUS}."""
-    return _reply("INFO STATUS", status_lines(state, error))
+    return _reply("INFO STATUS", status_lines(state, error, condition))
 
 
 def info_id(model: str) -> bytes:
@@ -145,9 +157,9 @@ def inquire(variable: str) -> bytes:
     return _reply(f"INQUIRE {variable}".rstrip(), ["?"])
 
 
-def ustatus_device(state: str, error: str = "") -> bytes:
+def ustatus_device(state: str, error: str = "", condition: str = "") -> bytes:
     """Unsolicited device status (C{@PJL USTATUS DEVICE=ON})."""
-    return _reply("USTATUS DEVICE", status_lines(state, error))
+    return _reply("USTATUS DEVICE", status_lines(state, error, condition))
 
 
 def ustatus_job(event: str, name: str, pages: int = 0, result: str = "") -> bytes:
@@ -169,22 +181,25 @@ def host_status(
     formats: int = 0,
     label_length: int = 1245,
     paper_out: bool = False,
+    head_up: bool = False,
+    ribbon_out: bool = False,
 ) -> bytes:
     """
     The Zebra C{~HS} answer.  Line 1 carries paper out, pause, label length,
     formats in the receive buffer and "partial format" (a job arriving);
-    the other fields are fixed, plausible values for a healthy printer.
+    line 2 head up and ribbon out; the other fields are fixed, plausible
+    values for a healthy printer.
     """
     line1 = (
         f"030,{int(paper_out)},{int(paused)},{label_length:04d},{min(formats, 999):03d},"
         f"0,0,{int(receiving)},000,0,0,0"
     )
-    line2 = "000,0,0,0,1,2,6,0,00000000,1,000"
+    line2 = f"000,0,{int(head_up)},{int(ribbon_out)},1,2,6,0,00000000,1,000"
     line3 = "1234,0"
     return b"".join(STX + line.encode("ascii") + ETX + CRLF for line in (line1, line2, line3))
 
 
-def answer(cmd: PjlCommand, state: str, error: str = "", model: str = "rawsvc") -> bytes:
+def answer(cmd: PjlCommand, state: str, error: str = "", model: str = "rawsvc", condition: str = "") -> bytes:
     """
     The bytes a printer in C{state} sends for the query C{cmd} (nothing for
     C{USTATUS}/C{USTATUSOFF}, which only switch unsolicited status).
@@ -192,7 +207,7 @@ def answer(cmd: PjlCommand, state: str, error: str = "", model: str = "rawsvc") 
     if cmd.command == "INFO":
         category = cmd.words[0] if cmd.words else ""
         if category == "STATUS":
-            return info_status(state, error)
+            return info_status(state, error, condition)
         if category == "ID":
             return info_id(model)
         return info_unknown(category)

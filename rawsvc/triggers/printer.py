@@ -40,16 +40,19 @@ from twisted.logger import Logger
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
-from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ITriggerType
+from rawsvc.interfaces import IPrinterStatus, IRecoveryAware, ISimulatedPrinter, ITriggerType
 from rawsvc.job import Job
 from rawsvc.triggers import pjl
 from rawsvc.triggers.api import FramedTrigger
 from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
 from rawsvc.triggers.connection import FramedConnection
 from rawsvc.triggers.policy import ConnectionPolicy
+from rawsvc.triggers.printer_answers import PrinterAnswers
+from rawsvc.triggers.printer_conditions import Conditions
 from rawsvc.triggers.printer_framing import PrinterFramer
 from rawsvc.triggers.printer_port import ClosingPort
 from rawsvc.triggers.printer_state import PrinterSnapshot, PrinterState
+from rawsvc.triggers.zpl_status import ZebraIdentity
 
 if TYPE_CHECKING:
     from rawsvc.context import BuildContext
@@ -72,7 +75,9 @@ PRINTER_OPTIONS = LISTENER_OPTIONS + o.Schema(
     o.Option("zpl_host_status", bool, True,
              doc="answer the Zebra `~HS` query (three STX…ETX lines, in one write) between jobs and in ZPL "
                  "text (see above); elsewhere `~HS` is data"),
-    o.Option("model", str, "rawsvc virtual printer", doc="what `@PJL INFO ID` answers"),
+    o.Option("model", str, "rawsvc virtual printer",
+             doc="what `@PJL INFO ID`, `~HI` and SGD `device.product_name` answer"),
+    o.Option("firmware", str, "V1.0.0-rawsvc", doc="what `~HI` and SGD `appl.name` answer"),
     o.Option("on_reset", str, "discard", o.one_of("process", "discard"),
              doc="a job cut off by a connection reset: `discard` or `process`"),
     o.Option("idle_timeout", (int, float), 90.0, o.non_negative,
@@ -196,21 +201,18 @@ class PrinterPolicy(ConnectionPolicy):
     # Status on the back-channel ---------------------------------------------
 
     def query(self, value: Any) -> bytes | None:
-        """A status query met in the stream: C{~HS}, or a C{@PJL} query."""
-        cmd = cast(pjl.PjlCommand, value)
+        """A status query met in the stream: a Zebra one (C{~HS}, C{~HQES}, C{~HI}, SGD), or a C{@PJL} one."""
         t = self.trigger
-        if cmd.command == "~HS":
-            return t.host_status()
-        if not t.answer_pjl:
+        if isinstance(value, pjl.PjlCommand) and value.command in ("USTATUS", "USTATUSOFF"):
+            if t.answer_pjl:
+                self.ustatus.update(pjl.ustatus_settings(value))
             return None
-        if cmd.command in ("USTATUS", "USTATUSOFF"):
-            self.ustatus.update(pjl.ustatus_settings(cmd))
-            return None
-        return pjl.answer(cmd, t.state.state, t.state.last_error, t.model)
+        return t.answer_query(value)
 
     def _state_changed(self, old: str, new: str) -> None:
         if self.ustatus.get("DEVICE") and not self.conn.closed:
-            self.conn.write(pjl.ustatus_device(new, self.trigger.state.last_error))
+            t = self.trigger
+            self.conn.write(pjl.ustatus_device(new, t.state.last_error, t.pjl_condition()))
 
 
 def _policy(conn: FramedConnection) -> PrinterPolicy:
@@ -218,15 +220,19 @@ def _policy(conn: FramedConnection) -> PrinterPolicy:
 
 
 @provider(ITriggerType)
-@implementer(IPrinterStatus, IRecoveryAware)
-class PrinterTrigger(ClosingPort, FramedTrigger):
+@implementer(IPrinterStatus, IRecoveryAware, ISimulatedPrinter)
+class PrinterTrigger(PrinterAnswers, ClosingPort, FramedTrigger):
     """A virtual JetDirect/AppSocket printer."""
 
     type_name = "printer"
     options = PRINTER_OPTIONS
 
     def __init__(self, options: dict[str, Any], context: BuildContext) -> None:
+        self.conditions = Conditions()  # before the base sets the sink (a HoldingSink over it)
         super().__init__(options, context)
+        self.conditions.observe(self._conditions_changed)
+        self.identity = ZebraIdentity(model=options["model"], friendly_name=str(options["name"]),
+                                      firmware=options["firmware"])
         self.busy = options["busy"]
         self.busy_idle_timeout = options["busy_idle_timeout"]
         self.queue_depth = options["queue_depth"] if self.busy == "queue" else 0
@@ -300,8 +306,11 @@ class PrinterTrigger(ClosingPort, FramedTrigger):
 
     def stopService(self) -> Deferred:
         # Each held client is told to shut down (its whole job taken, or a
-        # reset): none is served in turn from now on.
+        # reset): none is served in turn from now on.  Held jobs go to the
+        # sink now (stored, with the spool), so the stop does not wait on them.
         self.stopping = True
+        if self._holding_sink is not None:
+            self._holding_sink.release(force=True)
         return super().stopService()
 
     # ITrigger ---------------------------------------------------------------
@@ -309,7 +318,8 @@ class PrinterTrigger(ClosingPort, FramedTrigger):
     @property
     def listening(self) -> bool:
         """Up, and not paused (closed only because busy still counts)."""
-        return bool(self.running) and not self.paused and (self.port is not None or self._busy() or self.port_machine.moving())
+        return bool(self.running) and not self.paused and not self.conditions.offline and (
+            self.port is not None or self._busy() or self.port_machine.moving())
 
     def pause(self) -> Deferred:
         """Operator pause: stop accepting, report C{paused}; the job in hand finishes."""
@@ -356,15 +366,8 @@ class PrinterTrigger(ClosingPort, FramedTrigger):
             last_error_at=s.last_error_at,
             paused=self.paused,
             since=s.since,
-        )
-
-    def host_status(self) -> bytes:
-        """The Zebra C{~HS} answer for the printer's state now."""
-        snap = self.snapshot()
-        return pjl.host_status(
-            paused=snap.state == "paused",
-            receiving=snap.receiving,
-            formats=snap.processing + snap.queued,
+            conditions=self.conditions.ordered(),
+            held=self.held_jobs,
         )
 
     def status(self) -> dict[str, Any]:
@@ -374,4 +377,6 @@ class PrinterTrigger(ClosingPort, FramedTrigger):
         s["accepting"] = self.port is not None
         s["queued"] = len(self.waiting)
         s["client"] = self.active.label if self.active is not None else ""
+        s["conditions"] = list(self.conditions.ordered())
+        s["held"] = self.held_jobs
         return s

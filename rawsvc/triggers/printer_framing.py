@@ -6,8 +6,8 @@ Like the framers in L{rawsvc.triggers.framing} it does no I/O: C{feed}
 returns events (L{rawsvc.interfaces.IAnnouncingFramer}): C{Data} for the
 job's bytes, C{Start} where its print data begins, C{End} with what it
 learnt (C{pjl_job_name}, C{pjl_language}, C{eoj}) where it ends, and a
-C{Query} for each status query it meets (a C{@PJL} query or the Zebra
-C{~HS}), in stream order, so the answer leaves before later data is
+C{Query} for each status query it meets (a C{@PJL} query, the Zebra
+C{~HS}, C{~HQES}, C{~HI}, or an SGD C{! U1 getvar}), in stream order, so the answer leaves before later data is
 processed.
 
 Two modes, as on an HP printer:
@@ -35,7 +35,9 @@ language, as on a JetDirect port), or at a UEL (the printer's reset, in any
 language); both only once every C{@PJL JOB} has had its C{@PJL EOJ}, and
 only when the job holds print data: a job made of PJL commands, UELs,
 Ctrl-Ds and white space alone is not a job (status monitors send those).
-C{~HS} is answered in PJL mode and in ZPL sections only, so binary data
+C{~HS}, C{~HQES}, C{~HI} and SGD lines (C{! U1 getvar/setvar/do "..."}
+ending in a line feed; a C{setvar} or C{do} is left out of the payload and
+ignored) are answered in PJL mode and in ZPL sections only, so binary data
 holding those three bytes is neither cut nor altered.  The marker stays in
 the payload, so a forwarded job is the bytes the client sent.
 """
@@ -49,6 +51,10 @@ from zope.interface import implementer
 from rawsvc.interfaces import IAnnouncingFramer
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Start
 from rawsvc.triggers.pjl import CTRL_D, HOST_STATUS, PJL_PREFIX, UEL, PjlCommand, parse_line
+from rawsvc.triggers.zpl_status import HI, HQES, SGD_PREFIX, parse_sgd
+
+#: The Zebra host queries answered between jobs and in ZPL text.
+ZEBRA_QUERIES = (HOST_STATUS, HQES, HI)
 
 _WS = re.compile(rb"[ \t\r\n\f]*")
 _NON_WS = re.compile(rb"[^ \t\r\n\f]")
@@ -176,10 +182,22 @@ class PrinterFramer:
                 self._data(buf[j : e + 1], content=False)
             self._command(cmd)
             return e + 1
-        if self.zpl and buf.startswith(HOST_STATUS, j):
-            self._data(buf[pos:j], content=False)
-            self._events.append(Query(PjlCommand("~HS")))
-            return j + len(HOST_STATUS)
+        if self.zpl:
+            for query in ZEBRA_QUERIES:
+                if buf.startswith(query, j):
+                    self._data(buf[pos:j], content=False)
+                    self._events.append(Query(PjlCommand(query.decode("ascii"))))
+                    return j + len(query)
+            if buf.startswith(SGD_PREFIX, j):
+                e = buf.find(b"\n", j)
+                if e < 0 and n - j <= MAX_PJL_LINE:
+                    return self._hold(buf, pos)
+                sgd = parse_sgd(buf[j : e + 1]) if e >= 0 else None
+                if sgd is not None:  # a question (getvar) or a setting rawsvc ignores: never data
+                    self._data(buf[pos:j], content=False)
+                    if sgd.verb == "getvar":
+                        self._events.append(Query(sgd))
+                    return e + 1
         if self.ctrl_d and buf.startswith(CTRL_D, j):  # CUPS's "PostScript Ctrl-D" sends one first
             self._data(buf[pos : j + 1], content=False)
             return j + 1
@@ -187,7 +205,8 @@ class PrinterFramer:
         if len(rest) < len(UEL) and (
             UEL.startswith(rest)
             or PJL_PREFIX.startswith(rest[:4].upper())
-            or (self.zpl and HOST_STATUS.startswith(rest))
+            or (self.zpl and any(q.startswith(rest) for q in ZEBRA_QUERIES))
+            or (self.zpl and SGD_PREFIX.startswith(rest[:3]))
             or PS_MAGIC.startswith(rest)
         ):
             return self._hold(buf, pos)
@@ -235,7 +254,8 @@ class PrinterFramer:
         if self.ctrl_d and self.language == POSTSCRIPT and self.depth <= 0:
             markers.append(CTRL_D)
         if self.zpl and self.language == ZPL:
-            markers.append(HOST_STATUS)
+            markers.extend(ZEBRA_QUERIES)
+            markers.append(SGD_PREFIX)
         return markers
 
     def _language_step(self, buf: bytes, pos: int, found: dict[object, int]) -> int:
@@ -248,7 +268,7 @@ class PrinterFramer:
             binary = self._next(_BINARY, buf, pos, found)
             if binary >= 0 and (first < 0 or binary < first):
                 self.language = OTHER  # binary data: ~HS is data from here on
-                if marker == HOST_STATUS:
+                if marker in ZEBRA_QUERIES or marker == SGD_PREFIX:
                     first, marker = found[UEL], UEL
         if first < 0:
             hold = self._partial_marker(buf, pos)
@@ -257,6 +277,8 @@ class PrinterFramer:
                 self._held = buf[len(buf) - hold :]
                 return -1
             return len(buf)
+        if marker == SGD_PREFIX:
+            return self._sgd_in_zpl(buf, pos, first)
         self._data(buf[pos:first], content=True)
         end = first + len(marker)
         if marker == UEL:
@@ -268,8 +290,23 @@ class PrinterFramer:
             if self.current.content:
                 self._end("ctrl-d")
         else:
-            self._events.append(Query(PjlCommand("~HS")))
+            self._events.append(Query(PjlCommand(marker.decode("ascii"))))
         return end
+
+    def _sgd_in_zpl(self, buf: bytes, pos: int, first: int) -> int:
+        """C{! U} in ZPL text: an SGD line is a query (or an ignored setting), anything else data."""
+        e = buf.find(b"\n", first)
+        if e < 0 and len(buf) - first <= MAX_PJL_LINE:
+            self._data(buf[pos:first], content=True)
+            return self._hold(buf, first)  # the rest of the line comes later
+        sgd = parse_sgd(buf[first : e + 1]) if e >= 0 else None
+        if sgd is None:
+            self._data(buf[pos : first + len(SGD_PREFIX)], content=True)
+            return first + len(SGD_PREFIX)
+        self._data(buf[pos:first], content=True)
+        if sgd.verb == "getvar":
+            self._events.append(Query(sgd))
+        return e + 1
 
     @staticmethod
     def _next(marker: bytes | re.Pattern[bytes], buf: bytes, pos: int, found: dict[object, int]) -> int:
@@ -307,11 +344,22 @@ class PrinterFramer:
         if tail and self.pjl_mode:
             j = _WS.match(tail).end()  # type: ignore[union-attr]
             cmd = parse_line(tail[j:]) if tail[j : j + 4].upper() == PJL_PREFIX else None
+            sgd = parse_sgd(tail[j:]) if self.zpl and cmd is None and tail.startswith(SGD_PREFIX, j) else None
+            if sgd is not None:  # a last SGD line without its line feed
+                if sgd.verb == "getvar":
+                    self._events.append(Query(sgd))
+                tail = b""
             if cmd is not None:
                 self._command(cmd)
                 pjl_line = True
                 if cmd.is_query:
                     tail = b""
+        elif tail and self.zpl and self.language == ZPL and tail.startswith(SGD_PREFIX):
+            sgd = parse_sgd(tail)  # a last SGD line in ZPL text, without its line feed
+            if sgd is not None:
+                if sgd.verb == "getvar":
+                    self._events.append(Query(sgd))
+                tail = b""
         if self.ignoring:
             tail = b""
         if tail:

@@ -55,6 +55,10 @@ class ClosingPort(ListenerTrigger):
     def _busy(self) -> bool:
         raise NotImplementedError
 
+    def offline(self) -> bool:
+        """A simulated C{offline} condition closes the port too."""
+        return False
+
     # min_free: the port closes while the disk is nearly full ----------------
 
     def start_disk_watch(self) -> None:
@@ -107,7 +111,7 @@ class ClosingPort(ListenerTrigger):
 
     def update_port(self) -> None:
         """Open or close the listening port to match running, paused, busy and the disk."""
-        if self.running and not self.paused and not self._busy() and self.disk_low_reason is None:
+        if self.running and not self.paused and not self._busy() and self.disk_low_reason is None and not self.offline():
             self.port_machine.want_open()
         else:
             self.port_machine.want_closed()

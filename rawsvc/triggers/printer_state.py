@@ -92,6 +92,10 @@ class PrinterSnapshot:
     paused: bool = False
     #: When the state last changed (epoch s).
     since: float = 0.0
+    #: The simulated conditions it is in (paper_out, head_open, ribbon_out, paused, offline).
+    conditions: tuple[str, ...] = ()
+    #: Jobs taken but held by a condition (their flows wait).
+    held: int = 0
 
 
 class PrinterState:
@@ -175,6 +179,11 @@ class PrinterState:
 
     def pause(self) -> str:
         return self._go("pause")
+
+    def touch(self) -> None:
+        """Tell the observers the printer changed without a state change (a condition came or went)."""
+        for callback in list(self._observers):
+            callback(self.state, self.state)
 
     def resume(self) -> str:
         return self._go("resume")

@@ -16,6 +16,7 @@ from twisted.internet.defer import fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rawsvc import languages
 from rawsvc.compat import stream_transport
 from rawsvc.interfaces import IConnectionPolicy
 from rawsvc.job import Job, Payload
@@ -71,6 +72,11 @@ class JobSubmission(ConnectionLimits):
             encoding=s.job_encoding,
             meta=end.meta if end is not None else {},
         )
+        try:
+            job.variables.update(languages.job_variables(payload, job.meta))
+        except OSError as e:  # a spilled payload that cannot be read back: its flow will say so
+            log.warn("trigger {trigger}: job {job_id}: cannot read its first bytes: {why}",
+                     trigger=s.trigger, job_id=job.job_id, why=e.strerror or str(e))
         self.jobs += 1
         slot = self.replies.new_slot(self.label)
         job.reply_channel = slot

@@ -3,7 +3,7 @@ Trigger C{tcp}: the TCP server trigger.
 
 Listens on any Twisted server endpoint (tcp, ssl, unix); frames each
 client's bytes into jobs (on disconnect or half-close, on a delimiter, on a
-byte count, or on idle time) and runs a flow for each; can also run a flow
+byte count, on idle time, or at the end of each ZPL label format) and runs a flow for each; can also run a flow
 when a client connects.
 """
 
@@ -21,13 +21,15 @@ from rawsvc.interfaces import IFramer, ITriggerType
 from rawsvc.triggers.api import FramedTrigger
 from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.framing import DelimiterFramer, LengthFramer, StreamFramer
+from rawsvc.triggers.zpl_framing import ZplFramer
 
 if TYPE_CHECKING:
     from rawsvc.context import BuildContext
 
 TCP_OPTIONS = LISTENER_OPTIONS + o.Schema(
-    o.Option("execute_on", str, "disconnect", o.one_of("disconnect", "delimiter", "length", "idle"),
-             doc="how a job ends: `disconnect` (half-close or close), `delimiter`, `length`, `idle`"),
+    o.Option("execute_on", str, "disconnect", o.one_of("disconnect", "delimiter", "length", "idle", "zpl"),
+             doc="how a job ends: `disconnect` (half-close or close), `delimiter`, `length`, `idle`, "
+                 "`zpl` (each ZPL format `^XA`…`^XZ` is a job; the connection stays open)"),
     o.Option("delimiter", str, "", shown_default="—",
              doc="with `delimiter`: bytes ending a message, TOML escapes allowed (`\"\\r\\n\"`, `\"\\u0003\"`)"),
     o.Option("keep_delimiter", bool, False, doc="keep the delimiter in the payload"),
@@ -85,6 +87,8 @@ class TcpTrigger(FramedTrigger):
             self._framer = functools.partial(DelimiterFramer, self.delimiter, options["keep_delimiter"])
         elif mode == "length":
             self._framer = functools.partial(LengthFramer, options["length"])
+        elif mode == "zpl":
+            self._framer = ZplFramer
         self.connect_flow = options["connect_flow"] or options["flow"]
         if options["connect_flow"] and not options["execute_on_connect"]:
             raise ConfigIssue("is set but execute_on_connect is false", "connect_flow")
