@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IJobHistory, IJobSink
+from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobSink
 from rawsvc.job import Job
 
 log = Logger(namespace="rawsvc.dispatch")
 
 
-@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher)
+@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher)
 class Dispatcher:
     """Runs jobs through their flows, directly (no durable spool)."""
 
@@ -91,8 +91,18 @@ class Dispatcher:
         self.waiting[job_id] = {"destination": destination, "attempt": attempt, "last_error": error,
                                 "next_try": next_try}
 
+    def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> None:
+        """A running job's printer is not ready (pre-flight): the job is C{held}, its error the reason."""
+        job = self.running.get(job_id)
+        if job is None:
+            return
+        job.state = "held"
+        job.error = reason
+        self.waiting[job_id] = {"destination": destination, "attempt": attempt, "last_error": reason,
+                                "next_try": next_try, "held": reason}
+
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
-        """The waiting job's delivery makes attempt C{attempt}: running again."""
+        """The waiting (or held) job's delivery makes attempt C{attempt}: running again."""
         job = self.running.get(job_id)
         if job is None or self.waiting.pop(job_id, None) is None:
             return

@@ -667,3 +667,24 @@ class IConnectionPolicy(Interface):
 
     def done():
         """The connection has closed and every job of it has finished (called once)."""
+
+
+# --- p14d: held deliveries (send_tcp's pre-flight status check) -------------
+
+
+class IHoldWatcher(IDeliveryWatcher):
+    """
+    Optional, for a delivery watcher: also told when a delivery is C{held}
+    (its pre-flight status check found the printer not ready; nothing was
+    sent).  The sink shows such a job as C{held} with the reason; when it is
+    checked again, C{delivery_retrying} is called as after a wait.  A
+    watcher without it is told C{delivery_waiting} instead.
+    """
+
+    def delivery_held(job_id, destination, attempt, reason, next_try):
+        """
+        The pre-flight check of attempt C{attempt} of C{job_id} to
+        C{destination} found the printer not ready (C{reason}, text for
+        people: "paper out, head open"); the next check is due at
+        C{next_try} (epoch seconds).
+        """

@@ -70,6 +70,10 @@ class SendSettings:
     max_retry_delay: float = 30.0
     #: Seconds without any buffered byte reaching the kernel before the attempt is aborted (0: never).
     send_timeout: float = 300.0
+    #: The status check before each attempt: "off", "zpl" (~HS) or "pjl" (L{rawsvc.client.preflight}).
+    preflight: str = "off"
+    #: Seconds the printer has to answer the status check.
+    preflight_timeout: float = 10.0
 
 
 class Ending(enum.Enum):

@@ -193,6 +193,12 @@ class SpoolSink(Dispatcher, SpoolOperations):
         if job_id in self.running and not self.closed:
             self.store.waiting(job_id, attempt, error, next_try)
 
+    def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> None:
+        # The spool keeps a held job as waiting (unfinished: it resumes after a restart), its error the reason.
+        Dispatcher.delivery_held(self, job_id, destination, attempt, reason, next_try)
+        if job_id in self.running and not self.closed:
+            self.store.waiting(job_id, attempt, f"held: {reason}", next_try)
+
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
         was_waiting = job_id in self.waiting
         Dispatcher.delivery_retrying(self, job_id, destination, attempt)
