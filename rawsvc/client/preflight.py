@@ -6,7 +6,9 @@ The check is a short status connection of its own, made while the delivery
 holds its printer's queue (L{rawsvc.client.queues.DestinationQueue}), so it
 and the job's connection follow each other and are never open at once: the
 one-connection-per-printer rule holds.  It writes the query, reads until
-the answer is complete (or C{preflight_timeout} runs out) and closes; the
+the answer is complete (or C{preflight_timeout} runs out), half-closes and
+waits a moment for the printer to close (so the printer has let the status
+connection go before the job's connects) and closes; the
 job then goes on a connection of its own, as it would without a check, so
 that the job's bytes and their acknowledgement are counted exactly as
 always.
@@ -31,8 +33,10 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rawsvc.compat import stream_transport
 
@@ -136,9 +140,16 @@ def complete(kind: str, answer: bytes) -> bool:
     return zpl_complete(answer) if kind == "zpl" else pjl_complete(answer)
 
 
+#: Seconds a status connection waits for the printer to close after our
+#: half-close, so that the printer has let it go before the job connects.
+CLOSE_WAIT = 1.0
+
+
+@implementer(IHalfCloseableProtocol)
 class StatusProtocol(Protocol):
     """
-    One status connection: write the query, read the answer, close.
+    One status connection: write the query, read the answer, half-close and
+    wait (up to L{CLOSE_WAIT} seconds) for the printer to close, then close.
     C{finished} fires with the L{Readiness} once the connection is closed.
     """
 
@@ -171,7 +182,16 @@ class StatusProtocol(Protocol):
 
     def _end(self, result: Readiness) -> None:
         self._result = result
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(CLOSE_WAIT, stream_transport(self).loseConnection)
+        stream_transport(self).loseWriteConnection()
+
+    def readConnectionLost(self) -> None:
         stream_transport(self).loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         if self._timer is not None and self._timer.active():
