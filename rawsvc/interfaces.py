@@ -688,3 +688,19 @@ class IHoldWatcher(IDeliveryWatcher):
         people: "paper out, head open"); the next check is due at
         C{next_try} (epoch seconds).
         """
+
+
+class IHoldStore(Interface):
+    """
+    Optional, for an L{IJobStore}: it keeps held jobs as C{held} (unfinished,
+    like C{waiting}: L{IJobStore.load} gives them back by default).  A store
+    without it is told C{waiting} with the error C{"held: REASON"}.
+    """
+
+    def held(job_id, attempt, reason, next_try):
+        """
+        The unfinished job C{job_id} is C{held}: its printer said C{reason};
+        the next check is due at C{next_try}.  C{waiting(job_id, attempt,
+        None, None)} moves it back to C{running}.  In the background, like
+        C{waiting}; a finished or unknown job is left alone.
+        """
