@@ -245,3 +245,58 @@ def attrs_evolve(settings, **changes):
     import attrs
 
     return attrs.evolve(settings, **changes)
+
+
+# --- through a real service with its spool -----------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_held_job_shows_in_jobs_metrics_and_the_spool_then_prints(reactor, tmp_path, paper_out_printer):
+    from rawsvc.admin.namespace import recent_jobs
+    from rawsvc.admin.prometheus import render
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from rawsvc.service import RawService
+    from rawsvc.testing import send_job
+
+    printer = paper_out_printer
+    text = f"""
+[service]
+state_dir = "{tmp_path}/state"
+spool = true
+[[trigger]]
+name = "t"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "f"
+[[flow]]
+name = "f"
+actions = [ {{ type = "send_tcp", destination = "{printer.destination}", preflight = "zpl", retry_delay = 0.05, max_retry_delay = 0.1 }} ]
+"""
+    service = RawService(loads(text, str(tmp_path / "c.toml"), BuildContext()))
+    service.startService()
+    try:
+        port = service.triggers["t"].port.getHost().port
+        sent = send_job(reactor, f"tcp:127.0.0.1:{port}", b"^XA^FDheld^FS^XZ", timeout=30)  # answered once done
+        yield _until(reactor, lambda: [j["state"] for j in recent_jobs(service)] == ["held"])
+        job_id = recent_jobs(service)[0]["job_id"]
+        assert service.sink.waiting_deliveries()[job_id]["held"] == "paper out"
+        assert f'rawsvc_destination_held{{destination="{printer.destination}"}} 1' in render(service)
+        stored = []
+
+        @pytest_twisted.inlineCallbacks
+        def spool_state():
+            yield service.sink.store.flush()
+            rows = yield service.sink.store.load(job_id=job_id)
+            stored[:] = [(r.state, r.last_error) for r in rows]
+
+        yield spool_state()
+        assert stored == [("held", "paper out")]
+        assert printer.printed == []
+        printer.status.paper_out = False
+        yield _until(reactor, lambda: [j["state"] for j in recent_jobs(service)] == ["done"])
+        assert printer.printed == [b"^XA^FDheld^FS^XZ"]
+        assert service.sink.recent()[0].variables["printed_on"] == printer.destination
+        yield sent
+    finally:
+        yield service.stopService()
