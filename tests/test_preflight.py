@@ -300,3 +300,46 @@ actions = [ {{ type = "send_tcp", destination = "{printer.destination}", preflig
         yield sent
     finally:
         yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_job_held_when_the_service_stops_is_printed_after_the_restart(reactor, tmp_path, paper_out_printer):
+    from rawsvc.admin.namespace import recent_jobs
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+    from rawsvc.service import RawService
+    from rawsvc.testing import send_job
+
+    printer = paper_out_printer
+    text = f"""
+[service]
+state_dir = "{tmp_path}/state"
+spool = true
+stop_grace = 1
+[[trigger]]
+name = "t"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "f"
+[[flow]]
+name = "f"
+actions = [ {{ type = "send_tcp", destination = "{printer.destination}", preflight = "zpl", retry_delay = 0.05, max_retry_delay = 0.1 }} ]
+"""
+    first = RawService(loads(text, str(tmp_path / "c.toml"), BuildContext()))
+    first.startService()
+    port = first.triggers["t"].port.getHost().port
+    sent = send_job(reactor, f"tcp:127.0.0.1:{port}", b"^XA^FDkept^FS^XZ", timeout=30)
+    sent.addErrback(lambda f: None)  # the sender is cut off by the stop
+    yield _until(reactor, lambda: [j["state"] for j in recent_jobs(first)] == ["held"])
+    yield first.stopService()
+    assert printer.printed == []
+    printer.status.paper_out = False
+    second = RawService(loads(text, str(tmp_path / "c.toml"), BuildContext()))
+    second.startService()
+    try:
+        yield _until(reactor, lambda: printer.printed == [b"^XA^FDkept^FS^XZ"])
+        yield _until(reactor, lambda: [j["state"] for j in recent_jobs(second)] == ["done"])
+        assert printer.printed == [b"^XA^FDkept^FS^XZ"]  # once
+    finally:
+        yield second.stopService()
+        yield sent
