@@ -18,6 +18,14 @@ operator may cut the wait short (L{DestinationPool.retry_now}) or end the
 delivery (L{DestinationPool.cancel}).  Every C{deliver} fires with a
 L{DeliveryResult}; it never fails but when its caller cancels it.
 
+With C{preflight} set, each attempt first asks the printer's status on a
+short connection of its own (L{rawsvc.client.attempts.check_status}); a
+printer that is not ready makes the delivery C{held} (nothing sent), checked
+again with the same back-off, for as long as it takes.  A printer pool
+(L{rawsvc.client.pools}, L{rawsvc.client.pooling}) puts each job in one
+member's queue; a member that fails cools down and the pool's jobs move
+on (C{moved}) to another member.
+
 Stopping is in two steps: L{DestinationPool.begin_stop} (the service's
 stop grace starts) ends every back-off wait at once and retries nothing
 more, while queued jobs are still delivered; C{stopService} (the grace is
@@ -39,12 +47,13 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlin
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rawsvc.client import attempts
+from rawsvc.client.attempts import check_status, send
 from rawsvc.client.address import AddressError, AllowList, Destination
 from rawsvc.client.machine import Delivery, InvalidTransition, State, transition_text
 from rawsvc.client.outcomes import (  # noqa: F401  (DeliveryResult and the outcomes are public here)
     CANCELLED, DELIVERED, STOPPED, DeliveryResult, _not_allowed,
 )
+from rawsvc.client.pooling import PoolDelivery
 from rawsvc.client.pools import MOVED, PrinterPool
 from rawsvc.client.preflight import Readiness
 from rawsvc.client.protocol import SendSettings, Source
@@ -63,7 +72,7 @@ def _watcher(watcher: Any) -> IDeliveryWatcher:
 
 
 @implementer(IDestinationPool)
-class DestinationPool(Service):
+class DestinationPool(PoolDelivery, Service):
     """Per-destination queues; see the module docstring."""
 
     def __init__(
@@ -221,58 +230,6 @@ class DestinationPool(Service):
 
         return turn.acquired.addCallbacks(run, not_run)
 
-    # Printer pools ---------------------------------------------------------------
-
-    def cooling_until(self, key: str) -> float:
-        """When printer C{key}'s cool-down ends (reactor seconds); 0 when it is not cooling down."""
-        until = self._cooling.get(key, 0.0)
-        if until and until <= self.reactor.seconds():
-            del self._cooling[key]
-            return 0.0
-        return until
-
-    def queued(self, key: str) -> int:
-        """Jobs in printer C{key}'s queue, the one it is sending included."""
-        q = self._queues.get(key)
-        return 0 if q is None else len(q.lock.waiting) + (1 if q.current is not None else 0)
-
-    def _elsewhere(self, pool: PrinterPool | None, key: str) -> bool:
-        """Whether a member of C{pool} other than C{key} is not cooling down."""
-        return pool is not None and any(str(m) != key and not self.cooling_until(str(m)) for m in pool.members)
-
-    def _cool(self, pool: PrinterPool, q: DestinationQueue, reason: str) -> bool:
-        """
-        Printer C{q.key} failed: it cools down, and when another member is
-        not cooling down the pool's jobs queued for it move; whether they do.
-        """
-        self._cooling[q.key] = self.reactor.seconds() + pool.cooldown
-        if not self._elsewhere(pool, q.key):
-            return False
-        moved = q.move_pooled(MOVED)
-        log.info("{dest} cools down for {cooldown:g} s ({reason}); {moved} queued jobs move to other printers",
-                 dest=q.key, cooldown=pool.cooldown, reason=reason, moved=moved)
-        return True
-
-    @inlineCallbacks
-    def deliver_pool(
-        self,
-        pool: PrinterPool,
-        source: Source,
-        settings: SendSettings,
-        job_id: str = "",
-        total: int | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> Generator[Deferred[Any], Any, DeliveryResult]:
-        """Deliver one job to one printer of C{pool} (L{rawsvc.client.pools}); a L{DeliveryResult}."""
-        attempts = 0
-        while True:
-            dest = pool.order(self.cooling_until, self.queued)[0]
-            result: DeliveryResult = yield self.deliver(dest, source, settings, job_id, total, policy, pool)
-            attempts += result.attempts
-            if result.outcome != MOVED:
-                return attrs.evolve(result, attempts=attempts)
-            log.info("job {job_id}: {message}", job_id=job_id, message=result.message)
-
     # One delivery ------------------------------------------------------------------
 
     @inlineCallbacks
@@ -292,7 +249,7 @@ class DestinationPool(Service):
                 attempt = delivery.attempt
                 status: Readiness | DeliveryResult | None = None
                 if settings.preflight != "off":
-                    status = yield attempts.check_status(self.reactor, self.allow, dest, settings)
+                    status = yield check_status(self.reactor, self.allow, dest, settings)
                     if isinstance(status, Readiness) and not status.ready:
                         held += 1
                         log.info("job {job_id} to {dest}: held, the printer is not ready: {reason}",
@@ -312,7 +269,7 @@ class DestinationPool(Service):
                 if settings.preflight != "off" and isinstance(status, DeliveryResult):
                     result = status  # the status connection failed: a failed attempt
                 else:
-                    result = yield attempts.send(self.reactor, self.allow, dest, source, settings, delivery, total)
+                    result = yield send(self.reactor, self.allow, dest, source, settings, delivery, total)
                 log.info(
                     "job {job_id} to {dest}: attempt {attempt}: {outcome}",
                     job_id=delivery.job_id, dest=key, attempt=attempt, outcome=result.outcome,
@@ -386,15 +343,6 @@ class DestinationPool(Service):
         finally:
             q.retry = None
         return None
-
-    def _moved_after_wait(self, delivery: Delivery, key: str, result: DeliveryResult) -> DeliveryResult:
-        """A waiting (or held) pooled delivery goes to a printer that is back: its watchers see it try again."""
-        for watcher in list(self.watchers):
-            try:
-                watcher.delivery_retrying(delivery.job_id, key, delivery.attempt + 1)
-            except Exception:
-                log.failure("delivery watcher {watcher} failed", watcher=watcher)
-        return attrs.evolve(result, outcome=MOVED, message=f"{result.message}; moved to another printer of the pool")
 
     def _finished(self, q: DestinationQueue, delivery: Delivery, result: DeliveryResult) -> DeliveryResult:
         """Count C{result} and hand the destination on; the delivery's final result."""
