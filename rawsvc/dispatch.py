@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IJobHistory, IJobSink
+from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobSink
 from rawsvc.job import Job
 from rawsvc.states import JobState
 
@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="rawsvc.dispatch")
 
+#: The states of a job whose own actions run (its deliveries may mark it waiting or held).
+_ACTIVE = (JobState.RUNNING, JobState.WAITING, JobState.HELD)
 
-@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher)
+
+@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher)
 class Dispatcher:
     """Runs jobs through their flows, directly (no durable spool)."""
 
@@ -93,7 +96,7 @@ class Dispatcher:
         leaves it failed.  True when the job was marked.
         """
         job = self.running.get(job_id)
-        if job is None or job.state not in (JobState.RUNNING, JobState.WAITING):
+        if job is None or job.state not in _ACTIVE:
             return False
         job.state = "waiting"
         job.error = error
@@ -101,8 +104,23 @@ class Dispatcher:
                                 "next_try": next_try}
         return True
 
+    def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> bool:
+        """
+        A running job's printer is not ready (pre-flight): the job is
+        C{held}, its error the reason (not for a failed job's C{on_error}
+        delivery, see L{delivery_waiting}).  True when the job was marked.
+        """
+        job = self.running.get(job_id)
+        if job is None or job.state not in _ACTIVE:
+            return False
+        job.state = "held"
+        job.error = reason
+        self.waiting[job_id] = {"destination": destination, "attempt": attempt, "last_error": reason,
+                                "next_try": next_try, "held": reason}
+        return True
+
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
-        """The waiting job's delivery makes attempt C{attempt}: running again."""
+        """The waiting (or held) job's delivery makes attempt C{attempt}: running again."""
         job = self.running.get(job_id)
         if job is None or self.waiting.pop(job_id, None) is None:
             return

@@ -692,3 +692,40 @@ class ISimulatedPrinter(Interface):
 
     def snapshot():
         """The printer's L{rawsvc.triggers.printer_state.PrinterSnapshot} (its C{conditions} and C{held})."""
+
+
+# --- p14d: held deliveries (send_tcp's pre-flight status check) -------------
+
+
+class IHoldWatcher(IDeliveryWatcher):
+    """
+    Optional, for a delivery watcher: also told when a delivery is C{held}
+    (its pre-flight status check found the printer not ready; nothing was
+    sent).  The sink shows such a job as C{held} with the reason; when it is
+    checked again, C{delivery_retrying} is called as after a wait.  A
+    watcher without it is told C{delivery_waiting} instead.
+    """
+
+    def delivery_held(job_id, destination, attempt, reason, next_try):
+        """
+        The pre-flight check of attempt C{attempt} of C{job_id} to
+        C{destination} found the printer not ready (C{reason}, text for
+        people: "paper out, head open"); the next check is due at
+        C{next_try} (epoch seconds).
+        """
+
+
+class IHoldStore(Interface):
+    """
+    Optional, for an L{IJobStore}: it keeps held jobs as C{held} (unfinished,
+    like C{waiting}: L{IJobStore.load} gives them back by default).  A store
+    without it is told C{waiting} with the error C{"held: REASON"}.
+    """
+
+    def held(job_id, attempt, reason, next_try):
+        """
+        The unfinished job C{job_id} is C{held}: its printer said C{reason};
+        the next check is due at C{next_try}.  C{waiting(job_id, attempt,
+        None, None)} moves it back to C{running}.  In the background, like
+        C{waiting}; a finished or unknown job is left alone.
+        """

@@ -8,6 +8,8 @@ A job's life::
 
     received -> queued -> running -> done
        |          |          |-> waiting -> running (its delivery retries)
+       |          |          |-> held -> running (its printer's pre-flight check said "not ready";
+       |          |          |           checked again, it runs) (held <-> waiting both ways)
        |          |          |-> failed -> cancelled (an operator's cancel ended it)
        |          |          |         `-> interrupted (it failed as the service stopped: it resumes)
        |          |          `-> interrupted (the service stopped under it; it resumes at the
@@ -39,6 +41,7 @@ class JobState(enum.StrEnum):
     QUEUED = "queued"  # stored (or taken), waiting for its flow to start
     RUNNING = "running"
     WAITING = "waiting"  # its delivery waits to retry (back-off)
+    HELD = "held"  # its printer is not ready (pre-flight check); nothing sent, checked again later
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -54,8 +57,9 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # RUNNING: a flow run on its own, without a sink (rawsvc.flow.run_job: tests, the CLI).
     S.RECEIVED: frozenset({S.QUEUED, S.REFUSED, S.RUNNING}),
     S.QUEUED: frozenset({S.RUNNING, S.FAILED}),
-    S.RUNNING: frozenset({S.WAITING, S.DONE, S.FAILED, S.INTERRUPTED}),
-    S.WAITING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.INTERRUPTED}),
+    S.RUNNING: frozenset({S.WAITING, S.HELD, S.DONE, S.FAILED, S.INTERRUPTED}),
+    S.WAITING: frozenset({S.RUNNING, S.HELD, S.DONE, S.FAILED, S.INTERRUPTED}),
+    S.HELD: frozenset({S.RUNNING, S.WAITING, S.DONE, S.FAILED, S.INTERRUPTED}),
     # A job that failed while the service stopped is left to resume: INTERRUPTED.
     S.FAILED: frozenset({S.CANCELLED, S.INTERRUPTED}),
     S.INTERRUPTED: frozenset({S.CANCELLED}),

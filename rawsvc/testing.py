@@ -5,7 +5,10 @@ way rawsvc tests its own triggers and actions.
 L{FakePrinter} is a real TCP listener (on loopback) that records every job
 it receives byte for byte, answers on the back-channel, and can behave like
 a busy, broken or slow printer: refuse connections, reset mid-job, or never
-close.
+close.  Given a L{FakeStatus}, it answers status queries (Zebra C{~HS},
+C{@PJL INFO STATUS}) from conditions a test switches (paper out, paused,
+head open, ribbon out, offline), as a printer whose state a pre-flight
+check asks.
 
 L{send_job} is the fake sender: it connects to a trigger the way label
 software or C{nc -N} does, sends one job, half-closes (or not), and fires
@@ -47,7 +50,7 @@ from rawsvc._testing import (
 from rawsvc.compat import stream_transport
 
 __all__ = [
-    "FakePrinter", "FramedJob", "FramerRun", "HeldJob", "ReceivedJob", "RunningService", "StubSink",
+    "FakePrinter", "FakeStatus", "FramedJob", "FramerRun", "HeldJob", "ReceivedJob", "RunningService", "StubSink",
     "StubTransport", "connect", "load_trigger", "run_framer", "run_framer_every_split", "send_job",
     "start_service",
 ]
@@ -65,10 +68,76 @@ class ReceivedJob:
     eof_at: float | None = None
     closed: float | None = None
     reset: bool = False
+    #: The status queries it answered ("~HS", "@PJL INFO STATUS"); their bytes are not in C{data}.
+    queries: list[str] = attrs.field(factory=list)
 
     @property
     def bytes(self) -> bytes:
         return bytes(self.data)
+
+
+_UEL = b"\x1b%-12345X"
+_STX, _ETX, _CRLF = b"\x02", b"\x03", b"\r\n"
+
+
+@attrs.define
+class FakeStatus:
+    """
+    The conditions of a L{FakePrinter} that answers status queries; switch
+    them while a test runs.  C{pjl_code} overrides the PJL status code.
+    """
+
+    paper_out: bool = False
+    paused: bool = False
+    head_open: bool = False
+    ribbon_out: bool = False
+    offline: bool = False
+    pjl_code: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not (self.paper_out or self.paused or self.head_open or self.ribbon_out or self.offline)
+
+    def host_status(self) -> bytes:
+        """The Zebra C{~HS} answer: three C{STX fields ETX CR LF} lines, in one piece."""
+        line1 = f"030,{int(self.paper_out)},{int(self.paused or self.offline)},1245,000,0,0,0,000,0,0,0"
+        line2 = f"000,0,{int(self.head_open)},{int(self.ribbon_out)},1,2,6,0,00000000,1,000"
+        return b"".join(_STX + line.encode("ascii") + _ETX + _CRLF for line in (line1, line2, "1234,0"))
+
+    def pjl_status(self) -> bytes:
+        """The C{@PJL INFO STATUS} reply (header, CODE, DISPLAY, ONLINE, form feed)."""
+        if self.pjl_code is not None:
+            code, display = self.pjl_code, f"{self.pjl_code}"
+        elif self.paper_out:
+            code, display = 41100, "LOAD PAPER"
+        elif self.head_open:
+            code, display = 40021, "CLOSE COVER"
+        elif self.offline or self.paused:
+            code, display = 10002, "OFFLINE"
+        else:
+            code, display = 10001, "00 READY"
+        online = "FALSE" if self.offline or self.paused else "TRUE"
+        return (f'@PJL INFO STATUS\r\nCODE={code}\r\nDISPLAY="{display}"\r\nONLINE={online}\r\n\x0c'
+                .encode("ascii"))
+
+    def answer(self, data: bytes) -> tuple[bytes, bytes, list[str]]:
+        """
+        C{data} without the status queries in it (as rawsvc's pre-flight
+        sends them: C{~HS}; C{@PJL INFO STATUS} between UELs), the answers,
+        and the queries' names.
+        """
+        answers: list[bytes] = []
+        names: list[str] = []
+        pjl = _UEL + b"@PJL INFO STATUS\r\n" + _UEL
+        while pjl in data:
+            data = data.replace(pjl, b"", 1)
+            answers.append(self.pjl_status())
+            names.append("@PJL INFO STATUS")
+        while b"~HS" in data:
+            data = data.replace(b"~HS", b"", 1)
+            answers.append(self.host_status())
+            names.append("~HS")
+        return data, b"".join(answers), names
 
 
 @implementer(IHalfCloseableProtocol)
@@ -86,6 +155,12 @@ class _FakePrinterProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.job is not None
+        status = self.printer.status
+        if status is not None:
+            data, answer, names = status.answer(data)
+            self.job.queries += names
+            if answer:
+                stream_transport(self).write(answer)
         self.job.data += data
         limit = self.printer.reset_after
         if limit is not None and len(self.job.data) >= limit and not self.job.reset:
@@ -130,6 +205,7 @@ class FakePrinter(Factory):
     @param close_on_eof: close after the sender's EOF (AppSocket style); when
         false the printer never closes, and the sender must.
     @param reset_after: reset the connection once this many bytes arrived.
+    @param status: answer status queries from these conditions (L{FakeStatus}).
 
     C{jobs} lists every connection; C{max_active} is the most connections
     that were ever open at once.  Start with L{listen} (or L{refuse} then
@@ -143,6 +219,7 @@ class FakePrinter(Factory):
         close_on_eof: bool = True,
         reset_after: int | None = None,
         reactor: Any = None,
+        status: FakeStatus | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -153,6 +230,7 @@ class FakePrinter(Factory):
         self.greeting = greeting
         self.close_on_eof = close_on_eof
         self.reset_after = reset_after
+        self.status = status
         self.jobs: list[ReceivedJob] = []
         self.active = 0
         self.max_active = 0
@@ -164,6 +242,11 @@ class FakePrinter(Factory):
 
     def buildProtocol(self, addr: Any) -> _FakePrinterProtocol:
         return _FakePrinterProtocol(self)
+
+    @property
+    def printed(self) -> list[bytes]:
+        """The bytes of each connection that brought data (status-only connections left out)."""
+        return [j.bytes for j in self.jobs if j.data]
 
     @property
     def destination(self) -> str:
@@ -203,6 +286,19 @@ class FakePrinter(Factory):
         d: Deferred[list[ReceivedJob]] = Deferred()
         self._waiters.append((count, d))
         self._check_waiters()
+        return d
+
+    def switch_off(self) -> Deferred[None]:
+        """
+        Stop listening (connections to the port are refused from now on);
+        connections already open finish their job.
+        """
+        listening, self._listening = self._listening, None
+        stopped = listening.stopListening() if listening is not None else None
+        if stopped is not None:
+            return stopped
+        d: Deferred[None] = Deferred()
+        d.callback(None)
         return d
 
     def stop(self) -> Deferred[None]:

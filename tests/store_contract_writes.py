@@ -371,6 +371,29 @@ class WritesContract(ContractBase):
         assert (r.state, r.delivery_attempt, r.next_try) == ("running", 3, None)
 
     @inlineCallbacks
+    def test_a_held_delivery_round_trips_unfinished(self):
+        """A held job (its printer not ready) is unfinished: load gives it back, a restart keeps it."""
+        from rawsvc.interfaces import IHoldStore
+
+        store = yield self.new_store()
+        if not IHoldStore.providedBy(store):
+            return
+        j = make_job()
+        yield store.add(j, "f")
+        assert store.held(j.job_id, 1, "paper out", Clock.START + 5) is None
+        yield store.flush()
+        r = yield self.one(store, j.job_id)
+        assert (r.state, r.delivery_attempt, r.last_error, r.next_try) == ("held", 1, "paper out", Clock.START + 5)
+        assert [x.job_id for x in (yield store.load())] == [j.job_id]
+        if self.durable:
+            store = yield self.restart(store)
+            assert [x.state for x in (yield store.load())] == ["held"]
+        store.waiting(j.job_id, 2, None, None)  # checked again: running
+        yield store.flush()
+        r = yield self.one(store, j.job_id)
+        assert (r.state, r.delivery_attempt, r.next_try) == ("running", 2, None)
+
+    @inlineCallbacks
     def test_progress_and_finish_end_a_wait(self):
         store = yield self.new_store()
         a, b = make_job(b"a"), make_job(b"b")

@@ -20,7 +20,7 @@ from twisted.internet.defer import ensureDeferred
 
 from rawsvc.states import JOB_STATES
 
-STATES = "queued, running, waiting, done, failed, cancelled, interrupted, refused"
+STATES = "queued, running, waiting, held, done, failed, cancelled, interrupted, refused"
 
 
 def config(state_dir) -> str:

@@ -48,15 +48,17 @@ PATHS = {
     State.SENDING: [("connect",), ("connected",)],
     State.DRAINING: [("connect",), ("connected",), ("written",)],
     State.WAITING: [("connect",), ("wait", "refused", 5.0)],
+    State.HELD: [("connect",), ("hold", "paper out", 5.0)],
     State.DONE: [("finish",)],
 }
-INPUTS = {"connect": (), "connected": (), "written": (), "wait": ("e", 1.0), "finish": ()}
+INPUTS = {"connect": (), "connected": (), "written": (), "wait": ("e", 1.0), "hold": ("r", 1.0), "finish": ()}
 ALLOWED = {
     State.QUEUED: {"connect", "finish"},
-    State.CONNECTING: {"connected", "wait", "finish"},
+    State.CONNECTING: {"connected", "wait", "hold", "finish"},
     State.SENDING: {"written", "wait", "finish"},
     State.DRAINING: {"wait", "finish"},
     State.WAITING: {"connect", "finish"},
+    State.HELD: {"connect", "finish"},
     State.DONE: set(),
 }
 

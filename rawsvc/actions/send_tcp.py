@@ -8,7 +8,13 @@ runs out (L{rawsvc.client.retry}).
 By default the payload is sent untouched (streamed from its spool file when
 large); C{data} sends a template instead.  The back-channel reply lands in
 the C{save_reply} variable, even when the action fails.  Destinations are
-checked against C{[service] allowed_destinations}.
+checked against C{[service] allowed_destinations}, each entry of a pool too.
+
+C{preflight} asks the printer's status before each attempt
+(L{rawsvc.client.preflight}); a printer that is not ready holds the job
+(C{held}) until a later check finds it ready.  A list of destinations is a
+printer pool (L{rawsvc.client.pools}).  A delivered job's C{printed_on}
+variable is the C{host:port} of the printer that took it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from zope.interface import implementer, provider
 from rawsvc import options as o
 from rawsvc.client.address import AddressError, Destination
 from rawsvc.client.destinations import CANCELLED, STOPPED, DeliveryResult, DestinationPool, pool_for
+from rawsvc.client.pools import COOLDOWN, POLICIES, PrinterPool
+from rawsvc.client.preflight import KINDS
 from rawsvc.client.protocol import SendSettings, Source
 from rawsvc.client.retry import RETRY_FOR, RetryPolicy
 from rawsvc.errors import ActionError, ConfigIssue, Interrupted
@@ -37,6 +45,19 @@ def _retries(value: int) -> int:
     return value
 
 
+#: Printer pools an action keeps (templated pools may name many).
+MAX_POOLS = 64
+
+
+def _destinations(value: str | list) -> list[Template]:
+    """A C{destination}: one C{host:port} template, or a list of them (a printer pool)."""
+    if isinstance(value, str):
+        return [Template(value)]
+    if not value:
+        raise ConfigIssue("a list of printers needs at least one entry")
+    return [Template(item) for item in o.string_list(value)]
+
+
 def _save_reply(value: str) -> str:
     return o.variable_name(value) if value else value
 
@@ -48,7 +69,19 @@ class SendTcpAction:
 
     type_name = "send_tcp"
     options = o.Schema(
-        o.Option("destination", str, check=o.template, doc="`\"host:port\"` template; IPv6 as `\"[::1]:9100\"`; checked at config time when literal"),
+        o.Option("destination", (str, list), check=_destinations,
+                 doc="`\"host:port\"` template; IPv6 as `\"[::1]:9100\"`; checked at config time when literal; "
+                 "a list of them is a printer pool (see `policy`)"),
+        o.Option("policy", str, "failover", o.one_of(*POLICIES),
+                 doc="which printer of a pool a job goes to: `failover` (the first healthy, in order), "
+                 "`round_robin` or `least_queued`"),
+        o.Option("cooldown", (int, float), COOLDOWN, o.non_negative,
+                 doc="seconds a pool's printer that refused, timed out or failed pre-flight is skipped"),
+        o.Option("preflight", str, "off", o.one_of(*KINDS),
+                 doc="ask the printer's status before each attempt: `zpl` (`~HS`), `pjl` (`@PJL INFO STATUS`) "
+                 "or `off`; a printer that is not ready holds the job (`held`)"),
+        o.Option("preflight_timeout", (int, float), 10.0, o.positive,
+                 doc="seconds the printer has to answer the pre-flight query (no answer: the job is held)"),
         o.Option("data", str, "", o.optional_template, doc="template to send instead",
                  shown_default="the payload, untouched"),
         o.Option("encoding", str, "auto", o.encoding, doc="encoding of the rendered data"),
@@ -74,7 +107,7 @@ class SendTcpAction:
 
     def __init__(
         self,
-        destination: Template,
+        destination: Template | list[Template],
         pool: DestinationPool,
         settings: SendSettings,
         data: Template | None = None,
@@ -82,8 +115,16 @@ class SendTcpAction:
         save_reply: str = "",
         reply_encoding: str = "utf-8",
         policy: RetryPolicy | None = None,
+        pool_policy: str = "failover",
+        cooldown: float = COOLDOWN,
     ) -> None:
-        self.destination = destination
+        #: The printers: one template, or several (a pool).
+        self.destinations = destination if isinstance(destination, list) else [destination]
+        self.destination = self.destinations[0]
+        self.pool_policy = pool_policy
+        self.cooldown = cooldown
+        #: Pools by their printers, kept so that round_robin goes round (at most MAX_POOLS).
+        self._pools: dict[tuple[str, ...], PrinterPool] = {}
         self.policy = policy or RetryPolicy(settings.retry_delay, settings.max_retry_delay)
         self.pool = pool
         self.settings = settings
@@ -100,8 +141,9 @@ class SendTcpAction:
                 "retry_delay",
             )
         pool = pool_for(context)
-        destination: Template = options["destination"]
-        if not destination.names:
+        for destination in options["destination"]:
+            if destination.names:
+                continue
             try:
                 literal = Destination.parse(destination.render_text({}))
             except AddressError as e:
@@ -121,12 +163,14 @@ class SendTcpAction:
             retries=options["retries"] if options["retries"] is not None else 0,
             retry_delay=float(options["retry_delay"]),
             max_retry_delay=float(options["max_retry_delay"]),
+            preflight=options["preflight"],
+            preflight_timeout=float(options["preflight_timeout"]),
         )
         policy = RetryPolicy(
             settings.retry_delay, settings.max_retry_delay, float(options["retry_for"]), options["retries"],
         )
         return cls(
-            destination,
+            options["destination"],
             pool,
             settings,
             options["data"],
@@ -134,14 +178,21 @@ class SendTcpAction:
             options["save_reply"],
             options["reply_encoding"],
             policy,
+            options["policy"],
+            float(options["cooldown"]),
         )
 
+    def _printers(self, variables: dict[str, str]) -> list[Destination]:
+        dests = []
+        for template in self.destinations:
+            try:
+                dests.append(Destination.parse(template.render_text(variables)))
+            except AddressError as e:
+                raise ActionError(f"bad destination: {e}") from None
+        return dests
+
     def run(self, job: Any) -> Deferred[DeliveryResult]:
-        text = self.destination.render_text(job.variables)
-        try:
-            dest = Destination.parse(text)
-        except AddressError as e:
-            raise ActionError(f"bad destination: {e}") from None
+        dests = self._printers(job.variables)
         total: int | None
         source: Source
         if self.data is not None:
@@ -153,13 +204,24 @@ class SendTcpAction:
         else:
             source = job.payload.open
             total = job.payload.size
-        d = self.pool.deliver(dest, source, self.settings, job.job_id, total, self.policy)
+        if len(dests) == 1:
+            d = self.pool.deliver(dests[0], source, self.settings, job.job_id, total, self.policy)
+        else:
+            key = tuple(str(m) for m in dests)
+            printers = self._pools.get(key)
+            if printers is None:
+                if len(self._pools) >= MAX_POOLS:
+                    self._pools.clear()
+                printers = self._pools[key] = PrinterPool(dests, self.pool_policy, self.cooldown)
+            d = self.pool.deliver_pool(printers, source, self.settings, job.job_id, total, self.policy)
         return d.addCallback(self._finished, job)
 
     def _finished(self, result: DeliveryResult, job: Any) -> DeliveryResult:
         if self.save_reply:
             codec = "utf-8" if self.reply_encoding == "auto" else self.reply_encoding
             job.variables[self.save_reply] = result.reply.decode(codec, "replace")
+        if result.ok:
+            job.variables["printed_on"] = result.destination
         if result.outcome == STOPPED:
             raise Interrupted(result.message)
         if result.outcome == CANCELLED:

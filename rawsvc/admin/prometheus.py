@@ -111,4 +111,7 @@ def render(service: RawService) -> str:
     w.family("rawsvc_destination_waiting", "gauge",
              "Deliveries waiting to retry (the destination refused, timed out or could not be found).",
              per_dest("waiting", ""))
+    w.family("rawsvc_destination_held", "gauge",
+             "Deliveries held: the printer's pre-flight status check said it is not ready (paper out ...).",
+             per_dest("held", ""))
     return w.text()

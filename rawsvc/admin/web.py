@@ -149,7 +149,7 @@ class Jobs(AdminPage):
         sink = self.service.sink
         waiting = sink.waiting_deliveries() if IJobHistory.providedBy(sink) else {}
         for j in jobs:
-            if j["state"] == "waiting" and j["job_id"] in waiting:
+            if j["state"] in ("waiting", "held") and j["job_id"] in waiting:
                 j["delivery"] = dict(waiting[j["job_id"]])  # destination, attempt, last_error, next_try
         return _json(request, {"count": len(jobs), "jobs": jobs})
 

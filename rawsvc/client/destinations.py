@@ -18,6 +18,14 @@ operator may cut the wait short (L{DestinationPool.retry_now}) or end the
 delivery (L{DestinationPool.cancel}).  Every C{deliver} fires with a
 L{DeliveryResult}; it never fails but when its caller cancels it.
 
+With C{preflight} set, each attempt first asks the printer's status on a
+short connection of its own (L{rawsvc.client.attempts.check_status}); a
+printer that is not ready makes the delivery C{held} (nothing sent), checked
+again with the same back-off, for as long as it takes.  A printer pool
+(L{rawsvc.client.pools}, L{rawsvc.client.pooling}) puts each job in one
+member's queue; a member that fails cools down and the pool's jobs move
+on (C{moved}) to another member.
+
 Stopping is in two steps: L{DestinationPool.begin_stop} (the service's
 stop grace starts) ends every back-off wait at once and retries nothing
 more, while queued jobs are still delivered; C{stopService} (the grace is
@@ -36,21 +44,21 @@ import attrs
 from zope.interface import implementer
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rawsvc.client.address import AddressError, AllowList, Destination, resolve
+from rawsvc.client.attempts import check_status, send
+from rawsvc.client.address import AddressError, AllowList, Destination
 from rawsvc.client.machine import Delivery, InvalidTransition, State, transition_text
 from rawsvc.client.outcomes import (  # noqa: F401  (DeliveryResult and the outcomes are public here)
-    CANCELLED, DELIVERED, STOPPED, DeliveryResult, _connect_failure, _dns_text, _not_allowed, from_attempt,
+    CANCELLED, DELIVERED, STOPPED, DeliveryResult, _not_allowed,
 )
-from rawsvc.client.protocol import AttemptResult, SendProtocol, SendSettings, Source
+from rawsvc.client.pooling import PoolDelivery
+from rawsvc.client.pools import MOVED, PrinterPool
+from rawsvc.client.preflight import Readiness
+from rawsvc.client.protocol import SendSettings, Source
 from rawsvc.client.queues import DestinationQueue, Turn, _Cancelled, _Stopping
-from rawsvc.client.retry import RetryPolicy
+from rawsvc.client.retry import TRANSIENT, RetryPolicy
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
 
@@ -60,22 +68,6 @@ if TYPE_CHECKING:
 log = Logger(namespace="rawsvc.client")
 
 
-class _OneConnection(Factory):
-    """
-    Builds the one protocol of one connection attempt, quietly: no "Starting
-    factory" / "Stopping factory" line per connection (C{connectProtocol}'s
-    factory is noisy).
-    """
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._protocol
-
-
 def _watcher(watcher: Any) -> IDeliveryWatcher:
     if not IDeliveryWatcher.providedBy(watcher):
         raise TypeError(f"{type(watcher).__name__} does not provide IDeliveryWatcher")
@@ -83,7 +75,7 @@ def _watcher(watcher: Any) -> IDeliveryWatcher:
 
 
 @implementer(IDestinationPool)
-class DestinationPool(Service):
+class DestinationPool(PoolDelivery, Service):
     """Per-destination queues; see the module docstring."""
 
     def __init__(
@@ -98,6 +90,8 @@ class DestinationPool(Service):
         self._explicit = allow
         self._literals: list[Destination] = []
         self._queues: dict[str, DestinationQueue] = {}
+        #: Pool members cooling down after a failure: key -> reactor seconds when it ends.
+        self._cooling: dict[str, float] = {}
         self._stopping = False
         #: The stop grace has begun: no more retries (L{begin_stop}).
         self._no_retry = False
@@ -193,13 +187,16 @@ class DestinationPool(Service):
         job_id: str = "",
         total: int | None = None,
         policy: RetryPolicy | None = None,
+        pool: PrinterPool | None = None,
     ) -> Deferred[DeliveryResult]:
         """
         Queue one job for C{dest}; fires with a L{DeliveryResult}.  Without
         C{policy}, C{settings} give the back-off and the number of retries.
         Cancelling the result while the job waits for its turn gives its
         place up (it fails with C{CancelledError}); once it runs, the
-        delivery ends C{stopped}.
+        delivery ends C{stopped}.  With C{pool} (C{dest} one of its members),
+        the job may end C{moved} instead: the printer failed and another
+        member is not cooling down (L{deliver_pool} sends it there).
         """
         key = str(dest)
         if self._stopping:
@@ -212,14 +209,14 @@ class DestinationPool(Service):
         if q is None:
             q = self._queues[key] = DestinationQueue(key)
         delivery = Delivery(job_id, key, self.watchers)
-        turn = Turn(delivery, q.lock.acquire())
+        turn = Turn(delivery, q.lock.acquire(), pooled=pool is not None)
         if not turn.acquired.called:
             q.turns.append(turn)
 
         def run(_: DeferredLock) -> Deferred[DeliveryResult]:
             if turn in q.turns:
                 q.turns.remove(turn)
-            return self._run(q, dest, source, settings, policy, delivery, total)
+            return self._run(q, dest, source, settings, policy, delivery, total, pool)
 
         def not_run(failure: Failure) -> DeliveryResult | Failure:
             failure.trap(CancelledError)
@@ -230,59 +227,80 @@ class DestinationPool(Service):
             delivery.finish()
             if turn.ended_by == CANCELLED:
                 return DeliveryResult(CANCELLED, key, message=f"cancelled by an operator before {key} was tried")
+            if turn.ended_by == MOVED:
+                return DeliveryResult(MOVED, key, message=f"{key} failed; moved to another printer of the pool")
             return DeliveryResult(STOPPED, key, message=f"service stopping: {key} not tried")
 
         return turn.acquired.addCallbacks(run, not_run)
 
+    # One delivery ------------------------------------------------------------------
+
     @inlineCallbacks
     def _run(
         self, q: DestinationQueue, dest: Destination, source: Source, settings: SendSettings,
-        policy: RetryPolicy, delivery: Delivery, total: int | None,
+        policy: RetryPolicy, delivery: Delivery, total: int | None, pool: PrinterPool | None = None,
     ) -> Generator[Deferred[Any], Any, DeliveryResult]:
         key = str(dest)
         q.current = delivery
         first = self.reactor.seconds()
+        failed = held = 0
         result: DeliveryResult
         try:
             while True:
                 q.attempts += 1
                 delivery.connect()
                 attempt = delivery.attempt
-                result = yield self._attempt(dest, source, settings, delivery, total)
+                status: Readiness | DeliveryResult | None = None
+                if settings.preflight != "off":
+                    status = yield check_status(self.reactor, self.allow, dest, settings)
+                    if isinstance(status, Readiness) and not status.ready:
+                        held += 1
+                        log.info("job {job_id} to {dest}: held, the printer is not ready: {reason}",
+                                 job_id=delivery.job_id, dest=key, reason=status.reason)
+                        result = DeliveryResult("held", key, message=f"{key} is not ready: {status.reason}")
+                        if pool is not None and self._cool(pool, q, status.reason):
+                            result = attrs.evolve(result, outcome=MOVED)
+                            break
+                        ended = yield self._pause(q, delivery, policy, held, result, status.reason)
+                        if ended is not None:
+                            result = ended
+                            break
+                        if self._elsewhere(pool, key):
+                            result = self._moved_after_wait(delivery, key, result)
+                            break
+                        continue
+                if settings.preflight != "off" and isinstance(status, DeliveryResult):
+                    result = status  # the status connection failed: a failed attempt
+                else:
+                    result = yield send(self.reactor, self.allow, dest, source, settings, delivery, total)
                 log.info(
                     "job {job_id} to {dest}: attempt {attempt}: {outcome}",
                     job_id=delivery.job_id, dest=key, attempt=attempt, outcome=result.outcome,
                     written=result.written, error=result.message,
                 )
                 if result.ok:
+                    self._cooling.pop(key, None)
                     break
+                failed += 1
                 if self._no_retry:
                     if policy.gives_up(result.outcome, 1, 0.0):
                         break  # it would not have been retried anyway
                     result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
                     break
-                if policy.gives_up(result.outcome, attempt, self.reactor.seconds() - first):
+                if pool is not None and result.outcome in TRANSIENT and self._cool(pool, q, result.message):
+                    result = attrs.evolve(result, outcome=MOVED)
+                    break
+                if policy.gives_up(result.outcome, failed, self.reactor.seconds() - first):
                     break
                 q.retries += 1
                 q.last_error = result.message
-                q.retry = policy.wait(self.reactor, attempt)
-                log.info("job {job_id} to {dest}: waiting {delay:.1f} s before attempt {next}: {error}",
-                         job_id=delivery.job_id, dest=key, delay=q.retry.delay, next=attempt + 1,
-                         error=result.message)
-                delivery.wait(result.message, time.time() + q.retry.delay)
-                try:
-                    yield q.retry.deferred
-                except _Stopping:
-                    result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
+                ended = yield self._pause(q, delivery, policy, failed, result)
+                if ended is not None:
+                    result = ended
                     break
-                except _Cancelled:
-                    result = attrs.evolve(
-                        result, outcome=CANCELLED,
-                        message=f"cancelled by an operator while waiting to retry; {result.message}",
-                    )
+                if self._elsewhere(pool, key):
+                    result = self._moved_after_wait(delivery, key, result)
                     break
-                finally:
-                    q.retry = None
         except CancelledError:  # its caller gave up on it
             result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"delivery to {key} cancelled")
         except Exception as e:  # a bug: say so, never leave the queue stuck
@@ -296,6 +314,39 @@ class DestinationPool(Service):
             q.idle_since = time.time()
         return self._finished(q, delivery, result)
 
+    @inlineCallbacks
+    def _pause(
+        self, q: DestinationQueue, delivery: Delivery, policy: RetryPolicy, count: int, result: DeliveryResult,
+        hold: str | None = None,
+    ) -> Generator[Deferred[Any], Any, DeliveryResult | None]:
+        """
+        Wait the back-off after C{count} failed attempts (or holds) with the
+        delivery C{waiting} (or C{held} for the reason C{hold}); None when it is over, else the
+        result the delivery ends with (stopped, cancelled).
+        """
+        if self._no_retry:
+            return attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
+        q.retry = policy.wait(self.reactor, count)
+        what = "check" if hold is not None else "attempt"
+        log.info("job {job_id} to {dest}: waiting {delay:.1f} s before the next {what}: {error}",
+                 job_id=delivery.job_id, dest=q.key, delay=q.retry.delay, what=what, error=result.message)
+        if hold is not None:
+            delivery.hold(hold, time.time() + q.retry.delay)
+        else:
+            delivery.wait(result.message, time.time() + q.retry.delay)
+        try:
+            yield q.retry.deferred
+        except _Stopping:
+            return attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
+        except _Cancelled:
+            return attrs.evolve(
+                result, outcome=CANCELLED,
+                message=f"cancelled by an operator while waiting to retry; {result.message}",
+            )
+        finally:
+            q.retry = None
+        return None
+
     def _finished(self, q: DestinationQueue, delivery: Delivery, result: DeliveryResult) -> DeliveryResult:
         """Count C{result} and hand the destination on; the delivery's final result."""
         if result.outcome == STOPPED:
@@ -307,6 +358,9 @@ class DestinationPool(Service):
         self.reactor.callLater(0, q.lock.release)
         attempts = delivery.attempt
         result = attrs.evolve(result, attempts=attempts)
+        if result.outcome == MOVED:
+            q.last_outcome, q.last_error = result.outcome, result.message
+            return result
         if not result.ok and attempts > 1:
             result = attrs.evolve(result, message=f"{result.message} ({attempts} attempts)")
         q.last_outcome = result.outcome
@@ -318,38 +372,6 @@ class DestinationPool(Service):
             q.last_error = result.message
         q.bytes_sent += result.written
         return result
-
-    @inlineCallbacks
-    def _attempt(
-        self, dest: Destination, source: Source, settings: SendSettings, delivery: Delivery, total: int | None,
-    ) -> Generator[Deferred[Any], Any, DeliveryResult]:
-        key = str(dest)
-        try:
-            addresses = yield resolve(self.reactor, dest)
-        except DNSLookupError as e:
-            return DeliveryResult("dns_failure", key, message=f"cannot resolve {dest.host!r} ({key}): {_dns_text(e)}")
-        allowed = self.allow.filter(dest, addresses)
-        if not allowed:
-            return _not_allowed(key, addresses)
-        failure: DeliveryResult | None = None
-        for address in allowed:
-            proto = SendProtocol(self.reactor, source, settings, delivery, total)
-            kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            # The endpoint's own timeout is Twisted's connect timeout (it
-            # stops the connector and fails with TimeoutError); an addTimeout
-            # on top would be a second timer for the same thing.
-            endpoint = kind(self.reactor, address, dest.port, timeout=settings.connect_timeout)
-            try:
-                yield endpoint.connect(_OneConnection(proto))
-            except (ConnectError, CancelledError) as e:
-                this = _connect_failure(key, address, e, settings)
-                if failure is None or failure.outcome != "refused":
-                    failure = this
-                continue
-            ended: AttemptResult = yield proto.finished
-            return from_attempt(key, address, ended, settings)
-        assert failure is not None
-        return failure
 
 
 def pool_for(context: BuildContext) -> DestinationPool:

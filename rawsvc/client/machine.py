@@ -9,9 +9,12 @@ the attempt, tell the watchers, remember or forget the back-off):
 
     queued --connect--> connecting --connected--> sending --written--> draining
     connecting | sending | draining --wait--> waiting --connect--> connecting
+    connecting --hold--> held --connect--> connecting
     any state but done --finish--> done
 
-C{draining} is everything after the last byte was handed to the transport:
+C{held} is a delivery whose pre-flight status check said the printer cannot
+print now (paper out, head open ...; L{rawsvc.client.preflight}): it waits
+for the next check, and nothing was sent.  C{draining} is everything after the last byte was handed to the transport:
 waiting for the printer to acknowledge every byte, reading the back-channel,
 the disconnect delay.  A connection that fails before it is made leaves the
 delivery C{connecting} (the next address is tried, or the attempt fails).
@@ -31,7 +34,7 @@ from collections.abc import Callable, Sequence
 from automat import MethodicalMachine, NoTransition
 from twisted.logger import Logger
 
-from rawsvc.interfaces import IDeliveryWatcher
+from rawsvc.interfaces import IDeliveryWatcher, IHoldWatcher
 
 log = Logger(namespace="rawsvc.client")
 
@@ -54,6 +57,7 @@ class State(enum.Enum):
     SENDING = "sending"
     DRAINING = "draining"
     WAITING = "waiting"
+    HELD = "held"
     DONE = "done"
 
 
@@ -110,6 +114,10 @@ class Delivery:
     def _waiting(self) -> None:
         "An attempt failed; the back-off runs until the next one."
 
+    @_machine.state(serialized=State.HELD)
+    def _held(self) -> None:
+        "The pre-flight check said the printer is not ready; the next check is due."
+
     @_machine.state(serialized=State.DONE)
     def _done(self) -> None:
         "Delivered, failed for good, stopped or cancelled."
@@ -131,6 +139,10 @@ class Delivery:
     @_machine.input()
     def wait(self, error: str, next_try: float) -> None:
         "The attempt failed with C{error}; the next one is due at C{next_try} (epoch seconds)."
+
+    @_machine.input()
+    def hold(self, reason: str, next_try: float) -> None:
+        "The pre-flight check said C{reason}; the next check is due at C{next_try} (epoch seconds)."
 
     @_machine.input()
     def finish(self) -> None:
@@ -173,6 +185,22 @@ class Delivery:
                 log.failure("delivery watcher {watcher} failed", watcher=watcher)
 
     @_machine.output()
+    def _remember_hold(self, reason: str, next_try: float) -> None:
+        self.last_error = reason
+        self.next_try = next_try
+
+    @_machine.output()
+    def _tell_held(self, reason: str, next_try: float) -> None:
+        for watcher in list(self.watchers):
+            try:
+                if IHoldWatcher.providedBy(watcher):
+                    watcher.delivery_held(self.job_id, self.destination, self.attempt, reason, next_try)
+                else:  # a watcher that knows no holds sees a delivery waiting to try again
+                    watcher.delivery_waiting(self.job_id, self.destination, self.attempt, reason, next_try)
+            except Exception:
+                log.failure("delivery watcher {watcher} failed", watcher=watcher)
+
+    @_machine.output()
     def _tell_retrying(self) -> None:
         for watcher in list(self.watchers):
             try:
@@ -184,11 +212,14 @@ class Delivery:
 
     _queued.upon(connect, enter=_connecting, outputs=[_moved, _count_attempt])
     _waiting.upon(connect, enter=_connecting, outputs=[_moved, _forget_wait, _count_attempt, _tell_retrying])
+    _held.upon(connect, enter=_connecting, outputs=[_moved, _forget_wait, _count_attempt, _tell_retrying])
+    _connecting.upon(hold, enter=_held, outputs=[_moved, _remember_hold, _tell_held])
     _connecting.upon(connected, enter=_sending, outputs=[_moved])
     _sending.upon(written, enter=_draining, outputs=[_moved])
     for _failed in (_connecting, _sending, _draining):
         _failed.upon(wait, enter=_waiting, outputs=[_moved, _remember_wait, _tell_waiting])
     for _live in (_queued, _connecting, _sending, _draining):
         _live.upon(finish, enter=_done, outputs=[_moved])
-    _waiting.upon(finish, enter=_done, outputs=[_moved, _forget_wait])
-    del _failed, _live
+    for _paused in (_waiting, _held):
+        _paused.upon(finish, enter=_done, outputs=[_moved, _forget_wait])
+    del _failed, _live, _paused

@@ -35,7 +35,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rawsvc.compat import AckProbe, reset_if_abandoned, stream_transport
+from rawsvc.compat import AckProbe, kernel_unacked, reset_if_abandoned, stream_transport, unsent_bytes
 from rawsvc.client.machine import Delivery, State
 
 log = Logger(namespace="rawsvc.client")
@@ -70,6 +70,10 @@ class SendSettings:
     max_retry_delay: float = 30.0
     #: Seconds without any buffered byte reaching the kernel before the attempt is aborted (0: never).
     send_timeout: float = 300.0
+    #: The status check before each attempt: "off", "zpl" (~HS) or "pjl" (L{rawsvc.client.preflight}).
+    preflight: str = "off"
+    #: Seconds the printer has to answer the status check.
+    preflight_timeout: float = 10.0
 
 
 class Ending(enum.Enum):
@@ -98,31 +102,6 @@ class AttemptResult:
 ACK_POLL = 0.02
 #: The first look for the printer's acknowledgement of the last byte (doubling up to ACK_POLL).
 ACK_POLL_FIRST = 0.001
-
-
-def _kernel_unacked(transport: Any) -> int | None:
-    """
-    Bytes in the socket's send queue that the peer has not acknowledged
-    (Linux C{SIOCOUTQ}); None where that cannot be asked.
-    """
-    try:
-        import array
-        import fcntl
-        import termios
-
-        buf = array.array("i", [0])
-        fcntl.ioctl(transport.getHandle().fileno(), termios.TIOCOUTQ, buf, True)
-        return buf[0]
-    except Exception:
-        return None
-
-
-def _unsent(transport: Any) -> int:
-    """Bytes still buffered in a Twisted transport (0 when unknown)."""
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return 0
 
 
 @implementer(IHalfCloseableProtocol)
@@ -283,10 +262,10 @@ class SendProtocol(Protocol):
         self._ack_poll = None
         if self._lost or self._probe.acked() is not None:
             return  # the probe tells at connectionLost what the printer acknowledged
-        self._unacked = _kernel_unacked(self.transport)
+        self._unacked = kernel_unacked(self.transport)
         if self._unacked is None:
             return
-        if self._unacked == 0 and _unsent(self.transport) == 0:
+        if self._unacked == 0 and unsent_bytes(self.transport) == 0:
             self._acked_all = True
             return
         self._ack_poll = self.reactor.callLater(ACK_POLL, self._poll_acks)
@@ -318,7 +297,7 @@ class SendProtocol(Protocol):
         self._stall_timer = None
         if self._lost:
             return
-        unsent = _unsent(self.transport)
+        unsent = unsent_bytes(self.transport)
         flushed = self._handed - unsent
         if unsent > 0 and flushed <= self._progress:
             self._stalled = True
@@ -358,7 +337,7 @@ class SendProtocol(Protocol):
         self._close_file()
         acked = self._probe.acked()
         self._probe.close()
-        written = self._handed - _unsent(self.transport)
+        written = self._handed - unsent_bytes(self.transport)
         clean = reason.check(ConnectionDone) is not None
         if acked is not None:
             # Handed to the kernel is not received: what the printer's kernel

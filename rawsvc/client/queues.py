@@ -39,6 +39,8 @@ class Turn:
     acquired: Deferred[DeferredLock]
     #: The outcome an operator or the stop gave it ("cancelled", "stopped"); "" when its caller cancelled.
     ended_by: str = ""
+    #: A job for a printer pool: it may move to another printer of the pool (L{rawsvc.client.pools}).
+    pooled: bool = False
 
     def end(self, outcome: str) -> None:
         """Leave the queue (through the lock's canceller) with C{outcome}."""
@@ -78,6 +80,8 @@ class DestinationQueue:
             "queued": len(self.lock.waiting),
             "in_progress": 1 if d is not None else 0,
             "waiting": 1 if d is not None and d.state is State.WAITING else 0,
+            "held": 1 if d is not None and d.state is State.HELD else 0,
+            "held_reason": d.last_error if d is not None and d.state is State.HELD else "",
             "job_id": d.job_id if d is not None else "",
             "attempt": d.attempt if d is not None else 0,
             "next_try": d.next_try if d is not None else None,
@@ -95,6 +99,13 @@ class DestinationQueue:
         """Every delivery still waiting for the lock leaves it with C{outcome}, in order."""
         for turn in list(self.turns):
             turn.end(outcome)
+
+    def move_pooled(self, outcome: str) -> int:
+        """Every pooled delivery waiting for the lock leaves it with C{outcome} (to go elsewhere); how many."""
+        moving = [turn for turn in self.turns if turn.pooled]
+        for turn in moving:
+            turn.end(outcome)
+        return len(moving)
 
     def end_wait(self, error: Exception | None = None) -> bool:
         """End the current back-off wait now (with C{error}: the delivery ends); False when not waiting."""

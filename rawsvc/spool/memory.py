@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IJobStore
+from rawsvc.interfaces import IHoldStore, IJobStore
 from rawsvc.spool.model import FINISHED, UNFINISHED, SpoolError, StoredJob
 
 log = Logger(namespace="rawsvc.spool.memory")
@@ -30,7 +30,7 @@ log = Logger(namespace="rawsvc.spool.memory")
 _STOPPED = "the spool is stopped"
 
 
-@implementer(IJobStore)
+@implementer(IJobStore, IHoldStore)
 class MemoryStore:
     """
     Jobs in a dict, in arrival order.  C{fail_open}: a reason every
@@ -149,19 +149,24 @@ class MemoryStore:
 
         return self._write(finish, background)
 
-    def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None) -> None:
+    def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None,
+                state: str = "waiting") -> None:
         def waiting() -> None:
             job = self._unfinished(job_id)
             if job is None:
                 return
-            if next_try is not None and job.state in ("running", "waiting"):
-                job.state, job.delivery_attempt, job.last_error, job.next_try = "waiting", attempt, error, next_try
+            if next_try is not None and job.state in ("running", "waiting", "held"):
+                job.state, job.delivery_attempt, job.last_error, job.next_try = state, attempt, error, next_try
                 job.updated_at = self.clock()
-            elif next_try is None and job.state == "waiting":
+            elif next_try is None and job.state in ("waiting", "held"):
                 job.state, job.delivery_attempt, job.next_try = "running", attempt, None
                 job.updated_at = self.clock()
 
         self._write(waiting, background=True)
+
+    def held(self, job_id: str, attempt: int, reason: str, next_try: float) -> None:
+        """The job's printer is not ready (pre-flight): C{held} with the reason, unfinished."""
+        self.waiting(job_id, attempt, reason, next_try, "held")
 
     def flush(self) -> Deferred:
         return succeed(None)

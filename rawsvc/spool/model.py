@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 
 #: States of a job that is still to run (it comes back after a restart).
-#: C{waiting}: its delivery waits to retry.
-UNFINISHED = ("queued", "running", "waiting")
+#: C{waiting}: its delivery waits to retry; C{held}: its printer is not ready (pre-flight).
+UNFINISHED = ("queued", "running", "waiting", "held")
 #: States of a job that ended; only these are ever purged.
 FINISHED = ("done", "failed", "cancelled")
 

@@ -115,7 +115,7 @@ _PROGRESS_HEAD = (
     " updated_at = v.column4, destination = COALESCE(v.column5, jobs.destination),"
     " bytes_delivered = jobs.bytes_delivered + v.column6 FROM (VALUES "
 )
-_PROGRESS_TAIL = ") AS v WHERE jobs.job_id = v.column1 AND jobs.state IN ('queued', 'running', 'waiting')"
+_PROGRESS_TAIL = ") AS v WHERE jobs.job_id = v.column1 AND jobs.state IN ('queued', 'running', 'waiting', 'held')"
 _FINISH_HEAD = (
     "UPDATE jobs SET state = v.column2, last_error = v.column3, action_index = v.column4, next_try = NULL,"
     " variables = COALESCE(v.column5, jobs.variables), updated_at = v.column6, finished_at = v.column6,"
@@ -139,21 +139,22 @@ def _many(conn: sqlite3.Connection, head: str, row: str, tail: str, params: list
 
 
 def write_waiting(conn: sqlite3.Connection, job_id: str, attempt: int, error: str | None,
-                  next_try: float | None, now: float) -> None:
+                  next_try: float | None, now: float, state: str = "waiting") -> None:
     """
     A running job's delivery waits to retry (C{next_try} set: state
-    C{waiting}, with its attempt and last error) or tries again (None:
-    back to C{running}).  A finished job is left alone.
+    C{waiting}, or C{held} when C{state} says so, with its attempt and last
+    error or hold reason) or tries again (None: back to C{running}).  A
+    finished job is left alone.
     """
     if next_try is not None:
         conn.execute(
-            "UPDATE jobs SET state = 'waiting', delivery_attempt = ?, last_error = ?, next_try = ?, updated_at = ?"
-            " WHERE job_id = ? AND state IN ('running', 'waiting')",
-            (attempt, error, next_try, now, job_id),
+            "UPDATE jobs SET state = ?, delivery_attempt = ?, last_error = ?, next_try = ?, updated_at = ?"
+            " WHERE job_id = ? AND state IN ('running', 'waiting', 'held')",
+            ("held" if state == "held" else "waiting", attempt, error, next_try, now, job_id),
         )
     else:
         conn.execute(
             "UPDATE jobs SET state = 'running', delivery_attempt = ?, next_try = NULL, updated_at = ?"
-            " WHERE job_id = ? AND state = 'waiting'",
+            " WHERE job_id = ? AND state IN ('waiting', 'held')",
             (attempt, now, job_id),
         )

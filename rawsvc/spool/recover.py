@@ -21,7 +21,7 @@ from typing import Any
 from rawsvc.spool.schema import FINISHED, SCHEMA
 
 WAL_MAGIC = (0x377F0682, 0x377F0683)
-STATES = frozenset(FINISHED + ("queued", "running", "waiting", "interrupted"))
+STATES = frozenset(FINISHED + ("queued", "running", "waiting", "held", "interrupted"))
 
 
 def job_columns() -> list[str]:

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 #: What the partial index C{jobs_unfinished} answers; literals, not
 #: parameters, or SQLite cannot use the index.
-UNFINISHED_SQL = "state IN ('queued', 'running', 'waiting')"
+UNFINISHED_SQL = "state IN ('queued', 'running', 'waiting', 'held')"
 _UNFINISHED_INDEX = f"CREATE INDEX jobs_unfinished ON jobs (seq) WHERE {UNFINISHED_SQL}"
 #: Columns added since the first spools: (name, declaration).
 _ADDED = (("delivery_attempt", "INTEGER NOT NULL DEFAULT 0"), ("next_try", "REAL"))

@@ -36,7 +36,9 @@ from zope.interface import implementer
 from rawsvc.dispatch import Dispatcher
 from rawsvc.errors import ActionError
 from rawsvc.flow import Flow
-from rawsvc.interfaces import IAction, IDeliveryReport, IDestinationPool, IJobControl, IJobSink, IJobStore, ITrigger
+from rawsvc.interfaces import (
+    IAction, IDeliveryReport, IDestinationPool, IHoldStore, IJobControl, IJobSink, IJobStore, ITrigger,
+)
 from rawsvc.job import Job
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
@@ -195,6 +197,16 @@ class SpoolSink(Dispatcher, SpoolOperations):
         marked = Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
         if marked and not self.closed:
             self.store.waiting(job_id, attempt, error, next_try)
+        return marked
+
+    def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> bool:
+        # Unfinished in the spool: a restart resumes it.  A store without holds keeps it waiting.
+        marked = Dispatcher.delivery_held(self, job_id, destination, attempt, reason, next_try)
+        if marked and not self.closed:
+            if IHoldStore.providedBy(self.store):
+                self.store.held(job_id, attempt, reason, next_try)
+            else:
+                self.store.waiting(job_id, attempt, f"held: {reason}", next_try)
         return marked
 
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IJobStore
+from rawsvc.interfaces import IHoldStore, IJobStore
 from rawsvc.spool import check, lock, sqlops
 from rawsvc.spool.files import unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-@implementer(IJobStore)
+@implementer(IJobStore, IHoldStore)
 class Store:
     """
     See the module docstring and L{IJobStore}.  Methods return Deferreds;
@@ -140,6 +140,10 @@ class Store:
     def waiting(self, job_id: str, attempt: int, error: str | None, next_try: float | None) -> None:
         """The job's delivery waits to retry (or, C{next_try} None, tries again); in the background."""
         self._submit(None, write_waiting, (job_id, attempt, error, next_try, self.clock()), background=True)
+
+    def held(self, job_id: str, attempt: int, reason: str, next_try: float) -> None:
+        """The job's printer is not ready (pre-flight): C{held} with the reason, unfinished; in the background."""
+        self._submit(None, write_waiting, (job_id, attempt, reason, next_try, self.clock(), "held"), background=True)
 
     def flush(self) -> Deferred:
         """Fires once every write queued so far is committed (or has failed)."""
