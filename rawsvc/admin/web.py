@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from rawsvc import options as o
+from rawsvc import console
 from rawsvc.admin import prometheus
 from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.interfaces import IHealth, IJobHistory
@@ -233,7 +234,7 @@ class StatusPage(AdminPage):
             f"<title>rawsvc</title><style>{_STYLE}</style></head><body>"
             f"<h1>rawsvc</h1><p>{html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}"
             ' &middot; <a href="/healthz">healthz</a> &middot; <a href="/metrics">metrics</a>'
-            ' &middot; <a href="/jobs">jobs</a></p>'
+            ' &middot; <a href="/jobs">jobs</a> &middot; <a href="/console/">console</a></p>'
             "<h2>Triggers</h2>"
             + _table(["name", "type", "address", "state", "open", "received", "ok", "failed", "refused", "bytes in"],
                      t_rows, t_classes)
@@ -255,6 +256,7 @@ def make_site(service: Any, refresh: int = 5, recent: int = 50) -> Site:
     root.putChild(b"healthz", Health(service))
     root.putChild(b"metrics", Metrics(service))
     root.putChild(b"jobs", Jobs(service))
+    console.install(root, service)  # /console and /api/v1
     site = Site(root)
     site.displayTracebacks = False
     return site
