@@ -100,10 +100,11 @@ class Metrics(AdminPage):
     def __init__(self, service: Any) -> None:
         super().__init__()
         self.service = service
+        self.registry = prometheus.registry_for(service)
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", prometheus.CONTENT_TYPE.encode())
-        return prometheus.render(self.service).encode("utf-8")
+        return prometheus.render(self.service, self.registry).encode("utf-8")
 
 
 def _arg(request: Any, name: str) -> str | None:
