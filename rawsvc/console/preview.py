@@ -92,9 +92,13 @@ class _Worker(ProcessProtocol):
 class Previewer:
     """Draws job payloads as PNGs within the bounds above; C{preview(key, data)} fires with a L{Rendered}."""
 
+    #: The worker process's argv.
+    COMMAND = (sys.executable, "-m", "rawsvc.console.render_worker")
+
     def __init__(self, reactor: Any, timeout: float = 10.0, concurrency: int = 2, cache_size: int = 64,
-                 max_bytes: int = zpl.MAX_BYTES) -> None:
+                 max_bytes: int = zpl.MAX_BYTES, command: tuple[str, ...] = COMMAND) -> None:
         self.reactor = reactor
+        self.command = command
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.cache_size = cache_size
@@ -137,8 +141,7 @@ class Previewer:
     def _spawn(self, data: bytes) -> Deferred[Rendered]:
         self.renders += 1
         worker = _Worker(data, self.timeout, self.reactor)
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "rawsvc.console.render_worker"],
-                                  env=dict(os.environ))
+        self.reactor.spawnProcess(worker, self.command[0], list(self.command), env=dict(os.environ))
         return worker.done
 
     def _finished(self, result: Rendered, key: str) -> None:
