@@ -234,3 +234,21 @@ def test_destinations_lists_triggers_and_their_state(running, http):
     report = body_json(body)
     assert report["triggers"]["orders"]["listening"] is True
     assert report["destinations"] == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_50_mb_hostile_zpl_job_is_refused_by_the_preview_while_jobs_keep_flowing(reactor, running, http):
+    service, base = running
+    hostile = b"^XA" + b"^FO1,1^GB9999,9999,9999^FS" * (50 * 1024 * 1024 // 27) + b"^XZ"
+    yield jobs_sent(reactor, service, hostile)
+    job_id = body_json((yield http("GET", base + "/api/v1/jobs"))[2])["jobs"][0]["job_id"]
+    d = http("GET", base + f"/api/v1/jobs/{job_id}/preview")
+    counters = service.triggers["orders"].counters
+    yield send_job(reactor, trigger_port(service), b"next job", counters, expect_ok=2)  # flows meanwhile
+    code, _, body = yield d
+    assert code == 200
+    answer = body_json(body)
+    assert answer["images"] == [] and "previews are drawn up to 4194304 bytes" in answer["error"]
+    code, _, body = yield http("GET", base + f"/api/v1/jobs/{job_id}/view?as=text")
+    view = body_json(body)
+    assert view["truncated"] and view["shown_bytes"] == 64 * 1024 and view["size"] == len(hostile)
