@@ -8,6 +8,7 @@ C{retries = 0}) is retried from the page once the printer is back, and is
 seen done.  Screenshots land in the test's tmp dir when it fails.
 
 Skipped when Chromium or Playwright is missing, unless C{CI=true}: then it fails.
+C{RAWSVC_SCREENSHOTS=DIR} keeps a screenshot of the job page there.
 """
 
 from __future__ import annotations
@@ -187,6 +188,9 @@ def test_a_printed_zpl_label_shows_as_a_non_blank_image_in_the_console(console, 
         assert 0.02 < dark / len(grey) < 0.9, (dark, len(grey))  # ink on paper, not a blank square
         assert page.locator("#payload-text").inner_text().startswith("^XA^PW600")
         print(f"\n[console] job {job_id} previewed in the browser {took:.2f} s after opening the jobs page")
+        if os.environ.get("RAWSVC_SCREENSHOTS"):  # keep a picture of the page (README's "done when")
+            os.makedirs(os.environ["RAWSVC_SCREENSHOTS"], exist_ok=True)
+            page.screenshot(path=os.path.join(os.environ["RAWSVC_SCREENSHOTS"], "console-job.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
         raise
