@@ -43,7 +43,7 @@ def detect_language(head: bytes) -> str:
         if b"ZPL" in inner or b"^XA" in inner:
             return "zpl"
         return "pjl"
-    if b"^XA" in head[:65536] or b"~DG" in head[:4096] or b"^XA" in head[:65536].upper():
+    if b"^XA" in head[:65536].upper() or start.startswith((b"~DG", b"~dg")):  # a format, or a stored graphic
         return "zpl"
     if start.startswith(b"%PDF"):
         return "pdf"
