@@ -124,7 +124,7 @@ def test_1200_silent_connections_do_not_lock_out_a_real_client(service_factory, 
         from rawsvc.admin.prometheus import render
 
         assert t.status()["counters"]["evicted"] == t.counters.evicted
-        assert f'rawsvc_trigger_connections_evicted_total{{trigger="t"}} {t.counters.evicted}\n' in render(svc)
+        assert f'rawsvc_trigger_connections_evicted_total{{trigger="t"}} {float(t.counters.evicted)}\n' in render(svc)
     finally:
         for s in socks:
             s.close()

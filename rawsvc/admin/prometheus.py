@@ -1,117 +1,105 @@
 """
-The Prometheus text exposition format (version 0.0.4) for rawsvc's
-counters, written by hand: no client library needed at run time.
+C{/metrics}: rawsvc's own counters as a C{prometheus_client} collector
+(L{RawsvcCollector}, which yields metric families read from the live
+triggers and destination pool at each scrape), plus the library's process
+collector (CPU, memory, open files).  Each service has its own registry,
+so two services in one process (tests) never mix their samples.
+
+The exposition is C{generate_latest} on the reactor thread: the counters
+are plain attributes written by the reactor, read here in the same thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from rawsvc.admin.namespace import destinations
 
-if TYPE_CHECKING:
-    from rawsvc.service import RawService
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Per-trigger counters: (metric name without _total, counter attribute, help).
+_TRIGGER_COUNTERS = (
+    ("rawsvc_trigger_connections", "connections_total", "Connections accepted."),
+    ("rawsvc_trigger_connections_refused", "connections_refused", "Connections refused."),
+    ("rawsvc_trigger_connections_evicted", "evicted",
+     "Silent connections closed to make room at max_connections (low-resources mode)."),
+)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, doc: str, samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
-        rows = list(samples)
-        self.lines.append(f"# HELP {name} {doc}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for suffix, labels, value in rows:
-            self.lines.append(f"{name}{suffix}{_labels(labels)} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+#: Per-destination metrics: (name, kind, status key, help).
+_DESTINATION = (
+    ("rawsvc_destination_attempts", "counter", "attempts", "Delivery attempts."),
+    ("rawsvc_destination_delivered", "counter", "delivered", "Jobs delivered."),
+    ("rawsvc_destination_failures", "counter", "failures", "Failed delivery attempts."),
+    ("rawsvc_destination_retries", "counter", "retries", "Deliveries retried."),
+    ("rawsvc_destination_queue_depth", "gauge", "queued", "Jobs waiting for the destination."),
+    ("rawsvc_destination_waiting", "gauge", "waiting",
+     "Deliveries waiting to retry (the destination refused, timed out or could not be found)."),
+    ("rawsvc_destination_held", "gauge", "held",
+     "Deliveries held: the printer's pre-flight status check said it is not ready (paper out ...)."),
+)
 
 
-def render(service: RawService) -> str:
-    """Every trigger's and destination's counters, as Prometheus text."""
-    w = _Writer()
-    triggers = service.triggers
+class RawsvcCollector(Collector):
+    """Every trigger's and destination's counters of C{service}, read at each scrape."""
 
-    def per_trigger(field: str):
-        return [("_total", {"trigger": n}, getattr(t.counters, field)) for n, t in triggers.items()]
+    def __init__(self, service: Any) -> None:
+        self.service = service
 
-    w.family("rawsvc_trigger_up", "gauge", "1 while the trigger's listener is up.",
-             [("", {"trigger": n, "type": t.type_name}, bool(t.listening)) for n, t in triggers.items()])
-    w.family("rawsvc_trigger_connections", "counter", "Connections accepted.",
-             per_trigger("connections_total"))
-    w.family("rawsvc_trigger_connections_refused", "counter", "Connections refused.",
-             per_trigger("connections_refused"))
-    w.family("rawsvc_trigger_connections_evicted", "counter",
-             "Silent connections closed to make room at max_connections (low-resources mode).",
-             per_trigger("evicted"))
-    w.family("rawsvc_trigger_connections_open", "gauge", "Connections open now.",
-             [("", {"trigger": n}, t.counters.connections_open) for n, t in triggers.items()])
-    w.family("rawsvc_trigger_jobs_received", "counter", "Jobs received.", per_trigger("jobs_received"))
-    w.family(
-        "rawsvc_trigger_jobs",
-        "counter",
-        "Jobs finished, by outcome (ok, failed, refused).",
-        [
-            ("_total", {"trigger": n, "outcome": outcome}, getattr(t.counters, f"jobs_{outcome}"))
-            for n, t in triggers.items()
-            for outcome in ("ok", "failed", "refused")
-        ],
-    )
-    w.family(
-        "rawsvc_trigger_bytes",
-        "counter",
-        "Bytes received from (in) and sent to (out) clients.",
-        [
-            ("_total", {"trigger": n, "direction": d}, getattr(t.counters, f"bytes_{d}"))
-            for n, t in triggers.items()
-            for d in ("in", "out")
-        ],
-    )
-    samples = []
-    for n, t in triggers.items():
-        hist = t.counters.flow_seconds
-        for bound, count in hist.cumulative():
-            samples.append(("_bucket", {"trigger": n, "le": bound}, count))
-        samples.append(("_sum", {"trigger": n}, float(hist.total)))
-        samples.append(("_count", {"trigger": n}, hist.count))
-    w.family("rawsvc_trigger_flow_duration_seconds", "histogram", "Time from job accepted to flow finished.", samples)
+    def collect(self) -> Iterator[Metric]:
+        triggers = self.service.triggers
+        up = GaugeMetricFamily("rawsvc_trigger_up", "1 while the trigger's listener is up.", labels=["trigger", "type"])
+        for n, t in triggers.items():
+            up.add_metric([n, t.type_name], 1 if t.listening else 0)
+        yield up
+        for name, field, doc in _TRIGGER_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["trigger"])
+            for n, t in triggers.items():
+                family.add_metric([n], getattr(t.counters, field))
+            yield family
+        open_ = GaugeMetricFamily("rawsvc_trigger_connections_open", "Connections open now.", labels=["trigger"])
+        received = CounterMetricFamily("rawsvc_trigger_jobs_received", "Jobs received.", labels=["trigger"])
+        jobs = CounterMetricFamily("rawsvc_trigger_jobs", "Jobs finished, by outcome (ok, failed, refused).",
+                                   labels=["trigger", "outcome"])
+        bytes_ = CounterMetricFamily("rawsvc_trigger_bytes", "Bytes received from (in) and sent to (out) clients.",
+                                     labels=["trigger", "direction"])
+        flow = HistogramMetricFamily("rawsvc_trigger_flow_duration_seconds", "Time from job accepted to flow finished.",
+                                     labels=["trigger"])
+        for n, t in triggers.items():
+            c = t.counters
+            open_.add_metric([n], c.connections_open)
+            received.add_metric([n], c.jobs_received)
+            for outcome in ("ok", "failed", "refused"):
+                jobs.add_metric([n, outcome], getattr(c, f"jobs_{outcome}"))
+            bytes_.add_metric([n, "in"], c.bytes_in)
+            bytes_.add_metric([n, "out"], c.bytes_out)
+            flow.add_metric([n], buckets=c.flow_seconds.cumulative(), sum_value=float(c.flow_seconds.total))
+        yield from (open_, received, jobs, bytes_, flow)
 
-    dests = destinations(service)
+        dests = destinations(self.service)
+        for name, kind, key, doc in _DESTINATION:
+            dest_family: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(name, doc, labels=["destination"]) if kind == "counter"
+                else GaugeMetricFamily(name, doc, labels=["destination"]))
+            for d, s in dests.items():
+                dest_family.add_metric([d], int(s.get(key, 0) or 0))
+            yield dest_family
 
-    def per_dest(key: str, suffix: str = "_total"):
-        return [(suffix, {"destination": d}, int(s.get(key, 0) or 0)) for d, s in dests.items()]
 
-    w.family("rawsvc_destination_attempts", "counter", "Delivery attempts.", per_dest("attempts"))
-    w.family("rawsvc_destination_delivered", "counter", "Jobs delivered.", per_dest("delivered"))
-    w.family("rawsvc_destination_failures", "counter", "Failed delivery attempts.", per_dest("failures"))
-    w.family("rawsvc_destination_retries", "counter", "Deliveries retried.", per_dest("retries"))
-    w.family("rawsvc_destination_queue_depth", "gauge", "Jobs waiting for the destination.", per_dest("queued", ""))
-    w.family("rawsvc_destination_waiting", "gauge",
-             "Deliveries waiting to retry (the destination refused, timed out or could not be found).",
-             per_dest("waiting", ""))
-    w.family("rawsvc_destination_held", "gauge",
-             "Deliveries held: the printer's pre-flight status check said it is not ready (paper out ...).",
-             per_dest("held", ""))
-    return w.text()
+def registry_for(service: Any) -> CollectorRegistry:
+    """A registry of C{service}'s own: its counters and this process's."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RawsvcCollector(service))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def render(service: Any, registry: CollectorRegistry | None = None) -> str:
+    """Every trigger's and destination's counters (and the process's), as Prometheus text 0.0.4."""
+    return generate_latest(registry or registry_for(service)).decode("utf-8")

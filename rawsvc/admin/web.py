@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from rawsvc import options as o
+from rawsvc import console
 from rawsvc.admin import namespace, prometheus
 from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.interfaces import IHealth, IJobHistory
@@ -106,10 +107,11 @@ class Metrics(AdminPage):
     def __init__(self, service: RawService) -> None:
         super().__init__()
         self.service = service
+        self.registry = prometheus.registry_for(service)
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", prometheus.CONTENT_TYPE.encode())
-        return prometheus.render(self.service).encode("utf-8")
+        return prometheus.render(self.service, self.registry).encode("utf-8")
 
 
 def _arg(request: Any, name: str) -> str | None:
@@ -242,7 +244,7 @@ class StatusPage(AdminPage):
             f"<title>rawsvc</title><style>{_STYLE}</style></head><body>"
             f"<h1>rawsvc</h1><p>{html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}"
             ' &middot; <a href="/healthz">healthz</a> &middot; <a href="/metrics">metrics</a>'
-            ' &middot; <a href="/jobs">jobs</a></p>'
+            ' &middot; <a href="/jobs">jobs</a> &middot; <a href="/console/">console</a></p>'
             "<h2>Triggers</h2>"
             + _table(["name", "type", "address", "state", "open", "received", "ok", "failed", "refused", "bytes in"],
                      t_rows, t_classes)
@@ -328,6 +330,7 @@ def make_site(service: RawService, refresh: int = 5, recent: int = 50) -> Site:
     root.putChild(b"metrics", Metrics(service))
     root.putChild(b"jobs", Jobs(service))
     root.putChild(b"printers", Printers(service))
+    console.install(root, service)  # /console and /api/v1
     site = Site(root)
     site.displayTracebacks = False
     return site

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "rawsvc.cli.jobs",          # jobs, job, retry, cancel
     "rawsvc.cli.spool",         # spool check, spool salvage
     "rawsvc.cli.config_keys",   # config-keys
+    "rawsvc.cli.preview",       # preview
 ]
 
 

@@ -117,3 +117,51 @@ def request_answer(conn: sqlite3.Connection, request_id: int) -> tuple[bool, str
     if row is None or row["done_at"] is None:
         return None
     return bool(row["ok"]), row["result"]
+
+
+def page_jobs(conn: sqlite3.Connection, *, states: Sequence[str] = (), triggers: Sequence[str] = (),
+              destinations: Sequence[str] = (), since: float | None = None, until: float | None = None,
+              text: str | None = None, before: int | None = None, limit: int = 50) -> list[sqlite3.Row]:
+    """
+    One page of the console's job list, newest first: the jobs matching
+    every filter given (received in C{[since, until)}; C{text} a substring
+    of the job id or of the variables) whose C{seq} is below C{before} (the
+    cursor: the last C{seq} of the previous page), at most C{limit} + 1
+    rows (the extra row says there is a next page).  The scan walks the
+    primary key downwards from the cursor and stops at the page's end, so
+    a page costs the rows it passes over, not the size of the spool.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    for column, values in (("state", states), ("trigger", triggers), ("destination", destinations)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+    if since is not None:
+        where.append("received_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("received_at < ?")
+        params.append(until)
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(job_id LIKE ? ESCAPE '\\' OR variables LIKE ? ESCAPE '\\')")
+        params.extend((pattern, pattern))
+    if before is not None:
+        where.append("seq < ?")
+        params.append(before)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY seq DESC LIMIT {int(limit) + 1}"
+    return conn.execute(sql, params).fetchall()
+
+
+def payload_head(conn: sqlite3.Connection, state_dir: str, row: sqlite3.Row, limit: int) -> bytes:
+    """The first C{limit} bytes of a job's payload (all of it when it is shorter)."""
+    out = bytearray()
+    for chunk in payload_chunks(conn, state_dir, row):
+        out += chunk[: limit - len(out)]
+        if len(out) >= limit:
+            break
+    return bytes(out)
