@@ -33,6 +33,7 @@ BUILTIN_TRIGGERS = {
     "printer": "rawsvc.triggers.printer:PrinterTrigger",
     "appsocket-status": "rawsvc.triggers.appsocket:AppSocketStatusTrigger",
     "tcp-client": "rawsvc.triggers.tcp_client:TcpClientTrigger",
+    "http": "rawsvc.triggers.http_trigger:HttpTrigger",
 }
 
 ACTION_GROUP = "rawsvc.actions"

@@ -53,7 +53,7 @@ from zope.interface import provider
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer, ITriggerType
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, with_backlog
 from rawsvc.triggers.connection import FramedConnection
 from rawsvc.triggers.framing import CLOSE, END, HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 from rawsvc.triggers.policy import ConnectionPolicy
@@ -63,7 +63,8 @@ from rawsvc.triggers.stream_framings import FRAMING_OPTIONS, framer_factory
 __all__ = [
     "CLOSE", "END", "FRAMING_OPTIONS", "HALF_CLOSE", "LISTENER_OPTIONS", "STREAM_OPTIONS", "ConnectionPolicy",
     "ConnectionSettings", "Data", "Drop", "End", "Event", "FramedConnection", "FramedTrigger", "IAnnouncingFramer",
-    "IConnectionPolicy", "IFramer", "Query", "Reply", "Start", "framed_trigger", "framer_factory",
+    "IConnectionPolicy", "IFramer", "ListenerTrigger", "Query", "Reply", "Start", "framed_trigger", "framer_factory",
+    "with_backlog",
 ]
 
 #: What a framed trigger accepts besides the listener options.
