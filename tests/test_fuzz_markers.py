@@ -122,3 +122,75 @@ def test_length_prefix_a_length_shorter_than_its_header_is_an_error_naming_it():
 
     with pytest.raises(LengthPrefixError, match="shorter than its own 2-byte header"):
         LengthPrefixFramer(2, "big", True).feed(b"\x00\x01")
+
+
+# Through a real FramedConnection (StringTransport, recording sink) -------------
+
+
+class _RecordingSink:
+    def __init__(self):
+        self.payloads: list[bytes] = []
+
+    def submit(self, job, flow, counters=None):
+        from twisted.internet.defer import succeed
+
+        self.payloads.append(job.payload.bytes())
+        job.payload.discard()
+        return succeed(None)
+
+
+def _connection(tmp_path, **keys):
+    import json
+
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from rawsvc.config import loads
+    from rawsvc.context import BuildContext
+
+    trigger = {"name": "t", "type": "tcp", "listen": "tcp:0", "flow": "f", "skip_empty": False, **keys}
+    text = (
+        f'[service]\nstate_dir = "{tmp_path}"\nspill_threshold = 64\n[[trigger]]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in trigger.items())
+        + '[[flow]]\nname = "f"\nactions = [ { type = "log" } ]\n'
+    )
+    trig = loads(text, "fuzz.toml", BuildContext(reactor=Clock())).triggers["t"]
+    trig.sink = _RecordingSink()
+    proto = trig.build_protocol()
+    proto.makeConnection(StringTransport())
+    return proto, trig
+
+
+CONN = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@CONN
+@given(split=splits(), ends=st.sampled_from([("\u0002", "\u0003"), ("<msg>", "</msg>"), ("ab", "b")]),
+       on_restart=st.sampled_from(["restart", "ignore"]))
+def test_connection_markers_jobs_do_not_depend_on_how_tcp_split_the_stream(tmp_path, split, ends, on_restart):
+    data, chunks = split
+    start, end = ends
+    proto, trig = _connection(tmp_path, execute_on="markers", start=start, end=end, on_restart=on_restart)
+    for chunk in chunks:
+        if chunk:
+            proto.dataReceived(chunk)
+    proto.readConnectionLost()
+    jobs, dropped = frame_markers(data, start.encode("latin-1"), end.encode("latin-1"), on_restart)
+    assert trig.sink.payloads == jobs
+    assert trig.bytes_dropped == dropped
+
+
+@CONN
+@given(case=prefixed(), data=st.data())
+def test_connection_length_prefix_jobs_do_not_depend_on_how_tcp_split_the_stream(tmp_path, case, data):
+    size, order, counts, bodies, stream = case
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    bounds = [0, *cuts, len(stream)]
+    proto, trig = _connection(tmp_path, execute_on="length_prefix", prefix_bytes=size, byte_order=order,
+                              prefix_counts_header=counts)
+    for a, b in zip(bounds, bounds[1:]):
+        if b > a:
+            proto.dataReceived(stream[a:b])
+    proto.readConnectionLost()
+    assert trig.sink.payloads == frame_all(LengthPrefixFramer(size, order, counts), [stream])
