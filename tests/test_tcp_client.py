@@ -241,3 +241,52 @@ def test_tcp_client_keys_are_checked_with_errors_that_name_the_key(tmp_path, key
     errors = e.value.errors
     assert len(errors) == 1, errors
     assert key in errors[0] and words in errors[0], errors[0]
+
+
+def _cert_with_san(tmp_path):
+    """A self-signed certificate for localhost (with a subjectAltName, which TLS clients check)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "device.pem").write_bytes(pem)
+    (roots / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return tmp_path / "device.pem", roots
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_endpoint_reaches_a_tls_device(service_factory, reactor, tmp_path):
+    from twisted.internet import ssl
+
+    pem, roots = _cert_with_san(tmp_path)
+    device = Device(reactor, [b"over-tls"], per_link=1, refuse_for=0.05)
+    factory = Factory.forProtocol(lambda: _DeviceProtocol(device))
+    options = ssl.PrivateCertificate.loadPEM(pem.read_text()).options()
+    device.listening = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
+    port = device.listening.getHost().port
+    svc = service_factory(client_trigger(port, endpoint=f"tls:host=localhost:port={port}:trustRoots={roots}")
+                          + record_flow(tmp_path / "out"))
+    try:
+        yield wait_until(lambda: device.replies == [b"ACK over-tls"], timeout=10)
+        assert svc.triggers["dev"].status()["connects"] >= 1
+    finally:
+        device.next = len(device.records)  # no refuse/accept cycle any more
+        yield device.stop()
