@@ -185,3 +185,28 @@ def test_a_large_body_streams_into_a_spill_file(service_factory, http, tmp_path)
     r = yield http.post(url(svc) + "?order=1", data=body, headers=auth)
     assert r.code == 200
     assert (yield r.content()) == b"printed 262144 bytes for order 1 (big) via /print/shop\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_closes_an_idle_keep_alive_connection(tmp_path):
+    import socket
+
+    from support import recv_until, start_service, stop_service
+
+    svc = start_service(tmp_path, http_trigger() + FLOWS)
+    port = svc.triggers["shop"].port.getHost().port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    request = (f"POST /print/shop?order=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               "X-Order-Id: K\r\nContent-Length: 2\r\n\r\nhi").encode()
+    try:
+        sock.sendall(request)
+        answer = yield deferToThread(recv_until, sock, b"via /print/shop\n")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"printed 2 bytes for order 1 (K) via /print/shop\n")
+        stopping = svc.stopService()
+        sock.settimeout(10)
+        assert (yield deferToThread(sock.recv, 1)) == b""  # EOF: closed by the stop (a timeout would raise)
+        yield stopping
+    finally:
+        sock.close()
+        if svc.running:
+            stop_service(svc)

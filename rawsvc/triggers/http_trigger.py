@@ -20,6 +20,7 @@ import io
 import ipaddress
 import json
 import re
+import weakref
 from typing import Any, cast
 
 from twisted.application.service import Service
@@ -109,6 +110,7 @@ class JobRequest(Request):
     def __init__(self, trigger: "HttpTrigger", channel: Any, *args: Any, **kw: Any) -> None:
         super().__init__(channel, *args, **kw)
         self.trigger = trigger
+        trigger.site.channels.add(channel)
         self.payload: Payload | None = None
         self.refusal: tuple[int, str] | None = None
         self.gone = False
@@ -154,9 +156,17 @@ class JobRequest(Request):
 
 
 class _JobSite(Site):
-    """The trigger's site: no resource tree (L{JobRequest.process} answers) and no access log (jobs are logged)."""
+    """
+    The trigger's site: no resource tree (L{JobRequest.process} answers),
+    no access log (jobs are logged), and the connections that made a
+    request known (C{channels}), so a stop can close the idle ones.
+    """
 
     noisy = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def log(self, request: Any) -> None:
         pass
@@ -210,6 +220,8 @@ class HttpTrigger(Service):
 
     def serve(self, request: JobRequest) -> None:
         """Answer a request whose body has arrived: refuse it, or run its job and answer with the outcome."""
+        if not self.running:
+            return self._drop(request, 503, "the service is stopping")
         if request.path != self.path:
             return self._drop(request, 404, f"no such path; jobs are POSTed to {self.path.decode()}")
         if request.method != b"POST":
@@ -269,8 +281,9 @@ class HttpTrigger(Service):
             self.counters.bytes_out += len(body)
             request.setResponseCode(200)
             request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
-            request.finish()
+            self._finish(request)
             return
         code = 422 if state in ("failed", "cancelled") else 503
         self._json(request, code, {"error": job.error or state, "job_id": job.job_id, "state": state})
@@ -285,9 +298,15 @@ class HttpTrigger(Service):
         data = json.dumps(body).encode("utf-8") + b"\n"
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(data))
         self.counters.bytes_out += len(data)
         request.write(data)
+        self._finish(request)
+
+    def _finish(self, request: Request) -> None:
         request.finish()
+        if not self.running:  # stopping: no keep-alive
+            cast(Any, request.channel.transport).loseConnection()
 
     # Lifetime ---------------------------------------------------------------
 
@@ -322,7 +341,12 @@ class HttpTrigger(Service):
         return listener.stopService() if listener is not None else succeed(None)
 
     def stopService(self) -> Deferred:
+        """Stop listening and close the idle keep-alive connections; a request in flight is answered first."""
         super().stopService()
+        busy = {r.channel.transport for r in self.receiving_requests | self._submitted if r.channel is not None}
+        for channel in list(self.site.channels):
+            if channel.transport is not None and channel.transport not in busy and not channel.requests:
+                channel.transport.loseConnection()
         return self._close()
 
     def pause(self) -> Deferred:
