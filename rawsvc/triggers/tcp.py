@@ -23,7 +23,8 @@ from rawsvc.triggers.base import LISTENER_OPTIONS
 from rawsvc.triggers.stream_framings import FRAMING_OPTIONS, framer_factory
 
 TCP_OPTIONS = LISTENER_OPTIONS + FRAMING_OPTIONS + o.Schema(
-    o.Option("skip_empty", bool, True, doc="with `delimiter`: ignore empty messages"),
+    o.Option("skip_empty", bool, True,
+             doc="ignore empty messages (a bare `delimiter`, `start` right before `end`, a length of 0)"),
     o.Option("partial", str, "process", o.one_of("process", "discard"),
              doc="bytes left at a clean close without a delimiter / short of `length`: `process` or `discard` "
                  "(logged either way)"),

@@ -242,10 +242,11 @@ class TcpClientTrigger(Service):
         self.keepalive = options["keepalive"]
         self.counters = TriggerCounters()
         self.sink: IJobSink = context.sink
-        # What a FramedConnection reads from its trigger (one link: one counted connection).
+        # What a FramedConnection reads from its trigger: one link, and room
+        # for its successor while a paused link still finishes its jobs.
         self.connections: set = set()
         self.counted: set = set()
-        self.max_connections = 1
+        self.max_connections = 2
         self.spill_budget = SpillBudget(options["spill_budget"] or None)
         self.bytes_dropped = 0
         self.paused = False
