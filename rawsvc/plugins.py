@@ -32,6 +32,8 @@ BUILTIN_TRIGGERS = {
     "tcp": "rawsvc.triggers.tcp:TcpTrigger",
     "printer": "rawsvc.triggers.printer:PrinterTrigger",
     "appsocket-status": "rawsvc.triggers.appsocket:AppSocketStatusTrigger",
+    "tcp-client": "rawsvc.triggers.tcp_client:TcpClientTrigger",
+    "http": "rawsvc.triggers.http_trigger:HttpTrigger",
 }
 
 ACTION_GROUP = "rawsvc.actions"

@@ -28,6 +28,11 @@ a L{rawsvc.triggers.policy.ConnectionPolicy} subclass, built per connection
 Subclassing L{FramedTrigger} does the same with methods (the C{tcp}
 trigger does); its only required override is L{FramedTrigger.make_framer}.
 
+B{With the C{tcp} trigger's framings.}  L{FRAMING_OPTIONS} declares
+C{execute_on} and the keys of each framing (delimiter, length, idle,
+markers, length_prefix); L{framer_factory} checks them and returns what
+makes one framer per connection (the C{tcp-client} trigger frames so).
+
 B{With a plain Twisted protocol.}  Subclass
 L{rawsvc.triggers.base.ListenerTrigger}, override C{build_protocol()} to
 return your protocol, and for each job build a L{rawsvc.job.Job} and call
@@ -48,19 +53,21 @@ from zope.interface import provider
 from rawsvc import options as o
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer, ITriggerType
-from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger
+from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, with_backlog
 from rawsvc.triggers.connection import FramedConnection
 from rawsvc.triggers.framing import CLOSE, END, HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 from rawsvc.triggers.policy import ConnectionPolicy
 from rawsvc.triggers.settings import ConnectionSettings
+from rawsvc.triggers.stream_framings import FRAMING_OPTIONS, framer_factory
 
 if TYPE_CHECKING:
     from rawsvc.context import BuildContext
 
 __all__ = [
-    "CLOSE", "END", "HALF_CLOSE", "STREAM_OPTIONS", "ConnectionPolicy", "ConnectionSettings", "Data", "Drop",
-    "End", "Event", "FramedConnection", "FramedTrigger", "IAnnouncingFramer", "IConnectionPolicy", "IFramer",
-    "Query", "Reply", "Start", "framed_trigger",
+    "CLOSE", "END", "FRAMING_OPTIONS", "HALF_CLOSE", "LISTENER_OPTIONS", "STREAM_OPTIONS", "ConnectionPolicy",
+    "ConnectionSettings", "Data", "Drop", "End", "Event", "FramedConnection", "FramedTrigger", "IAnnouncingFramer",
+    "IConnectionPolicy", "IFramer", "ListenerTrigger", "Query", "Reply", "Start", "framed_trigger", "framer_factory",
+    "with_backlog",
 ]
 
 #: What a framed trigger accepts besides the listener options.
