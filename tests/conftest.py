@@ -123,3 +123,4 @@ def service_factory(tmp_path):
     yield make
     for svc in started:
         stop_service(svc)
+from pg_support import pg_server  # noqa: F401,E402  (a session's throwaway PostgreSQL)
