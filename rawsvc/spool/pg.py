@@ -33,7 +33,7 @@ from zope.interface import implementer
 from rawsvc.interfaces import IJobStore
 from rawsvc.spool import pg_ops
 from rawsvc.spool.model import UNFINISHED, SpoolError
-from rawsvc.spool.pg_schema import describe, migrate
+from rawsvc.spool.pg_schema import describe, is_pg_uri, migrate
 from rawsvc.spool.pg_worker import OPEN, STOP, WORK, Op, PgWorker, Unavailable
 
 log = Logger(namespace="rawsvc.spool.pg")
@@ -45,11 +45,6 @@ CONNECT_TIMEOUT = 5
 #: libpq settings the DSN may override: give up on a dead server within seconds, not hours.
 DEFAULTS = {"connect_timeout": str(CONNECT_TIMEOUT), "keepalives": "1", "keepalives_idle": "10",
             "keepalives_interval": "3", "keepalives_count": "3", "application_name": "rawsvc"}
-
-
-def is_pg_uri(value: Any) -> bool:
-    """True for a libpq URI (C{postgresql://...} or C{postgres://...})."""
-    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
 
 
 @implementer(IJobStore)
@@ -149,7 +144,8 @@ class PgStore:
     # Writes -----------------------------------------------------------------
 
     def _closed(self) -> SpoolError | None:
-        if self._open:
+        """Why an operation asked now fails at once; None when it goes to the thread (open, or opening)."""
+        if self._open or self._waiters:  # while opening: queued behind the open, as in the SQLite store
             return None
         if self._stopped:
             return SpoolError(_STOPPED)

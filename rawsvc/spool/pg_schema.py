@@ -119,6 +119,11 @@ def migrate(conn: Any) -> tuple[int, int]:
     return found, VERSION
 
 
+def is_pg_uri(value: Any) -> bool:
+    """True for a libpq URI (C{postgresql://...} or C{postgres://...})."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
+
+
 def describe(dsn: str) -> str:
     """
     The database C{dsn} names, for people: C{postgresql://user@host:port/db}
