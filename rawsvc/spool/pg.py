@@ -136,9 +136,11 @@ class PgStore:
         if not self.worker.running:
             self.incarnation = None
             return succeed(None)
-        for args in self._kept.values():  # a last try for the final states a lost connection kept
-            self.worker.submit(Op(WORK, _bound(pg_ops.finish, *args), self._background("finish", args)))
-        self._kept.clear()
+        if self._kept:  # a last try for the final states a lost connection kept: connect again first
+            self.worker.submit(Op(OPEN, self._on_open, lambda ok, value: None))
+            kept, self._kept = self._kept, {}
+            for args in kept.values():
+                self.worker.submit(Op(WORK, _bound(pg_ops.finish, *args), self._background("final state", None)))
         return self.worker.call(STOP, lambda conn: None).addErrback(lambda f: None)
 
     # Writes -----------------------------------------------------------------
@@ -196,7 +198,7 @@ class PgStore:
     def _rewrite_kept(self) -> None:
         kept, self._kept = self._kept, {}
         for args in kept.values():
-            self.worker.submit(Op(WORK, _bound(pg_ops.finish, *args), self._background("finish", args)))
+            self.worker.submit(Op(WORK, _bound(pg_ops.finish, *args), self._background("final state", args)))
 
     def add(self, job: Any, flow: str, variables: dict[str, str] | None = None) -> Deferred:
         snapshot = dict(variables if variables is not None else job.variables.snapshot())
