@@ -194,9 +194,7 @@ def _with_payload(conn: Any, row: dict[str, Any], files_dir: str) -> StoredJob:
             if piece is None:
                 raise SpoolError(f"the payload of job {row['job_id']} is incomplete in the database (chunk {n})")
             f.write(piece[0])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    os.replace(partial, path)  # a copy (the database holds the payload): no fsync needed
     return _record(row, path=path)
 
 
