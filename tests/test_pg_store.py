@@ -220,3 +220,39 @@ def test_a_postgresql_spool_builds_a_pg_store(tmp_path):
     assert isinstance(store, PgStore)
     assert store.where == "postgresql://u@127.0.0.1:1/d"
     assert store.files_dir == str(tmp_path / "pg-payloads")
+
+
+# Lifetime -------------------------------------------------------------------------
+
+@inlineCallbacks
+def test_stop_and_open_in_one_turn_and_stop_twice(pg_server, stores, tmp_path):
+    store = new_store(stores, pg_server.new_database(), tmp_path)
+    for _ in range(5):  # a new thread each time, never a queue nobody reads
+        yield store.open()
+        job = make_job(b"x")
+        yield store.add(job, "f")
+        d = store.stop()
+        again = store.stop()
+        yield d
+        yield again
+    yield store.open()
+    records = yield store.load()
+    assert len(records) == 5  # every job back, adopted from the incarnations that left
+    stopping = store.stop()
+    with pytest.raises(SpoolError) as e:
+        yield store.add(make_job(b"late"), "f")
+    assert str(e.value) == "the spool is stopped"
+    yield stopping
+
+
+@inlineCallbacks
+def test_a_stop_asked_while_opening_wins(pg_server, stores, tmp_path):
+    store = new_store(stores, pg_server.new_database(), tmp_path)
+    opening = store.open()
+    stopping = store.stop()
+    yield opening
+    yield stopping
+    with pytest.raises(SpoolError) as e:
+        yield store.add(make_job(b"late"), "f")
+    assert str(e.value) == "the spool is stopped"
+    assert not store.worker.running

@@ -93,8 +93,9 @@ class PgStore:
 
     def _opened(self, where: str) -> None:
         self.error = None
-        self._open = True
-        self._rewrite_kept()
+        self._open = not self._stopped  # a stop asked meanwhile comes after this open, and wins
+        if self._open:
+            self._rewrite_kept()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(where)
@@ -147,7 +148,7 @@ class PgStore:
 
     def _closed(self) -> SpoolError | None:
         """Why an operation asked now fails at once; None when it goes to the thread (open, or opening)."""
-        if self._open or self._waiters:  # while opening: queued behind the open, as in the SQLite store
+        if self._open or (self._waiters and not self._stopped):  # opening: queued behind the open, as in SQLite
             return None
         if self._stopped:
             return SpoolError(_STOPPED)

@@ -70,6 +70,7 @@ class PgWorker:
         self._leave = leave
         self._queue: queue.Queue[Op] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stop_sent = False
         self.conn: Any = None
         #: Thread side: why the connection is not there (None while it is, or before the first open).
         self.lost: str | None = None
@@ -77,16 +78,21 @@ class PgWorker:
         self.batches = 0
 
     def start(self) -> None:
-        """Start the thread unless it runs."""
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="rawsvc-pg", daemon=True)
+        """Start the thread unless it runs (a thread told to stop is done: a new one takes a new queue)."""
+        if not self.running:
+            self._queue = queue.Queue()
+            self._stop_sent = False
+            self._thread = threading.Thread(target=self._loop, args=(self._queue,), name="rawsvc-pg", daemon=True)
             self._thread.start()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The thread takes operations (started, and not told to stop)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop_sent
 
     def submit(self, op: Op) -> None:
+        if op.kind == STOP:
+            self._stop_sent = True
         self._queue.put(op)
 
     def call(self, kind: str, fn: Callable[[Any], Any]) -> Deferred:
@@ -101,12 +107,12 @@ class PgWorker:
 
     # The thread -------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, ops: queue.Queue[Op]) -> None:
         while True:
-            batch = [self._queue.get()]
+            batch = [ops.get()]
             while len(batch) < MAX_BATCH and batch[-1].kind == WORK:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(ops.get_nowait())
                 except queue.Empty:
                     break
             work = [op for op in batch if op.kind == WORK]
