@@ -8,6 +8,7 @@ never shows.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -17,6 +18,7 @@ from twisted.internet.threads import deferToThread
 from pg_support import PgServer
 from rawsvc.config import SERVICE_OPTIONS, loads
 from rawsvc.errors import ConfigError
+from rawsvc.job import Job, Payload
 from rawsvc.spool.model import SpoolError
 from rawsvc.spool.pg import PgStore
 from rawsvc.spool.pg_schema import CHUNK, VERSION, describe, migrate
@@ -256,3 +258,32 @@ def test_a_stop_asked_while_opening_wins(pg_server, stores, tmp_path):
         yield store.add(make_job(b"late"), "f")
     assert str(e.value) == "the spool is stopped"
     assert not store.worker.running
+
+
+@inlineCallbacks
+def test_memory_does_not_grow_with_job_size(pg_server, stores, tmp_path):
+    import tracemalloc
+
+    store = new_store(stores, pg_server.new_database(), tmp_path)
+    yield store.open()
+    size = 24 << 20
+    spill = tmp_path / "incoming"
+    spill.mkdir()
+    payload = Payload(spool_dir=str(spill), threshold=0)  # as a trigger receives it: piece by piece, to a file
+    for i in range(size // CHUNK):
+        payload.write(bytes([i % 256]) * CHUNK)
+    payload.close()
+    job = Job(trigger="t", payload=payload, peer_host="10.0.0.7", peer_port=4242)
+    tracemalloc.start()
+    try:
+        yield store.add(job, "f")
+        _, stored_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        [record] = yield store.load(job_id=job.job_id)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert os.path.getsize(record.payload_path) == size
+    with open(record.payload_path, "rb") as f:
+        assert f.read(CHUNK) == bytes([0]) * CHUNK
+    assert stored_peak < 8 * CHUNK and read_peak < 8 * CHUNK, (stored_peak, read_peak)  # not 24 MiB
