@@ -25,6 +25,7 @@ from test_spool_restart import Printer, start_twistd, wait_for
 
 pytestmark = pytest.mark.slow
 
+SECRET = "s3cret-pw"
 PAYLOAD = bytes(b for b in range(256) if b != 10) * 400 + b"end"  # 100 KiB, no newline: stored in chunks
 
 
@@ -33,6 +34,11 @@ def server():
     pg = PgServer()
     yield pg
     pg.destroy()
+
+
+def with_password(uri: str) -> str:
+    """The URI with a password (trust authentication ignores it): it must never show."""
+    return uri.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
 
 
 def write_config(tmp_path, uri: str, trigger_port: int, printer_port: int, admin_port: int) -> str:
@@ -98,14 +104,18 @@ def until_stored(port: int, data: bytes, timeout: float = 30) -> bytes:
         time.sleep(0.2)
 
 
-def healthz(port: int) -> int:
+def healthz(port: int, body: list[bytes] | None = None) -> int:
+    """The status of C{/healthz} (0: no answer); its body appended to C{body} when given."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status
+            text, status = r.read(), r.status
     except urllib.error.HTTPError as e:
-        return e.code
+        text, status = e.read(), e.code
     except OSError:
         return 0
+    if body is not None:
+        body.append(text)
+    return status
 
 
 def listening(port: int) -> bool:
@@ -128,7 +138,7 @@ def stop(service: subprocess.Popen) -> None:
 
 def test_an_acknowledged_job_is_a_row_in_postgresql_and_resumes_after_a_sigkill(tmp_path, server):
     server.start()
-    uri = server.new_database("svc")
+    uri = with_password(server.new_database("svc"))
     trigger_port, printer_port, admin_port = free_port(), free_port(), free_port()
     config = write_config(tmp_path, uri, trigger_port, printer_port, admin_port)
     log_path = str(tmp_path / "twistd.log")
@@ -161,7 +171,7 @@ def test_an_acknowledged_job_is_a_row_in_postgresql_and_resumes_after_a_sigkill(
         assert server.execute(uri, "SELECT state FROM rawsvc_nodes ORDER BY started_at")[-1] == ("left",)
         with open(log_path) as f:
             text = f.read()
-        assert "spool open: postgresql://postgres@127.0.0.1" in text
+        assert "spool open: postgresql://postgres@127.0.0.1" in text and SECRET not in text
     finally:
         stop(service)
         if printer is not None:
@@ -171,7 +181,7 @@ def test_an_acknowledged_job_is_a_row_in_postgresql_and_resumes_after_a_sigkill(
 
 def test_postgresql_out_of_reach_refuses_jobs_and_the_service_recovers(tmp_path, server):
     trigger_port, printer_port, admin_port = free_port(), free_port(), free_port()
-    uri = server.uri("postgres")  # the server is not started yet
+    uri = with_password(server.uri("postgres"))  # the server is not started yet
     config = write_config(tmp_path, uri, trigger_port, printer_port, admin_port)
     log_path = str(tmp_path / "twistd.log")
     printer = Printer(printer_port)
@@ -199,7 +209,9 @@ def test_postgresql_out_of_reach_refuses_jobs_and_the_service_recovers(tmp_path,
             time.sleep(0.2)
         assert answers[-1].startswith(b"NO spool unavailable: "), answers
         assert all(not a.startswith(b"OK ") for a in answers), answers
-        wait_for(lambda: healthz(admin_port) == 503, 10, "the service unhealthy during the outage")
+        unhealthy: list[bytes] = []
+        wait_for(lambda: healthz(admin_port, unhealthy) == 503, 10, "the service unhealthy during the outage")
+        assert b"spool unavailable" in unhealthy[-1] and SECRET.encode() not in unhealthy[-1], unhealthy[-1]
 
         server.start()
         second = until_stored(trigger_port, b"second job")
@@ -210,7 +222,8 @@ def test_postgresql_out_of_reach_refuses_jobs_and_the_service_recovers(tmp_path,
         assert {first[3:].decode(), second[3:].decode()} <= stored
         with open(log_path) as f:
             text = f.read()
-        assert "spool unavailable" in text and "password" not in text
+        assert "spool unavailable" in text and SECRET not in text
+        assert all(SECRET.encode() not in a for a in [refused, *answers])
     finally:
         stop(service)
         printer.stopped = True
