@@ -37,6 +37,18 @@ def _state_dir(value: str) -> str:
     return value or DEFAULT_STATE_DIR
 
 
+def _spool(value: bool | str) -> bool | str:
+    """C{true}, C{false}, or a PostgreSQL URI (C{postgresql://...}); anything else is a config error."""
+    if isinstance(value, bool):
+        return value
+    from rawsvc.spool.pg_schema import is_pg_uri
+
+    if not is_pg_uri(value):
+        raise ConfigIssue("must be true, false or a PostgreSQL URI (\"postgresql://user@host:port/database\"), "
+                          f"not the string {value!r}")
+    return value
+
+
 SERVICE_OPTIONS = o.Schema(
     o.Option("state_dir", str, DEFAULT_STATE_DIR, _state_dir,
              doc="spool, host keys, temporary files (created with mode 0700). A relative path is taken from the "
@@ -48,7 +60,10 @@ SERVICE_OPTIONS = o.Schema(
              doc="where `send_tcp` may connect (see `send_tcp`)", shown_default="literal destinations + loopback"),
     o.Option("spill_threshold", int, 1 << 20, o.positive,
              doc="bytes past which a job's payload moves from memory to a file"),
-    o.Option("spool", bool, True, doc="store accepted jobs durably before acknowledging them"),
+    o.Option("spool", (bool, str), True, _spool,
+             doc="store accepted jobs durably before acknowledging them: `true` in SQLite in `state_dir`, `false` "
+                 "in memory only (nothing survives a restart), or a PostgreSQL libpq URI "
+                 "`\"postgresql://user@host:port/db\"` (see \"PostgreSQL spool\")"),
     o.Option("retention_days", (int, float), 7.0, o.non_negative, doc="purge finished jobs after this many days"),
     o.Option("retention_mb", (int, float), 1024.0, o.non_negative,
              doc="purge the oldest finished jobs beyond this size"),

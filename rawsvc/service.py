@@ -81,7 +81,7 @@ class RawService(MultiService):
         self._components: list[IService] = [IService(self.destinations), self.context.http_clients,
                                             *self.context.services]
         # One owner per state_dir: taken first at start, released last at stop.
-        self.state_lock = StateDirLock(self.context.state_dir, spool=bool(self.config.service.get("spool", True)))
+        self.state_lock = StateDirLock(self.context.state_dir, spool=self.config.service.get("spool", True) is True)
         self._components.append(self.state_lock)
         for component in self._components:
             component.setServiceParent(self)

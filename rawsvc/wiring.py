@@ -16,8 +16,9 @@ Nothing is looked up by name at run time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface.verify import verifyObject
 
@@ -29,12 +30,17 @@ if TYPE_CHECKING:
     from rawsvc.job import Job
     from rawsvc.metrics import TriggerCounters
 
+#: The folder of C{state_dir} where a PostgreSQL spool keeps the large payloads it read back.
+PG_PAYLOADS = "pg-payloads"
+
+
 
 def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
     """
     The job sink for C{flows}: C{context.sink} when the caller (a test) set
     one, else the durable spool sink (C{[service] spool = true}, the
-    default) or the in-memory dispatcher.
+    default, or a PostgreSQL URI: L{build_store}) or the in-memory
+    dispatcher.
     """
     if context.sink is not None:
         return context.sink
@@ -44,9 +50,8 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
     sink: IJobSink
     if opts.spool:
         from rawsvc.spool.sink import SpoolSink
-        from rawsvc.spool.store import Store
 
-        store = Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))
+        store = build_store(context, opts)
         verifyObject(IJobStore, store)
         spool = SpoolSink(
             dict(flows), store, context.reactor,
@@ -69,6 +74,23 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
         context.destinations.add_watcher(sink)  # a delivery waiting to retry shows on its job
     context.sink = sink
     return sink
+
+
+def build_store(context: BuildContext, opts: Any) -> IJobStore:
+    """
+    The store behind the spool sink: PostgreSQL for a C{postgresql://} URI
+    (large payloads read back are kept in C{state_dir/pg-payloads}), else
+    SQLite in C{state_dir}.
+    """
+    from rawsvc.spool.pg_schema import is_pg_uri
+
+    if is_pg_uri(opts.spool):
+        from rawsvc.spool.pg import PgStore
+
+        return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS))
+    from rawsvc.spool.store import Store
+
+    return Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))
 
 
 def counters_of(triggers: Mapping[str, ITrigger], name: str) -> TriggerCounters | None:

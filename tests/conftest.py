@@ -123,3 +123,5 @@ def service_factory(tmp_path):
     yield make
     for svc in started:
         stop_service(svc)
+# A session's throwaway PostgreSQL (at the end: pg_support imports require_tool from here).
+from pg_support import pg_server  # noqa: F401,E402
