@@ -55,6 +55,10 @@ class Flow:
         Actions that return plain values run in a plain loop; from the first
         one that returns a Deferred (or fails) the rest runs in L{_resume}.
         """
+        gate, job.gate = job.gate, None
+        if gate is not None and not gate.called:
+            # Held by its trigger (after the sink stored it): start once let go.
+            return gate.addCallback(lambda _: self.run(job, start_at))
         job.state = "running"
         started = time.monotonic()
         actions = self.actions

@@ -327,6 +327,10 @@ class Job:
     finished_at: float | None = None
     variables: Variables = attrs.field(init=False)
     extra: dict[str, str] = attrs.field(factory=dict, repr=False)
+    #: Set by a trigger that must hold the job's flow (a virtual printer out
+    #: of paper): the sink stores the job as usual, then its flow starts only
+    #: once this fires.  Not stored: a resumed job starts at once.
+    gate: Any = attrs.field(default=None, repr=False)
     #: What the trigger's framer learnt about the job (the printer's
     #: C{pjl_job_name}, C{pjl_language}, C{eoj}; a plugin's frame number):
     #: read-only, and also set as variables (a built-in variable of the same

@@ -95,46 +95,40 @@ class Conditions:
 
 
 @implementer(IJobSink)
+@implementer(IJobSink)
 class HoldingSink:
     """
     The printer's view of the job sink: while C{conditions} hold jobs, a
-    submitted job waits here (its flow does not run); L{release} hands the
-    waiting jobs to C{inner} in arrival order once nothing holds them.
+    job is still handed to C{inner} at once (so the spool stores it before
+    its sender is answered: a held job survives a crash), but with a
+    C{gate} its flow waits on; L{release} opens the gates in arrival order
+    once nothing holds them.
     """
 
     def __init__(self, inner: IJobSink, conditions: Conditions, printer: str) -> None:
         self.inner = inner
         self.conditions = conditions
         self.printer = printer
-        self.held: collections.deque[tuple[Any, str, Any, Deferred]] = collections.deque()
-
-    def __getattr__(self, name: str) -> Any:
-        """Transparent for everything but C{submit}: the trigger's sink is still the service's."""
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+        self.held: collections.deque[tuple[str, Deferred]] = collections.deque()
 
     def submit(self, job: Any, flow_name: str, counters: Any = None) -> Deferred:
         reason = self.conditions.holding
-        if not reason and not self.held:
-            return self.inner.submit(job, flow_name, counters)
-        d: Deferred = Deferred()
-        self.held.append((job, flow_name, counters, d))
-        log.info("printer {printer}: job {job_id} held ({reason}); {n} held",
-                 printer=self.printer, job_id=job.job_id, reason=reason or "jobs before it are held", n=len(self.held))
-        return d
+        if reason or self.held:
+            gate: Deferred = Deferred()
+            job.gate = gate
+            self.held.append((job.job_id, gate))
+            log.info("printer {printer}: job {job_id} held ({reason}); {n} held",
+                     printer=self.printer, job_id=job.job_id, reason=reason or "jobs before it are held",
+                     n=len(self.held))
+        return self.inner.submit(job, flow_name, counters)
 
     def release(self, force: bool = False) -> int:
-        """Hand the held jobs to the sink in order (all of them with C{force}: the service stops)."""
+        """Let the held jobs' flows start, in order (all of them with C{force}: the service stops)."""
         n = 0
         while self.held and (force or not self.conditions.holding):
-            job, flow_name, counters, d = self.held.popleft()
-            try:
-                self.inner.submit(job, flow_name, counters).chainDeferred(d)
-            except Exception:
-                log.failure("printer {printer}: the job sink failed on held job {job_id}",
-                            printer=self.printer, job_id=job.job_id)
-                d.errback()
+            _, gate = self.held.popleft()
+            if not gate.called:
+                gate.callback(None)
             n += 1
         if n:
             log.info("printer {printer}: released {n} held job(s)", printer=self.printer, n=n)
