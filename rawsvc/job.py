@@ -18,8 +18,12 @@ from typing import Any, BinaryIO
 
 import attrs
 
+from twisted.logger import Logger
+
 from rawsvc.errors import TemplateError
 from rawsvc.states import MEMBERS, TRANSITIONS, JobState, transition
+
+log = Logger(namespace="rawsvc.job")
 
 #: Past this size a payload lives in a file rather than in memory.
 SPILL_THRESHOLD = 1 << 20
@@ -256,12 +260,30 @@ class Variables(MutableMapping[str, Any]):
             # Live: triggers usually write the payload after making the job.
             return str(self._job.payload.size)
         if name in _DETECTED and name not in self._values:
-            # A job made without the stream triggers' submit path (which
-            # sets them): detected from its payload on first use.
-            from rawsvc.languages import job_variables
-
-            self._values.update(job_variables(self._job.payload, self._job.meta))
+            self._detect(labels=True)
         return self._values[name]
+
+    def _detect(self, labels: bool) -> None:
+        """
+        ${language} (from the payload's first bytes) and, with C{labels} or a
+        payload in memory (at most spill_threshold), ${labels}: counting the
+        labels of a job spilled to a file reads all of it, so that happens
+        only when a flow asks for ${labels}.
+        """
+        from rawsvc.languages import PREFIX, detect, job_variables
+
+        payload = self._job.payload
+        try:
+            if labels or payload.in_memory:
+                self._values.update(job_variables(payload, self._job.meta))
+            else:
+                with payload.open() as f:
+                    self._values["language"] = detect(f.read(PREFIX), self._job.meta.get("pjl_language", ""))
+        except (OSError, ValueError) as e:  # a payload that cannot be read back (gone, discarded)
+            log.warn("job {job_id}: cannot read its first bytes to tell its language: {why}",
+                     job_id=self._job.job_id, why=getattr(e, "strerror", None) or str(e))
+            self._values.setdefault("language", "")
+            self._values.setdefault("labels", "0")
 
     def __setitem__(self, name: str, value: Any) -> None:
         if isinstance(value, (bytes, bytearray)):
@@ -286,6 +308,8 @@ class Variables(MutableMapping[str, Any]):
 
     def snapshot(self) -> dict[str, str]:
         """Every variable except the payload, for records and logs."""
+        if "language" not in self._values:
+            self._detect(labels=False)  # recorded with the job (the spool's writer thread calls this)
         values = {k: v for k, v in self._values.items() if k != "data"}
         values.setdefault("size", self["size"])
         return values

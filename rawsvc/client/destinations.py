@@ -92,6 +92,8 @@ class DestinationPool(PoolDelivery, Service):
         self._queues: dict[str, DestinationQueue] = {}
         #: Pool members cooling down after a failure: key -> reactor seconds when it ends.
         self._cooling: dict[str, float] = {}
+        #: job_id -> (its first attempt's time, failed attempts) while a pool moves it between printers.
+        self._pool_tries: dict[str, tuple[float, int]] = {}
         self._stopping = False
         #: The stop grace has begun: no more retries (L{begin_stop}).
         self._no_retry = False
@@ -242,8 +244,10 @@ class DestinationPool(PoolDelivery, Service):
     ) -> Generator[Deferred[Any], Any, DeliveryResult]:
         key = str(dest)
         q.current = delivery
-        first = self.reactor.seconds()
-        failed = held = 0
+        # A job a pool moved here keeps its count of failed attempts and its
+        # first attempt's time: retries and retry_for span the whole pool.
+        first, failed = self._pool_tries.pop(delivery.job_id, (self.reactor.seconds(), 0))
+        held = 0
         result: DeliveryResult
         try:
             while True:
@@ -287,10 +291,10 @@ class DestinationPool(PoolDelivery, Service):
                         break  # it would not have been retried anyway
                     result = attrs.evolve(result, outcome=STOPPED, message=f"service stopping; {result.message}")
                     break
+                if policy.gives_up(result.outcome, failed, self.reactor.seconds() - first):
+                    break
                 if pool is not None and result.outcome in TRANSIENT and self._cool(pool, q, result.message):
                     result = attrs.evolve(result, outcome=MOVED)
-                    break
-                if policy.gives_up(result.outcome, failed, self.reactor.seconds() - first):
                     break
                 q.retries += 1
                 q.last_error = result.message
@@ -312,6 +316,8 @@ class DestinationPool(PoolDelivery, Service):
                 delivery.finish()
             q.current = None
             q.idle_since = time.time()
+        if result.outcome == MOVED:
+            self._pool_tries[delivery.job_id] = (first, failed)
         return self._finished(q, delivery, result)
 
     @inlineCallbacks

@@ -26,9 +26,13 @@ __all__ = ["Console", "install", "make_console"]
 
 
 def make_console(service: Any) -> Console:
-    """The console of C{service}: its jobs from the spool when it has one, else from the sink's history."""
+    """
+    The console of C{service}: its jobs from the SQLite spool when it has
+    one, else (no spool, or a PostgreSQL spool, until the console reads
+    through the store) from the sink's history.
+    """
     reactor = service.context.reactor
-    if service.config.service.get("spool", True):
+    if service.config.service.get("spool", True) is True:  # the SQLite spool (not a PostgreSQL one)
         jobs: Any = SpoolJobs(service.context.state_dir, reactor, reactor.getThreadPool())
     else:
         jobs = MemoryJobs(service.sink)

@@ -5,8 +5,9 @@ body becomes a job; the flow's replies become the response body.
 How a request ends: 200 with the replies when the flow ended done; 422
 with a JSON body (C{error}, C{job_id}, C{state}) when it failed; 401
 without the bearer C{token}; 413 for a body larger than C{max_job_bytes};
-503 when the job could not be stored; 404 / 405 for another path or
-method.  The body streams into the job's payload (a spill file past
+503 when the job could not be stored (send it again); 202 when it is
+stored but the service stopped before its flow ended (it resumes: do not
+send it again); 404 / 405 for another path or method.  The body streams into the job's payload (a spill file past
 C{spill_threshold}), never whole into memory, and the response waits
 until the sink has stored and run the job, as a C{tcp} reply does.
 Query parameters and the C{headers} chosen become job variables.
@@ -285,7 +286,14 @@ class HttpTrigger(Service):
             request.write(body)
             self._finish(request)
             return
-        code = 422 if state in ("failed", "cancelled") else 503
+        if state in ("failed", "cancelled"):
+            code = 422
+        elif state == "refused":
+            code = 503  # not stored: send it again
+        else:
+            # Stored, not finished (the stop cut its flow off): it resumes at the
+            # next start, so the client must not send it again (twice printed).
+            code = 202
         self._json(request, code, {"error": job.error or state, "job_id": job.job_id, "state": state})
 
     def _drop(self, request: JobRequest, code: int, why: str) -> None:
@@ -304,9 +312,12 @@ class HttpTrigger(Service):
         self._finish(request)
 
     def _finish(self, request: Request) -> None:
+        channel = request.channel  # finish() lets go of it
         request.finish()
-        if not self.running:  # stopping: no keep-alive
-            cast(Any, request.channel.transport).loseConnection()
+        if not self.running and channel is not None:  # stopping: no keep-alive
+            transport = channel.transport
+            if transport is not None:
+                cast(Any, transport).loseConnection()
 
     # Lifetime ---------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from twisted.internet.defer import fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rawsvc import languages
 from rawsvc.compat import stream_transport
 from rawsvc.interfaces import IConnectionPolicy
 from rawsvc.job import Job, Payload
@@ -72,11 +71,9 @@ class JobSubmission(ConnectionLimits):
             encoding=s.job_encoding,
             meta=end.meta if end is not None else {},
         )
-        try:
-            job.variables.update(languages.job_variables(payload, job.meta))
-        except OSError as e:  # a spilled payload that cannot be read back: its flow will say so
-            log.warn("trigger {trigger}: job {job_id}: cannot read its first bytes: {why}",
-                     trigger=s.trigger, job_id=job.job_id, why=e.strerror or str(e))
+        # ${language} and ${labels} are detected from the payload on first use
+        # (a flow's template, the spool's record of the job, /jobs): a job that
+        # needs neither costs nothing for them.
         self.jobs += 1
         slot = self.replies.new_slot(self.label)
         job.reply_channel = slot
