@@ -111,6 +111,15 @@ class HoldingSink:
         self.printer = printer
         self.held: collections.deque[tuple[str, Deferred]] = collections.deque()
 
+    def __getattr__(self, name: str) -> Any:
+        """
+        A proxy for the rest: the trigger's sink is still the service's (what
+        a test gave it, e.g. L{rawsvc.testing.StubSink}, reads through).
+        """
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def submit(self, job: Any, flow_name: str, counters: Any = None) -> Deferred:
         reason = self.conditions.holding
         if reason or self.held:
