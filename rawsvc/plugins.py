@@ -34,6 +34,7 @@ BUILTIN_TRIGGERS = {
     "appsocket-status": "rawsvc.triggers.appsocket:AppSocketStatusTrigger",
     "tcp-client": "rawsvc.triggers.tcp_client:TcpClientTrigger",
     "http": "rawsvc.triggers.http_trigger:HttpTrigger",
+    "folder": "rawsvc.triggers.folder:FolderTrigger",
 }
 
 ACTION_GROUP = "rawsvc.actions"
