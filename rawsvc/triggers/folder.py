@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
+from rawsvc.context import config_relative
 from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IJobSink, IJobStore, ITrigger, ITriggerType
 from rawsvc.job import Job, Payload, new_job_id
@@ -77,7 +78,7 @@ def _pattern(value: str) -> str:
 
 FOLDER_OPTIONS = o.Schema(*(LISTENER_OPTIONS.options[k] for k in ("name",))) + o.Schema(
     o.Option("type", str, doc="the trigger type: `folder`"),
-    o.Option("path", str, doc="the watched folder (created with mode 0700); `done/`, `failed/` and `.taken/` "
+    o.Option("path", str, doc="the watched folder (relative to the config file's folder; created with mode 0700); `done/`, `failed/` and `.taken/` "
                               "are made inside it"),
 ) + o.Schema(*(LISTENER_OPTIONS.options[k] for k in ("flow", "description", "encoding"))) + o.Schema(
     o.Option("pattern", str, "*", _pattern, doc="only files whose name matches this glob become jobs (`*.zpl`)"),
@@ -193,7 +194,7 @@ class FolderTrigger(Service):
         self.reactor = context.reactor
         self.flow = options["flow"]
         self.encoding = options["encoding"]
-        self.folder = Folder(os.path.abspath(os.path.expanduser(options["path"])), options["pattern"])
+        self.folder = Folder(config_relative(context.config_path, options["path"]), options["pattern"])
         self.poll_interval = float(options["poll_interval"])
         self.settle = float(options["settle"])
         self.max_in_flight = options["max_in_flight"]
