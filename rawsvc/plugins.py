@@ -35,6 +35,7 @@ BUILTIN_TRIGGERS = {
     "tcp-client": "rawsvc.triggers.tcp_client:TcpClientTrigger",
     "http": "rawsvc.triggers.http_trigger:HttpTrigger",
     "folder": "rawsvc.triggers.folder:FolderTrigger",
+    "serial": "rawsvc.triggers.serial_trigger:SerialTrigger",
 }
 
 ACTION_GROUP = "rawsvc.actions"
