@@ -27,7 +27,7 @@ from typing import Any
 from rawsvc import options as o
 
 #: The built-in tables, in README's order.
-TRIGGER_TYPES = ("tcp", "tcp-client", "http", "printer", "appsocket-status")
+TRIGGER_TYPES = ("tcp", "tcp-client", "http", "folder", "serial", "printer", "appsocket-status")
 ACTION_TYPES = ("log", "set", "reply", "file", "send_tcp", "http", "parse")
 ADMIN_TABLES = ("manhole", "http")
 

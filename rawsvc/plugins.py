@@ -34,6 +34,8 @@ BUILTIN_TRIGGERS = {
     "appsocket-status": "rawsvc.triggers.appsocket:AppSocketStatusTrigger",
     "tcp-client": "rawsvc.triggers.tcp_client:TcpClientTrigger",
     "http": "rawsvc.triggers.http_trigger:HttpTrigger",
+    "folder": "rawsvc.triggers.folder:FolderTrigger",
+    "serial": "rawsvc.triggers.serial_trigger:SerialTrigger",
 }
 
 ACTION_GROUP = "rawsvc.actions"

@@ -25,7 +25,7 @@ def _imports(path: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("module", ["tcp_client", "http_trigger"])
+@pytest.mark.parametrize("module", ["tcp_client", "http_trigger", "folder", "serial_trigger"])
 def test_trigger_imports_nothing_private_from_rawsvc_triggers(module):
     imports = _imports(os.path.join(ROOT, "rawsvc", "triggers", f"{module}.py"))
     private = {m for m in imports if m.startswith("rawsvc.triggers") and m not in PUBLIC}
