@@ -77,6 +77,9 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("log_jobs", bool, False,
              doc="log every finished job at info (failures are always logged at warn; job history is in the "
                  "spool, `/jobs` and `rawsvc jobs`)"),
+    o.Option("log_format", str, "text", o.one_of("text", "json"),
+             doc="`text` (twistd's lines) or `json`: one JSON object per line (time, level, namespace, message and "
+                 "the event's fields: job_id, trigger, destination, error ...) to twistd's log file or stdout"),
 )
 
 #: Admin sections: name -> dotted path to their Schema, loaded on first use.
