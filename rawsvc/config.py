@@ -425,6 +425,10 @@ def _load_admin(value: Any, errors: _Errors) -> dict[str, dict[str, Any]]:
             errors.add(where, f"not available in this build: {e}")
             continue
         values, issues = schema.validate(table)
+        if not issues and section == "http":
+            from rawsvc.console.auth import check_options
+
+            issues = check_options(values)  # who may log in, and not without it off loopback
         errors.extend(where, issues)
         if not issues:
             admin[section] = values

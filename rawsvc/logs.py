@@ -77,7 +77,7 @@ def observer_for(twistd_options: Any) -> Callable[[], JsonLineObserver]:
         name = twistd_options.get("logfile") or ""
         if name == "-" or (not name and twistd_options.get("nodaemon")):
             return JsonLineObserver(sys.stdout)
-        return JsonLineObserver(logfile.LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]
+        return JsonLineObserver(logfile.LogFile.fromFullPath(name or "twistd.log"))
 
     return make
 
