@@ -49,6 +49,8 @@ READ_METHODS = (b"GET", b"HEAD")
 #: Failed logins from one address within FAILURE_WINDOW seconds before it is refused outright.
 MAX_FAILURES = 5
 FAILURE_WINDOW = 60.0
+#: Addresses whose failures are remembered at once.
+MAX_HOSTS = 10_000
 #: Verified Basic credentials remembered (bcrypt is slow on purpose).
 CACHE_SIZE = 256
 #: Checked for unknown users, so that they take as long as known ones.
@@ -167,6 +169,8 @@ class RateLimit:
 
     def failed(self, host: str) -> None:
         self._recent(host)
+        if host not in self._failures and len(self._failures) >= MAX_HOSTS:
+            self._failures.pop(next(iter(self._failures)))  # the longest-known address goes first
         self._failures.setdefault(host, deque()).append(self.clock.seconds())
 
 
