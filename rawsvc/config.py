@@ -77,6 +77,9 @@ SERVICE_OPTIONS = o.Schema(
     o.Option("log_jobs", bool, False,
              doc="log every finished job at info (failures are always logged at warn; job history is in the "
                  "spool, `/jobs` and `rawsvc jobs`)"),
+    o.Option("log_format", str, "text", o.one_of("text", "json"),
+             doc="`text` (twistd's lines) or `json`: one JSON object per line (time, level, namespace, message and "
+                 "the event's fields: job_id, trigger, destination, error ...) to twistd's log file or stdout"),
 )
 
 #: Admin sections: name -> dotted path to their Schema, loaded on first use.
@@ -422,6 +425,10 @@ def _load_admin(value: Any, errors: _Errors) -> dict[str, dict[str, Any]]:
             errors.add(where, f"not available in this build: {e}")
             continue
         values, issues = schema.validate(table)
+        if not issues and section == "http":
+            from rawsvc.console.auth import check_options
+
+            issues = check_options(values)  # who may log in, and not without it off loopback
         errors.extend(where, issues)
         if not issues:
             admin[section] = values

@@ -18,6 +18,12 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG, "Path to the TOML config file."],
     ]
 
+    def postOptions(self) -> None:
+        """With C{[service] log_format = "json"}, twistd logs JSON lines (L{rawsvc.logs})."""
+        from rawsvc import logs
+
+        logs.install(self["config"], getattr(self, "parent", None))
+
     def opt_version(self) -> None:
         """Print rawsvc's version and exit."""
         print(f"rawsvc {__version__}")

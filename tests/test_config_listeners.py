@@ -31,6 +31,9 @@ def errors_of(text: str) -> list[str]:
     return []
 
 
+#: Off loopback, [admin.http] needs authentication (see test_console_auth.py).
+ADMIN_TOKEN = 'tokens = ["ci:viewer:0123456789abcdef"]\n'
+
 CLASHES = [
     # (listeners, the clash line expected)
     (tcp("a", "tcp:9100") + tcp("b", "tcp:9100"),
@@ -43,10 +46,10 @@ CLASHES = [
      "rawsvc.toml: [[trigger]] 'b': key 'listen': tcp port 9100 on 127.0.0.1 clashes with [[trigger]] 'a'"),
     (tcp("a", r"tcp6:9100:interface=\\:\\:") + tcp("b", "tcp:9100:interface=127.0.0.1"),
      "rawsvc.toml: [[trigger]] 'b': key 'listen': tcp port 9100 on 127.0.0.1 clashes with [[trigger]] 'a'"),
-    (tcp("a", "tcp:8080:interface=127.0.0.1") + '[admin.http]\nlisten = "tcp:8080"\n',
+    (tcp("a", "tcp:8080:interface=127.0.0.1") + '[admin.http]\nlisten = "tcp:8080"\n' + ADMIN_TOKEN,
      "rawsvc.toml: [admin.http]: key 'listen': tcp port 8080 on all interfaces clashes with [[trigger]] 'a', "
      "which listens on tcp port 8080 on 127.0.0.1"),
-    (tcp("p", "tcp:0", "printer") + '[admin.http]\nlisten = "tcp:9101"\n' + status("s", "udp:9101")
+    (tcp("p", "tcp:0", "printer") + '[admin.http]\nlisten = "tcp:9101"\n' + ADMIN_TOKEN + status("s", "udp:9101")
      + status("t", "udp:9101:interface=127.0.0.1"),
      "rawsvc.toml: [[trigger]] 't': key 'listen': udp port 9101 on 127.0.0.1 clashes with [[trigger]] 's', "
      "which listens on udp port 9101 on 127.0.0.1"),

@@ -22,6 +22,7 @@ from rawsvc import options as o
 from rawsvc import console
 from rawsvc.admin import namespace, prometheus
 from rawsvc.admin.namespace import health, recent_jobs, status
+from rawsvc.console import auth
 from rawsvc.interfaces import IHealth, IJobHistory
 from rawsvc.listening import Listener
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
@@ -36,8 +37,14 @@ HTTP_OPTIONS = o.Schema(
         str,
         "tcp:8080:interface=127.0.0.1",
         o.server_endpoint,
-        doc="HTTP endpoint; there is no authentication, keep it on loopback",
+        doc="HTTP endpoint (an `ssl:` endpoint for TLS); anywhere but loopback it needs `users_file` and/or "
+            "`tokens` (see \"Who may do what\")",
     ),
+    o.Option("users_file", str, None,
+             doc="console users, lines `name:role:bcrypt-hash` (role viewer or operator; `rawsvc passwd` writes "
+                 "them); mode 0600; they log in with HTTP Basic", shown_default="none"),
+    o.Option("tokens", list, [], o.string_list,
+             doc="bearer tokens, `\"name:role:token\"` strings (`Authorization: Bearer <token>`)"),
     o.Option("refresh", int, 5, o.non_negative, doc="seconds between reloads of the `/` page (0: off)"),
     o.Option("recent_jobs", int, 50, o.positive, doc="jobs listed on `/`"),
 )
@@ -340,6 +347,7 @@ def make_service(options: dict[str, Any], service: RawService) -> Listener:
     """The HTTP admin listener for C{[admin.http]}."""
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])
+    site.resource = auth.guard(site.resource, options, service.context.reactor)
     listener = Listener(endpoint, site, "[admin.http]", options["listen"])
     listener.setName("admin-http")
     return listener

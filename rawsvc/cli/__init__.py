@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "rawsvc.cli.spool",         # spool check, spool salvage
     "rawsvc.cli.config_keys",   # config-keys
     "rawsvc.cli.preview",       # preview
+    "rawsvc.cli.passwd",        # passwd
 ]
 
 
