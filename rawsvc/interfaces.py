@@ -147,6 +147,20 @@ class ITrigger(IService):
         """Reset the connections still sending a job (the stop grace is over); returns how many."""
 
 
+class IOutboundLink(Interface):
+    """
+    Optional, for a trigger that connects out (C{tcp-client}): its link's
+    state for status pages and metrics.
+    """
+
+    def link_status():
+        """
+        A JSON-able dict: C{link} (C{connecting}, C{connected},
+        C{backing_off} or C{stopped}), C{connects}, C{reconnects},
+        C{connect_failures}, C{links_lost}, C{last_error}.
+        """
+
+
 class IRecoveryAware(Interface):
     """
     Optional, for a trigger: told when a job of its own that had failed was

@@ -177,6 +177,12 @@ def test_every_record_is_processed_once_and_in_order_across_reconnects(service_f
         assert status["bytes_dropped"] == 15 * len(b"noise") + 15 * len(b"\r\n")
         assert trigger.counters.jobs_ok == 15 and trigger.counters.jobs_failed == 0
         assert device.endings[:4] == ["close", "reset", "silent", "close"]
+        from rawsvc.admin.prometheus import render
+
+        metrics = render(svc)
+        assert 'rawsvc_trigger_reconnects_total{trigger="dev"} 4.0' in metrics
+        state = [line for line in metrics.splitlines() if line.startswith("rawsvc_trigger_link_state{")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in state) == 1.0  # exactly one state at a time
     finally:
         yield device.stop()
 

@@ -21,6 +21,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from rawsvc.admin.namespace import destinations
+from rawsvc.interfaces import IOutboundLink
+
+#: The states of an outbound link (rawsvc.triggers.tcp_client).
+LINK_STATES = ("connecting", "connected", "backing_off", "stopped")
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -81,6 +85,19 @@ class RawsvcCollector(Collector):
             bytes_.add_metric([n, "out"], c.bytes_out)
             flow.add_metric([n], buckets=c.flow_seconds.cumulative(), sum_value=float(c.flow_seconds.total))
         yield from (open_, received, jobs, bytes_, flow)
+
+        # Triggers that connect out (tcp-client): the link's state and its reconnects.
+        links = {n: t.link_status() for n, t in triggers.items() if IOutboundLink.providedBy(t)}
+        if links:
+            state = GaugeMetricFamily("rawsvc_trigger_link_state", "1 for the outbound link's state now.",
+                                      labels=["trigger", "state"])
+            reconnects = CounterMetricFamily("rawsvc_trigger_reconnects", "Times the outbound link connected again.",
+                                             labels=["trigger"])
+            for n, link in links.items():
+                for st in LINK_STATES:
+                    state.add_metric([n, st], 1 if link.get("link") == st else 0)
+                reconnects.add_metric([n], int(link.get("reconnects", 0)))
+            yield from (state, reconnects)
 
         dests = destinations(self.service)
         for name, kind, key, doc in _DESTINATION:

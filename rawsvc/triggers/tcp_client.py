@@ -32,7 +32,7 @@ from zope.interface import implementer, provider
 from rawsvc import options as o
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import IJobSink, ITrigger, ITriggerType
+from rawsvc.interfaces import IJobSink, IOutboundLink, ITrigger, ITriggerType
 from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.api import (
@@ -225,7 +225,7 @@ class Link:
 
 
 @provider(ITriggerType)
-@implementer(ITrigger)
+@implementer(ITrigger, IOutboundLink)
 class TcpClientTrigger(Service):
     """The C{tcp-client} trigger: one link out to a device, framed like a C{tcp} trigger's connections."""
 
@@ -329,6 +329,9 @@ class TcpClientTrigger(Service):
         if self.opts["execute_on"] == "markers":
             s["bytes_dropped"] = self.bytes_dropped
         return s
+
+    def link_status(self) -> dict[str, Any]:
+        return self.link.status()
 
     def connection_list(self) -> list[dict[str, Any]]:
         return [c.describe() for c in self.connections]
