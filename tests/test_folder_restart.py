@@ -1,6 +1,6 @@
 """
 The folder trigger's promise, end to end: the real C{twistd -n rawsvc}
-watches a folder while 300 files are dropped into it (some large, one
+watches a folder while 1,000 files are dropped into it (some large, one
 written slowly), is killed with SIGKILL midway, and restarts; then every
 file was processed exactly once (one output per content, by a file
 action) and sits in C{done/}.
@@ -18,8 +18,8 @@ import time
 
 from conftest import ROOT
 
-FILES = 300
-KILL_AFTER = 100  # files in done/
+FILES = 1000
+KILL_AFTER = 300  # files in done/
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
@@ -41,7 +41,7 @@ def content(i: int) -> bytes:
     body = f"file {i:04d}\n".encode()
     if i == 7:  # the slow one
         body *= 4
-    if i % 50 == 13:  # a few large ones: spool files, streamed
+    if i % 150 == 13:  # a few large ones: spool files, streamed
         body += os.urandom(1 << 20) * 2
     return body
 
