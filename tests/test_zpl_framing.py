@@ -112,7 +112,7 @@ actions = [ {{ type = "file", folder = "{out}", name = "${{job_id}}-${{language}
         yield wait_until(lambda: out.exists() and len(list(out.iterdir())) == 1)
         sock.sendall(b"two^FS^XZ\r\n")
         yield wait_until(lambda: len(list(out.iterdir())) == 2)
-        files = sorted(out.iterdir())
+        files = sorted(out.iterdir(), key=lambda f: f.stat().st_mtime_ns)  # in the order they were written
         assert [f.read_bytes() for f in files] == [b"^XA^FDone^FS^XZ", b"^XA^FDtwo^FS^XZ"]
         assert all(f.name.endswith("-zpl-1.zpl") for f in files)
         assert svc.triggers["labels"].counters.connections_open == 1  # still open
