@@ -126,3 +126,17 @@ def test_static_assets_are_served_from_the_listener(running, get):
     assert "setInterval(poll" in js
     code, _, css = yield get(base + "/console/static/console.css")
     assert code == 200 and "img.label" in css
+
+
+@pytest_twisted.inlineCallbacks
+def test_console_without_its_slash_redirects_for_get_and_head(running, reactor):
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    _, base = running
+    client = HTTPClient(Agent(reactor))
+    for method in ("GET", "HEAD"):
+        response = yield client.request(method, base + "/console", allow_redirects=False)
+        assert response.code in (301, 302), (method, response.code)
+        assert response.headers.getRawHeaders(b"location") == [b"/console/"]
+        yield response.content()

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 from twisted.web.resource import Resource
+from twisted.web.util import redirectTo
 
 from rawsvc.console.api import Api, Console
 from rawsvc.console.pages import Pages
@@ -60,3 +61,10 @@ class ConsoleRoot(Resource):
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         return self.pages
+
+    def render_GET(self, request: Any) -> bytes:
+        """C{/console} without its slash: on to C{/console/} (the jobs page)."""
+        return redirectTo(b"/console/", request)
+
+    def render_HEAD(self, request: Any) -> bytes:
+        return self.render_GET(request)
