@@ -55,6 +55,7 @@ from rawsvc.errors import ConfigIssue
 from rawsvc.interfaces import IAnnouncingFramer, IConnectionPolicy, IFramer, ITriggerType
 from rawsvc.triggers.base import LISTENER_OPTIONS, ListenerTrigger, with_backlog
 from rawsvc.triggers.connection import FramedConnection
+from rawsvc.triggers.connections import OpenConnections
 from rawsvc.triggers.framing import CLOSE, END, HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 from rawsvc.triggers.policy import ConnectionPolicy
 from rawsvc.triggers.settings import ConnectionSettings
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from rawsvc.context import BuildContext
 
 __all__ = [
+    "OpenConnections",
     "CLOSE", "END", "FRAMING_OPTIONS", "HALF_CLOSE", "LISTENER_OPTIONS", "STREAM_OPTIONS", "ConnectionPolicy",
     "ConnectionSettings", "Data", "Drop", "End", "Event", "FramedConnection", "FramedTrigger", "IAnnouncingFramer",
     "IConnectionPolicy", "IFramer", "ListenerTrigger", "Query", "Reply", "Start", "framed_trigger", "framer_factory",

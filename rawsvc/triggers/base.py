@@ -25,6 +25,7 @@ from rawsvc.interfaces import IJobSink, ITrigger
 from rawsvc.job import SpillBudget
 from rawsvc.listening import Listener
 from rawsvc.metrics import TriggerCounters
+from rawsvc.triggers.connections import OpenConnections
 from rawsvc.triggers.admission import disk_low, raise_fd_limit
 from rawsvc.triggers.settings import ConnectionSettings
 
@@ -161,7 +162,7 @@ class TriggerFactory(ServerFactory):
 
 
 @implementer(ITrigger)
-class ListenerTrigger(Service):
+class ListenerTrigger(OpenConnections, Service):
     """A trigger that listens on a stream endpoint (tcp, ssl, unix)."""
 
     type_name = "?"
@@ -315,21 +316,3 @@ class ListenerTrigger(Service):
             "connections": len(self.connections),
             "counters": self.counters.as_dict(),
         }
-
-    def connection_list(self) -> list[dict[str, Any]]:
-        return [c.describe() for c in self.connections]
-
-    def _receiving(self) -> list[Any]:
-        return [c for c in list(self.connections) if c.payload is not None and not c.closed]
-
-    def receiving(self) -> int:
-        """Connections in the middle of sending a job (the stop waits for them)."""
-        return len(self._receiving())
-
-    def abort_receiving(self) -> int:
-        """Reset the connections still sending a job: the stop grace is over."""
-        conns = self._receiving()
-        for conn in conns:
-            log.warn("stopping: resetting {peer}, still sending its job; it sends it again", peer=conn.label)
-            conn.transport.abortConnection()
-        return len(conns)

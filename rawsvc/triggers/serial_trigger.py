@@ -34,6 +34,7 @@ from rawsvc.interfaces import IJobSink, ITrigger, ITriggerType
 from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.api import (
+    OpenConnections,
     FRAMING_OPTIONS, LISTENER_OPTIONS, STREAM_OPTIONS, ConnectionSettings, FramedConnection, framer_factory,
 )
 
@@ -151,10 +152,11 @@ class _LineProtocol(Protocol):
 
 @provider(ITriggerType)
 @implementer(ITrigger)
-class SerialTrigger(Service):
+class SerialTrigger(OpenConnections, Service):
     """The C{serial} trigger: one serial line, framed like a C{tcp} trigger's connections, reopened when lost."""
 
     type_name = "serial"
+    abort_message = "stopping: closing {peer}, still sending a job"
     options = SERIAL_OPTIONS
 
     def __init__(self, options: dict[str, Any], context: Any) -> None:
@@ -307,19 +309,3 @@ class SerialTrigger(Service):
         if self.opts["execute_on"] == "markers":
             s["bytes_dropped"] = self.bytes_dropped
         return s
-
-    def connection_list(self) -> list[dict[str, Any]]:
-        return [c.describe() for c in self.connections]
-
-    def _receiving(self) -> list[FramedConnection]:
-        return [c for c in list(self.connections) if c.payload is not None and not c.closed]
-
-    def receiving(self) -> int:
-        return len(self._receiving())
-
-    def abort_receiving(self) -> int:
-        conns = self._receiving()
-        for conn in conns:
-            log.warn("stopping: closing {device}, still sending a job", device=self.device)
-            cast(Any, conn.transport).abortConnection()
-        return len(conns)

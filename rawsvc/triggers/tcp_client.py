@@ -36,6 +36,7 @@ from rawsvc.interfaces import IJobSink, IOutboundLink, ITrigger, ITriggerType
 from rawsvc.job import SpillBudget
 from rawsvc.metrics import TriggerCounters
 from rawsvc.triggers.api import (
+    OpenConnections,
     FRAMING_OPTIONS, LISTENER_OPTIONS, STREAM_OPTIONS, ConnectionSettings, FramedConnection, framer_factory,
 )
 
@@ -226,10 +227,11 @@ class Link:
 
 @provider(ITriggerType)
 @implementer(ITrigger, IOutboundLink)
-class TcpClientTrigger(Service):
+class TcpClientTrigger(OpenConnections, Service):
     """The C{tcp-client} trigger: one link out to a device, framed like a C{tcp} trigger's connections."""
 
     type_name = "tcp-client"
+    abort_message = "stopping: resetting the link to {peer}, still sending a job; it sends it again"
     options = TCP_CLIENT_OPTIONS
 
     def __init__(self, options: dict[str, Any], context: Any) -> None:
@@ -332,19 +334,3 @@ class TcpClientTrigger(Service):
 
     def link_status(self) -> dict[str, Any]:
         return self.link.status()
-
-    def connection_list(self) -> list[dict[str, Any]]:
-        return [c.describe() for c in self.connections]
-
-    def _receiving(self) -> list[FramedConnection]:
-        return [c for c in list(self.connections) if c.payload is not None and not c.closed]
-
-    def receiving(self) -> int:
-        return len(self._receiving())
-
-    def abort_receiving(self) -> int:
-        conns = self._receiving()
-        for conn in conns:
-            log.warn("stopping: resetting the link to {peer}, still sending a job; it sends it again", peer=conn.label)
-            cast(Any, conn.transport).abortConnection()
-        return len(conns)
