@@ -63,6 +63,8 @@ class BuildContext:
     store: IJobStore | None = None
     #: The triggers built so far, by name (a status responder finds its printer here).
     triggers: dict[str, ITrigger] = attrs.field(factory=dict)
+    #: Cluster mode's node (L{rawsvc.cluster.node.ClusterNode}), else None.
+    cluster: Any = None
     #: Services the wiring built that the service tree owns (the pool, the spool), in stop order.
     services: list[IService] = attrs.field(factory=list)
 
