@@ -167,6 +167,7 @@ class ClusterNode(Service):
         self.lease.on_fenced.append(self._fenced)
         self.lease.on_joined.append(self._joined)
         pool.cluster = self.deliveries
+        pool.gate = self.lease.check  # before every attempt: past the deadline, fence and do not connect
         #: Counters for /metrics: deliveries requeued from dead nodes, jobs adopted.
         self.takeovers = 0
         self.adopted = 0
