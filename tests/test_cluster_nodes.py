@@ -164,7 +164,12 @@ def _listening(port: int) -> bool:
 
 
 def _alive(pg, uri) -> int:
-    return pg.execute(uri, "SELECT count(*) FROM rawsvc_nodes WHERE state = 'alive'")[0][0]
+    import psycopg
+
+    try:
+        return pg.execute(uri, "SELECT count(*) FROM rawsvc_nodes WHERE state = 'alive'")[0][0]
+    except psycopg.errors.UndefinedTable:  # not migrated yet
+        return 0
 
 
 def _log(node) -> str:
