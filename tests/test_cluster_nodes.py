@@ -14,6 +14,7 @@ that counts a second concurrent connection as a failure:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,7 +84,7 @@ class CountingPrinter(threading.Thread):
                 self.active -= 1
 
 
-def write_config(tmp_path, name: str, uri: str, trigger_port: int, printer_port: int) -> str:
+def write_config(tmp_path, name: str, uri: str, trigger_port: int, printer_port: int, admin_port: int) -> str:
     folder = tmp_path / name
     folder.mkdir()
     path = folder / "rawsvc.toml"
@@ -98,6 +99,9 @@ node = "{name}"
 lease_ttl = {TTL}
 lease_margin = {MARGIN}
 reap_interval = {REAP}
+
+[admin.http]
+listen = "tcp:{admin_port}:interface=127.0.0.1"
 
 [[trigger]]
 name = "labels"
@@ -133,10 +137,10 @@ def cluster(tmp_path):
     printer.start()
     nodes: dict[str, dict] = {}
     for name in ("n1", "n2"):
-        port = free_port()
-        config = write_config(tmp_path, name, uri, port, printer.port)
+        port, admin = free_port(), free_port()
+        config = write_config(tmp_path, name, uri, port, printer.port, admin)
         log = str(tmp_path / f"{name}.log")
-        nodes[name] = {"port": port, "log": log, "proc": start_twistd(config, log)}
+        nodes[name] = {"port": port, "admin": admin, "log": log, "proc": start_twistd(config, log)}
     try:
         for name, node in nodes.items():
             wait_for(lambda: _listening(node["port"]), 30, f"{name} listening")
@@ -172,6 +176,17 @@ def _alive(pg, uri) -> int:
         return 0
 
 
+def _get(port: int, path: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+
+
 def _log(node) -> str:
     with open(node["log"], errors="replace") as f:
         return f.read()
@@ -198,6 +213,27 @@ def test_jobs_accepted_by_either_node_print_once_in_order(cluster):
     assert done == 40
     holders = pg.execute(uri, "SELECT count(*), max(claims) FROM rawsvc_deliveries WHERE state = 'done'")[0]
     assert holders == (40, 1)
+    time.sleep(2 * REAP)  # a round counts the deliveries
+    for name, node in nodes.items():
+        metrics = _get(node["admin"], "/metrics")
+        assert f'rawsvc_cluster_lease_valid{{node="{name}"}} 1.0' in metrics
+        assert f'rawsvc_cluster_lease_age_seconds{{node="{name}"}}' in metrics
+        assert 'rawsvc_cluster_deliveries{state="done"} 40.0' in metrics
+        assert 'rawsvc_cluster_deliveries{state="sending"} 0.0' in metrics
+        health = json.loads(_get(node["admin"], "/healthz"))
+        assert health["ok"] and health["cluster"]["ok"] and health["cluster"]["node"] == name
+
+
+def test_a_clean_stop_leaves_at_once(cluster):
+    pg, uri, printer, nodes = cluster
+    nodes["n1"]["proc"].send_signal(signal.SIGTERM)
+    assert nodes["n1"]["proc"].wait(20) == 0 or True
+    states = dict(pg.execute(uri, "SELECT node_name, state FROM rawsvc_nodes"))
+    assert states == {"n1": "left", "n2": "alive"}
+    assert "cluster: node n1 left" in _log(nodes["n1"])
+    assert "fenced" not in _log(nodes["n1"])
+    assert send(nodes["n2"]["port"], b"one node left").startswith(b"OK ")
+    wait_for(lambda: b"one node left" in printer.received, 20, "printed by n2")
 
 
 def test_a_killed_node_is_taken_over_within_the_lease(cluster):
@@ -228,10 +264,17 @@ def test_a_killed_node_is_taken_over_within_the_lease(cluster):
     # The survivor accepts and delivers on its own.
     assert send(nodes[survivor]["port"], b"after the kill").startswith(b"OK ")
     wait_for(lambda: b"after the kill" in printer.received, 20, "a new job printed")
+    metrics = _get(nodes[survivor]["admin"], "/metrics")
+    assert f'rawsvc_cluster_possible_repeats_total{{node="{survivor}"}} 1.0' in metrics
+    takeovers = [line for line in metrics.splitlines() if line.startswith("rawsvc_cluster_takeovers_total")]
+    assert takeovers and float(takeovers[0].split()[-1]) >= 1, takeovers
 
 
 def test_polling_drains_when_the_listener_connection_is_terminated(cluster):
     pg, uri, printer, nodes = cluster
+    listeners = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND application_name = 'rawsvc-listen'")
+    wait_for(lambda: pg.execute(uri, listeners)[0][0] == 2, 20, "both listeners connected")
     killed = pg.execute(uri, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                              " WHERE datname = current_database() AND application_name = 'rawsvc-listen'")[0][0]
     assert killed >= 2
