@@ -250,8 +250,14 @@ class ClusterNode(Service):
         log.warn("cluster: fenced node {node}: aborted {n} printer connection(s)", node=self.node, n=aborted)
 
     def _joined(self, incarnation: uuid.UUID) -> None:
-        if self.store.incarnation != incarnation:
+        old = self.store.incarnation
+        if old != incarnation:
             self.store.incarnation = incarnation  # new jobs are this incarnation's
+            running = list(getattr(self.sink, "running", {}) or {})
+            if old is not None and running:  # after a fence: take back the flows still running here
+                self.work_db.run(lambda conn: sql.take_back(conn, old, incarnation, running)).addCallbacks(
+                    lambda n: log.info("cluster: took back {n} running job(s) of the fenced incarnation", n=n),
+                    lambda f: log.warn("cluster: cannot take back running jobs: {error}", error=f.getErrorMessage()))
         self.worker.wake()
 
     # The round ----------------------------------------------------------------
