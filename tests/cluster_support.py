@@ -339,6 +339,7 @@ class Stream(threading.Thread):
                 job.outcome, job.job_id = "ack", job.answer[3:].decode()
             elif job.answer.startswith(b"NO "):
                 job.outcome = "refused"
+                time.sleep(0.05)
             else:
                 job.outcome = "lost"
             return
