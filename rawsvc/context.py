@@ -44,6 +44,8 @@ class BuildContext:
     config_path: str = "<memory>"
     state_dir: str = DEFAULT_STATE_DIR
     service_options: dict[str, Any] = attrs.field(factory=dict)
+    #: The validated C{[cluster]} table with a PostgreSQL spool (L{rawsvc.cluster.settings}), else None.
+    cluster_options: dict[str, Any] | None = None
     reactor: Any = None
     #: Set by the loader: every trigger's validated options, by name.
     trigger_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)
@@ -61,6 +63,8 @@ class BuildContext:
     store: IJobStore | None = None
     #: The triggers built so far, by name (a status responder finds its printer here).
     triggers: dict[str, ITrigger] = attrs.field(factory=dict)
+    #: Cluster mode's node (L{rawsvc.cluster.node.ClusterNode}), else None.
+    cluster: Any = None
     #: Services the wiring built that the service tree owns (the pool, the spool), in stop order.
     services: list[IService] = attrs.field(factory=list)
 

@@ -64,6 +64,13 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
         )
         context.store = store
         context.services.append(spool.service)
+        if context.cluster_options is not None:
+            from rawsvc.cluster.node import ClusterNode
+
+            node = ClusterNode(context.reactor, opts.spool, store, context.destinations, spool,
+                               context.cluster_options, os.path.join(context.state_dir, PG_PAYLOADS))
+            context.cluster = node
+            context.services.append(node)  # stops after the spool: deliveries go on during its grace
         sink = spool
     else:
         from rawsvc.dispatch import Dispatcher
@@ -87,7 +94,11 @@ def build_store(context: BuildContext, opts: Any) -> IJobStore:
     if is_pg_uri(opts.spool):
         from rawsvc.spool.pg import PgStore
 
-        return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS))
+        cluster = context.cluster_options
+        if cluster is None:
+            return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS))
+        return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS),
+                       node=cluster["node"] or None, lease_ttl=float(cluster["lease_ttl"]))
     from rawsvc.spool.store import Store
 
     return Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))

@@ -205,7 +205,8 @@ class SendTcpAction:
             source = job.payload.open
             total = job.payload.size
         if len(dests) == 1:
-            d = self.pool.deliver(dests[0], source, self.settings, job.job_id, total, self.policy)
+            d = self.pool.deliver(dests[0], source, self.settings, job.job_id, total, self.policy,
+                                  action_index=int(job.variables.get("action_index") or 0))
         else:
             key = tuple(str(m) for m in dests)
             printers = self._pools.get(key)

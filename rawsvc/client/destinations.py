@@ -100,6 +100,9 @@ class DestinationPool(PoolDelivery, Service):
         #: Told about deliveries that wait to retry and retry (see L{add_watcher}).
         self.watchers: list[IDeliveryWatcher] = [_watcher(w) for w in watchers]
         self.configured = allow is not None
+        #: Cluster mode (L{rawsvc.cluster.pool.ClusterDeliveries}): C{deliver} enqueues there, and a
+        #: node's delivery worker runs the claimed deliveries here with L{deliver_here}.
+        self.cluster: Any = None
 
     def add_watcher(self, watcher: IDeliveryWatcher) -> None:
         """Tell C{watcher} (an L{IDeliveryWatcher}) about deliveries that wait to retry and retry."""
@@ -150,6 +153,21 @@ class DestinationPool(PoolDelivery, Service):
             q.end_turns(STOPPED)
         return super().stopService()
 
+    def abort_all(self) -> int:
+        """
+        Cut every delivery of this process now (cluster mode's self-fence):
+        back-off waits end C{stopped}, connected attempts are aborted
+        (C{abortConnection}); the connections aborted.
+        """
+        aborted = 0
+        for q in self._queues.values():
+            q.end_wait(_Stopping())
+            current = q.current
+            if current is not None and current.transport is not None:
+                current.transport.abortConnection()
+                aborted += 1
+        return aborted
+
     # Operators ---------------------------------------------------------------
 
     def _current(self, job_id: str) -> DestinationQueue | None:
@@ -190,9 +208,13 @@ class DestinationPool(PoolDelivery, Service):
         total: int | None = None,
         policy: RetryPolicy | None = None,
         pool: PrinterPool | None = None,
+        action_index: int = 0,
     ) -> Deferred[DeliveryResult]:
         """
-        Queue one job for C{dest}; fires with a L{DeliveryResult}.  Without
+        Queue one job for C{dest}; fires with a L{DeliveryResult}.  In
+        cluster mode (C{cluster} set, no printer pool) the delivery is
+        enqueued in PostgreSQL as action C{action_index} of C{job_id} and any
+        node may carry it out (L{rawsvc.cluster.pool}).  Without
         C{policy}, C{settings} give the back-off and the number of retries.
         Cancelling the result while the job waits for its turn gives its
         place up (it fails with C{CancelledError}); once it runs, the
@@ -200,6 +222,27 @@ class DestinationPool(PoolDelivery, Service):
         the job may end C{moved} instead: the printer failed and another
         member is not cooling down (L{deliver_pool} sends it there).
         """
+        if self.cluster is not None and pool is None and job_id:
+            if self._stopping:
+                return succeed(DeliveryResult(STOPPED, str(dest), message=f"service stopping: {dest} not tried"))
+            if not self.allow.may_allow(dest):
+                return succeed(_not_allowed(str(dest)))
+            if policy is None:
+                policy = RetryPolicy(settings.retry_delay, settings.max_retry_delay, retries=settings.retries)
+            return self.cluster.deliver(dest, source, settings, job_id, total, policy, action_index)
+        return self.deliver_here(dest, source, settings, job_id, total, policy, pool)
+
+    def deliver_here(
+        self,
+        dest: Destination,
+        source: Source,
+        settings: SendSettings,
+        job_id: str = "",
+        total: int | None = None,
+        policy: RetryPolicy | None = None,
+        pool: PrinterPool | None = None,
+    ) -> Deferred[DeliveryResult]:
+        """L{deliver} in this process: this node's queue for C{dest} (what cluster mode's worker runs)."""
         key = str(dest)
         if self._stopping:
             return succeed(DeliveryResult(STOPPED, key, message=f"service stopping: {key} not tried"))

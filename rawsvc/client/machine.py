@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from automat import MethodicalMachine, NoTransition
 from twisted.logger import Logger
@@ -91,6 +92,8 @@ class Delivery:
         self.next_try: float | None = None
         #: When the state last changed (epoch seconds).
         self.since = clock()
+        #: The transport of the attempt connected now (None between attempts): what a fenced cluster node aborts.
+        self.transport: Any = None
 
     # States -------------------------------------------------------------------
 

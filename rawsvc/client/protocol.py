@@ -152,6 +152,7 @@ class SendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.machine.connected()
+        self.machine.transport = self.transport
         self._probe = AckProbe.of(self.transport)
         if self._probe.acked() is not None:
             # Until the printer acknowledged every byte, a close we did not
@@ -325,6 +326,7 @@ class SendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._lost = True
+        self.machine.transport = None
         self._cancel_timer()
         if self._stall_timer is not None and self._stall_timer.active():
             self._stall_timer.cancel()

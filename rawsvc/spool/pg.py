@@ -58,7 +58,7 @@ class PgStore:
     """
 
     def __init__(self, dsn: str, reactor: Any, files_dir: str, node: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease_ttl: float | None = None) -> None:
         self.dsn = dsn
         self.reactor = reactor
         self.files_dir = files_dir
@@ -69,6 +69,10 @@ class PgStore:
         self.error: str | None = None
         #: This process's incarnation while open (a row of C{rawsvc_nodes}).
         self.incarnation: uuid.UUID | None = None
+        #: Cluster mode: the lease an incarnation registers with (None: one node, no expiry), and the
+        #: monotonic time its registration was sent (the lease's first deadline counts from it).
+        self.lease_ttl = lease_ttl
+        self.registered_at: float | None = None
         self._open = False
         self._stopped = False
         self._waiters: list[Deferred] = []  # the callers of an open under way
@@ -120,7 +124,9 @@ class PgStore:
                 log.info("spool: schema of {where} migrated from version {found} to {now}", where=self.where,
                          found=found, now=now)
             if self.incarnation is None:
-                self.incarnation = pg_ops.register(conn, self.node)
+                sent = time.monotonic()
+                self.incarnation = pg_ops.register(conn, self.node, self.lease_ttl)
+                self.registered_at = sent
         except BaseException:
             conn.close()
             raise
@@ -234,6 +240,12 @@ class PgStore:
     def requeue(self, job_id: str, action_index: int) -> Deferred:
         me, now = self.incarnation, self.clock()
         d = self._work(lambda conn: pg_ops.requeue(conn, me, job_id, action_index, now))
+        assert d is not None
+        return d
+
+    def run(self, fn: Callable[[Any], Any]) -> Deferred:
+        """C{fn(conn)} in the thread's next group commit (cluster mode enqueues its deliveries so)."""
+        d = self._work(fn)
         assert d is not None
         return d
 

@@ -41,19 +41,23 @@ def _delivered(delivery: tuple | None) -> tuple[str | None, int]:
 
 # Nodes ----------------------------------------------------------------------
 
-def register(conn: Any, node_name: str) -> uuid.UUID:
+def register(conn: Any, node_name: str, ttl: float | None = None) -> uuid.UUID:
     """
     A new incarnation of C{node_name}, alive.  Earlier incarnations of the
     same name that are still marked alive are that node's previous process
     (it died without leaving): they are marked dead, so their unfinished
-    jobs are adopted.  Leases come with the cluster step; until then a
-    lease does not expire.
+    jobs are adopted.  Without C{ttl} (one node) the lease does not
+    expire; in cluster mode it lasts C{ttl} seconds (L{rawsvc.cluster.lease}).
     """
     me = uuid.uuid4()
     with conn.transaction():
         conn.execute("UPDATE rawsvc_nodes SET state = 'dead' WHERE node_name = %s AND state = 'alive'", (node_name,))
-        conn.execute("INSERT INTO rawsvc_nodes (incarnation, node_name, lease_until) VALUES (%s, %s, 'infinity')",
-                     (me, node_name))
+        if ttl is None:
+            conn.execute("INSERT INTO rawsvc_nodes (incarnation, node_name, lease_until) VALUES (%s, %s, 'infinity')",
+                         (me, node_name))
+        else:
+            conn.execute("INSERT INTO rawsvc_nodes (incarnation, node_name, lease_until)"
+                         " VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))", (me, node_name, ttl))
     return me
 
 
@@ -298,6 +302,8 @@ def purge(conn: Any, files_dir: str, max_age: float, max_bytes: int, now: float)
             total -= size
     ids = [job_id for job_id, _ in doomed]
     for start in range(0, len(ids), 500):
+        conn.execute("DELETE FROM rawsvc_deliveries WHERE job_id = ANY(%s) AND state IN ('done', 'failed')",
+                     (ids[start:start + 500],))
         conn.execute("DELETE FROM rawsvc_jobs WHERE job_id = ANY(%s)", (ids[start:start + 500],))
     conn.execute("DELETE FROM rawsvc_requests WHERE answered_at IS NOT NULL AND answered_at < %s", (cutoff,))
     for job_id in ids:

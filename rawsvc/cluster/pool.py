@@ -1,0 +1,300 @@
+"""
+Cluster deliveries (C{shared/CLUSTER.md} 4.1, 4.4, 4.5): the two halves of
+C{send_tcp} in cluster mode.
+
+L{ClusterDeliveries} is what L{rawsvc.client.destinations.DestinationPool}
+hands C{deliver()} to when C{pool.cluster} is set: it enqueues a delivery
+row (with its printer's next ticket, in the spool's group commit) and
+waits for the row's result, woken by C{rawsvc_done} and by polling.
+
+L{DeliveryWorker} claims printer heads on behalf of this node and runs
+each with the pool's own machine (L{DestinationPool.deliver_here}:
+connect, stream, half-close, back-channel, retries inside the claim), the
+payload read from PostgreSQL one row at a time into a file of the node's;
+then the fenced finish.  A delivery claimed more than once is a possible
+repeat, and is logged so, with its job id.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rawsvc.client.address import Destination
+from rawsvc.client.outcomes import STOPPED, DeliveryResult
+from rawsvc.client.protocol import SendSettings, Source
+from rawsvc.client.retry import RetryPolicy
+from rawsvc.cluster import sql
+
+log = Logger(namespace="rawsvc.cluster")
+
+#: Deliveries one node carries out at once at most (each is a different printer).
+MAX_IN_FLIGHT = 64
+
+Runner = Callable[[Callable[[Any], Any]], Deferred]
+
+
+def encode_settings(settings: SendSettings, policy: RetryPolicy, total: int | None) -> dict[str, Any]:
+    return {"send": attrs.asdict(settings), "total": total,
+            "policy": {"retry_delay": policy.retry_delay, "max_retry_delay": policy.max_retry_delay,
+                       "retry_for": policy.retry_for, "retries": policy.retries, "factor": policy.factor}}
+
+
+def decode_settings(stored: dict[str, Any]) -> tuple[SendSettings, RetryPolicy]:
+    return SendSettings(**stored.get("send", {})), RetryPolicy(**stored.get("policy", {}))
+
+
+def encode_result(result: DeliveryResult) -> dict[str, Any]:
+    fields = attrs.asdict(result)
+    fields["reply"] = base64.b64encode(result.reply).decode("ascii")
+    return fields
+
+
+def decode_result(stored: dict[str, Any]) -> DeliveryResult:
+    fields = dict(stored)
+    fields["reply"] = base64.b64decode(fields.get("reply") or "")
+    known = {f.name for f in attrs.fields(DeliveryResult)}
+    return DeliveryResult(**{k: v for k, v in fields.items() if k in known})
+
+
+class ClusterDeliveries:
+    """
+    C{deliver()} in cluster mode.  C{enqueue_run} runs a function in the
+    spool's group commit (L{rawsvc.spool.pg.PgStore.run}); C{run} on the
+    node's work connection (results).
+    """
+
+    def __init__(self, enqueue_run: Runner, run: Runner) -> None:
+        self.enqueue_run = enqueue_run
+        self.run = run
+        self.waiters: dict[int, list[Deferred]] = {}
+        self.stopping = False
+        #: Told (with no argument) when a delivery was enqueued here: the local claim loop.
+        self.on_enqueued: Callable[[], None] = lambda: None
+
+    def deliver(self, dest: Destination, source: Source, settings: SendSettings, job_id: str,
+                total: int | None, policy: RetryPolicy, action_index: int) -> Deferred[DeliveryResult]:
+        key = str(dest)
+        data = source if isinstance(source, bytes) else None  # None: the job's stored payload
+        stored = encode_settings(settings, policy, len(data) if data is not None else total)
+        result: Deferred[DeliveryResult] = Deferred(lambda d: self._gave_up(d, key))
+        holder: dict[str, int] = {}
+
+        def enqueued(delivery_id: int) -> None:
+            holder["id"] = delivery_id
+            if result.called:
+                return
+            self.waiters.setdefault(delivery_id, []).append(result)
+            self.on_enqueued()
+            self.poll([delivery_id])
+
+        def not_enqueued(failure: Failure) -> None:
+            if not result.called:
+                result.callback(DeliveryResult(STOPPED, key, message=f"cannot enqueue the delivery to {key}: "
+                                                                    f"{failure.getErrorMessage()}"))
+
+        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data)).addCallbacks(
+            enqueued, not_enqueued)
+        return result
+
+    def _gave_up(self, d: Deferred, key: str) -> None:
+        """The flow cancelled its wait (a stop): the row stays; the resumed flow finds it again."""
+        for waiting in self.waiters.values():
+            if d in waiting:
+                waiting.remove(d)
+        d.callback(DeliveryResult(STOPPED, key, message=f"service stopping: delivery to {key} left queued"))
+
+    def done(self, delivery_id: int) -> None:
+        """A C{rawsvc_done} NOTIFY: look at that delivery now."""
+        if delivery_id in self.waiters:
+            self.poll([delivery_id])
+
+    def poll(self, ids: list[int] | None = None) -> Deferred:
+        """Fire the waiters of deliveries that finished."""
+        wanted = list(self.waiters) if ids is None else [i for i in ids if i in self.waiters]
+        if not wanted:
+            return succeed(None)
+        d = self.run(lambda conn: sql.results(conn, wanted))
+        d.addCallback(self._results)
+        d.addErrback(lambda f: log.warn("cluster: cannot read delivery results: {error}",
+                                        error=f.getErrorMessage()))
+        return d
+
+    def _results(self, found: dict[int, tuple[str, dict[str, Any]]]) -> None:
+        for delivery_id, (_, stored) in found.items():
+            for d in self.waiters.pop(delivery_id, []):
+                if not d.called:
+                    d.callback(decode_result(stored))
+
+    def stop(self) -> None:
+        """The stop grace is over: flows still waiting end C{stopped} (their rows stay, for any node)."""
+        self.stopping = True
+        waiters, self.waiters = self.waiters, {}
+        for ds in waiters.values():
+            for d in ds:
+                if not d.called:
+                    d.callback(DeliveryResult(STOPPED, "", message="service stopping: delivery left queued"))
+
+
+class DeliveryWorker:
+    """
+    Claims and runs deliveries for this node.  C{pool}: the node's
+    L{DestinationPool}; C{run}: the work connection; C{lease}: the node's
+    L{rawsvc.cluster.lease.Lease}; C{files_dir}: where payloads read back go.
+    """
+
+    def __init__(self, reactor: Any, pool: Any, run: Runner, lease: Any, files_dir: str,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.run = run
+        self.lease = lease
+        self.files_dir = files_dir
+        self.max_in_flight = max_in_flight
+        self.running: dict[int, tuple[sql.Claimed, uuid.UUID, Deferred]] = {}
+        self.stopped = False
+        self._claiming = False
+        self._again = False
+        self._woken: Any = None
+        #: Counters: claims made, claims lost at finish, possible repeats.
+        self.claimed = 0
+        self.lost = 0
+        self.repeats = 0
+
+    def wake(self) -> None:
+        """Claim soon (debounced: many wake-ups in one reactor turn make one claim)."""
+        if self._woken is None or not self._woken.active():
+            self._woken = self.reactor.callLater(0, self.claim)
+
+    def claim(self) -> Deferred | None:
+        """One claim of as many printer heads as there are free slots."""
+        if self.stopped or not self.lease.valid():
+            return None
+        if self._claiming:
+            self._again = True
+            return None
+        free = self.max_in_flight - len(self.running)
+        if free <= 0:
+            return None
+        self._claiming = True
+        me = self.lease.incarnation
+        margin = self.lease.margin
+        d = self.run(lambda conn: sql.claim(conn, me, margin, free))
+        d.addCallback(self._claimed, me)
+        d.addErrback(lambda f: log.warn("cluster: claim failed: {error}", error=f.getErrorMessage()))
+
+        def done(_: Any) -> None:
+            self._claiming = False
+            if self._again:
+                self._again = False
+                self.wake()
+
+        d.addBoth(done)
+        return d
+
+    def _claimed(self, claims: list[sql.Claimed], me: uuid.UUID) -> None:
+        for claimed in claims:
+            self.claimed += 1
+            if claimed.claims > 1:
+                self.repeats += 1
+                log.warn("cluster: possible repeat job {job_id}: delivery {id} to {destination} claimed again"
+                         " (claim {claims}; it was in flight on a node that is gone)", job_id=claimed.job_id,
+                         id=claimed.id, destination=claimed.destination, claims=claimed.claims)
+            d = self._start(claimed, me)
+            self.running[claimed.id] = (claimed, me, d)
+        if claims:
+            self.wake()  # more printers may have heads
+
+    def _start(self, claimed: sql.Claimed, me: uuid.UUID) -> Deferred:
+        settings, policy = decode_settings(claimed.settings)
+        dest = Destination.parse(claimed.destination)
+        if claimed.data is not None:
+            source: Deferred = succeed((claimed.data, None))
+        else:
+            path = os.path.join(self.files_dir, f"cluster-{claimed.id}-{claimed.fence}.job")
+            source = self.run(lambda conn: _read_payload(conn, claimed.job_id, path))
+        d = source.addCallback(self._send, claimed, dest, settings, policy)
+        d.addErrback(lambda f: DeliveryResult("source_error", claimed.destination,
+                                              message=f"cannot read the job's data: {f.getErrorMessage()}"))
+        d.addCallback(self._finish, claimed, me)
+        d.addErrback(lambda f: log.failure("cluster: delivery {id} crashed", f, id=claimed.id))
+        d.addBoth(lambda _: self.running.pop(claimed.id, None))
+        return d
+
+    def _send(self, got: tuple[bytes | None, str | None], claimed: sql.Claimed, dest: Destination,
+              settings: SendSettings, policy: RetryPolicy) -> Deferred:
+        data, path = got
+        if not self.lease.valid():
+            return succeed(DeliveryResult(STOPPED, claimed.destination, message="fenced before connecting"))
+        source: Source
+        if data is not None:
+            source, total = data, len(data)
+        else:
+            assert path is not None
+            source, total = (lambda: open(path, "rb")), os.path.getsize(path)
+        d = self.pool.deliver_here(dest, source, settings, claimed.job_id, total, policy)
+        if path is not None:
+            d.addBoth(_unlink_then, path)
+        return d
+
+    def _finish(self, result: DeliveryResult, claimed: sql.Claimed, me: uuid.UUID) -> Deferred | None:
+        if result.outcome == STOPPED:
+            if self.lease.fenced or me != self.lease.incarnation:
+                return None  # fenced: the claim is the reaper's to requeue
+            return self.run(lambda conn: sql.release(conn, claimed, me)).addErrback(
+                lambda f: log.warn("cluster: cannot release delivery {id}: {error}", id=claimed.id,
+                                   error=f.getErrorMessage()))
+        stored = encode_result(result)
+        d = self.run(lambda conn: sql.finish(conn, claimed, me, result.ok, stored))
+
+        def finished(ok: bool) -> None:
+            if not ok:
+                self.lost += 1
+                log.warn("cluster: possible repeat job {job_id}: delivery {id} to {destination} ended {outcome}"
+                         " but its claim was lost (taken over meanwhile); result not stored",
+                         job_id=claimed.job_id, id=claimed.id, destination=claimed.destination,
+                         outcome=result.outcome)
+            else:
+                self.wake()
+
+        d.addCallback(finished)
+        d.addErrback(lambda f: log.warn("cluster: cannot finish delivery {id}: {error}", id=claimed.id,
+                                        error=f.getErrorMessage()))
+        return d
+
+    def fence(self, why: str = "") -> int:
+        """The lease is lost: abort this node's printer connections; claims stop (the lease says so)."""
+        return int(self.pool.abort_all())
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._woken is not None and self._woken.active():
+            self._woken.cancel()
+
+
+def _read_payload(conn: Any, job_id: str, path: str) -> tuple[None, str]:
+    """On the work thread: the job's payload streamed from PostgreSQL into C{path}, a row at a time."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "wb") as f:
+        for piece in sql.payload_pieces(conn, job_id):
+            f.write(piece)
+    return None, path
+
+
+def _unlink_then(result: Any, path: str) -> Any:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return result
+
+
+__all__ = ["ClusterDeliveries", "DeliveryWorker", "CancelledError"]
