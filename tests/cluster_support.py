@@ -235,7 +235,28 @@ class Cluster:
         return n
 
     def drain(self, timeout: float) -> None:
-        wait_for(lambda: self.unfinished() == 0, timeout, "every stored job finished")
+        try:
+            wait_for(lambda: self.unfinished() == 0, timeout, "every stored job finished")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; {self.describe()}") from None
+
+    def describe(self) -> str:
+        """What the database holds: jobs and deliveries by state, a few unfinished ones, the nodes."""
+        try:
+            return "; ".join(f"{what}: {self.sql(q)}" for what, q in (
+                ("jobs", "SELECT state, count(*) FROM rawsvc_jobs GROUP BY 1 ORDER BY 1"),
+                ("deliveries", "SELECT state, count(*) FROM rawsvc_deliveries GROUP BY 1 ORDER BY 1"),
+                ("unfinished", "SELECT j.job_id, j.state, j.trigger, j.action_index, n.node_name, n.state, d.state,"
+                               " d.ticket, d.claims, d.destination FROM rawsvc_jobs j"
+                               " LEFT JOIN rawsvc_nodes n ON n.incarnation = j.owner"
+                               " LEFT JOIN rawsvc_deliveries d ON d.job_id = j.job_id"
+                               " WHERE j.state IN ('queued', 'running', 'waiting') ORDER BY j.seq LIMIT 8"),
+                ("heads", "SELECT destination, min(ticket), count(*) FROM rawsvc_deliveries"
+                          " WHERE state IN ('queued', 'sending') GROUP BY 1"),
+                ("nodes", "SELECT node_name, state, lease_until > clock_timestamp() FROM rawsvc_nodes"
+                          " ORDER BY started_at")))
+        except Exception as e:  # noqa: BLE001
+            return f"(the database cannot say: {e})"
 
     def close(self) -> None:
         for n in self.nodes:

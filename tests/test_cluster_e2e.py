@@ -32,11 +32,18 @@ TTL, MARGIN, REAP = 4, 1, 1
 @pytest.fixture
 def cluster(tmp_path):
     require_module("psycopg")
-    c = Cluster(str(tmp_path), nodes=3, printers=8, ttl=TTL, margin=MARGIN, reap=REAP)
+    c = Cluster(str(tmp_path), nodes=3, printers=8, ttl=TTL, margin=MARGIN, reap=REAP, close_delay=0.02)
     try:
         yield c.start()
     finally:
         c.close()
+
+
+def holding(cluster: Cluster, node: str) -> int:
+    """How many deliveries the node's live incarnation is sending now."""
+    [(n,)] = cluster.sql("SELECT count(*) FROM rawsvc_deliveries d JOIN rawsvc_nodes n ON n.incarnation = d.holder"
+                         " WHERE d.state = 'sending' AND n.node_name = %s AND n.state = 'alive'", (node,))
+    return n
 
 
 def acked(streams: list[Stream]) -> int:
@@ -71,6 +78,10 @@ def test_sigkill_a_node_under_load_loses_nothing_keeps_order_and_one_connection_
     streams = run_streams(cluster, per_stream=180)  # 1,080 jobs
     wait_for(lambda: acked(streams) >= 300, 60, "300 acknowledged jobs")
     victim = cluster.nodes[1]
+    try:  # kill it while it holds a delivery, so that one is re-sent
+        wait_for(lambda: holding(cluster, victim.name) > 0, 10, "the victim holding a delivery", step=0.01)
+    except AssertionError:
+        pass
     killed_at = victim.kill()
     time.sleep(1.0)
     victim.start()  # the same node again: a new incarnation
