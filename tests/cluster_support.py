@@ -428,9 +428,11 @@ def analyse(cluster: Cluster, streams: list[Stream]) -> tuple[Report, dict]:
         deliveries = []
     tickets: dict[int, list[tuple[int, str]]] = defaultdict(list)
     resent_tags: set[str] = set()
+    claims_of: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
     for job_id, destination, ticket, claims, state in deliveries:
         tag = tag_of.get(job_id, job_id)
         tickets[int(destination.rsplit(":", 1)[1])].append((ticket, tag))
+        claims_of[int(destination.rsplit(":", 1)[1])].append((ticket, tag, claims))
         if claims > 1:
             resent_tags.add(tag)
         if state != "done":
@@ -490,7 +492,11 @@ def analyse(cluster: Cluster, streams: list[Stream]) -> tuple[Report, dict]:
         if r.tickets and seq != expected:
             first = next((k for k, (a, b) in enumerate(zip(seq, expected)) if a != b), min(len(seq), len(expected)))
             r.problems.append(f"printer {port}: print order differs from ticket order at {first}: "
-                              f"printed {seq[first:first + 4]}, tickets {expected[first:first + 4]}")
+                              f"printed {seq[max(0, first - 3):first + 4]}, "
+                              f"tickets {expected[max(0, first - 3):first + 4]} (from {max(0, first - 3)}); "
+                              f"prints (opened, closed, tag) {[(round(x['opened'], 3), round(x['closed'], 3), x['tag'])
+                                                              for x in recs[max(0, first - 3):first + 5]]}; "
+                              f"deliveries (ticket, tag, claims) {sorted(claims_of[port])[max(0, first - 3):first + 4]}")
         # One stream's print-then-ack jobs: acknowledged one after the other, so printed in that order.
         for s in streams:
             if s.trigger != "after":
