@@ -491,11 +491,11 @@ def analyse(cluster: Cluster, streams: list[Stream]) -> tuple[Report, dict]:
         expected = [tag for _, tag in sorted(tickets[port])]
         if r.tickets and seq != expected:
             first = next((k for k, (a, b) in enumerate(zip(seq, expected)) if a != b), min(len(seq), len(expected)))
+            around = [(round(x["opened"], 3), round(x["closed"], 3), x["tag"]) for x in recs[max(0, first - 3):first + 6]]
             r.problems.append(f"printer {port}: print order differs from ticket order at {first}: "
                               f"printed {seq[max(0, first - 3):first + 4]}, "
                               f"tickets {expected[max(0, first - 3):first + 4]} (from {max(0, first - 3)}); "
-                              f"prints (opened, closed, tag) {[(round(x['opened'], 3), round(x['closed'], 3), x['tag'])
-                                                              for x in recs[max(0, first - 3):first + 5]]}; "
+                              f"prints (opened, closed, tag) {around}; "
                               f"deliveries (ticket, tag, claims) {sorted(claims_of[port])[max(0, first - 3):first + 4]}")
         # One stream's print-then-ack jobs: acknowledged one after the other, so printed in that order.
         for s in streams:
