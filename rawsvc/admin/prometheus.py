@@ -107,6 +107,35 @@ class RawsvcCollector(Collector):
             for d, s in dests.items():
                 dest_family.add_metric([d], int(s.get(key, 0) or 0))
             yield dest_family
+        yield from _cluster(getattr(getattr(self.service, "context", None), "cluster", None))
+
+
+def _cluster(node: Any) -> Iterator[Metric]:
+    """Cluster mode's families (L{rawsvc.cluster}); nothing on a single node."""
+    if node is None:
+        return
+    stats = node.stats()
+    age = GaugeMetricFamily("rawsvc_cluster_lease_age_seconds",
+                            "Seconds since this node's last successful lease renewal was sent.", labels=["node"])
+    age.add_metric([stats["node"]], float(stats["lease_age"]) if stats["lease_age"] is not None else float("nan"))
+    valid = GaugeMetricFamily("rawsvc_cluster_lease_valid", "1 while this node holds its lease (not fenced).",
+                              labels=["node"])
+    valid.add_metric([stats["node"]], 1 if stats["lease_valid"] else 0)
+    takeovers = CounterMetricFamily("rawsvc_cluster_takeovers",
+                                    "Deliveries requeued from dead nodes and jobs adopted, by this node.",
+                                    labels=["node"])
+    takeovers.add_metric([stats["node"]], stats["takeovers"])
+    fences = CounterMetricFamily("rawsvc_cluster_fences", "Times this node fenced itself.", labels=["node"])
+    fences.add_metric([stats["node"]], stats["fences"])
+    repeats = CounterMetricFamily("rawsvc_cluster_possible_repeats",
+                                  "Deliveries this node claimed again after a takeover (may print twice).",
+                                  labels=["node"])
+    repeats.add_metric([stats["node"]], stats["repeats"])
+    deliveries = GaugeMetricFamily("rawsvc_cluster_deliveries", "Deliveries in the cluster, by state.",
+                                   labels=["state"])
+    for state, n in sorted(stats["deliveries"].items()):
+        deliveries.add_metric([state], n)
+    yield from (age, valid, takeovers, fences, repeats, deliveries)
 
 
 def registry_for(service: Any) -> CollectorRegistry:

@@ -93,10 +93,16 @@ class Health(AdminPage):
         up, listeners = health(self.service)
         down = [name for name, v in listeners.items() if not v["up"]]
         reason = refusing(self.service.sink)
-        ok = up and reason is None
+        node = getattr(getattr(self.service, "context", None), "cluster", None)
+        lease = node.health() if node is not None else None
+        ok = up and reason is None and lease is None
         report: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "ok": ok, "refusing": reason is not None}
         if reason is not None:
             report["reason"] = reason
+        if node is not None:
+            report["cluster"] = {"ok": lease is None, **node.stats()}
+            if lease is not None:
+                report["cluster"]["reason"] = lease
         report.update(down=down, listeners=listeners)
         return _json(request, report, 200 if ok else 503)
 

@@ -37,7 +37,7 @@ stays unfinished in the spool and resumes at the next start.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -103,6 +103,8 @@ class DestinationPool(PoolDelivery, Service):
         #: Cluster mode (L{rawsvc.cluster.pool.ClusterDeliveries}): C{deliver} enqueues there, and a
         #: node's delivery worker runs the claimed deliveries here with L{deliver_here}.
         self.cluster: Any = None
+        #: Asked before every attempt (cluster mode: the lease is valid); False ends the delivery C{stopped}.
+        self.gate: Callable[[], bool] | None = None
 
     def add_watcher(self, watcher: IDeliveryWatcher) -> None:
         """Tell C{watcher} (an L{IDeliveryWatcher}) about deliveries that wait to retry and retry."""
@@ -163,9 +165,11 @@ class DestinationPool(PoolDelivery, Service):
         for q in self._queues.values():
             q.end_wait(_Stopping())
             current = q.current
-            if current is not None and current.transport is not None:
-                current.transport.abortConnection()
-                aborted += 1
+            if current is not None:
+                current.abandoned = True
+                if current.transport is not None:
+                    current.transport.abortConnection()
+                    aborted += 1
         return aborted
 
     # Operators ---------------------------------------------------------------
@@ -294,6 +298,10 @@ class DestinationPool(PoolDelivery, Service):
         result: DeliveryResult
         try:
             while True:
+                if delivery.abandoned or (self.gate is not None and not self.gate()):
+                    result = DeliveryResult(STOPPED, key, delivery.attempt,
+                                            message=f"this node lost its cluster lease: {key} not tried again")
+                    break
                 q.attempts += 1
                 delivery.connect()
                 attempt = delivery.attempt
@@ -327,6 +335,9 @@ class DestinationPool(PoolDelivery, Service):
                 )
                 if result.ok:
                     self._cooling.pop(key, None)
+                    break
+                if delivery.abandoned:
+                    result = attrs.evolve(result, outcome=STOPPED, message=f"abandoned (fenced); {result.message}")
                     break
                 failed += 1
                 if self._no_retry:

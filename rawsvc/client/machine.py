@@ -94,6 +94,8 @@ class Delivery:
         self.since = clock()
         #: The transport of the attempt connected now (None between attempts): what a fenced cluster node aborts.
         self.transport: Any = None
+        #: Set when a fenced cluster node cut this delivery off: no further attempt.
+        self.abandoned = False
 
     # States -------------------------------------------------------------------
 

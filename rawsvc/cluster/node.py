@@ -39,14 +39,16 @@ from rawsvc.spool.pg_worker import OPEN, STOP, WORK, Op, PgWorker, Unavailable
 log = Logger(namespace="rawsvc.cluster")
 
 
-def connect(dsn: str) -> Any:
-    """A new autocommit connection to C{dsn} with the spool's libpq defaults."""
+def connect(dsn: str, application_name: str = "rawsvc") -> Any:
+    """A new autocommit connection to C{dsn} with the spool's libpq defaults, named C{application_name}."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from rawsvc.spool.pg import DEFAULTS
 
-    conn = psycopg.connect(make_conninfo("", **{**DEFAULTS, **conninfo_to_dict(dsn)}), autocommit=True)
+    params = {**DEFAULTS, **conninfo_to_dict(dsn)}
+    params["application_name"] = application_name
+    conn = psycopg.connect(make_conninfo("", **params), autocommit=True)
     conn.execute("SET synchronous_commit = on")
     return conn
 
@@ -56,7 +58,7 @@ class Db:
 
     def __init__(self, reactor: Any, dsn: str, name: str) -> None:
         self.dsn = dsn
-        self.worker = PgWorker(reactor, dsn, lambda: connect(dsn), lambda conn: None)
+        self.worker = PgWorker(reactor, dsn, lambda: connect(dsn, f"rawsvc-{name}"), lambda conn: None)
         self.name = name
         self._open = False
 
@@ -112,7 +114,7 @@ class Listener:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = connect(self.dsn)
+                conn = connect(self.dsn, "rawsvc-listen")
                 for channel in (sql.WORK_CHANNEL, sql.DONE_CHANNEL, sql.REQUESTS_CHANNEL):
                     conn.execute(f"LISTEN {channel}")
                 self.backend_pid = conn.info.backend_pid
@@ -167,6 +169,7 @@ class ClusterNode(Service):
         self.lease.on_fenced.append(self._fenced)
         self.lease.on_joined.append(self._joined)
         pool.cluster = self.deliveries
+        pool.gate = self.lease.check  # before every attempt: past the deadline, fence and do not connect
         #: Counters for /metrics: deliveries requeued from dead nodes, jobs adopted.
         self.takeovers = 0
         self.adopted = 0

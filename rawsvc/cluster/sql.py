@@ -172,15 +172,16 @@ RETURNING d.id, d.job_id, d.action_index, d.destination, d.ticket, d.fence, d.cl
 RECHECK = "AND d.state = 'queued'"
 
 
-def claim(conn: Any, me: uuid.UUID, margin: float, free: int, skip: Iterable[str] = (),
-          recheck: bool = True) -> list[Claimed]:
+def claim(conn: Any, me: uuid.UUID, margin: float, free: int, recheck: bool = True,
+          stats: dict[str, int] | None = None) -> list[Claimed]:
     """
     Claim up to C{free} printer heads (the lowest open ticket of each
     printer, when it is queued, not sending), as long as this incarnation's
     lease is alive with C{margin} seconds to spare.  A C{UniqueViolation}
     (another claim of the same printer committed between) claims nothing:
-    try again later.  C{recheck=False} is the known-wrong variant, for the
-    claim-race test to show that it has teeth.
+    try again later (counted in C{stats["unique_hits"]} when given).
+    C{recheck=False} is the known-wrong variant, for the claim-race test to
+    show that it has teeth.
     """
     import psycopg
 
@@ -191,6 +192,8 @@ def claim(conn: Any, me: uuid.UUID, margin: float, free: int, skip: Iterable[str
         with conn.transaction():
             rows = conn.execute(sql, {"me": me, "margin": margin, "free": int(free)}).fetchall()
     except psycopg.errors.UniqueViolation:
+        if stats is not None:
+            stats["unique_hits"] = stats.get("unique_hits", 0) + 1
         return []
     return [Claimed(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), int(r[5]), int(r[6]), dict(r[7] or {}),
                     None if r[8] is None else bytes(r[8])) for r in rows]

@@ -1,0 +1,256 @@
+"""
+Cluster mode's database guards (L{rawsvc.cluster.sql}) on a real
+PostgreSQL, hammered from threads, each thread a connection and an
+incarnation of its own, as nodes would be:
+
+- the claim race: 12 claimers, 3,000 deliveries over 10 printers; no lost
+  claim, never two in flight for one printer, strict ticket order by the
+  database's clock; and the same harness without the locked-row re-check
+  finds violations (the test has teeth);
+- renewal against reap at the expiry instant, many times: never both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from pg_support import pg_server  # noqa: F401
+
+psycopg = pytest.importorskip("psycopg")
+
+from rawsvc.cluster import sql  # noqa: E402
+from rawsvc.spool.pg_schema import migrate  # noqa: E402
+
+CLAIMERS = 12
+DELIVERIES = 3000
+PRINTERS = 10
+
+
+def _connect(uri):
+    return psycopg.connect(uri, autocommit=True)
+
+
+def _prepare(uri, deliveries=DELIVERIES, printers=PRINTERS):
+    """A migrated database holding C{deliveries} queued deliveries spread over C{printers}."""
+    with _connect(uri) as conn:
+        migrate(conn)
+        with conn.transaction():
+            for i in range(deliveries):
+                sql.enqueue(conn, f"job{i:05d}", 0, f"printer{i % printers}:9100", {}, b"x", notify=False)
+
+
+def _race(uri, recheck, claimers=CLAIMERS, deliveries=DELIVERIES):
+    """
+    Run the claimers until every delivery is done (or a time limit); what
+    they saw: lost claims (a finish that found its claim gone), unique-index
+    hits, claims of a printer that another claimer held at that moment, and
+    deliveries finished.
+    """
+    in_flight: dict[str, str] = {}
+    guard = threading.Lock()
+    seen = {"lost": 0, "unique_hits": 0, "double": 0, "finished": 0, "errors": 0}
+    stop = threading.Event()
+    deadline = time.monotonic() + 25
+
+    def claimer(n):
+        name = f"claimer{n}"
+        stats: dict[str, int] = {}
+        try:
+            with _connect(uri) as conn:
+                me = sql.register(conn, name, 600)
+                while not stop.is_set() and time.monotonic() < deadline:
+                    claims = sql.claim(conn, me, 0.0, 2, recheck=recheck, stats=stats)
+                    if not claims:
+                        left = conn.execute("SELECT count(*) FROM rawsvc_deliveries"
+                                            " WHERE state IN ('queued', 'sending')").fetchone()[0]
+                        if left == 0:
+                            break
+                        time.sleep(0.001)
+                        continue
+                    mine = []
+                    with guard:
+                        for c in claims:
+                            if c.destination in in_flight:
+                                seen["double"] += 1
+                            else:
+                                in_flight[c.destination] = name
+                                mine.append(c.destination)
+                    time.sleep(0.0005)  # "sending"
+                    for c in claims:
+                        with guard:  # leaves the printer before its finish commits: no false alarm
+                            if c.destination in mine:
+                                in_flight.pop(c.destination, None)
+                        ok = sql.finish(conn, c, me, True, {"outcome": "delivered"})
+                        with guard:
+                            if ok:
+                                seen["finished"] += 1
+                            else:
+                                seen["lost"] += 1
+        except Exception:
+            with guard:
+                seen["errors"] += 1
+            raise
+        finally:
+            with guard:
+                seen["unique_hits"] += stats.get("unique_hits", 0)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    return seen
+
+
+def _order_violations(uri):
+    """Per printer, deliveries claimed before the previous ticket finished (by the database's clock)."""
+    with _connect(uri) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM (SELECT claimed_at, lag(finished_at) OVER w AS before"
+            " FROM rawsvc_deliveries WINDOW w AS (PARTITION BY destination ORDER BY ticket)) t"
+            " WHERE before IS NOT NULL AND claimed_at < before").fetchone()[0]
+
+
+def _states(uri):
+    with _connect(uri) as conn:
+        return sql.counts(conn), conn.execute("SELECT max(claims) FROM rawsvc_deliveries").fetchone()[0]
+
+
+def test_claim_race_loses_nothing_and_keeps_printer_order(pg_server):
+    uri = pg_server.new_database("claims")
+    _prepare(uri)
+    seen = _race(uri, recheck=True)
+    counts, most_claims = _states(uri)
+    assert seen["errors"] == 0
+    assert counts == {"queued": 0, "sending": 0, "done": DELIVERIES, "failed": 0}
+    assert seen["finished"] == DELIVERIES
+    assert seen["lost"] == 0
+    assert seen["double"] == 0
+    assert most_claims == 1  # nothing was claimed twice
+    assert _order_violations(uri) == 0
+
+
+def test_claim_race_without_the_locked_row_recheck_is_caught(pg_server):
+    """The same harness, the known-wrong claim: the checks above find it out."""
+    uri = pg_server.new_database("teeth")
+    _prepare(uri)
+    seen = _race(uri, recheck=False)
+    counts, most_claims = _states(uri)
+    order = _order_violations(uri)
+    caught = seen["lost"] + seen["double"] + order + (most_claims > 1)
+    print(f"without the re-check: {seen}, order violations {order}, most claims of one delivery {most_claims}")
+    assert caught > 0, seen
+
+
+def test_tickets_follow_commit_order_per_printer(pg_server):
+    """Two writers enqueueing for one printer: tickets are 1..n without gaps, in commit order."""
+    uri = pg_server.new_database("tickets")
+    with _connect(uri) as conn:
+        migrate(conn)
+
+    def writer(n):
+        with _connect(uri) as conn:
+            for i in range(100):
+                with conn.transaction():
+                    sql.enqueue(conn, f"w{n}-{i}", 0, "p:9100", {}, b"", notify=False)
+                    sql.enqueue(conn, f"w{n}-{i}", 0, "p:9100", {}, b"", notify=False)  # idempotent
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with _connect(uri) as conn:
+        tickets = [r[0] for r in conn.execute("SELECT ticket FROM rawsvc_deliveries ORDER BY xmin::text::bigint")]
+        assert sorted(tickets) == list(range(1, 401))
+        assert tickets == sorted(tickets)  # commit (transaction id) order is ticket order
+
+
+def test_renewal_and_reap_never_both_win(pg_server):
+    """
+    Renew and reap one incarnation around its expiry instant, 500 times
+    (the lease set to expire 3 ms ahead, both sides let go together, each
+    after a random pause of 0-6 ms): never both renewed and reaped.
+    """
+    import random
+
+    uri = pg_server.new_database("lease")
+    with _connect(uri) as conn:
+        migrate(conn)
+    renewer, reaper = _connect(uri), _connect(uri)
+    both = renewed = reaped = 0
+    rounds = 500
+    go = threading.Barrier(3)
+    out: dict[str, bool] = {}
+    me_box: list[uuid.UUID] = []
+    done = threading.Event()
+
+    def side(name, fn):
+        try:
+            while True:
+                go.wait()
+                if done.is_set():
+                    return
+                time.sleep(random.uniform(0, 0.006))
+                out[name] = fn(me_box[0])
+                go.wait()
+        except threading.BrokenBarrierError:
+            return
+
+    threads = [threading.Thread(target=side, args=("renewed", lambda me: sql.renew(renewer, me, 5))),
+               threading.Thread(target=side, args=("reaped", lambda me: me in sql.reap(reaper)))]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(rounds):
+            me = sql.register(reaper, "racer", 600)
+            reaper.execute("UPDATE rawsvc_nodes SET lease_until = clock_timestamp() + interval '3 ms'"
+                           " WHERE incarnation = %s", (me,))
+            me_box[:] = [me]
+            out.clear()
+            go.wait()  # let go
+            go.wait()  # both answered
+            if not out["reaped"] and not out["renewed"]:  # renewed too late: expired, not yet reaped
+                out["reaped"] = me in sql.reap(reaper)
+            both += out["renewed"] and out["reaped"]
+            renewed += out["renewed"]
+            reaped += out["reaped"]
+            state = reaper.execute("SELECT state FROM rawsvc_nodes WHERE incarnation = %s", (me,)).fetchone()[0]
+            assert state == ("alive" if out["renewed"] else "dead")
+            reaper.execute("UPDATE rawsvc_nodes SET state = 'left' WHERE incarnation = %s", (me,))
+    finally:
+        done.set()
+        go.abort()
+        for t in threads:
+            t.join(5)
+        renewer.close()
+        reaper.close()
+    assert both == 0
+    assert renewed + reaped == rounds
+    assert renewed > 0 and reaped > 0, (renewed, reaped)  # the race was run on both sides of the instant
+
+
+def test_dead_incarnations_deliveries_are_requeued_in_place(pg_server):
+    uri = pg_server.new_database("requeue")
+    _prepare(uri, deliveries=4, printers=2)
+    with _connect(uri) as conn:
+        dead = sql.register(conn, "dead", 600)
+        alive = sql.register(conn, "alive", 600)
+        claims = sql.claim(conn, dead, 0.0, 10)
+        assert sorted(c.ticket for c in claims) == [1, 1]
+        assert sql.claim(conn, alive, 0.0, 10) == []  # the heads are in flight
+        conn.execute("UPDATE rawsvc_nodes SET lease_until = clock_timestamp() - interval '1 s'"
+                     " WHERE incarnation = %s", (dead,))
+        assert sql.reap(conn) == [dead]
+        requeued = sql.requeue_stale(conn)
+        assert sorted(r[0] for r in requeued) == sorted(c.id for c in claims)
+        again = sql.claim(conn, alive, 0.0, 10)
+        assert sorted((c.id, c.ticket, c.claims) for c in again) == sorted((c.id, 1, 2) for c in claims)
+        assert not any(sql.finish(conn, c, dead, True, {}) for c in claims)  # the dead node's finish is fenced
+        assert all(sql.finish(conn, c, alive, True, {}) for c in again)
+        assert sql.renew(conn, dead, 10) is False  # a reaped lease is never revived

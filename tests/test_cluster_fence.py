@@ -1,0 +1,156 @@
+"""
+The self-fence (L{rawsvc.cluster.lease.Lease} with the
+L{rawsvc.cluster.pool.DeliveryWorker}) on a L{MemoryReactorClock}: the
+database is a stand-in whose answers the test gives (or withholds, as a
+frozen or cut-off database would), the delivery is the real pool's machine
+over a L{StringTransport}.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from rawsvc.client.address import AllowList
+from rawsvc.client.destinations import DestinationPool
+from rawsvc.client.outcomes import STOPPED
+from rawsvc.cluster import sql
+from rawsvc.cluster.lease import Lease
+from rawsvc.cluster.pool import DeliveryWorker, encode_settings
+from rawsvc.client.protocol import SendSettings
+from rawsvc.client.retry import RetryPolicy
+
+
+class AbortRecorder(StringTransport):
+    aborted = 0
+
+    def abortConnection(self):
+        self.aborted += 1
+        super().abortConnection()
+
+
+class FrozenDb:
+    """Records what is run; answers only when told (C{answer})."""
+
+    def __init__(self):
+        self.calls: list[tuple[object, Deferred]] = []
+
+    def run(self, fn):
+        d: Deferred = Deferred()
+        self.calls.append((fn, d))
+        return d
+
+    def pending(self):
+        return [(fn, d) for fn, d in self.calls if not d.called]
+
+
+def _setup(ttl=3.0, margin=1.0, interval=0.5):
+    clock = MemoryReactorClock()
+    lease_db, work_db = FrozenDb(), FrozenDb()
+    lease = Lease(clock, lease_db.run, "n1", ttl, margin, interval, monotonic=clock.seconds)
+    pool = DestinationPool(clock, allow=AllowList.parse(["127.0.0.1:9100"]))
+    pool.gate = lease.check
+    worker = DeliveryWorker(clock, pool, work_db.run, lease, "/nonexistent")
+    lease.on_fenced.append(worker.fence)
+    me = uuid.uuid4()
+    lease.start(me, registered_at=0.0)
+    return clock, lease_db, work_db, lease, pool, worker, me
+
+
+def _claimed(me, payload=b"%!PS job\n" * 100):
+    settings = encode_settings(SendSettings(retries=5, retry_delay=0.2, wait_for_eof=True, eof_timeout=60.0), RetryPolicy(0.2, 1.0, retries=5), None)
+    return sql.Claimed(1, "job-1", 0, "127.0.0.1:9100", 1, 1, 1, settings, payload)
+
+
+def _connect(clock):
+    """Complete the pending TCP connection with a transport of ours."""
+    host, port, factory, _, _ = clock.tcpClients[-1]
+    proto = factory.buildProtocol(None)
+    transport = AbortRecorder()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_past_the_deadline_connections_are_aborted_and_nothing_is_claimed():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed(me)], me)
+    clock.advance(0)
+    assert len(clock.tcpClients) == 1
+    proto, transport = _connect(clock)
+    assert transport.value().startswith(b"%!PS job")
+    # Renewals are sent every 0.5 s but the database never answers: at 1.9 s the lease still holds.
+    clock.pump([0.1] * 19)
+    assert lease.valid() and not lease.fenced
+    assert transport.aborted == 0 and not transport.disconnecting
+    assert list(worker.running) == [1]  # connected, waiting for the printer's end of the job
+    for fn, d in work_db.pending():
+        d.callback([])  # the claim asked after the first one finds nothing more
+    assert worker.claim() is not None  # a claim may still be asked
+    # At 2.0 s (ttl 3 - margin 1 after the registration sent at 0) the node fences itself.
+    clock.pump([0.1] * 2)
+    assert lease.fenced and not lease.valid()
+    assert transport.aborted == 1
+    for fn, d in work_db.pending():
+        d.callback([])
+    calls = len(work_db.calls)
+    worker.wake()
+    clock.advance(0)
+    assert worker.claim() is None and len(work_db.calls) == calls  # no claim while fenced
+    # The aborted connection ends; the delivery is not tried again (no second connection).
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionAborted()))
+    clock.pump([0.1] * 30)
+    assert len(clock.tcpClients) == 1
+    # Every byte had been handed over (a StringTransport takes all), so the attempt counts as
+    # delivered: the finish asked is the fenced one, which the database refuses if the claim is gone.
+    # Nothing is released (a release would put the head back in line while we may still hold it).
+    finishes = [fn for fn, _ in work_db.calls if "_finish" in fn.__qualname__]
+    assert len(finishes) == 1
+
+
+def test_a_refused_renewal_fences_and_the_node_joins_again_as_a_new_incarnation():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    clock.advance(0.5)  # the first renewal is sent
+    fn, d = lease_db.pending()[0]
+    d.callback(False)  # refused: the lease had expired, or was reaped
+    assert lease.fenced
+    clock.advance(0.5)  # the next tick registers a new incarnation
+    fn, d = lease_db.pending()[0]
+    new = uuid.uuid4()
+    d.callback(new)
+    assert lease.incarnation == new and not lease.fenced and lease.valid()
+    assert lease.fences == 1
+
+
+def test_a_renewal_answered_late_moves_the_deadline_from_its_send_time():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    clock.advance(0.5)  # renewal sent at 0.5
+    fn, d = lease_db.pending()[0]
+    clock.advance(1.0)  # answered at 1.5
+    d.callback(True)
+    assert lease.deadline == 0.5 + 3.0 - 1.0  # from the send, not the answer
+    clock.pump([0.1] * 9)  # 2.4: still valid (the old deadline 2.0 is gone)
+    assert lease.valid()
+    for _ in range(20):  # no more answers: fenced at 2.5
+        clock.advance(0.05)
+    assert lease.fenced
+
+
+def test_a_fenced_worker_releases_nothing_and_a_stopped_delivery_is_not_finished():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    lease.fence("test")
+    result = worker._finish(pool_result(), _claimed(me), me)
+    assert result is None
+
+
+def pool_result():
+    from rawsvc.client.outcomes import DeliveryResult
+
+    return DeliveryResult(STOPPED, "127.0.0.1:9100", message="stopped")
+
+
+__all__ = ["succeed"]
