@@ -3,7 +3,7 @@ rawsvc benchmarks, each scenario side by side with its baselines in one run.
 
     python bench/run.py [--duration S] [--json bench/results.json] [--only SCENARIO]
 
-Scenarios: rt-eof, rt-line, relay, stream, idle, durable (see bench/scenarios/).
+Scenarios: rt-eof, rt-line, relay, stream, idle, durable, cluster (see bench/scenarios/).
 rawsvc runs as the real C{twistd -n rawsvc} subprocess pinned to core 0; the
 load generator (bench/loadgen.c, compiled here with cc -O2 into a temporary
 directory) runs on core 1.  Loopback only.  Prints a table and writes every
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import REPO, build_loadgen, raise_nofile  # noqa: E402
-from scenarios import durable, idle, nodered, relay, roundtrip, stream  # noqa: E402
+from scenarios import cluster, durable, idle, nodered, relay, roundtrip, stream  # noqa: E402
 
 SCENARIOS = {
     "rt-eof": lambda ctx: roundtrip.run(ctx, "eof"),
@@ -34,6 +34,7 @@ SCENARIOS = {
     "stream": stream.run,
     "idle": idle.run,
     "durable": durable.run,
+    "cluster": cluster.run,
 }
 
 MB = 1e6
@@ -200,6 +201,10 @@ def table(results: dict) -> tuple[list[str], list[dict]]:
             ratio = du.get("ratio")
             goals.append({"goal": "durable / non-durable jobs/s", "measured": ratio, "target": ">= 0.7",
                           "met": None if ratio is None else ratio >= 0.7})
+
+    cl = results.get("cluster")
+    if cl:
+        lines += cluster.table(cl)
 
     lines.append("")
     lines.append("Goals")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -70,6 +71,8 @@ class ReceivedJob:
     reset: bool = False
     #: The status queries it answered ("~HS", "@PJL INFO STATUS"); their bytes are not in C{data}.
     queries: list[str] = attrs.field(factory=list)
+    #: It opened while another connection to the same printer was open.
+    overlapped: bool = False
 
     @property
     def bytes(self) -> bytes:
@@ -145,16 +148,21 @@ class _FakePrinterProtocol(Protocol):
     def __init__(self, printer: "FakePrinter") -> None:
         self.printer = printer
         self.job: ReceivedJob | None = None
+        self._delayed: Any = None
 
     def connectionMade(self) -> None:
         peer = stream_transport(self).getPeer()
         self.job = ReceivedJob(f"{peer.host}:{peer.port}", time.monotonic())
-        self.printer._opened(self)
+        if not self.printer._opened(self):
+            self.reset()
+            return
         if self.printer.greeting:
             stream_transport(self).write(self.printer.greeting)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.job is not None
+        if self.job.overlapped and self.printer.exclusive:
+            return
         status = self.printer.status
         if status is not None:
             data, answer, names = status.answer(data)
@@ -183,6 +191,13 @@ class _FakePrinterProtocol(Protocol):
     def readConnectionLost(self) -> None:
         assert self.job is not None
         self.job.eof_at = time.monotonic()
+        if self.printer.close_delay:
+            self._delayed = self.printer.reactor.callLater(self.printer.close_delay, self._job_done)
+        else:
+            self._job_done()
+
+    def _job_done(self) -> None:
+        self._delayed = None
         if self.printer.reply:
             stream_transport(self).write(self.printer.reply)
         if self.printer.close_on_eof:
@@ -192,6 +207,9 @@ class _FakePrinterProtocol(Protocol):
         stream_transport(self).loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
         self.printer._closed(self)
 
 
@@ -206,9 +224,19 @@ class FakePrinter(Factory):
         false the printer never closes, and the sender must.
     @param reset_after: reset the connection once this many bytes arrived.
     @param status: answer status queries from these conditions (L{FakeStatus}).
+    @param close_delay: seconds between the sender's EOF and the reply and
+        close (a printer busy printing the job).
+    @param exclusive: take one connection at a time, as a real printer
+        does: a connection that opens while another is open is reset at once
+        and is not a job (it is in C{overlaps} all the same).
+    @param on_closed: called with each job (L{ReceivedJob}) once its
+        connection has closed (for a test that records jobs as they end).
 
     C{jobs} lists every connection; C{max_active} is the most connections
-    that were ever open at once.  Start with L{listen} (or L{refuse} then
+    that were ever open at once; C{overlaps} lists every connection that
+    opened while another one was open (with C{exclusive}: each a second
+    sender at a busy printer, a failure for a test that promises one
+    connection per printer).  Start with L{listen} (or L{refuse} then
     L{accept}) and always L{stop}.
     """
 
@@ -220,6 +248,9 @@ class FakePrinter(Factory):
         reset_after: int | None = None,
         reactor: Any = None,
         status: FakeStatus | None = None,
+        close_delay: float = 0.0,
+        exclusive: bool = False,
+        on_closed: Callable[[ReceivedJob], None] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -231,7 +262,11 @@ class FakePrinter(Factory):
         self.close_on_eof = close_on_eof
         self.reset_after = reset_after
         self.status = status
+        self.close_delay = close_delay
+        self.exclusive = exclusive
+        self.on_closed = on_closed
         self.jobs: list[ReceivedJob] = []
+        self.overlaps: list[ReceivedJob] = []
         self.active = 0
         self.max_active = 0
         self.port: int = 0
@@ -317,12 +352,19 @@ class FakePrinter(Factory):
         d.callback(None)
         return d
 
-    def _opened(self, p: _FakePrinterProtocol) -> None:
+    def _opened(self, p: _FakePrinterProtocol) -> bool:
+        """Count a new connection; False when it is to be turned away (exclusive and busy)."""
         assert p.job is not None
+        if self.active:
+            p.job.overlapped = True
+            self.overlaps.append(p.job)
+            if self.exclusive:
+                return False
         self.jobs.append(p.job)
         self._protocols.add(p)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
+        return True
 
     def _closed(self, p: _FakePrinterProtocol) -> None:
         if p in self._protocols:
@@ -330,6 +372,8 @@ class FakePrinter(Factory):
             self.active -= 1
             assert p.job is not None
             p.job.closed = time.monotonic()
+            if self.on_closed is not None:
+                self.on_closed(p.job)
             self._check_waiters()
 
     def _check_waiters(self) -> None:

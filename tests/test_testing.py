@@ -101,3 +101,84 @@ def test_start_service_runs_a_real_service_on_loopback(reactor, tmp_path):
         assert (yield send_job(reactor, running.endpoint("t"), b"x")) == b"GOT x"
     finally:
         yield running.stop()
+
+
+# FakePrinter: one connection at a time -------------------------------------------
+
+
+def _raw_connect(port):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_exclusive_fake_printer_resets_and_counts_a_second_concurrent_connection(reactor):
+    from twisted.internet.task import deferLater
+
+    from rawsvc.testing import FakePrinter
+
+    closed = []
+    printer = FakePrinter(exclusive=True, on_closed=closed.append)
+    port = printer.listen()
+    first = _raw_connect(port)
+    try:
+        first.sendall(b"first job")
+        yield deferLater(reactor, 0.1, lambda: None)
+        second = _raw_connect(port)  # the printer is busy with the first
+        second.sendall(b"second job")
+        yield deferLater(reactor, 0.1, lambda: None)
+        with pytest.raises(ConnectionResetError):
+            second.recv(10)
+        second.close()
+        first.shutdown(1)  # SHUT_WR: the first job ends
+        yield printer.wait_for(1)
+        assert first.recv(10) == b""
+    finally:
+        first.close()
+        yield printer.stop()
+    assert printer.printed == [b"first job"]  # the second sender's bytes are no job
+    assert [j.overlapped for j in printer.overlaps] == [True] and printer.max_active == 1
+    assert [j.bytes for j in closed] == [b"first job"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_shared_fake_printer_takes_a_second_connection_and_still_counts_it(reactor):
+    from twisted.internet.task import deferLater
+
+    from rawsvc.testing import FakePrinter
+
+    printer = FakePrinter()
+    port = printer.listen()
+    a, b = _raw_connect(port), _raw_connect(port)
+    try:
+        a.sendall(b"a")
+        b.sendall(b"b")
+        yield deferLater(reactor, 0.1, lambda: None)
+        a.shutdown(1)
+        b.shutdown(1)
+        yield printer.wait_for(2)
+    finally:
+        a.close()
+        b.close()
+        yield printer.stop()
+    assert sorted(printer.printed) == [b"a", b"b"]
+    assert len(printer.overlaps) == 1 and printer.max_active == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_fake_printer_with_close_delay_answers_and_closes_that_long_after_eof(reactor):
+    from rawsvc.testing import FakePrinter
+
+    printer = FakePrinter(reply=b"done", close_delay=0.3)
+    port = printer.listen()
+    conn = _raw_connect(port)
+    try:
+        conn.sendall(b"job")
+        conn.shutdown(1)
+        [job] = yield printer.wait_for(1)
+        assert conn.recv(10) == b"done"
+    finally:
+        conn.close()
+        yield printer.stop()
+    assert job.bytes == b"job" and job.closed - job.eof_at >= 0.29
