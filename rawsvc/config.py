@@ -96,7 +96,7 @@ FLOW_OPTIONS = o.Schema(
     o.Option("description", str, "", doc="free text"),
 )
 
-TOP_LEVEL = ("service", "trigger", "flow", "admin")
+TOP_LEVEL = ("service", "cluster", "trigger", "flow", "admin")
 
 
 @attrs.define(eq=False)
@@ -190,6 +190,7 @@ def service_config(path: str | None = None) -> ServiceConfig:
     errors = _Errors(path)
     doc = _parse(_read(path), path)
     settings = _service(doc, errors)
+    _cluster(doc, settings, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
     return ServiceConfig(path, settings, config_relative(path, settings.state_dir))
@@ -229,6 +230,26 @@ def _service(doc: dict[str, Any], errors: _Errors) -> o.Settings:
     return SERVICE_OPTIONS.settings(values)
 
 
+def _cluster(doc: dict[str, Any], settings: o.Settings, errors: _Errors) -> dict[str, Any] | None:
+    """The validated C{[cluster]} table (defaults filled in) with a PostgreSQL spool, else None."""
+    from rawsvc.cluster.settings import CLUSTER_OPTIONS, check
+    from rawsvc.spool.pg_schema import is_pg_uri
+
+    table = doc.get("cluster")
+    if table is not None and not isinstance(table, dict):
+        errors.add("[cluster]", "must be a table")
+        table = {}
+    if not is_pg_uri(settings.spool):
+        if table is not None:
+            errors.add("[cluster]", "needs a PostgreSQL spool: [service] spool = \"postgresql://user@host:port/db\"")
+        return None
+    values, issues = CLUSTER_OPTIONS.validate(table or {})
+    errors.extend("[cluster]", issues)
+    if not issues:
+        errors.extend("[cluster]", check(values))
+    return values
+
+
 def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None = None,
           require_trigger: bool = False) -> Config:
     """
@@ -242,6 +263,7 @@ def loads(raw: bytes | str, path: str = "<memory>", context: BuildContext | None
 
     if context is None:
         context = BuildContext(config_path=path)
+    context.cluster_options = _cluster(doc, settings, errors)
     context.config_path = path
     context.state_dir = config_relative(path, settings.state_dir)
     context.service_options = service

@@ -44,6 +44,8 @@ class BuildContext:
     config_path: str = "<memory>"
     state_dir: str = DEFAULT_STATE_DIR
     service_options: dict[str, Any] = attrs.field(factory=dict)
+    #: The validated C{[cluster]} table with a PostgreSQL spool (L{rawsvc.cluster.settings}), else None.
+    cluster_options: dict[str, Any] | None = None
     reactor: Any = None
     #: Set by the loader: every trigger's validated options, by name.
     trigger_options: dict[str, dict[str, Any]] = attrs.field(factory=dict)

@@ -45,7 +45,7 @@ class UnknownTable(LookupError):
 def table_names() -> list[str]:
     """Every built-in table's name, in README's order."""
     return (
-        ["service", "flow"]
+        ["service", "cluster", "flow"]
         + [f"trigger.{t}" for t in TRIGGER_TYPES]
         + [f"action.{a}" for a in ACTION_TYPES]
         + [f"admin.{a}" for a in ADMIN_TABLES]
@@ -68,6 +68,10 @@ def schema_of(name: str) -> o.Schema:
             return SERVICE_OPTIONS
         if name == "flow":
             return FLOW_OPTIONS
+        if name == "cluster":
+            from rawsvc.cluster.settings import CLUSTER_OPTIONS
+
+            return CLUSTER_OPTIONS
         if kind == "trigger" and rest:
             return find_trigger_type(rest).options
         if kind == "action" and rest:
@@ -79,7 +83,7 @@ def schema_of(name: str) -> o.Schema:
     except ConfigIssue as e:
         raise UnknownTable(f"{name}: {e.message}") from None
     raise UnknownTable(
-        f"no table {name!r}; tables: service, flow, trigger.TYPE, action.TYPE, "
+        f"no table {name!r}; tables: service, cluster, flow, trigger.TYPE, action.TYPE, "
         f"admin.{'/'.join(ADMIN_SECTIONS)} (built in: {', '.join(table_names())})"
     )
 

@@ -307,6 +307,8 @@ def purge(conn: Any, files_dir: str, max_age: float, max_bytes: int, now: float)
             total -= size
     ids = [job_id for job_id, _ in doomed]
     for start in range(0, len(ids), 500):
+        conn.execute("DELETE FROM rawsvc_deliveries WHERE job_id = ANY(%s) AND state IN ('done', 'failed')",
+                     (ids[start:start + 500],))
         conn.execute("DELETE FROM rawsvc_jobs WHERE job_id = ANY(%s)", (ids[start:start + 500],))
     conn.execute("DELETE FROM rawsvc_requests WHERE answered_at IS NOT NULL AND answered_at < %s", (cutoff,))
     for job_id in ids:

@@ -12,9 +12,9 @@ The tables follow the cluster design (C{shared/CLUSTER.md}): one row per
 process start in C{rawsvc_nodes} (an I{incarnation}), the jobs with the
 incarnation that runs them (C{owner}), payloads past L{INLINE_MAX} in
 C{rawsvc_payload_chunks}, the CLI's requests.  Job times are the store's
-clock (epoch seconds, C{double precision}); lease times, later, are the
-database's (C{timestamptz}).  Per-printer tickets and delivery claims come
-with the next step, as a new migration.
+clock (epoch seconds, C{double precision}); lease times are the
+database's (C{timestamptz}).  Version 2 adds cluster mode's per-printer
+tickets and delivery claims (L{rawsvc.cluster}).
 """
 
 from __future__ import annotations
@@ -88,8 +88,41 @@ CREATE TABLE rawsvc_requests (
 CREATE INDEX rawsvc_requests_open ON rawsvc_requests (id) WHERE answered_at IS NULL;
 """
 
+# Cluster mode (L{rawsvc.cluster}): per-printer tickets and delivery claims.
+_V2 = """
+CREATE TABLE rawsvc_destinations (
+  destination text PRIMARY KEY,
+  next_ticket bigint NOT NULL DEFAULT 1
+);
+
+CREATE TABLE rawsvc_deliveries (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  job_id text NOT NULL,
+  action_index integer NOT NULL,
+  destination text NOT NULL REFERENCES rawsvc_destinations (destination),
+  ticket bigint NOT NULL,
+  state text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sending', 'done', 'failed')),
+  holder uuid,
+  fence bigint NOT NULL DEFAULT 0,
+  claims integer NOT NULL DEFAULT 0,
+  settings jsonb NOT NULL DEFAULT '{}',
+  data bytea,
+  result jsonb,
+  queued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  claimed_at timestamptz,
+  finished_at timestamptz,
+  UNIQUE (job_id, action_index),
+  UNIQUE (destination, ticket)
+);
+CREATE UNIQUE INDEX rawsvc_one_sending_per_destination ON rawsvc_deliveries (destination) WHERE state = 'sending';
+CREATE INDEX rawsvc_open_by_destination ON rawsvc_deliveries (destination, ticket)
+  WHERE state IN ('queued', 'sending');
+CREATE INDEX rawsvc_deliveries_by_holder ON rawsvc_deliveries (holder) WHERE state = 'sending';
+CREATE INDEX rawsvc_nodes_alive ON rawsvc_nodes (lease_until) WHERE state = 'alive';
+"""
+
 #: Version N is reached by running C{MIGRATIONS[N - 1]}.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 VERSION = len(MIGRATIONS)
 
 
