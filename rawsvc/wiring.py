@@ -87,7 +87,8 @@ def build_store(context: BuildContext, opts: Any) -> IJobStore:
     if is_pg_uri(opts.spool):
         from rawsvc.spool.pg import PgStore
 
-        return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS))
+        node = (context.cluster_options or {}).get("node") or None
+        return PgStore(opts.spool, context.reactor, os.path.join(context.state_dir, PG_PAYLOADS), node=node)
     from rawsvc.spool.store import Store
 
     return Store(context.state_dir, context.reactor, min_free_bytes=int(opts.min_free_mb * (1 << 20)))
