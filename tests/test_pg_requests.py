@@ -3,7 +3,8 @@ The cluster's retry/cancel requests in PostgreSQL: a request is claimed by
 exactly one node (many claimers at once), only by the node owning its job
 while that node is alive, taken over once the claimer is gone, and never
 again once answered.  The reading side (L{rawsvc.spool.pg_browse}) sends
-the wake-up with the request.
+the wake-up with the request, and a node's listener calls its poll on the
+reactor.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+import pytest_twisted
 
 from rawsvc.spool import pg_browse, pg_ops
+from rawsvc.spool.pg_listen import RequestWakeups
 from rawsvc.spool.pg_schema import migrate
 
 pytestmark = pytest.mark.slow
@@ -105,3 +108,31 @@ def test_a_request_wakes_the_listening_nodes(db):
         rid = request(db, "ghost", "cancel")
         [note] = list(listener.notifies(timeout=5, stop_after=1))
     assert (note.channel, note.payload) == (pg_browse.CHANNEL, str(rid))
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_service_is_woken_by_a_request_on_the_reactor_and_stops_listening(db):
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.threads import deferToThread
+
+    woken: Deferred = Deferred()
+    calls = []
+
+    def wake():
+        calls.append(threading.current_thread() is threading.main_thread())
+        if not woken.called:
+            woken.callback(None)
+
+    wakeups = RequestWakeups(db, reactor, wake)
+    wakeups.start()
+    try:
+        assert (yield deferToThread(wakeups.listening.wait, 20))
+        yield deferToThread(request, db, "ghost", "cancel")
+        yield woken.addTimeout(20, reactor)
+        assert calls == [True]  # on the reactor's thread
+    finally:
+        wakeups.stop()
+    thread = wakeups._thread
+    yield deferToThread(thread.join, 10)
+    assert not thread.is_alive() and not wakeups.listening.is_set()
