@@ -4,7 +4,8 @@ C{n2}) on one throwaway PostgreSQL, and the C{rawsvc} command run as a
 subprocess with either node's config.  C{rawsvc jobs}, C{job}, C{retry},
 C{cancel} (and C{--json}) read and act on every node's jobs; a retry or
 cancel is answered by the node that runs the job; the console API, C{/jobs}
-and the console's actions on C{n2} show and reach a job accepted by C{n1}.
+and the console's actions on C{n2}, and the manhole's commands of a third
+node run in-process, show and reach a job accepted by C{n1}.
 Bad input and an unreachable database give one clear line, never the
 password, and a non-zero exit.
 """
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import pytest_twisted
 
 from pg_support import PgServer, free_port
 from test_pg_service import SECRET, healthz, send, stop, with_password
@@ -325,3 +327,40 @@ def test_a_database_without_the_spool_says_so(server, tmp_path):
     assert done.returncode == 1
     assert done.stderr.decode().strip() == (f"rawsvc jobs: no spool in {uri} (has a node run with [service] spool = "
                                             "this database?)")
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_manhole_of_a_third_node_lists_and_acts_on_the_clusters_jobs(cluster, tmp_path):
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.threads import deferToThread
+
+    from admin_helpers import build_service
+    from rawsvc.admin.namespace import repl_namespace
+
+    ports = {"admin": free_port(), "labels": free_port(), "stuck": free_port()}
+    with open(node_config(tmp_path, "n3", cluster.uri, ports, cluster.printer.listener.getsockname()[1],
+                          free_port())) as f:
+        service = build_service(reactor, f.read())
+    service.startService()
+    try:
+        yield service.sink.service.started
+        job_id = yield deferToThread(cluster.send, "n1", "stuck", b"seen from the manhole of n3")
+        yield deferToThread(wait_for, lambda: cluster.state(job_id) == "waiting", 20, "the job waiting on n1")
+        ns = repl_namespace(service)
+        listed = yield ns["recent"](50)
+        [mine] = [j for j in listed if j["job_id"] == job_id]
+        assert (mine["state"], mine["trigger"], mine["delivery"]["attempt"] >= 1) == ("waiting", "stuck", True)
+        assert json.loads(repr(listed))[0]["job_id"] == listed[0]["job_id"]  # prints as JSON in the REPL
+
+        message = yield ns["cancel"](job_id)
+        assert message == f"node n1: job {job_id} cancelled; its printer's queue moves on"
+        assert cluster.state(job_id) == "cancelled" and cluster.owner(job_id) == "n1"
+        message = yield ns["retry"](job_id)
+        assert message == f"node n1: job {job_id} (cancelled) queued again at action 1"
+        yield deferToThread(wait_for, lambda: cluster.state(job_id) == "waiting", 20, "the job waiting again")
+        assert cluster.owner(job_id) == "n1"
+        message = yield ns["cancel"](job_id)
+        assert message.startswith(f"node n1: job {job_id} cancelled")
+    finally:
+        yield ensureDeferred(service.stopService())
