@@ -335,8 +335,12 @@ def test_the_manhole_of_a_third_node_lists_and_acts_on_the_clusters_jobs(cluster
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.threads import deferToThread
 
+    from zope.interface.verify import verifyObject
+
     from admin_helpers import build_service
     from rawsvc.admin.namespace import repl_namespace
+    from rawsvc.interfaces import IJobControl
+    from rawsvc.spool.pg_control import job_control
 
     ports = {"admin": free_port(), "labels": free_port(), "stuck": free_port()}
     with open(node_config(tmp_path, "n3", cluster.uri, ports, cluster.printer.listener.getsockname()[1],
@@ -347,6 +351,7 @@ def test_the_manhole_of_a_third_node_lists_and_acts_on_the_clusters_jobs(cluster
         yield service.sink.service.started
         job_id = yield deferToThread(cluster.send, "n1", "stuck", b"seen from the manhole of n3")
         yield deferToThread(wait_for, lambda: cluster.state(job_id) == "waiting", 20, "the job waiting on n1")
+        verifyObject(IJobControl, job_control(service))
         ns = repl_namespace(service)
         listed = yield ns["recent"](50)
         [mine] = [j for j in listed if j["job_id"] == job_id]

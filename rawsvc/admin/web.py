@@ -137,7 +137,9 @@ class Jobs(AdminPage):
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
     and C{state} (comma-separated lists; a waiting job carries its C{delivery}: destination, attempt, last error, next try), C{since} (received at or after,
     Unix seconds), C{limit} (default 100, at most MAX_JOBS).  A bad filter
-    is a 400 whose C{error} names the accepted values.
+    is a 400 whose C{error} names the accepted values.  With a PostgreSQL
+    spool the jobs are every node's, read on a thread (a 503 while the
+    database is out of reach).
     """
 
     isLeaf = True

@@ -12,7 +12,8 @@ The console's JSON API, C{/api/v1/...}, which its pages use too:
   - C{GET jobs/ID/preview}: its label images (C{images}: their URLs,
     C{warnings}, C{error}, C{language}); C{GET jobs/ID/preview/N.png};
   - C{POST jobs/ID/retry}, C{POST jobs/ID/cancel}: what the sink answers
-    (L{IJobControl}); each needs the console's CSRF token in the
+    (L{IJobControl}; with a PostgreSQL spool, the node running the job:
+    L{rawsvc.spool.pg_control}); each needs the console's CSRF token in the
     C{X-CSRF-Token} header or a C{csrf} form field;
   - C{GET destinations}: triggers, printers and destinations with their
     state, queue depth and last error.
