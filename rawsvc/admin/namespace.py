@@ -1,6 +1,8 @@
 """
 What an administrator sees and does: shared by the SSH manhole's REPL
-namespace and the HTTP status pages.
+namespace and the HTTP status pages.  With a PostgreSQL spool the jobs
+are the cluster's (L{rawsvc.spool.pg_control}): C{recent()} lists every
+node's, C{retry} and C{cancel} reach the node that runs the job.
 
 Every answer is plain JSON-able data; L{Report} only adds a readable
 C{repr} for the REPL.
@@ -15,6 +17,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from rawsvc.interfaces import IJobControl, IJobHistory, ISimulatedPrinter
+from rawsvc.spool import pg_control
+from rawsvc.spool.pg_control import cluster_of, job_control
 
 if TYPE_CHECKING:
     from rawsvc.interfaces import ITrigger
@@ -166,30 +170,44 @@ class RetryUnsupported(Exception):
 
 def retry(service: RawService, job_id: str) -> Any:
     """Run a finished or failed job again, when the job sink supports it."""
-    if not IJobControl.providedBy(service.sink):
+    control = job_control(service)
+    if not IJobControl.providedBy(control):
         raise RetryUnsupported(
             f"retry is not supported by this job sink ({type(service.sink).__name__} keeps "
             "no payloads); it needs the durable spool"
         )
     log.info("job {job_id} retried by an administrator", job_id=job_id)
-    return service.sink.retry(job_id)
+    return control.retry(job_id)
 
 
 def cancel(service: RawService, job_id: str) -> Any:
     """Cancel a job (at once when its delivery waits to retry), when the job sink supports it."""
-    if not IJobControl.providedBy(service.sink):
+    control = job_control(service)
+    if not IJobControl.providedBy(control):
         raise RetryUnsupported(
             f"cancel is not supported by this job sink ({type(service.sink).__name__} keeps "
             "no jobs); it needs the durable spool"
         )
     log.info("job {job_id} cancelled by an administrator", job_id=job_id)
-    return service.sink.cancel(job_id)
+    return control.cancel(job_id)
 
 
 def recent_jobs(service: RawService, limit: int = 50) -> list[dict[str, Any]]:
     if not IJobHistory.providedBy(service.sink):
         return []
     return [job.summary() for job in service.sink.recent(limit)]
+
+
+def recent(service: RawService, limit: int = 20) -> Any:
+    """
+    The manhole's C{recent()}: the newest jobs, of every node with a
+    PostgreSQL spool (a Deferred the manhole prints when it fires), else
+    this service's.
+    """
+    cluster = cluster_of(service)
+    if cluster is None:
+        return ReportList(recent_jobs(service, limit))
+    return pg_control.recent(cluster, limit).addCallback(ReportList)
 
 
 def repl_namespace(service: RawService) -> dict[str, Any]:
@@ -205,7 +223,7 @@ def repl_namespace(service: RawService) -> dict[str, Any]:
         "resume": lambda name: resume(service, name),
         "retry": lambda job_id: retry(service, job_id),
         "cancel": lambda job_id: cancel(service, job_id),
-        "recent": lambda limit=20: ReportList(recent_jobs(service, limit)),
+        "recent": lambda limit=20: recent(service, limit),
         "printer": lambda name: printer(service, name),
         "condition": lambda name, cond, on=True: condition(service, name, cond, on),
         "clear": lambda name, cond="all": condition(service, name, cond, False),

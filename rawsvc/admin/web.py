@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET, Site
 
 from rawsvc import options as o
 from rawsvc import console
@@ -25,11 +26,16 @@ from rawsvc.admin.namespace import health, recent_jobs, status
 from rawsvc.console import auth
 from rawsvc.interfaces import IHealth, IJobHistory
 from rawsvc.listening import Listener
+from rawsvc.spool import pg_control
+from rawsvc.spool.model import SpoolError
+from rawsvc.spool.pg_control import cluster_of
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 if TYPE_CHECKING:
     from rawsvc.interfaces import IJobSink
     from rawsvc.service import RawService
+
+log = Logger(namespace="rawsvc.admin")
 
 HTTP_OPTIONS = o.Schema(
     o.Option(
@@ -137,7 +143,9 @@ class Jobs(AdminPage):
     Recent and running jobs, newest first, as JSON.  Filters: C{trigger}
     and C{state} (comma-separated lists; a waiting job carries its C{delivery}: destination, attempt, last error, next try), C{since} (received at or after,
     Unix seconds), C{limit} (default 100, at most MAX_JOBS).  A bad filter
-    is a 400 whose C{error} names the accepted values.
+    is a 400 whose C{error} names the accepted values.  With a PostgreSQL
+    spool the jobs are every node's, read on a thread (a 503 while the
+    database is out of reach).
     """
 
     isLeaf = True
@@ -149,11 +157,18 @@ class Jobs(AdminPage):
         super().__init__()
         self.service = service
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         try:
             states, triggers, since, limit = self._filters(request)
         except FilterError as e:
             return _json(request, {"error": str(e)}, 400)
+        cluster = cluster_of(self.service)
+        if cluster is not None:  # every node's jobs, read on a thread
+            d = pg_control.recent(cluster, limit, sorted(states), sorted(triggers), since)
+            d.addCallbacks(lambda jobs: {"count": len(jobs), "jobs": jobs}, self._unavailable)
+            d.addCallback(lambda value: self._finish(request, value))
+            d.addErrback(lambda f: log.failure("/jobs failed", f))
+            return NOT_DONE_YET
         jobs = [
             j
             for j in recent_jobs(self.service, MAX_JOBS)
@@ -167,6 +182,29 @@ class Jobs(AdminPage):
             if j["state"] in ("waiting", "held") and j["job_id"] in waiting:
                 j["delivery"] = dict(waiting[j["job_id"]])  # destination, attempt, last_error, next_try
         return _json(request, {"count": len(jobs), "jobs": jobs})
+
+    def render_HEAD(self, request: Any) -> Any:
+        body = self.render_GET(request)
+        if body is NOT_DONE_YET:
+            return body
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+
+    @staticmethod
+    def _unavailable(failure: Any) -> tuple[dict[str, str], int]:
+        failure.trap(SpoolError)
+        return {"error": f"spool unavailable: {failure.value}"}, 503
+
+    @staticmethod
+    def _finish(request: Any, value: Any) -> None:
+        if request.finished or request.channel is None:  # the client has gone
+            return
+        value, code = value if isinstance(value, tuple) else (value, 200)
+        body = _json(request, value, code)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
 
     def _filters(self, request: Any) -> tuple[set[str], set[str], float, int]:
         for name in request.args:

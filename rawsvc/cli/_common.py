@@ -41,6 +41,32 @@ def state_dir_of(args: argparse.Namespace) -> str:
     return service_config(args.config).state_dir
 
 
+def pg_spool_of(args: argparse.Namespace) -> str | None:
+    """
+    The PostgreSQL URI of C{[service] spool} when the config read (C{--config},
+    else L{DEFAULT_CONFIG} when it exists and no C{--state-dir} is given)
+    names one; None for a SQLite spool (or none).  A config that does not
+    validate raises L{ConfigError}.
+    """
+    from rawsvc.spool.pg_schema import is_pg_uri
+
+    if args.config is None and (args.state_dir or not os.path.exists(DEFAULT_CONFIG)):
+        return None
+    spool = service_config(args.config).settings.spool
+    return spool if is_pg_uri(spool) else None
+
+
+def with_spool(args: argparse.Namespace, run: Callable[[argparse.Namespace, str, str | None], int]) -> int:
+    """C{run(args, state_dir, pg_uri)} (see L{pg_spool_of}); a config that does not validate exits L{EXIT_CONFIG}."""
+    try:
+        state_dir = state_dir_of(args)
+        uri = pg_spool_of(args)
+    except ConfigError as e:
+        print_config_errors(args.config or DEFAULT_CONFIG, e)
+        return EXIT_CONFIG
+    return run(args, state_dir, uri)
+
+
 def print_config_errors(path: str, error: ConfigError) -> None:
     """A config's errors on stderr, as check-config lists them: a heading, then file: table: key: message."""
     print(f"{path}: {len(error.errors)} error(s):", file=sys.stderr)

@@ -9,6 +9,11 @@ seconds for the answer and prints it.
 
 Each names the absolute state directory it reads: C{jobs} in its heading
 line, the others (and C{jobs --json}, whose stdout is data) on stderr.
+
+With C{[service] spool = "postgresql://..."} in the config (C{-c}), each
+reads that database instead (L{rawsvc.spool.pg_browse}), from any node of
+a cluster, and names it (without its password); C{retry} and C{cancel}
+leave a request row that the node owning the job answers.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from rawsvc.cli._common import say, state_dir_options, with_state_dir
+from rawsvc.cli._common import say, state_dir_options, with_spool
 from rawsvc.spool import browse, check
 from rawsvc.spool.lock import try_lock, unlock
+from rawsvc.spool.model import SpoolError
 from rawsvc.spool.schema import COLUMNS
 from rawsvc.states import JOB_STATES, FilterError, parse_states, split_list
 
@@ -76,8 +83,14 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def _run(func: Callable[[argparse.Namespace, str], int], args: argparse.Namespace) -> int:
-    return with_state_dir(args, lambda args, state_dir: _guarded(func, args, state_dir))
+def _run(func: Callable[[argparse.Namespace, str], int], args: argparse.Namespace,
+         pg: Callable[[argparse.Namespace, str, Any], int] | None = None) -> int:
+    def run(args: argparse.Namespace, state_dir: str, uri: str | None) -> int:
+        if uri is not None and pg is not None:
+            return _pg_guarded(pg, args, uri)
+        return _guarded(func, args, state_dir)
+
+    return with_spool(args, run)
 
 
 def _guarded(func: Callable[[argparse.Namespace, str], int], args: argparse.Namespace, state_dir: str) -> int:
@@ -93,20 +106,56 @@ def _guarded(func: Callable[[argparse.Namespace, str], int], args: argparse.Name
         return 0
 
 
+def _pg_guarded(func: Callable[[argparse.Namespace, str, Any], int], args: argparse.Namespace, uri: str) -> int:
+    """C{func(args, where, conn)} on a connection to the PostgreSQL spool; its errors as one line naming it."""
+    import psycopg
+
+    from rawsvc.spool import pg_browse
+    from rawsvc.spool.pg_schema import describe, reason
+
+    where = describe(uri)
+    conn = None
+    try:
+        conn = pg_browse.connect(uri)
+        return func(args, where, conn)
+    except SpoolError as e:
+        say(args, str(e))
+        return 1
+    except psycopg.Error as e:
+        say(args, f"cannot read the spool at {where}: {reason(e)}")
+        return 1
+    except BrokenPipeError:
+        return 0
+    finally:
+        if conn is not None:
+            conn.close()
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    return _run(_jobs, args)
+    return _run(_jobs, args, _pg_jobs)
 
 
 def _jobs(args: argparse.Namespace, state_dir: str) -> int:
     conn = browse.open_spool(state_dir)
     rows = browse.list_jobs(conn, args.state, args.trigger, args.limit)
+    return _print_jobs(args, state_dir, rows, browse.job_record)
+
+
+def _pg_jobs(args: argparse.Namespace, where: str, conn: Any) -> int:
+    from rawsvc.spool import pg_browse
+
+    rows = pg_browse.list_jobs(conn, args.state, args.trigger, args.limit)
+    return _print_jobs(args, where, rows, pg_browse.job_record)
+
+
+def _print_jobs(args: argparse.Namespace, where: str, rows: Sequence[Any], record: Callable[[Any], dict]) -> int:
     out = sys.stdout
     if args.json:
-        say(args, f"spool {state_dir}: {len(rows)} job(s)")
+        say(args, f"spool {where}: {len(rows)} job(s)")
         for row in rows:
-            out.write(json.dumps(browse.job_record(row)) + "\n")
+            out.write(json.dumps(record(row)) + "\n")
         return 0
-    out.write(f"spool {state_dir}: {len(rows)} job(s) shown\n")
+    out.write(f"spool {where}: {len(rows)} job(s) shown\n")
     out.write(f"{'JOB ID':24} {'STATE':9} {'TRIGGER':12} {'FLOW':12} {'ACT':>3} {'TRY':>3} "
               f"{'SIZE':>9} {'RECEIVED':19}  ERROR\n")
     for r in rows:
@@ -117,7 +166,7 @@ def _jobs(args: argparse.Namespace, state_dir: str) -> int:
     return 0
 
 
-def _error(row: sqlite3.Row) -> str:
+def _error(row: Any) -> str:
     """The ERROR column; for a waiting job, its delivery attempt and next try first."""
     error = row["last_error"] or ""
     if row["state"] == "waiting" and row["next_try"]:
@@ -126,19 +175,32 @@ def _error(row: sqlite3.Row) -> str:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    return _run(_job, args)
+    return _run(_job, args, _pg_job)
 
 
 def _job(args: argparse.Namespace, state_dir: str) -> int:
     conn = browse.open_spool(state_dir)
     row = browse.find_job(conn, args.job_id)
-    say(args, f"spool {state_dir}: job {row['job_id']}")
+    return _print_job(args, state_dir, row, browse.job_record(row),
+                      lambda: browse.payload_chunks(conn, state_dir, row))
+
+
+def _pg_job(args: argparse.Namespace, where: str, conn: Any) -> int:
+    from rawsvc.spool import pg_browse
+
+    row = pg_browse.find_job(conn, args.job_id)
+    return _print_job(args, where, row, pg_browse.job_record(row),
+                      lambda: pg_browse.payload_chunks(conn, row["job_id"]))
+
+
+def _print_job(args: argparse.Namespace, where: str, row: Any, record: dict[str, Any],
+               chunks: Callable[[], Iterable[bytes]]) -> int:
+    say(args, f"spool {where}: job {row['job_id']}")
     if args.payload:
-        for chunk in browse.payload_chunks(conn, state_dir, row):
+        for chunk in chunks():
             sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
         return 0
-    record = browse.job_record(row)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -159,7 +221,7 @@ def _job(args: argparse.Namespace, state_dir: str) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    return _run(_request, args)
+    return _run(_request, args, _pg_request)
 
 
 def _request(args: argparse.Namespace, state_dir: str) -> int:
@@ -199,4 +261,30 @@ def _ask(args: argparse.Namespace, conn: sqlite3.Connection, alone: bool) -> int
         return 0
     print(f"{args.action} {job_id}: requested (#{request_id}); no answer from the service within {args.wait:g} s: "
           "it applies the request within a second while it runs, else at its next start")
+    return 0
+
+
+def _pg_request(args: argparse.Namespace, where: str, conn: Any) -> int:
+    """A request row for the cluster: the node owning the job (any node, for one without a live owner) answers."""
+    from rawsvc.spool import pg_browse
+
+    say(args, f"spool {where}")
+    job_id = pg_browse.find_job(conn, args.job_id)["job_id"]
+    request_id = pg_browse.add_request(conn, job_id, args.action)
+    deadline = time.monotonic() + max(args.wait, 0)
+    while True:
+        answer = pg_browse.request_answer(conn, request_id)
+        if answer is not None:
+            ok, result = answer
+            print(result, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if not pg_browse.live_nodes(conn):
+        print(f"{args.action} {job_id}: requested (#{request_id}); no node of {where} is running: "
+              "the first to start applies the request")
+        return 0
+    print(f"{args.action} {job_id}: requested (#{request_id}); no answer from the cluster within {args.wait:g} s: "
+          "the node running the job applies it within a second, else the next node to start")
     return 0

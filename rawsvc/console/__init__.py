@@ -20,7 +20,7 @@ from twisted.web.util import redirectTo
 from rawsvc.console.api import Api, Console
 from rawsvc.console.pages import Pages
 from rawsvc.console.preview import Previewer
-from rawsvc.console.source import MemoryJobs, SpoolJobs
+from rawsvc.console.source import MemoryJobs, PgJobs, SpoolJobs
 from rawsvc.console.static import static_resource
 
 __all__ = ["Console", "install", "make_console"]
@@ -29,12 +29,17 @@ __all__ = ["Console", "install", "make_console"]
 def make_console(service: Any) -> Console:
     """
     The console of C{service}: its jobs from the SQLite spool when it has
-    one, else (no spool, or a PostgreSQL spool, until the console reads
-    through the store) from the sink's history.
+    one, every node's from a PostgreSQL spool, else (no spool) from the
+    sink's history.
     """
+    from rawsvc.spool.pg_control import cluster_of
+
     reactor = service.context.reactor
-    if service.config.service.get("spool", True) is True:  # the SQLite spool (not a PostgreSQL one)
-        jobs: Any = SpoolJobs(service.context.state_dir, reactor, reactor.getThreadPool())
+    cluster = cluster_of(service)
+    if cluster is not None:
+        jobs: Any = PgJobs(cluster.reader)
+    elif service.config.service.get("spool", True) is True:  # the SQLite spool
+        jobs = SpoolJobs(service.context.state_dir, reactor, reactor.getThreadPool())
     else:
         jobs = MemoryJobs(service.sink)
     # One token per process, shown in every page: a cross-site page cannot read it.

@@ -12,7 +12,8 @@ The console's JSON API, C{/api/v1/...}, which its pages use too:
   - C{GET jobs/ID/preview}: its label images (C{images}: their URLs,
     C{warnings}, C{error}, C{language}); C{GET jobs/ID/preview/N.png};
   - C{POST jobs/ID/retry}, C{POST jobs/ID/cancel}: what the sink answers
-    (L{IJobControl}); each needs the console's CSRF token in the
+    (L{IJobControl}; with a PostgreSQL spool, the node running the job:
+    L{rawsvc.spool.pg_control}); each needs the console's CSRF token in the
     C{X-CSRF-Token} header or a C{csrf} form field;
   - C{GET destinations}: triggers, printers and destinations with their
     state, queue depth and last error.
@@ -37,6 +38,8 @@ from rawsvc.admin.namespace import destinations, status
 from rawsvc.console.preview import Previewer
 from rawsvc.console.source import JobQuery, NoSuchJob
 from rawsvc.interfaces import IJobControl
+from rawsvc.spool.model import SpoolError
+from rawsvc.spool.pg_control import job_control
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 log = Logger(namespace="rawsvc.console")
@@ -176,6 +179,8 @@ class Api(Resource):
             write_json(request, {"error": str(failure.value)}, 400)
         elif failure.check(NoSuchJob):
             write_json(request, {"error": str(failure.value)}, 404)
+        elif failure.check(SpoolError):
+            write_json(request, {"error": f"spool unavailable: {failure.value}"}, 503)
         else:
             log.failure("console API {path} failed", failure, path=request.path.decode("utf-8", "replace"))
             write_json(request, {"error": "the console could not answer; see the service log"}, 500)
@@ -259,7 +264,7 @@ class Api(Resource):
         return await self.console.preview(job_id)
 
     async def _act(self, request: Any, action: str, job_id: str) -> dict[str, Any]:
-        sink = self.console.service.sink
+        sink = job_control(self.console.service)
         if not IJobControl.providedBy(sink):
             raise ApiError(409, f"{action} needs the durable spool ([service] spool = true)")
         peer = request.getClientAddress()

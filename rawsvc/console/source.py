@@ -1,7 +1,9 @@
 """
 Where the console reads jobs: the SQLite spool (read-only connections on a
-thread, never the reactor; the store's writer is not touched), or, for a
-service without a spool, the sink's in-memory history (L{IJobHistory}).
+thread, never the reactor; the store's writer is not touched), the
+PostgreSQL spool (every node's jobs, on connections of the console's own:
+L{PgJobs}), or, for a service without a spool, the sink's in-memory
+history (L{IJobHistory}).
 Both answer the same questions with the same JSON-able records.
 """
 
@@ -54,7 +56,7 @@ class Page:
 HEAD_BYTES = 65536
 
 
-def _row_record(row: sqlite3.Row) -> dict[str, Any]:
+def _row_record(row: Any) -> dict[str, Any]:
     return {
         "job_id": row["job_id"],
         "seq": row["seq"],
@@ -128,24 +130,8 @@ class SpoolJobs:
 
     def _detail(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
         row = self._row(conn, job_id)
-        record = _row_record(row)
-        variables = browse.job_record(row)["variables"]
         head = browse.payload_head(conn, self.state_dir, row, HEAD_BYTES)
-        record.update(
-            variables=variables,
-            language=variables.get("pjl_language", "").lower() or detect_language(head),
-            payload_size=row["size"],
-            attempt=row["attempt"],
-            delivery={
-                "destination": row["destination"],
-                "bytes_delivered": row["bytes_delivered"],
-                "attempt": row["delivery_attempt"],
-                "last_error": row["last_error"],
-                "next_try": row["next_try"],
-            },
-            timeline=_timeline(row),
-        )
-        return record
+        return _detail_record(row, browse.job_record(row)["variables"], head)
 
     def payload(self, job_id: str, limit: int | None = None) -> Deferred[bytes]:
         """The payload of one job (its first C{limit} bytes when given)."""
@@ -158,7 +144,27 @@ class SpoolJobs:
         return browse.payload_head(conn, self.state_dir, row, limit)
 
 
-def _timeline(row: sqlite3.Row) -> list[dict[str, Any]]:
+def _detail_record(row: Any, variables: dict[str, Any], head: bytes) -> dict[str, Any]:
+    """A job's page: its record, variables, language, delivery and timeline."""
+    record = _row_record(row)
+    record.update(
+        variables=variables,
+        language=variables.get("pjl_language", "").lower() or detect_language(head),
+        payload_size=row["size"],
+        attempt=row["attempt"],
+        delivery={
+            "destination": row["destination"],
+            "bytes_delivered": row["bytes_delivered"],
+            "attempt": row["delivery_attempt"],
+            "last_error": row["last_error"],
+            "next_try": row["next_try"],
+        },
+        timeline=_timeline(row),
+    )
+    return record
+
+
+def _timeline(row: Any) -> list[dict[str, Any]]:
     """What the spool recorded of a job, in time order."""
     events: list[dict[str, Any]] = [{"at": row["received_at"], "event": "received", "detail": f"{row['size']} bytes"}]
     if row["started_at"]:
@@ -171,6 +177,58 @@ def _timeline(row: sqlite3.Row) -> list[dict[str, Any]]:
     if row["finished_at"]:
         events.append({"at": row["finished_at"], "event": row["state"], "detail": row["last_error"] or ""})
     return sorted(events, key=lambda e: e["at"])
+
+
+class PgJobs:
+    """The jobs of the PostgreSQL spool, every node's (L{rawsvc.spool.pg_reader.PgReader})."""
+
+    has_payloads = True
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def page(self, q: JobQuery) -> Deferred[Page]:
+        return self.reader.run(self._page, q)
+
+    @staticmethod
+    def _page(conn: Any, q: JobQuery) -> Page:
+        from rawsvc.spool import pg_browse
+
+        rows = pg_browse.page_jobs(conn, states=q.states, triggers=q.triggers, destinations=q.destinations,
+                                   since=q.since, until=q.until, text=q.text, before=q.cursor, limit=q.limit)
+        page = Page([_row_record(r) for r in rows[: q.limit]])
+        if len(rows) > q.limit:
+            page.next_cursor = rows[q.limit - 1]["seq"]
+        return page
+
+    @staticmethod
+    def _row(conn: Any, job_id: str) -> dict[str, Any]:
+        from rawsvc.spool import pg_browse
+
+        row = pg_browse.get_job(conn, job_id)
+        if row is None:
+            raise NoSuchJob(job_id)
+        return row
+
+    def detail(self, job_id: str) -> Deferred[dict[str, Any]]:
+        return self.reader.run(self._detail, job_id)
+
+    def _detail(self, conn: Any, job_id: str) -> dict[str, Any]:
+        from rawsvc.spool import pg_browse
+
+        row = self._row(conn, job_id)
+        return _detail_record(row, pg_browse.full_variables(row), pg_browse.payload_head(conn, job_id, HEAD_BYTES))
+
+    def payload(self, job_id: str, limit: int | None = None) -> Deferred[bytes]:
+        return self.reader.run(self._payload, job_id, limit)
+
+    def _payload(self, conn: Any, job_id: str, limit: int | None) -> bytes:
+        from rawsvc.spool import pg_browse
+
+        self._row(conn, job_id)
+        if limit is None:
+            return b"".join(pg_browse.payload_chunks(conn, job_id))
+        return pg_browse.payload_head(conn, job_id, limit)
 
 
 class MemoryJobs:

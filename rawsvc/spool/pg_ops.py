@@ -259,16 +259,25 @@ def request(conn: Any, job_id: str, action: str, now: float) -> int:
 
 
 def take_requests(conn: Any, me: uuid.UUID | None) -> list[tuple[int, str, str]]:
-    """The unanswered requests for this node's jobs, or for jobs no live node runs (or unknown ones)."""
+    """
+    Claim the unanswered requests for this node's jobs, or for jobs no live
+    node runs (or unknown ones): each is marked taken by this incarnation
+    (in C{result}, until answered), so two nodes never both apply one; a
+    claim of an incarnation that is no longer alive is taken over.
+    """
     rows = conn.execute(
-        "SELECT r.id, r.job_id, r.action FROM rawsvc_requests r"
+        "UPDATE rawsvc_requests SET result = %s WHERE id IN ("
+        " SELECT r.id FROM rawsvc_requests r"
         " LEFT JOIN rawsvc_jobs j ON j.job_id = r.job_id"
         " LEFT JOIN rawsvc_nodes n ON n.incarnation = j.owner"
         " WHERE r.answered_at IS NULL AND (j.owner IS NULL OR j.owner = %s OR n.state <> 'alive')"
-        " ORDER BY r.id",
-        (me,),
+        " AND (r.result IS NULL OR r.result = %s OR NOT EXISTS (SELECT 1 FROM rawsvc_nodes c"
+        "  WHERE c.state = 'alive' AND r.result = 'taken by ' || c.incarnation::text))"
+        " FOR UPDATE OF r SKIP LOCKED)"
+        " RETURNING id, job_id, action",
+        (f"taken by {me}", me, f"taken by {me}"),
     ).fetchall()
-    return [(int(rid), job_id, action) for rid, job_id, action in rows]
+    return sorted((int(rid), job_id, action) for rid, job_id, action in rows)
 
 
 def answer(conn: Any, request_id: int, ok: bool, result: str, now: float) -> None:

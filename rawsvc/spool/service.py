@@ -2,14 +2,15 @@
 L{SpoolService}: the spool's lifetime.  At start it opens the spool, applies
 the CLI's pending requests and resumes the unfinished jobs before any new
 job reaches a flow; while running it polls the requests every
-L{POLL_INTERVAL} seconds (reopening a spool that failed) and purges old
+L{POLL_INTERVAL} seconds (reopening a spool that failed; on PostgreSQL a
+request's NOTIFY wakes the poll at once) and purges old
 jobs every L{RETENTION_INTERVAL}; at stop it waits up to L{STOP_GRACE}
 seconds for jobs in flight and commits every queued write.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -45,6 +46,8 @@ class SpoolService(Service):
         self.stop_grace = STOP_GRACE
         self.started: Deferred | None = None
         self._last_error: str | None = None
+        #: With a PostgreSQL spool: a request's NOTIFY wakes the poll at once.
+        self.wakeups = request_wakeups(sink)
 
     def startService(self) -> None:
         super().startService()
@@ -52,6 +55,8 @@ class SpoolService(Service):
         #: Fires once the spool is open and unfinished jobs are resumed.
         self.started = self.open_and_resume()
         self._poll.start(POLL_INTERVAL, now=False)
+        if self.wakeups is not None:
+            self.wakeups.start()
         self._retention.start(RETENTION_INTERVAL, now=True)
 
     @inlineCallbacks
@@ -86,6 +91,8 @@ class SpoolService(Service):
         super().stopService()
         sink = self.sink
         sink.stopping = True
+        if self.wakeups is not None:
+            self.wakeups.stop()
         for call in (self._poll, self._retention):
             if call.running:
                 call.stop()
@@ -104,3 +111,14 @@ class SpoolService(Service):
             timeout.cancel()
         yield sink.store.stop()  # every write queued so far is committed first
         sink.closed = True
+
+
+def request_wakeups(sink: SpoolSink) -> Any:
+    """The request wake-ups of a sink on a PostgreSQL store (L{rawsvc.spool.pg_listen}), else None."""
+    from rawsvc.spool.pg import PgStore
+
+    if not isinstance(sink.store, PgStore):
+        return None
+    from rawsvc.spool.pg_listen import RequestWakeups
+
+    return RequestWakeups(sink.store.dsn, sink.reactor, sink.poll_requests)
