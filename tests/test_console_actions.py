@@ -154,7 +154,7 @@ def test_a_paused_destination_keeps_its_jobs_queued_until_resumed(reactor, make,
     for data in sent:
         with socket.create_connection(("127.0.0.1", trigger_port(service)), timeout=5) as s:
             s.sendall(data)
-    yield wait_for(lambda: service.destinations.status().get(destination, {}).get("queued") == 1)
+    yield wait_for(lambda: service.destinations.status().get(destination, {}).get("queued") == 2)
     yield deferLater(reactor, 0.3, lambda: None)
     assert received == [] and counters.jobs_ok == 0  # nothing sent, nothing dropped
     status = service.destinations.status()[destination]

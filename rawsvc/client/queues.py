@@ -121,7 +121,8 @@ class DestinationQueue:
         d = self.current
         return {
             "state": self.state,
-            "queued": len(self.lock.waiting),
+            # A delivery waiting for a resume (L{pause}) has not started: it counts as queued.
+            "queued": len(self.lock.waiting) + (1 if self._resumed is not None else 0),
             "in_progress": 1 if d is not None else 0,
             "waiting": 1 if d is not None and d.state is State.WAITING else 0,
             "held": 1 if d is not None and d.state is State.HELD else 0,
