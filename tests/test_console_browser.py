@@ -268,6 +268,9 @@ def test_pausing_a_trigger_and_a_destination_from_the_printers_page_takes_effect
         wait_for(lambda: printer.received == [b"first\n", b"second\n"], 20, "the queued job printed")
         page.reload()
         assert page.locator(f'[id="pause-destination-{destination}"]').is_visible()
+        if os.environ.get("RAWSVC_SCREENSHOTS"):
+            os.makedirs(os.environ["RAWSVC_SCREENSHOTS"], exist_ok=True)
+            page.screenshot(path=os.path.join(os.environ["RAWSVC_SCREENSHOTS"], "console-printers.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
         raise

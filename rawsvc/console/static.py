@@ -24,9 +24,11 @@ img.label{border:1px solid #999;max-width:420px;margin:.4em;background:#fff}
 form.action{display:inline-block;margin:.2em .4em .2em 0}
 svg.chart{display:block;border:1px solid #ddd;background:#fff;margin:.4em 0}
 svg.chart .grid{stroke:#eee}svg.chart .axis,svg.chart .legend{font-size:10px;fill:#555}
-svg.chart polyline{stroke-width:1.5}svg.chart .done{stroke:#070;fill:#070}svg.chart .failed{stroke:#b00;fill:#b00}
-svg.chart .p50{stroke:#06c;fill:#06c}svg.chart .p99{stroke:#a60;fill:#a60}
-svg.chart tspan.done,svg.chart tspan.failed,svg.chart tspan.p50,svg.chart tspan.p99{stroke:none}
+svg.chart polyline{stroke-width:1.5;fill:none}
+svg.chart .done{stroke:#070}svg.chart .failed{stroke:#b00}svg.chart .p50{stroke:#06c}svg.chart .p99{stroke:#a60}
+svg.chart circle.done,svg.chart tspan.done{fill:#070}svg.chart circle.failed,svg.chart tspan.failed{fill:#b00}
+svg.chart circle.p50,svg.chart tspan.p50{fill:#06c}svg.chart circle.p99,svg.chart tspan.p99{fill:#a60}
+svg.chart .legend tspan{stroke:none}
 """
 
 JS = b"""
