@@ -81,6 +81,7 @@ class Pages(Resource):
         self.console = console
 
     def render_GET(self, request: Any) -> Any:
+        self.console.previewer.warm()  # someone looks: a label preview may follow
         d: Deferred[Any] = ensureDeferred(self._page(request))
         d.addCallback(lambda tag: flattenString(request, tag))
         d.addCallback(lambda html: send(request, b"<!doctype html>\n" + html, b"text/html; charset=utf-8"))

@@ -82,7 +82,7 @@ JS = b"""
       })
       .catch(function () {});
   }
-  setInterval(poll, 1000);
+  setInterval(poll, 500);
 })();
 """
 
