@@ -5,10 +5,13 @@ C{twistd rawsvc}, a ZPL label printed to its virtual printer over a
 socket, the job found and opened in the console, its preview image loaded
 and not blank; then a job whose delivery fails (its printer is off,
 C{retries = 0}) is retried from the page once the printer is back, and is
-seen done.  Screenshots land in the test's tmp dir when it fails.
+seen done; the printers page draws its charts, and pausing the forwarding
+trigger (its port refuses) and then the printer's destination (a job waits
+in its queue, unsent) from the page takes effect until resumed.
+Screenshots land in the test's tmp dir when it fails.
 
 Skipped when Chromium or Playwright is missing, unless C{CI=true}: then it fails.
-C{RAWSVC_SCREENSHOTS=DIR} keeps a screenshot of the job page there.
+C{RAWSVC_SCREENSHOTS=DIR} keeps screenshots of the job and printers pages there.
 """
 
 from __future__ import annotations
