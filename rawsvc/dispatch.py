@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobSink
+from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobRates, IJobSink
 from rawsvc.job import Job
 from rawsvc.rates import JobRates
 from rawsvc.states import JobState
@@ -30,7 +30,7 @@ log = Logger(namespace="rawsvc.dispatch")
 _ACTIVE = (JobState.RUNNING, JobState.WAITING, JobState.HELD)
 
 
-@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher)
+@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher, IJobRates)
 class Dispatcher:
     """Runs jobs through their flows, directly (no durable spool)."""
 

@@ -60,7 +60,7 @@ from rawsvc.client.protocol import SendSettings, Source
 from rawsvc.client.queues import DestinationQueue, Turn, _Cancelled, _Stopping
 from rawsvc.client.retry import TRANSIENT, RetryPolicy
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
+from rawsvc.interfaces import IDeliveryWatcher, IDestinationControl, IDestinationPool
 
 if TYPE_CHECKING:
     from rawsvc.context import BuildContext
@@ -74,7 +74,7 @@ def _watcher(watcher: Any) -> IDeliveryWatcher:
     return watcher
 
 
-@implementer(IDestinationPool)
+@implementer(IDestinationPool, IDestinationControl)
 class DestinationPool(PoolDelivery, Service):
     """Per-destination queues; see the module docstring."""
 
@@ -192,6 +192,10 @@ class DestinationPool(PoolDelivery, Service):
     def resume(self, key: str) -> bool:
         """Let deliveries to C{key} go on; False when it was not paused."""
         return self._queue(key).resume()
+
+    def named(self) -> list[str]:
+        """The destinations the config names literally."""
+        return [str(d) for d in self._literals]
 
     def _queue(self, key: str) -> DestinationQueue:
         q = self._queues.get(key)

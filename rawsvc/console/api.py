@@ -51,7 +51,7 @@ from rawsvc.client.address import AddressError, Destination
 from rawsvc.console.charts import RANGES
 from rawsvc.console.preview import Previewer
 from rawsvc.console.source import JobQuery, NoSuchJob
-from rawsvc.interfaces import IJobControl
+from rawsvc.interfaces import IDestinationControl, IJobControl, IJobRates
 from rawsvc.job import Job
 from rawsvc.wiring import REPRINT_FLOW
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
@@ -195,7 +195,7 @@ class Console:
             message = f"trigger {name} {action}d by {asker}"
         else:
             pool = self.service.destinations
-            if pool is None or not hasattr(pool, "pause"):
+            if not IDestinationControl.providedBy(pool):
                 raise ApiError(409, "this service has no destination pool to pause")
             log.info("console: {action} of destination {destination} asked by {who}", action=action,
                      destination=name, who=asker)
@@ -214,7 +214,7 @@ class Console:
         pool = self.service.destinations
         if pool is None:
             return set()
-        known = {str(d) for d in getattr(pool, "_literals", [])}
+        known = set(pool.named()) if IDestinationControl.providedBy(pool) else set()
         return known | set(destinations(self.service))
 
     async def reprint(self, request: Any, job_id: str, destination: str) -> dict[str, Any]:
@@ -237,7 +237,8 @@ class Console:
         pool = self.service.destinations
         if pool is None or not pool.allow.may_allow(dest):
             raise ApiError(400, f"destination {dest} is not in allowed_destinations: choose an allowed one")
-        if REPRINT_FLOW not in getattr(sink, "flows", {}) or not self.jobs.has_payloads:
+        spooled = IJobControl.providedBy(sink)  # the spool sink: its flows include REPRINT_FLOW
+        if not spooled or REPRINT_FLOW not in sink.flows or not self.jobs.has_payloads:
             raise ApiError(409, "reprint to a destination needs the spool's payloads")
         data = await self.jobs.payload(job_id)
         job = Job(trigger="console", peer_host=asker.rsplit(" ", 1)[-1])
@@ -322,7 +323,7 @@ class Api(Resource):
     def _destinations(self) -> dict[str, Any]:
         service = self.console.service
         report = status(service)
-        rates = getattr(service.sink, "rates", None)
+        rates = service.sink.rates if IJobRates.providedBy(service.sink) else None
         triggers = {
             name: {"type": t.get("type"), "state": t.get("state", "up" if t["listening"] else "down"),
                    "listening": t["listening"], "paused": bool(t.get("paused", False)),
@@ -339,9 +340,10 @@ class Api(Resource):
         name = arg(request, "range") or "hour"
         if name not in RANGES:
             raise FilterError(f"range must be {' or '.join(RANGES)}, not {name!r}")
-        rates = getattr(self.console.service.sink, "rates", None)
-        if rates is None:
+        sink = self.console.service.sink
+        if not IJobRates.providedBy(sink):
             raise ApiError(409, "this service's job sink keeps no rates")
+        rates = sink.rates
         minutes, bucket = RANGES[name]
         return {"range": name, **rates.series(minutes, bucket)}
 

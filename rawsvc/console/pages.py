@@ -30,6 +30,7 @@ from twisted.web.template import Tag, flattenString, tags
 from rawsvc.console.api import ApiError, Api, Console, arg, hexdump, parse_query, send, VIEW_BYTES
 from rawsvc.console.charts import RANGES, charts
 from rawsvc.console.source import NoSuchJob
+from rawsvc.interfaces import IJobRates
 from rawsvc.states import JOB_STATES, FilterError
 
 log = Logger(namespace="rawsvc.console")
@@ -239,7 +240,8 @@ class Pages(Resource):
               when(s.get("last_error_at")), self._toggle("destination", d, bool(s.get("paused")))])
             for d, s in report["destinations"].items()
         ]
-        rates = getattr(self.console.service.sink, "rates", None)
+        sink = self.console.service.sink
+        rates = sink.rates if IJobRates.providedBy(sink) else None
         body: list[Any] = [
             tags.div(tags.p("", id="action-result"), class_="actions"),
             tags.h2("Triggers and printers"),
