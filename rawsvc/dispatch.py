@@ -16,8 +16,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobSink
+from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobRates, IJobSink
 from rawsvc.job import Job
+from rawsvc.rates import JobRates
 from rawsvc.states import JobState
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ log = Logger(namespace="rawsvc.dispatch")
 _ACTIVE = (JobState.RUNNING, JobState.WAITING, JobState.HELD)
 
 
-@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher)
+@implementer(IJobSink, IJobHistory, IDrainable, IHealth, IDeliveryWatcher, IHoldWatcher, IJobRates)
 class Dispatcher:
     """Runs jobs through their flows, directly (no durable spool)."""
 
@@ -42,6 +43,8 @@ class Dispatcher:
         self.stopping = False
         #: job_id -> its delivery's wait for a retry: destination, attempt, error, next_try.
         self.waiting: dict[str, dict[str, Any]] = {}
+        #: Jobs finished per minute and ack latencies, for the console's charts.
+        self.rates = JobRates()
 
     def submit(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> Deferred:
         return self.dispatch(job, flow_name, counters)
@@ -75,6 +78,7 @@ class Dispatcher:
                     counters.jobs_ok += 1
                 elif job.state != "interrupted":  # interrupted: resumes later
                     counters.jobs_failed += 1
+            self.rates.finished(job.state, job.trigger)
             job.payload.discard()
             return result
 

@@ -311,6 +311,32 @@ class IDeliveryWatcher(Interface):
         """The waiting delivery of C{job_id} makes attempt C{attempt} now."""
 
 
+class IJobRates(Interface):
+    """Optional, for a sink: what the console's charts draw."""
+
+    rates = Attribute(
+        "A L{rawsvc.rates.JobRates}: jobs finished per minute (done, failed; in all and per trigger) "
+        "and the ack latency of stored jobs, for the last day."
+    )
+
+
+class IDestinationControl(Interface):
+    """Optional, for a destination pool: an operator pauses and resumes destinations."""
+
+    def pause(key, who="an operator"):
+        """
+        Start no attempt to C{key} (C{"host:port"}) until L{resume}; its
+        queued deliveries wait, nothing is dropped.  False when paused
+        already; C{AddressError} when C{key} is no destination or not allowed.
+        """
+
+    def resume(key):
+        """Let deliveries to C{key} go on; False when it was not paused."""
+
+    def named():
+        """The destinations the config names literally (a list of C{"host:port"})."""
+
+
 class IDestinationPool(Interface):
     """
     The outbound side shared by every C{send_tcp} action: one queue and

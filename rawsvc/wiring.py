@@ -47,6 +47,7 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
     from rawsvc.config import SERVICE_OPTIONS
 
     opts = SERVICE_OPTIONS.settings(context.service_options)  # declared defaults for what is not set
+    flows = {**flows, **reprint_flow(context)}
     sink: IJobSink
     if opts.spool:
         from rawsvc.spool.sink import SpoolSink
@@ -83,6 +84,32 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
         context.destinations.add_watcher(sink)  # a delivery waiting to retry shows on its job
     context.sink = sink
     return sink
+
+
+#: The flow of a job the console reprints to a destination an operator chose
+#: (variable C{reprint_destination}); no config flow can have this name.
+REPRINT_FLOW = "rawsvc:reprint"
+
+
+def reprint_flow(context: BuildContext) -> dict[str, Flow]:
+    """
+    C{{REPRINT_FLOW: flow}}: one C{send_tcp} of the payload to
+    C{${reprint_destination}} (the allow-list applies, as to any send_tcp),
+    with that action's defaults; empty when the pool cannot be configured
+    (the config's own send_tcp actions say why).
+    """
+    from rawsvc.actions.send_tcp import SendTcpAction
+    from rawsvc.flow import Flow
+    from rawsvc.errors import ConfigIssue
+
+    values, issues = SendTcpAction.options.validate({"destination": "${reprint_destination}"})
+    if issues:  # pragma: no cover - a fixed, valid table
+        return {}
+    try:
+        action = SendTcpAction.from_config(values, context)
+    except ConfigIssue:
+        return {}
+    return {REPRINT_FLOW: Flow(REPRINT_FLOW, [action])}
 
 
 def build_store(context: BuildContext, opts: Any) -> IJobStore:

@@ -5,10 +5,13 @@ C{twistd rawsvc}, a ZPL label printed to its virtual printer over a
 socket, the job found and opened in the console, its preview image loaded
 and not blank; then a job whose delivery fails (its printer is off,
 C{retries = 0}) is retried from the page once the printer is back, and is
-seen done.  Screenshots land in the test's tmp dir when it fails.
+seen done; the printers page draws its charts, and pausing the forwarding
+trigger (its port refuses) and then the printer's destination (a job waits
+in its queue, unsent) from the page takes effect until resumed.
+Screenshots land in the test's tmp dir when it fails.
 
 Skipped when Chromium or Playwright is missing, unless C{CI=true}: then it fails.
-C{RAWSVC_SCREENSHOTS=DIR} keeps a screenshot of the job page there.
+C{RAWSVC_SCREENSHOTS=DIR} keeps screenshots of the job and printers pages there.
 """
 
 from __future__ import annotations
@@ -215,3 +218,69 @@ def test_a_failed_job_is_retried_from_the_page_once_the_printer_is_back(console,
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
         raise
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _click_and_see(page, selector: str, words: str) -> None:
+    """Click an action button of the printers page; wait for its result, then for the page's reload."""
+    page.locator(selector).click()
+    page.wait_for_function(f"document.getElementById('action-result').textContent.includes({words!r})")
+    page.wait_for_load_state("load")
+
+
+def test_pausing_a_trigger_and_a_destination_from_the_printers_page_takes_effect(console, page, tmp_path):
+    printer, forward = console["printer"], console["forward_port"]
+    printer.listen()
+    _print(forward, b"first\n")
+    wait_for(lambda: printer.received == [b"first\n"], 20, "the first job printed")
+    destination = f"127.0.0.1:{printer.port}"
+    try:
+        page.goto(console["base"] + "/console/printers")
+        for chart in ("#chart-jobs-hour", "#chart-ack-hour", "#chart-jobs-day", "#chart-ack-day"):
+            assert page.locator(chart).is_visible(), chart
+        assert page.locator("#chart-jobs-hour polyline").count() >= 1
+        assert "1 done, 0 failed" in page.locator("#charts-hour").inner_text()
+
+        # The trigger: paused, its port refuses; resumed, it takes jobs again.
+        _click_and_see(page, "#pause-trigger-forward", "trigger forward paused")
+        wait_for(lambda: _refused(forward), 10, "the paused trigger to refuse")
+        page.locator("#resume-trigger-forward").wait_for()
+        assert "paused" in page.locator("#triggers").inner_text()
+        _click_and_see(page, "#resume-trigger-forward", "trigger forward resumed")
+        wait_for(lambda: not _refused(forward), 10, "the resumed trigger to accept")
+
+        # The destination: paused, a job waits in its queue; resumed, it is printed.
+        page.reload()
+        _click_and_see(page, f'[id="pause-destination-{destination}"]', f"destination {destination} paused")
+        with socket.create_connection(("127.0.0.1", forward), timeout=10) as s:
+            s.sendall(b"second\n")  # the trigger answers once the flow ends: do not wait for it
+            s.shutdown(socket.SHUT_WR)
+        page.reload()
+        page.locator(f'[id="resume-destination-{destination}"]').wait_for()
+        wait_for(lambda: _queued(page, destination) == "1", 10, "the job queued behind the pause")
+        time.sleep(0.5)
+        assert printer.received == [b"first\n"]
+        _click_and_see(page, f'[id="resume-destination-{destination}"]', f"destination {destination} resumed")
+        wait_for(lambda: printer.received == [b"first\n", b"second\n"], 20, "the queued job printed")
+        page.reload()
+        assert page.locator(f'[id="pause-destination-{destination}"]').is_visible()
+        if os.environ.get("RAWSVC_SCREENSHOTS"):
+            os.makedirs(os.environ["RAWSVC_SCREENSHOTS"], exist_ok=True)
+            page.screenshot(path=os.path.join(os.environ["RAWSVC_SCREENSHOTS"], "console-printers.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        raise
+
+
+def _queued(page, destination: str) -> str:
+    """The queue depth cell of C{destination}'s row on the printers page (reloaded)."""
+    page.reload()
+    row = page.locator("#destinations tr", has_text=destination)
+    return row.locator("td").nth(2).inner_text()

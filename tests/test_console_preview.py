@@ -106,3 +106,43 @@ def test_the_worker_answers_json(tmp_path):
                           timeout=60, check=True)
     answer = json.loads(done.stdout)
     assert answer["language"] == "zpl" and len(answer["pngs"]) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_spare_worker_waits_started_draws_the_next_label_and_is_replaced(reactor_):
+    from printer_support import wait_for
+
+    previewer = Previewer(reactor_)
+    try:
+        previewer.warm()
+        spare = previewer._spare
+        assert spare is not None
+        yield wait_for(lambda: spare.connected)
+        previewer.warm()  # one spare at a time
+        assert previewer._spare is spare
+        result = yield previewer.preview("job-1", LABEL)
+        assert result.pngs and result.pngs[0].startswith(b"\x89PNG") and spare.ended  # it drew this one
+        assert previewer._spare is not None and previewer._spare is not spare  # the next one waits
+        other = yield previewer.preview("job-2", LABEL.replace(b"Hello", b"Again"))
+        assert other.pngs and other.pngs[0] != result.pngs[0] and previewer.renders == 2
+    finally:
+        last = previewer._spare
+        previewer.stop()
+    yield wait_for(lambda: last is None or last.ended)
+    previewer.warm()  # stopped: no new spare
+    assert previewer._spare is None
+
+
+def test_a_spare_nobody_feeds_exits_by_itself():
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "rawsvc.console.render_worker", "--spare", "0.3"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.wait(30) == 0 and proc.stdout.read() == b""  # its stdin still open: it gave up waiting
+        assert time.monotonic() - started >= 0.3
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()

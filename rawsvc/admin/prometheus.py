@@ -47,6 +47,8 @@ _DESTINATION = (
      "Deliveries waiting to retry (the destination refused, timed out or could not be found)."),
     ("rawsvc_destination_held", "gauge", "held",
      "Deliveries held: the printer's pre-flight status check said it is not ready (paper out ...)."),
+    ("rawsvc_destination_paused", "gauge", "paused",
+     "1 while an operator has paused the destination (its queued deliveries wait, none is dropped)."),
 )
 
 

@@ -381,8 +381,9 @@ def make_site(service: RawService, refresh: int = 5, recent: int = 50) -> Site:
     root.putChild(b"metrics", Metrics(service))
     root.putChild(b"jobs", Jobs(service))
     root.putChild(b"printers", Printers(service))
-    console.install(root, service)  # /console and /api/v1
+    shown = console.install(root, service)  # /console and /api/v1
     site = Site(root)
+    site.console = shown  # type: ignore[attr-defined]
     site.displayTracebacks = False
     return site
 
@@ -392,7 +393,19 @@ def make_service(options: dict[str, Any], service: RawService) -> Listener:
     endpoint = serverFromString(service.context.reactor, options["listen"])
     site = make_site(service, options["refresh"], options["recent_jobs"])
     site.resource = auth.guard(site.resource, options, service.context.reactor)
-    listener = Listener(endpoint, site, "[admin.http]", options["listen"])
+    listener = AdminListener(endpoint, site, "[admin.http]", options["listen"])
     listener.setName("admin-http")
+    listener.previewer = site.console.previewer  # type: ignore[attr-defined]
     return listener
+
+
+class AdminListener(Listener):
+    """The admin HTTP listener; stopping it also ends the console's spare preview worker."""
+
+    previewer: Any = None
+
+    def stopService(self) -> Any:
+        if self.previewer is not None:
+            self.previewer.stop()
+        return super().stopService()
 

@@ -8,6 +8,9 @@ By default it waits for the printer to close the connection (the AppSocket
 end of job) for up to --timeout seconds; --delay SECONDS instead reads the
 reply for that long after the last byte and then closes.
 
+With its standard error a terminal, a file of 1 MiB or more shows a progress bar there (bytes handed to the connection, rate);
+otherwise, or with --no-progress, nothing but errors is written there.
+
 Exit codes::
 
     0  delivered
@@ -26,7 +29,8 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, BinaryIO
+import time
+from typing import Any, BinaryIO, TextIO
 
 EXIT_DELIVERED = 0
 EXIT_FAILED = 1
@@ -35,6 +39,92 @@ EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
 EXIT_RESET = 5
 EXIT_DNS = 6
+
+#: Files at least this large show a progress bar (when standard error is a terminal).
+PROGRESS_MIN = 1 << 20
+#: Seconds between redraws of the bar.
+REDRAW = 0.1
+BAR_WIDTH = 30
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+class Progress:
+    """A one-line progress bar on C{out} (a terminal): bytes read of C{total}, the rate."""
+
+    def __init__(self, total: int, out: TextIO, clock: Any = time.monotonic) -> None:
+        self.total = total
+        self.out = out
+        self.clock = clock
+        self.done = 0
+        self.started = clock()
+        self._drawn = -REDRAW
+        #: A line is drawn and not yet ended.
+        self._open = False
+
+    def line(self) -> str:
+        fraction = self.done / self.total if self.total else 1.0
+        filled = int(BAR_WIDTH * fraction)
+        elapsed = max(self.clock() - self.started, 1e-6)
+        return (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction * 100:3.0f}% "
+                f"{_mib(self.done)}/{_mib(self.total)} MiB {_mib(self.done / elapsed)} MiB/s")
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self._drawn >= REDRAW or self.done >= self.total:
+            self._drawn = now
+            self._open = True
+            self.out.write("\r" + self.line())
+            self.out.flush()
+
+    def restart(self) -> None:
+        """A new attempt: from zero again."""
+        self.finish()
+        self.done = 0
+        self.started = self.clock()
+        self._drawn = -REDRAW
+
+    def finish(self) -> None:
+        """End the line (before anything else is written there)."""
+        if self._open:
+            self._open = False
+            self.out.write("\n")
+            self.out.flush()
+
+
+class _Counted:
+    """A file whose reads advance a L{Progress}."""
+
+    def __init__(self, f: BinaryIO, progress: Progress) -> None:
+        self.f = f
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress.add(len(data))
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+        self.progress.finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def wants_progress(args: argparse.Namespace, size: int, err: Any = None) -> bool:
+    """Whether to draw the bar: a large file, standard error a terminal, no --no-progress."""
+    err = sys.stderr if err is None else err
+    if getattr(args, "no_progress", False) or size < PROGRESS_MIN:
+        return False
+    try:
+        return bool(err.isatty())
+    except (AttributeError, ValueError):
+        return False
+
 
 EXIT_CODES = {
     "delivered": EXIT_DELIVERED,
@@ -102,6 +192,8 @@ def register(subparsers: Any) -> None:
         help="first wait before a retry, doubled each time up to 30 s (default 1)",
     )
     parser.add_argument("--no-half-close", action="store_true", help="do not shut down the write side after sending")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: one on a terminal for files of 1 MiB or more)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each attempt to stderr")
     parser.set_defaults(func=run)
 
@@ -140,9 +232,20 @@ def run(args: argparse.Namespace) -> int:
         assert path is not None  # no spooled stdin: a file was named
         return open(path, "rb")
 
+    progress = Progress(size, sys.stderr) if wants_progress(args, size) else None
+    source = opener
+    if progress is not None:
+        shown = progress
+
+        def source() -> Any:
+            shown.restart()
+            return _Counted(opener(), shown)
+
     try:
-        return _send(args, dest, opener, size)
+        return _send(args, dest, source, size)
     finally:
+        if progress is not None:
+            progress.finish()
         if spooled is not None:
             spooled.close()
 

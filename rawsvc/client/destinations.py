@@ -60,7 +60,7 @@ from rawsvc.client.protocol import SendSettings, Source
 from rawsvc.client.queues import DestinationQueue, Turn, _Cancelled, _Stopping
 from rawsvc.client.retry import TRANSIENT, RetryPolicy
 from rawsvc.errors import ConfigIssue
-from rawsvc.interfaces import IDeliveryWatcher, IDestinationPool
+from rawsvc.interfaces import IDeliveryWatcher, IDestinationControl, IDestinationPool
 
 if TYPE_CHECKING:
     from rawsvc.context import BuildContext
@@ -74,7 +74,7 @@ def _watcher(watcher: Any) -> IDeliveryWatcher:
     return watcher
 
 
-@implementer(IDestinationPool)
+@implementer(IDestinationPool, IDestinationControl)
 class DestinationPool(PoolDelivery, Service):
     """Per-destination queues; see the module docstring."""
 
@@ -146,6 +146,7 @@ class DestinationPool(PoolDelivery, Service):
         self._no_retry = True
         for q in self._queues.values():
             q.end_wait(_Stopping())
+            q.end_pause(STOPPED)
 
     def stopService(self) -> None:
         """The stop grace is over: jobs still waiting their turn end C{stopped}."""
@@ -199,7 +200,33 @@ class DestinationPool(PoolDelivery, Service):
                     turn.end(CANCELLED)
                     return True
         current = self._current(job_id)
-        return current is not None and current.end_wait(_Cancelled())
+        return current is not None and (current.end_wait(_Cancelled()) or current.end_pause(CANCELLED))
+
+    def pause(self, key: str, who: str = "an operator") -> bool:
+        """
+        Start no attempt to destination C{key} (C{"host:port"}) until
+        L{resume}: its queued deliveries wait, an attempt in progress
+        completes.  False when it was paused already; L{AddressError} when
+        C{key} is no destination or not allowed.
+        """
+        return self._queue(key).pause(who)
+
+    def resume(self, key: str) -> bool:
+        """Let deliveries to C{key} go on; False when it was not paused."""
+        return self._queue(key).resume()
+
+    def named(self) -> list[str]:
+        """The destinations the config names literally."""
+        return [str(d) for d in self._literals]
+
+    def _queue(self, key: str) -> DestinationQueue:
+        q = self._queues.get(key)
+        if q is None:
+            dest = Destination.parse(key)
+            if not self.allow.may_allow(dest):
+                raise AddressError(f"{key} is not in allowed_destinations")
+            q = self._queues[str(dest)] = DestinationQueue(str(dest))
+        return q
 
     # Delivery ------------------------------------------------------------------
 
@@ -302,6 +329,15 @@ class DestinationPool(PoolDelivery, Service):
                     result = DeliveryResult(STOPPED, key, delivery.attempt,
                                             message=f"this node lost its cluster lease: {key} not tried again")
                     break
+                if q.paused is not None:  # an operator paused it: wait (behind it, the queue waits too)
+                    ended = yield q.until_resumed()
+                    if ended is not None:
+                        why = "cancelled by an operator" if ended == CANCELLED else "service stopping"
+                        result = DeliveryResult(ended, key, delivery.attempt, message=f"{why} while {key} was paused")
+                        break
+                    if self._no_retry:
+                        result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"service stopping: {key} not tried")
+                        break
                 q.attempts += 1
                 delivery.connect()
                 attempt = delivery.attempt
@@ -352,6 +388,7 @@ class DestinationPool(PoolDelivery, Service):
                     break
                 q.retries += 1
                 q.last_error = result.message
+                q.last_error_at = time.time()
                 ended = yield self._pause(q, delivery, policy, failed, result)
                 if ended is not None:
                     result = ended
@@ -424,12 +461,14 @@ class DestinationPool(PoolDelivery, Service):
         if not result.ok and attempts > 1:
             result = attrs.evolve(result, message=f"{result.message} ({attempts} attempts)")
         q.last_outcome = result.outcome
+        q.rate.add(result.ok, time.time())
         if result.ok:
             q.delivered += 1
             q.last_error = ""
         else:
             q.failures += 1
             q.last_error = result.message
+            q.last_error_at = time.time()
         q.bytes_sent += result.written
         return result
 

@@ -15,12 +15,16 @@ from twisted.internet.defer import Deferred, DeferredLock
 
 from rawsvc.client.machine import Delivery, State
 from rawsvc.client.retry import RetryWait
+from rawsvc.rates import MinuteCounts
 
 #: The queue state of a delivery waiting for its next attempt.
 WAITING = State.WAITING.value
 
 #: The queue state when no delivery holds the destination.
 IDLE = "idle"
+
+#: The queue state while an operator has paused the destination (no attempt starts).
+PAUSED = "paused"
 
 
 class _Stopping(Exception):
@@ -66,18 +70,59 @@ class DestinationQueue:
         self.bytes_sent = 0
         self.last_outcome = ""
         self.last_error = ""
+        #: When C{last_error} was set (epoch seconds), or None.
+        self.last_error_at: float | None = None
         self.idle_since = time.time()
+        #: Deliveries ended per minute (done: delivered; failed: not).
+        self.rate = MinuteCounts()
+        #: Paused by an operator (who, epoch seconds), or None; see L{until_resumed}.
+        self.paused: tuple[str, float] | None = None
+        self._resumed: Deferred[str | None] | None = None
 
     @property
     def state(self) -> str:
-        """The current delivery's state, or C{idle}."""
+        """C{paused}, the current delivery's state, or C{idle}."""
+        if self.paused is not None:
+            return PAUSED
         return self.current.state.value if self.current is not None else IDLE
+
+    def pause(self, who: str) -> bool:
+        """No attempt starts until L{resume}: queued deliveries wait (nothing is dropped); False if paused already."""
+        if self.paused is not None:
+            return False
+        self.paused = (who, time.time())
+        return True
+
+    def resume(self) -> bool:
+        """Attempts start again (the delivery waiting for it first); False when it was not paused."""
+        if self.paused is None:
+            return False
+        self.paused = None
+        self._end_pause(None)
+        return True
+
+    def until_resumed(self) -> Deferred[str | None]:
+        """Fires with None once resumed, or with the outcome that ended the wait (L{end_pause})."""
+        self._resumed = Deferred()
+        return self._resumed
+
+    def _end_pause(self, outcome: str | None) -> bool:
+        d, self._resumed = self._resumed, None
+        if d is None:
+            return False
+        d.callback(outcome)
+        return True
+
+    def end_pause(self, outcome: str) -> bool:
+        """End the current delivery's wait for a resume with C{outcome} (stopped, cancelled); False when none waits."""
+        return self._end_pause(outcome)
 
     def status(self) -> dict[str, Any]:
         d = self.current
         return {
             "state": self.state,
-            "queued": len(self.lock.waiting),
+            # A delivery waiting for a resume (L{pause}) has not started: it counts as queued.
+            "queued": len(self.lock.waiting) + (1 if self._resumed is not None else 0),
             "in_progress": 1 if d is not None else 0,
             "waiting": 1 if d is not None and d.state is State.WAITING else 0,
             "held": 1 if d is not None and d.state is State.HELD else 0,
@@ -92,7 +137,11 @@ class DestinationQueue:
             "bytes_sent": self.bytes_sent,
             "last_outcome": self.last_outcome,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "since": d.since if d is not None else self.idle_since,
+            "paused": self.paused is not None,
+            "paused_by": self.paused[0] if self.paused is not None else "",
+            "jobs_per_minute": round(sum(self.rate.last_minutes(4, time.time())) / 5, 2),
         }
 
     def end_turns(self, outcome: str) -> None:

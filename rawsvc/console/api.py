@@ -15,8 +15,19 @@ The console's JSON API, C{/api/v1/...}, which its pages use too:
     (L{IJobControl}; with a PostgreSQL spool, the node running the job:
     L{rawsvc.spool.pg_control}); each needs the console's CSRF token in the
     C{X-CSRF-Token} header or a C{csrf} form field;
+  - C{POST jobs/ID/reprint}: a done job again: without C{destination},
+    its flow runs again (as a retry does); with C{destination=host:port}
+    (one the allow-list allows), its payload goes there as a new job
+    (variables C{reprint_of}, C{reprint_destination}, C{reprint_by});
   - C{GET destinations}: triggers, printers and destinations with their
-    state, queue depth and last error.
+    state, queue depth, last error and when, jobs per minute;
+  - C{POST triggers/NAME/pause|resume}, C{POST destinations/HOST:PORT/pause|resume}:
+    stop a trigger accepting or a destination's deliveries starting (queued
+    ones wait), and let them go on;
+  - C{GET stats?range=hour|day}: jobs per minute (done, failed) and ack
+    latency (p50, p99) per point, as the console's charts draw them.
+
+Every POST needs the console's CSRF token and is logged with who asked.
 
 Every error is a 4xx (or 503) with a JSON C{{"error": "..."}} for people.
 """
@@ -29,17 +40,23 @@ import math
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, ensureDeferred
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from rawsvc.admin.namespace import destinations, status
+from rawsvc.client.address import AddressError, Destination
+from rawsvc.console.charts import RANGES
 from rawsvc.console.preview import Previewer
 from rawsvc.console.source import JobQuery, NoSuchJob
-from rawsvc.interfaces import IJobControl
+from rawsvc.interfaces import IDestinationControl, IJobControl, IJobRates
+from rawsvc.job import Job
 from rawsvc.spool.model import SpoolError
 from rawsvc.spool.pg_control import job_control
+from rawsvc.wiring import REPRINT_FLOW
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
 
 log = Logger(namespace="rawsvc.console")
@@ -102,6 +119,22 @@ def parse_query(request: Any) -> JobQuery:
     )
 
 
+def who(request: Any) -> str:
+    """Who sent C{request}: the console user (when logged in) and the address."""
+    peer = request.getClientAddress()
+    host = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else str(peer)
+    user = getattr(request, "console_user", None)
+    return f"{user} from {host}" if user else host
+
+
+def only(request: Any, allowed: tuple[str, ...]) -> None:
+    """L{FilterError} for a parameter of C{request} not in C{allowed}."""
+    for name in request.args:
+        key = name.decode("utf-8", "replace")
+        if key not in allowed:
+            raise FilterError(f"unknown parameter {key!r}; use: {', '.join(allowed) or 'none'}")
+
+
 def hexdump(data: bytes) -> str:
     """Offset, 16 bytes in hex and as ASCII, per line."""
     lines = []
@@ -148,6 +181,85 @@ class Console:
         if not hmac.compare_digest(given.encode(), self.csrf_token.encode()):
             raise ApiError(403, "missing or wrong CSRF token: reload the console page and try again")
 
+    async def pause(self, request: Any, kind: str, name: str, action: str) -> dict[str, Any]:
+        """Pause or resume trigger or destination C{name}; the answer for the API."""
+        asker = who(request)
+        if kind == "trigger":
+            trigger = self.service.triggers.get(name)
+            if trigger is None:
+                raise ApiError(404, f"no trigger {name!r}; known: {', '.join(sorted(self.service.triggers)) or 'none'}")
+            log.info("console: {action} of trigger {trigger} asked by {who}", action=action, trigger=name, who=asker)
+            try:
+                await maybeDeferred(trigger.pause if action == "pause" else trigger.resume)
+            except Exception as e:
+                log.error("console: {action} of trigger {trigger} failed: {error}", action=action, trigger=name,
+                          error=str(e))
+                raise ApiError(409, f"cannot {action} trigger {name}: {e}") from None
+            message = f"trigger {name} {action}d by {asker}"
+        else:
+            pool = self.service.destinations
+            if not IDestinationControl.providedBy(pool):
+                raise ApiError(409, "this service has no destination pool to pause")
+            log.info("console: {action} of destination {destination} asked by {who}", action=action,
+                     destination=name, who=asker)
+            try:
+                changed = pool.pause(name, asker) if action == "pause" else pool.resume(name)
+            except AddressError as e:
+                raise ApiError(400, f"destination {name!r}: {e}") from None
+            message = (f"destination {name} {action}d by {asker}" if changed
+                       else f"destination {name} was not {'running' if action == 'pause' else 'paused'}: nothing to do")
+        log.info("console: {message}", message=message, trigger=name if kind == "trigger" else None,
+                 destination=name if kind != "trigger" else None)
+        return {"ok": True, kind: name, "action": action, "message": message}
+
+    def known_destinations(self) -> set[str]:
+        """Destinations to offer for a reprint: the config's literal ones and those delivered to."""
+        pool = self.service.destinations
+        if pool is None:
+            return set()
+        known = set(pool.named()) if IDestinationControl.providedBy(pool) else set()
+        return known | set(destinations(self.service))
+
+    async def reprint(self, request: Any, job_id: str, destination: str) -> dict[str, Any]:
+        """Reprint done job C{job_id}: its flow again, or its payload to C{destination} as a new job."""
+        detail = await self.jobs.detail(job_id)
+        if detail["state"] != "done":
+            raise ApiError(409, f"job {job_id} is {detail['state']}: only a done job is reprinted (retry a failed one)")
+        sink = self.service.sink
+        asker = who(request)
+        if not destination:
+            if not IJobControl.providedBy(sink):
+                raise ApiError(409, "reprint needs the durable spool ([service] spool = true)")
+            log.info("console: reprint of job {job_id} (its flow again) asked by {who}", job_id=job_id, who=asker)
+            message = await sink.retry(job_id)
+            return {"ok": True, "job_id": job_id, "action": "reprint", "message": message}
+        try:
+            dest = Destination.parse(destination)
+        except AddressError as e:
+            raise ApiError(400, f"destination {destination!r}: {e}") from None
+        pool = self.service.destinations
+        if pool is None or not pool.allow.may_allow(dest):
+            raise ApiError(400, f"destination {dest} is not in allowed_destinations: choose an allowed one")
+        spooled = IJobControl.providedBy(sink)  # the spool sink: its flows include REPRINT_FLOW
+        if not spooled or REPRINT_FLOW not in sink.flows or not self.jobs.has_payloads:
+            raise ApiError(409, "reprint to a destination needs the spool's payloads")
+        data = await self.jobs.payload(job_id)
+        job = Job(trigger="console", peer_host=asker.rsplit(" ", 1)[-1])
+        job.payload.write(data)
+        job.payload.close()
+        job.variables["reprint_of"] = job_id
+        job.variables["reprint_destination"] = str(dest)
+        job.variables["reprint_by"] = asker
+        log.info("console: reprint of job {job_id} to {destination} as job {new} asked by {who}", job_id=job_id,
+                 destination=str(dest), new=job.job_id, who=asker)
+        d = sink.submit(job, REPRINT_FLOW)
+        d.addCallback(lambda j: log.info("console: reprint {new} of job {job_id} ended {state}", new=j.job_id,
+                                         job_id=job_id, state=str(j.state)))
+        d.addErrback(lambda f: log.failure("console: reprint {new} of job {job_id} failed", f, new=job.job_id,
+                                           job_id=job_id))
+        return {"ok": True, "job_id": job.job_id, "reprint_of": job_id, "destination": str(dest), "action": "reprint",
+                "message": f"job {job_id} reprinted to {dest} as job {job.job_id}"}
+
     async def preview(self, job_id: str) -> Any:
         cached = self.previewer.cached(job_id)
         if cached is not None:
@@ -193,9 +305,17 @@ class Api(Resource):
             write_json(request, await self._list(request))
         elif parts == ["destinations"] and read:
             write_json(request, self._destinations())
+        elif parts == ["stats"] and read:
+            write_json(request, self._stats(request))
         elif len(parts) >= 2 and parts[0] == "jobs":
             await self._job(request, parts[1], parts[2:], method)
-        elif parts in (["jobs"], ["destinations"]):
+        elif len(parts) == 3 and parts[0] in ("triggers", "destinations") and parts[2] in ("pause", "resume"):
+            if method != "POST":
+                raise ApiError(405, f"{parts[2]} is a POST")
+            only(request, ("csrf",))
+            self.console.check_csrf(request)
+            write_json(request, await self.console.pause(request, parts[0][:-1], unquote(parts[1]), parts[2]))
+        elif parts in (["jobs"], ["destinations"], ["stats"]):
             raise ApiError(405, f"{method} is not allowed here; use GET")
         else:
             raise ApiError(404, f"no API endpoint /api/v1/{'/'.join(parts)}")
@@ -206,14 +326,31 @@ class Api(Resource):
                 "next_cursor": None if page.next_cursor is None else str(page.next_cursor)}
 
     def _destinations(self) -> dict[str, Any]:
-        report = status(self.console.service)
+        service = self.console.service
+        report = status(service)
+        rates = service.sink.rates if IJobRates.providedBy(service.sink) else None
         triggers = {
             name: {"type": t.get("type"), "state": t.get("state", "up" if t["listening"] else "down"),
                    "listening": t["listening"], "paused": bool(t.get("paused", False)),
-                   "address": t.get("address") or t.get("listen"), "counters": t["counters"]}
+                   "address": t.get("address") or t.get("listen"), "counters": t["counters"],
+                   "last_error": t.get("last_error") or t.get("error") or "",
+                   "last_error_at": t.get("last_error_at"),
+                   "jobs_per_minute": round(rates.per_minute(name), 2) if rates is not None else None}
             for name, t in report["triggers"].items()
         }
-        return {"triggers": triggers, "printers": report["printers"], "destinations": destinations(self.console.service)}
+        return {"triggers": triggers, "printers": report["printers"], "destinations": destinations(service)}
+
+    def _stats(self, request: Any) -> dict[str, Any]:
+        only(request, ("range",))
+        name = arg(request, "range") or "hour"
+        if name not in RANGES:
+            raise FilterError(f"range must be {' or '.join(RANGES)}, not {name!r}")
+        sink = self.console.service.sink
+        if not IJobRates.providedBy(sink):
+            raise ApiError(409, "this service's job sink keeps no rates")
+        rates = sink.rates
+        minutes, bucket = RANGES[name]
+        return {"range": name, **rates.series(minutes, bucket)}
 
     async def _job(self, request: Any, job_id: str, rest: list[str], method: str) -> None:
         jobs = self.console.jobs
@@ -255,6 +392,12 @@ class Api(Resource):
                 raise ApiError(405, f"{rest[0]} is a POST")
             self.console.check_csrf(request)
             write_json(request, await self._act(request, rest[0], job_id))
+        elif rest == ["reprint"]:
+            if method != "POST":
+                raise ApiError(405, "reprint is a POST")
+            only(request, ("csrf", "destination"))
+            self.console.check_csrf(request)
+            write_json(request, await self.console.reprint(request, job_id, (arg(request, "destination") or "").strip()))
         else:
             raise ApiError(404, f"no API endpoint /api/v1/jobs/{job_id}/{'/'.join(rest)}")
 
@@ -267,9 +410,7 @@ class Api(Resource):
         sink = job_control(self.console.service)
         if not IJobControl.providedBy(sink):
             raise ApiError(409, f"{action} needs the durable spool ([service] spool = true)")
-        peer = request.getClientAddress()
-        who = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else str(peer)
-        log.info("console: {action} of job {job_id} asked by {who}", action=action, job_id=job_id, who=who)
+        log.info("console: {action} of job {job_id} asked by {who}", action=action, job_id=job_id, who=who(request))
         try:
             d: Deferred[str] = sink.retry(job_id) if action == "retry" else sink.cancel(job_id)
             message = await d

@@ -278,6 +278,7 @@ class Guard(Resource):
                      role=principal.role, peer=host, method=method.decode("ascii", "replace"),
                      path=request.uri.decode("utf-8", "replace"))
             return Refusal(403, f"{principal.name} is a {principal.role}: viewers may only look, operators act")
+        request.console_user = principal.name  # the console logs who acted
         if method not in READ_METHODS:
             log.info("console: {user} ({role}) from {peer}: {method} {path}", user=principal.name,
                      role=principal.role, peer=host, method=method.decode("ascii", "replace"),

@@ -10,7 +10,8 @@ we do not need on a listener that already is a C{twisted.web} site.
 
 Pages: C{/console/} (jobs: table, filters, pagination, new jobs by
 polling), C{/console/job/ID} (variables, timeline, payload, previews,
-retry/cancel), C{/console/printers} (triggers, printers, destinations).
+retry/cancel/reprint), C{/console/printers} (triggers, printers,
+destinations with pause/resume, and the charts of L{rawsvc.console.charts}).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import Tag, flattenString, tags
 
 from rawsvc.console.api import ApiError, Api, Console, arg, hexdump, parse_query, send, VIEW_BYTES
+from rawsvc.console.charts import RANGES, charts
 from rawsvc.console.source import NoSuchJob
+from rawsvc.interfaces import IJobRates
 from rawsvc.states import JOB_STATES, FilterError
 
 log = Logger(namespace="rawsvc.console")
@@ -79,6 +82,7 @@ class Pages(Resource):
         self.console = console
 
     def render_GET(self, request: Any) -> Any:
+        self.console.previewer.warm()  # someone looks: a label preview may follow
         d: Deferred[Any] = ensureDeferred(self._page(request))
         d.addCallback(lambda tag: flattenString(request, tag))
         d.addCallback(lambda html: send(request, b"<!doctype html>\n" + html, b"text/html; charset=utf-8"))
@@ -167,13 +171,24 @@ class Pages(Resource):
             body += await self._payload(job_id, job, base)
         return layout(f"Job {job_id}", self.console.csrf_token, *body)
 
+    def _csrf(self) -> Tag:
+        return tags.input(type="hidden", name="csrf", value=self.console.csrf_token)
+
     def _actions(self, job: dict[str, Any], base: str) -> Tag:
         out = tags.div(tags.p("", id="action-result"), class_="actions")
-        if job["state"] in ("failed", "cancelled", "waiting", "done"):
-            label = "Reprint" if job["state"] == "done" else "Retry"
-            out(tags.form(tags.input(type="hidden", name="csrf", value=self.console.csrf_token),
-                          tags.button(label, type="submit", id="retry"),
+        if job["state"] in ("failed", "cancelled", "waiting"):
+            out(tags.form(self._csrf(), tags.button("Retry", type="submit", id="retry"),
                           method="post", action=base + "/retry", class_="action"))
+        if job["state"] == "done":
+            out(tags.form(self._csrf(), tags.button("Reprint (run its flow again)", type="submit", id="reprint"),
+                          method="post", action=base + "/reprint", class_="action"))
+            known = sorted(self.console.known_destinations())
+            out(tags.form(self._csrf(),
+                          tags.input(name="destination", id="reprint-destination", placeholder="host:port",
+                                     list="destinations", required="required"),
+                          tags.datalist(*[tags.option(value=d) for d in known], id="destinations"),
+                          tags.button("Reprint to", type="submit", id="reprint-to"),
+                          method="post", action=base + "/reprint", class_="action"))
         if job["state"] in ("queued", "running", "waiting"):
             out(tags.form(tags.input(type="hidden", name="csrf", value=self.console.csrf_token),
                           tags.button("Cancel", type="submit", id="cancel"),
@@ -202,23 +217,41 @@ class Pages(Resource):
         ]
         return out
 
+    def _toggle(self, kind: str, name: str, paused: bool) -> Tag:
+        """The pause (or resume) button of trigger or destination C{name}."""
+        action = "resume" if paused else "pause"
+        return tags.form(self._csrf(), tags.button(action.capitalize(), type="submit", id=f"{action}-{kind}-{name}"),
+                         method="post", action=f"/api/v1/{kind}s/{quote(name, safe='')}/{action}", class_="action")
+
     def _printers(self) -> Tag:
         report = Api(self.console)._destinations()
-        triggers = [
-            ("up" if t["listening"] and not t["paused"] else "down",
-             [name, t["type"], t["address"] or "", t["state"], t["counters"].get("jobs_received"),
-              t["counters"].get("jobs_failed")])
-            for name, t in report["triggers"].items()
-        ]
+        triggers = []
+        for name, t in report["triggers"].items():
+            state = "paused" if t["paused"] else t["state"]
+            triggers.append(("up" if t["listening"] and not t["paused"] else "down",
+                             [name, t["type"], t["address"] or "", tags.span(state, class_="state"),
+                              t["counters"].get("jobs_received"), t["counters"].get("jobs_failed"),
+                              t["jobs_per_minute"], t["last_error"], when(t["last_error_at"]),
+                              self._toggle("trigger", name, t["paused"])]))
         dests = [
-            [d, s.get("state", ""), s.get("queued", 0), s.get("waiting", 0), s.get("delivered", 0),
-             s.get("failures", 0), s.get("last_error") or "", when(s.get("since"))]
+            ("down" if s.get("paused") else "",
+             [d, tags.span(s.get("state", ""), class_="state"), s.get("queued", 0), s.get("waiting", 0),
+              s.get("delivered", 0), s.get("failures", 0), s.get("jobs_per_minute", 0), s.get("last_error") or "",
+              when(s.get("last_error_at")), self._toggle("destination", d, bool(s.get("paused")))])
             for d, s in report["destinations"].items()
         ]
-        return layout(
-            "Printers and destinations", self.console.csrf_token,
+        sink = self.console.service.sink
+        rates = sink.rates if IJobRates.providedBy(sink) else None
+        body: list[Any] = [
+            tags.div(tags.p("", id="action-result"), class_="actions"),
             tags.h2("Triggers and printers"),
-            table(["trigger", "type", "address", "state", "received", "failed"], triggers),
+            table(["trigger", "type", "address", "state", "received", "failed", "jobs/min", "last error", "when", ""],
+                  triggers, id="triggers"),
             tags.h2("Destinations"),
-            table(["destination", "state", "queued", "waiting", "delivered", "failures", "last error", "since"], dests),
-        )
+            table(["destination", "state", "queued", "waiting", "delivered", "failures", "jobs/min", "last error",
+                   "when", ""], dests, id="destinations"),
+        ]
+        if rates is not None:
+            for name, (minutes, bucket) in RANGES.items():
+                body += [tags.h2(f"Last {name}"), charts(rates.series(minutes, bucket), name)]
+        return layout("Printers and destinations", self.console.csrf_token, *body)

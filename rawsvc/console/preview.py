@@ -12,6 +12,12 @@ cannot stall or exhaust the service:
     (C{DeferredSemaphore}); more requests wait their turn;
   - B{cache}: the last C{cache_size} results, by job id; requests for a
     job being drawn share its one render.
+
+A worker process takes a while to start (an interpreter, the renderer's
+import): once someone looks at the console (L{Previewer.warm}), one spare
+worker waits, started and idle, for the next render, and a new spare is
+started as it is taken.  Each render still has a process of its own; a
+spare nobody takes exits by itself after L{SPARE_IDLE} seconds.
 """
 
 from __future__ import annotations
@@ -34,11 +40,17 @@ from rawsvc.console.zpl import Rendered
 
 log = Logger(namespace="rawsvc.console")
 
+#: Seconds a spare worker waits for a payload before it exits.
+SPARE_IDLE = 300.0
+#: A spare older than this is not fed (it may be exiting): a new worker is started instead.
+SPARE_USE = SPARE_IDLE - 30.0
+
 
 class _Worker(ProcessProtocol):
     """Feeds one payload to a worker process and fires C{done} with its L{Rendered}."""
 
-    def __init__(self, data: bytes, timeout: float, reactor: Any) -> None:
+    def __init__(self, data: bytes | None, timeout: float, reactor: Any) -> None:
+        #: The payload; None for a spare until L{feed}.
         self.data = data
         self.timeout = timeout
         self.reactor = reactor
@@ -47,8 +59,23 @@ class _Worker(ProcessProtocol):
         self.done: Deferred[Rendered] = Deferred()
         self.timed_out = False
         self.timer: Any = None
+        self.connected = False
+        self.ended = False
+        self.started = reactor.seconds()
 
     def connectionMade(self) -> None:
+        self.connected = True
+        if self.data is not None:
+            self._start()
+
+    def feed(self, data: bytes) -> None:
+        """Give a spare its payload."""
+        self.data = data
+        if self.connected:
+            self._start()
+
+    def _start(self) -> None:
+        assert self.data is not None
         self.transport.write(self.data)  # type: ignore[union-attr]
         self.transport.closeStdin()  # type: ignore[union-attr]
         self.timer = self.reactor.callLater(self.timeout, self._kill)
@@ -68,8 +95,11 @@ class _Worker(ProcessProtocol):
             self.err += data
 
     def processEnded(self, reason: Failure) -> None:
+        self.ended = True
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        if self.data is None:  # a spare that was never fed: nothing to answer
+            return
         language = zpl.detect_language(self.data[:65536])
         if self.timed_out:
             self.done.callback(Rendered(language, error=f"drawing the label took longer than {self.timeout:g} s; stopped"))
@@ -96,9 +126,13 @@ class Previewer:
     COMMAND = (sys.executable, "-m", "rawsvc.console.render_worker")
 
     def __init__(self, reactor: Any, timeout: float = 10.0, concurrency: int = 2, cache_size: int = 64,
-                 max_bytes: int = zpl.MAX_BYTES, command: tuple[str, ...] = COMMAND) -> None:
+                 max_bytes: int = zpl.MAX_BYTES, command: tuple[str, ...] = COMMAND,
+                 spare: bool | None = None) -> None:
         self.reactor = reactor
         self.command = command
+        #: Keep a spare worker (L{warm}); by default only for the real worker, which knows C{--spare}.
+        self.spare = command == self.COMMAND if spare is None else spare
+        self._spare: _Worker | None = None
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.cache_size = cache_size
@@ -138,10 +172,42 @@ class Previewer:
         d.addErrback(self._failed, key, language)
         return waiter
 
+    def warm(self) -> None:
+        """Have a spare worker waiting (someone looks at the console: a render may follow)."""
+        if not self.spare:
+            return
+        spare = self._spare
+        if spare is not None and not spare.ended and self.reactor.seconds() - spare.started < SPARE_USE:
+            return
+        self._spare = worker = _Worker(None, self.timeout, self.reactor)
+        argv = [*self.command, "--spare", f"{SPARE_IDLE:g}"]
+        try:
+            self.reactor.spawnProcess(worker, argv[0], argv, env=dict(os.environ))
+        except OSError as e:
+            log.warn("cannot start a spare preview worker: {error}", error=str(e))
+            self._spare = None
+
+    def stop(self) -> None:
+        """The console stops: end the spare worker (renders in progress end by their own bounds)."""
+        self.spare = False
+        spare, self._spare = self._spare, None
+        if spare is not None and not spare.ended and spare.data is None:
+            try:
+                spare.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            except Exception:  # it has just ended
+                pass
+
     def _spawn(self, data: bytes) -> Deferred[Rendered]:
         self.renders += 1
+        spare, self._spare = self._spare, None
+        if spare is not None and not spare.ended and self.reactor.seconds() - spare.started < SPARE_USE:
+            spare.feed(data)
+            self.warm()  # the next one
+            return spare.done
         worker = _Worker(data, self.timeout, self.reactor)
         self.reactor.spawnProcess(worker, self.command[0], list(self.command), env=dict(os.environ))
+        if spare is not None:
+            self.warm()
         return worker.done
 
     def _finished(self, result: Rendered, key: str) -> None:

@@ -2,7 +2,7 @@
 The console's stylesheet and its few lines of script, vendored here and
 served from C{/console/static/}: no CDN, no external fonts, nothing beyond
 the admin listener.  The script only polls the JSON API for new jobs and
-posts the retry/cancel buttons; every page works without it.
+posts the action buttons (retry, cancel, reprint, pause, resume); every page works without it.
 """
 
 from __future__ import annotations
@@ -21,19 +21,38 @@ form.filters input,form.filters select{margin-right:.5em}
 pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}
 img.label{border:1px solid #999;max-width:420px;margin:.4em;background:#fff}
 .warning{color:#a60}
+form.action{display:inline-block;margin:.2em .4em .2em 0}
+svg.chart{display:block;border:1px solid #ddd;background:#fff;margin:.4em 0}
+svg.chart .grid{stroke:#eee}svg.chart .axis,svg.chart .legend{font-size:10px;fill:#555}
+svg.chart polyline{stroke-width:1.5;fill:none}
+svg.chart .done{stroke:#070}svg.chart .failed{stroke:#b00}svg.chart .p50{stroke:#06c}svg.chart .p99{stroke:#a60}
+svg.chart circle.done,svg.chart tspan.done{fill:#070}svg.chart circle.failed,svg.chart tspan.failed{fill:#b00}
+svg.chart circle.p50,svg.chart tspan.p50{fill:#06c}svg.chart circle.p99,svg.chart tspan.p99{fill:#a60}
+svg.chart .legend tspan{stroke:none}
 """
 
 JS = b"""
 (function () {
   "use strict";
   var token = document.querySelector('meta[name="csrf-token"]');
+  var shown = document.getElementById("action-result");
+  var kept = window.sessionStorage && sessionStorage.getItem("rawsvc-result");
+  if (shown && kept) { shown.textContent = kept; shown.className = "ok"; sessionStorage.removeItem("rawsvc-result"); }
   document.querySelectorAll("form.action").forEach(function (form) {
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
       var out = document.getElementById("action-result");
-      fetch(form.action, {method: "POST", headers: {"X-CSRF-Token": token.content}})
+      var body = new URLSearchParams(new FormData(form));
+      fetch(form.action, {method: "POST", body: body, headers: {"X-CSRF-Token": token.content}})
         .then(function (r) { return r.json(); })
-        .then(function (j) { out.textContent = j.message || j.error; setTimeout(function () { location.reload(); }, 800); })
+        .then(function (j) {
+          out.textContent = j.message || j.error;
+          out.className = j.error ? "error" : "ok";
+          if (!j.error) {
+            if (window.sessionStorage) { sessionStorage.setItem("rawsvc-result", j.message); }
+            setTimeout(function () { location.reload(); }, 800);
+          }
+        })
         .catch(function (e) { out.textContent = String(e); });
     });
   });
@@ -63,7 +82,7 @@ JS = b"""
       })
       .catch(function () {});
   }
-  setInterval(poll, 1000);
+  setInterval(poll, 500);
 })();
 """
 

@@ -159,6 +159,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
     def _stored(self, path: str | None, job: Job, flow_name: str, counters: TriggerCounters | None, d: Deferred) -> Deferred:
         self._in_flight.discard(d)
         self.last_refusal = None  # jobs are stored again
+        self.rates.acked(time.time() - job.received_at)  # the sender may be acknowledged now
         if path is not None:
             job.payload.discard()  # the temporary file, if any; the spool has its copy
             job.payload = SpoolPayload.from_file(path)
