@@ -8,7 +8,7 @@ jobs/s is not).
     git worktree add --detach /tmp/rawsvc-base <commit>
     python bench/callgrind_job.py /tmp/rawsvc-base .
 
-Each tree's own bench/micro_job.py runs with C{PYTHONPATH=<tree>} (so its
+This bench/micro_job.py runs with C{PYTHONPATH=<tree>} (so that tree's
 C{rawsvc} is imported), once with C{--base} jobs and once with C{--base +
 --jobs} jobs; the difference over C{--jobs} is the instructions of one job,
 start-up and the first jobs' lazy imports excluded.  Needs valgrind.
@@ -31,9 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def instructions(tree: Path, jobs: int, workdir: Path) -> int:
     """Total instructions (Ir) of one C{micro_job.py JOBS} run of C{tree}'s rawsvc."""
-    script = tree / "bench" / "micro_job.py"
-    if not script.exists():
-        script = HERE / "micro_job.py"
+    script = HERE / "micro_job.py"  # this bench, each tree's rawsvc
     out = workdir / f"callgrind.{abs(hash(str(tree)))}.{jobs}"
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
     env.pop("PYTHONDEVMODE", None)
