@@ -148,18 +148,24 @@ class FramedConnection(JobSubmission):
         t.counters.connections_total += 1
         stream_transport(self).registerProducer(ReadThrottle(self), True)
         self._arm_idle()
-        self._tell("accepted", self.policy.accepted)
+        if not self._plain_policy:
+            self._tell("accepted", self.policy.accepted)
         if s.connect_flow is not None and not (self.refused or self.held):
             self.ready.append((Payload(), s.connect_flow, None))
             self._dispatch()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
-        for name in ("_deadline_call", "_frame_call"):
-            call = getattr(self, name)
-            if call is not None and call.active():
+        call = self._deadline_call
+        if call is not None:
+            self._deadline_call = None
+            if call.active():
                 call.cancel()
-            setattr(self, name, None)
+        call = self._frame_call
+        if call is not None:
+            self._frame_call = None
+            if call.active():
+                call.cancel()
         t = self.trigger
         t.counted.discard(self)
         if self in t.connections:  # also a client refused after it was counted (a busy printer)
@@ -276,12 +282,14 @@ class FramedConnection(JobSubmission):
     def _begin(self, meta: Mapping[str, str]) -> None:
         if not self.began:
             self.began = True
-            self._tell("job_began", self.policy.job_began, meta)
+            if not self._plain_policy:
+                self._tell("job_began", self.policy.job_began, meta)
 
     def _abandon(self) -> None:
         if self.began:
             self.began = False
-            self._tell("job_abandoned", self.policy.job_abandoned)
+            if not self._plain_policy:
+                self._tell("job_abandoned", self.policy.job_abandoned)
 
     def _append(self, chunk: bytes) -> None:
         t, s = self.trigger, self.settings
