@@ -19,6 +19,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 BASELINES = BENCH / "baselines"
+#: The source tree whose rawsvc runs (run.py --tree: another checkout, say main's, with this bench).
+TREE = REPO
 
 #: Cores: the server under test runs on SERVER_CPU, the load on LOAD_CPU.
 SERVER_CPU = "0"
@@ -161,7 +163,7 @@ def twistd_path() -> str:
 
 def python_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(TREE) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("PYTHONDEVMODE", None)
     return env
 
@@ -238,6 +240,12 @@ def measured_load(server: Proc, loadgen: Path, warmup: float, *args: object, tim
         raise RuntimeError(f"loadgen {args[0]} failed ({p.returncode}): {err.strip()}")
     result = json.loads(out.strip().splitlines()[-1])
     result["server_cpu"] = round((c1 - c0) / (t1 - t0), 3)
+    # CPU per job holds still on a noisy machine where jobs/s does not: the
+    # server's CPU rate over the window times the loadgen's measured seconds,
+    # over the jobs it finished in them.
+    done = result.get("jobs") or result.get("messages")
+    if done:
+        result["server_cpu_us_per_job"] = round((c1 - c0) / (t1 - t0) * result["seconds"] / done * 1e6, 1)
     busy = core_busy(k0, k1)  # whole cores: kernel network work and other users' processes too
     result["server_core_busy"] = busy.get(SERVER_CPU)
     result["load_core_busy"] = busy.get(LOAD_CPU)

@@ -43,6 +43,11 @@ class HalfCloseTransport(StringTransport):
     def loseWriteConnection(self) -> None:
         self.loseConnection()
 
+    def connection_lost(self) -> None:
+        """What a real transport lets go of when it closes (Twisted's FileDescriptor.connectionLost)."""
+        self.producer = None
+        self.streaming = None
+
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
@@ -70,6 +75,7 @@ def main() -> None:
         clock.advance(0)
         if i == 0:
             assert transport.value() == b"OK 1024\n", transport.value()
+        transport.connection_lost()
         proto.connectionLost(Failure(ConnectionDone()))
     took = time.perf_counter() - started
     if n:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rawsvc.interfaces import IDeliveryWatcher, IDrainable, IHealth, IHoldWatcher, IJobHistory, IJobRates, IJobSink
@@ -65,30 +66,38 @@ class Dispatcher:
         job.state = "queued"
         started = time.monotonic()
         d = flow.run(job)
+        if d.called and not d.paused and not isinstance(d.result, (Failure, Deferred)):
+            # A flow that needed no asynchronous action has ended already:
+            # its job is finished here, with no callbacks added.
+            self._ended(d.result, job, counters, started)
+            return d
         self._in_flight.add(d)
+        return d.addErrback(self._crashed, job, flow_name).addBoth(self._ended_later, job, counters, started, d)
 
-        def finished(result: Any) -> Any:
-            self._in_flight.discard(d)
-            self.running.pop(job.job_id, None)
-            self.waiting.pop(job.job_id, None)
-            self.history.append(job)
-            if counters is not None:
-                counters.flow_seconds.observe(time.monotonic() - started)
-                if job.state == "done":
-                    counters.jobs_ok += 1
-                elif job.state != "interrupted":  # interrupted: resumes later
-                    counters.jobs_failed += 1
-            self.rates.finished(job.state, job.trigger)
-            job.payload.discard()
-            return result
+    def _crashed(self, failure: Failure, job: Job, flow_name: str) -> Job:
+        log.failure("flow {flow} crashed for job {job_id}", failure, flow=flow_name, job_id=job.job_id)
+        job.state = "failed"
+        job.error = str(failure.value)
+        return job
 
-        def crashed(failure):
-            log.failure("flow {flow} crashed for job {job_id}", failure, flow=flow_name, job_id=job.job_id)
-            job.state = "failed"
-            job.error = str(failure.value)
-            return job
+    def _ended_later(self, result: Any, job: Job, counters: TriggerCounters | None, started: float,
+                        d: Deferred) -> Any:
+        self._in_flight.discard(d)
+        return self._ended(result, job, counters, started)
 
-        return d.addErrback(crashed).addBoth(finished)
+    def _ended(self, result: Any, job: Job, counters: TriggerCounters | None, started: float) -> Any:
+        self.running.pop(job.job_id, None)
+        self.waiting.pop(job.job_id, None)
+        self.history.append(job)
+        if counters is not None:
+            counters.flow_seconds.observe(time.monotonic() - started)
+            if job.state == "done":
+                counters.jobs_ok += 1
+            elif job.state != "interrupted":  # interrupted: resumes later
+                counters.jobs_failed += 1
+        self.rates.finished(job.state, job.trigger)
+        job.payload.discard()
+        return result
 
     # IDeliveryWatcher: the destination pool tells about waiting deliveries ------------
 

@@ -76,36 +76,61 @@ class Flow:
         job.finished_at = time.time()
         return succeed(job)
 
-    @inlineCallbacks
-    def _resume(self, job: Job, index: int, action: IAction, pending: Any, started: float):
-        """Wait for action C{index}'s result C{pending}, then run the rest."""
+    def _resume(self, job: Job, index: int, action: IAction, pending: Any, started: float) -> Deferred:
+        """
+        Wait for action C{index}'s result C{pending} (a Deferred or a
+        Failure), then run the rest.  Plain callbacks, no generator: a flow
+        that waits once (a reply's hand-over) costs one more Deferred, which
+        fires once the job has ended.
+        """
+        ended: Deferred = Deferred()
+        self._wait(pending, job, index, action, started, ended)
+        return ended
+
+    def _wait(self, pending: Any, job: Job, index: int, action: IAction, started: float, ended: Deferred) -> None:
+        if isinstance(pending, Failure):
+            self._failed(pending, job, index, action, started, ended)
+            return
+        pending.addCallbacks(self._next, self._failed, (job, index, started, ended), None,
+                             (job, index, action, started, ended)).addErrback(_bug, ended)
+
+    def _next(self, _result: Any, job: Job, index: int, started: float, ended: Deferred) -> None:
+        """Action C{index} succeeded: run the ones after it, in a plain loop until one returns a Deferred."""
         actions = self.actions
-        while True:
-            try:
-                yield pending if isinstance(pending, Deferred) else fail(pending)
-            except Exception:
-                failure = Failure()
-                message = describe_failure(failure)
-                if not isinstance(failure.value, ActionError):
-                    log.failure(
-                        "action {index} ({type}) of flow {flow} crashed for job {job_id}",
-                        failure,
-                        index=index,
-                        type=action.type_name,
-                        flow=self.name,
-                        job_id=job.job_id,
-                    )
-                yield self._fail(job, index, action, message, isinstance(failure.value, Interrupted))
-                break
-            index += 1
-            if index >= len(actions):
-                self._done(job, started)
-                break
+        variables = job.variables
+        for index in range(index + 1, len(actions)):
             action = actions[index]
-            job.variables["action_index"] = str(index)
-            pending = maybeDeferred(action.run, job)
+            variables["action_index"] = str(index)
+            try:
+                result = action.run(job)
+            except Exception:
+                self._failed(Failure(), job, index, action, started, ended)
+                return
+            if isinstance(result, (Deferred, Failure)):
+                self._wait(result, job, index, action, started, ended)
+                return
+        self._done(job, started)
         job.finished_at = time.time()
-        return job
+        ended.callback(job)
+
+    def _failed(self, failure: Failure, job: Job, index: int, action: IAction, started: float,
+                ended: Deferred) -> None:
+        """Action C{index} failed: the job fails (or is interrupted) and C{on_error} runs."""
+        if failure.check(Exception) is None:
+            ended.errback(failure)  # not an error of the action (a BaseException): passed on
+            return
+        message = describe_failure(failure)
+        if not isinstance(failure.value, ActionError):
+            log.failure(
+                "action {index} ({type}) of flow {flow} crashed for job {job_id}",
+                failure,
+                index=index,
+                type=action.type_name,
+                flow=self.name,
+                job_id=job.job_id,
+            )
+        self._fail(job, index, action, message, isinstance(failure.value, Interrupted)).addCallback(
+            _finished, job).chainDeferred(ended)
 
     def _done(self, job: Job, started: float) -> None:
         job.state = "done"
@@ -147,6 +172,19 @@ class Flow:
                     job_id=job.job_id,
                     error=describe_failure(Failure()),
                 )
+
+
+def _finished(_: Any, job: Job) -> Job:
+    job.finished_at = time.time()
+    return job
+
+
+def _bug(failure: Failure, ended: Deferred) -> None:
+    """A failure in the flow's own bookkeeping: the job's Deferred fails with it (the sink logs it)."""
+    if not ended.called:
+        ended.errback(failure)
+    else:
+        log.failure("a flow's bookkeeping failed after its job ended", failure)
 
 
 def run_job(flow: Flow, job: Job) -> Deferred:

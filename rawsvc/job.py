@@ -234,9 +234,14 @@ class Variables(MutableMapping[str, Any]):
     C{auto} receive the raw bytes instead (see L{raw}).
     """
 
-    def __init__(self, job: "Job", initial: dict[str, str]) -> None:
+    __slots__ = ("_job", "_values")
+
+    def __init__(self, job: "Job", values: dict[str, str]) -> None:
+        # A view: the values live on the job (C{values} is its dict, not a
+        # copy), so a job and its variables make no reference cycle and a
+        # finished job is freed by its last reference, not by the collector.
         self._job = job
-        self._values = dict(initial)
+        self._values = values
 
     def raw(self, name: str) -> Any:
         if name == "data" and "data" not in self._values:
@@ -349,7 +354,7 @@ class Job:
     error: str | None = None
     seq: int = attrs.field(factory=lambda: next(_counter))
     finished_at: float | None = None
-    variables: Variables = attrs.field(init=False)
+    _values: dict[str, str] = attrs.field(init=False, repr=False)
     extra: dict[str, str] = attrs.field(factory=dict, repr=False)
     #: Set by a trigger that must hold the job's flow (a virtual printer out
     #: of paper): the sink stores the job as usual, then its flow starts only
@@ -374,7 +379,12 @@ class Job:
             "received_at": f"{_utc_second(self.received_at)}.{int(self.received_at * 1000) % 1000:03d}Z",
         }
         base.update(self.extra)
-        self.variables = Variables(self, base)
+        self._values = base
+
+    @property
+    def variables(self) -> Variables:
+        """The job's variables (L{Variables}: a view of values kept on the job)."""
+        return Variables(self, self._values)
 
     @property
     def state(self) -> JobState:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import maybeDeferred
 from zope.interface import implementer, provider
 
 from rawsvc import options as o
@@ -45,5 +44,6 @@ class ReplyAction:
                 f"cannot reply: job {job.job_id} from trigger {job.trigger!r} has no "
                 "connection to answer (resumed from the spool, or a trigger without replies)"
             )
-        payload = self.data.render(job.variables, self.encoding)
-        return maybeDeferred(channel.reply, payload)
+        # The channel's own result (a Deferred, or a plain value): the flow
+        # takes either, and catches what it raises.
+        return channel.reply(self.data.render(job.variables, self.encoding))

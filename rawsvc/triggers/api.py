@@ -113,7 +113,9 @@ class FramedTrigger(ListenerTrigger):
         return ConnectionPolicy(conn)
 
     def build_protocol(self) -> FramedConnection:
-        return FramedConnection(self, self.make_framer(), self.make_policy)
+        # A trigger that keeps the default policy shares one (it adds nothing).
+        plain = type(self).make_policy is FramedTrigger.make_policy
+        return FramedConnection(self, self.make_framer(), None if plain else self.make_policy)
 
 
 def _class_name(type_name: str) -> str:

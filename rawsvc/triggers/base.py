@@ -198,6 +198,17 @@ class ListenerTrigger(OpenConnections, Service):
         self.spill_threshold = s.spill_threshold
         self.temp_dir = s.temp_dir
 
+    @property
+    def disk_check_at_accept(self) -> bool:
+        """
+        Whether a new connection calls L{disk_check}: to turn clients away
+        (a C{refusal} text to say why), or because the trigger's own
+        C{disk_check} acts on what it finds (the printer closes its port).
+        Otherwise the accept costs no C{statvfs}.
+        """
+        return bool(self.min_free) and (
+            self.settings.turn_away_when_disk_low or type(self).disk_check is not ListenerTrigger.disk_check)
+
     @classmethod
     def from_config(cls, options: dict[str, Any], context: BuildContext) -> "ListenerTrigger":
         return cls(options, context)

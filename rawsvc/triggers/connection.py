@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
@@ -39,6 +39,9 @@ from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
 from rawsvc.triggers.limits import HOLD_BUFFER, ReadThrottle
 from rawsvc.triggers.policy import ConnectionPolicy
+
+#: The policy of a connection whose trigger adds nothing (shared: it reads no connection).
+PLAIN_POLICY = ConnectionPolicy(cast(Any, None))
 from rawsvc.triggers.replies import ReplyQueue
 from rawsvc.triggers.submit import JobSubmission
 
@@ -56,6 +59,31 @@ class FramedConnection(JobSubmission):
     default one that adds nothing.
     """
 
+    # What every connection starts with, as class attributes: a connection
+    # sets only what differs (a job's path builds as little as it can).
+    peer_host, peer_port, label = "", 0, ""
+    payload: Payload | None = None  # the job being received
+    began = False  # it has begun (Start, or its first byte)
+    job_refused: str | None = None
+    running = 0
+    input_done = False
+    closed = False
+    closing = False
+    refused = False
+    refusing = False  # a job was not stored: the refusal is out, the rest is thrown away
+    held = False
+    _held_size = 0
+    _held_eof = False
+    _told_done = False
+    # One timer per connection serves idle_timeout and job_timeout: data
+    # only moves timestamps, and the timer re-arms itself lazily.
+    _deadline_call: Any = None
+    _idle_armed = False
+    last_active = 0.0
+    _job_started: float | None = None
+    _frame_call: Any = None
+    jobs = 0
+
     def __init__(
         self,
         trigger: ListenerTrigger,
@@ -67,34 +95,17 @@ class FramedConnection(JobSubmission):
         self.reactor = trigger.reactor
         self.framer = framer
         self._announces = IAnnouncingFramer.providedBy(framer)
-        self.policy: IConnectionPolicy = make_policy(self) if make_policy is not None else ConnectionPolicy(self)
-        self._plain_policy = type(self.policy) is ConnectionPolicy
-        self.peer_host, self.peer_port, self.label = "", 0, ""
-        self.payload: Payload | None = None  # the job being received
-        self.began = False  # it has begun (Start, or its first byte)
-        self.job_refused: str | None = None
+        if make_policy is None:
+            # The plain policy reads nothing of its connection: one serves all.
+            self.policy: IConnectionPolicy = PLAIN_POLICY
+            self._plain_policy = True
+        else:
+            self.policy = make_policy(self)
+            self._plain_policy = type(self.policy) is ConnectionPolicy
         self.ready: collections.deque[tuple[Payload, str, End | None]] = collections.deque()
-        self.running = 0
-        self.input_done = False
-        self.closed = False
-        self.closing = False
-        self.refused = False
-        self.refusing = False  # a job was not stored: the refusal is out, the rest is thrown away
-        self.held = False
         self._held_bytes: list[bytes] = []
-        self._held_size = 0
-        self._held_eof = False
-        self._told_done = False
         self._paused: set[str] = set()
-        # One timer per connection serves idle_timeout and job_timeout: data
-        # only moves timestamps, and the timer re-arms itself lazily.
-        self._deadline_call: Any = None
-        self._idle_armed = False
-        self.last_active = 0.0
-        self._job_started: float | None = None
-        self._frame_call: Any = None
         self.connected_at = time.time()
-        self.jobs = 0
 
     # Public: what a policy may read and do ------------------------------------
 
@@ -120,7 +131,7 @@ class FramedConnection(JobSubmission):
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.reactor)
         self.last_active = self.reactor.seconds()
-        low = t.disk_check()
+        low = t.disk_check() if t.disk_check_at_accept else None
         if low is not None and s.turn_away_when_disk_low:
             # Only where the client can read why (a refusal text): a reset at
             # the accept is not a refusal every client notices (CUPS's socket
@@ -137,18 +148,24 @@ class FramedConnection(JobSubmission):
         t.counters.connections_total += 1
         stream_transport(self).registerProducer(ReadThrottle(self), True)
         self._arm_idle()
-        self._tell("accepted", self.policy.accepted)
+        if not self._plain_policy:
+            self._tell("accepted", self.policy.accepted)
         if s.connect_flow is not None and not (self.refused or self.held):
             self.ready.append((Payload(), s.connect_flow, None))
             self._dispatch()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
-        for name in ("_deadline_call", "_frame_call"):
-            call = getattr(self, name)
-            if call is not None and call.active():
+        call = self._deadline_call
+        if call is not None:
+            self._deadline_call = None
+            if call.active():
                 call.cancel()
-            setattr(self, name, None)
+        call = self._frame_call
+        if call is not None:
+            self._frame_call = None
+            if call.active():
+                call.cancel()
         t = self.trigger
         t.counted.discard(self)
         if self in t.connections:  # also a client refused after it was counted (a busy printer)
@@ -265,12 +282,14 @@ class FramedConnection(JobSubmission):
     def _begin(self, meta: Mapping[str, str]) -> None:
         if not self.began:
             self.began = True
-            self._tell("job_began", self.policy.job_began, meta)
+            if not self._plain_policy:
+                self._tell("job_began", self.policy.job_began, meta)
 
     def _abandon(self) -> None:
         if self.began:
             self.began = False
-            self._tell("job_abandoned", self.policy.job_abandoned)
+            if not self._plain_policy:
+                self._tell("job_abandoned", self.policy.job_abandoned)
 
     def _append(self, chunk: bytes) -> None:
         t, s = self.trigger, self.settings

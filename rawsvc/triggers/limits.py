@@ -178,12 +178,11 @@ class ConnectionLimits(Protocol):
 
     def _next_deadline(self) -> float | None:
         s = self.settings
-        deadlines = []
-        if self._idle_armed and s.idle_timeout:
-            deadlines.append(self.last_active + s.idle_timeout)
-        if self._job_started is not None and s.job_timeout:
-            deadlines.append(self._job_started + s.job_timeout)
-        return min(deadlines) if deadlines else None
+        idle = self.last_active + s.idle_timeout if self._idle_armed and s.idle_timeout else None
+        if self._job_started is None or not s.job_timeout:
+            return idle
+        job = self._job_started + s.job_timeout
+        return job if idle is None or job < idle else idle
 
     def _schedule_deadline(self) -> None:
         if self.closed:

@@ -122,6 +122,13 @@ class ReplyQueue:
     def lost(self, reason: str) -> None:
         self.gone = reason or "connection lost"
         self._slots.clear()
+        # Nothing is written from now on: let go of the connection, so the
+        # slots that jobs (kept in the history) hold do not keep it alive.
+        self._write = _closed
+
+
+def _closed(data: bytes) -> None:
+    """The writer of a queue whose connection is gone (L{ReplyQueue.flush} never calls it)."""
 
 
 class _Confirmations:

@@ -43,6 +43,7 @@ class JobSubmission(ConnectionLimits):
     closing: bool
     jobs: int
     _told_done: bool
+    _plain_policy: bool
 
     def _tell(self, hook: str, call: Any, *args: Any) -> Any:
         raise NotImplementedError
@@ -79,7 +80,8 @@ class JobSubmission(ConnectionLimits):
         job.reply_channel = slot
         self.running += 1
         # A hook's bug must never keep a received job from the sink.
-        self._tell("job_submitted", self.policy.job_submitted, job)
+        if not self._plain_policy:
+            self._tell("job_submitted", self.policy.job_submitted, job)
         try:
             d = t.sink.submit(job, flow, t.counters)
         except Exception:
@@ -103,7 +105,8 @@ class JobSubmission(ConnectionLimits):
         self.replies.finish(slot)
         if refused:
             self.refuse_unstored(job.error or "refused", text_sent=True)
-        self._tell("job_finished", self.policy.job_finished, job)
+        if not self._plain_policy:
+            self._tell("job_finished", self.policy.job_finished, job)
         if self.settings.close_after_reply and not self.closed:
             self.input_done = True
             stream_transport(self).loseConnection()
@@ -124,4 +127,5 @@ class JobSubmission(ConnectionLimits):
         if self.closed and not self.running and not self.ready and not self._told_done:
             self._told_done = True
             self._abandon()
-            self._tell("done", self.policy.done)
+            if not self._plain_policy:
+                self._tell("done", self.policy.done)
