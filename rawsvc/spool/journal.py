@@ -1,0 +1,267 @@
+"""
+The spool's journal: what makes a batch of new jobs and final states
+durable with one C{writev} and one C{fdatasync}.
+
+The writer thread applies a batch to the SQLite index in one transaction
+committed with C{synchronous=NORMAL} (no fsync); before that commit it
+appends the batch's new rows and final states to C{state_dir/spool.journal}
+(0600) as one record and fdatasyncs it, and only then are the writes
+acknowledged.  Each record carries a sequence number, and the same
+transaction stores it in C{meta.journal_seq}: after a crash (or a power
+loss that took the index's last commits), L{replay} applies the records
+past the index's number, in order, exactly once.  A record whose checksum
+does not match (a torn tail: the write was under way when the process
+died) ends the journal: it was never acknowledged.  Once the index is on
+disk (a checkpoint, then the WAL fdatasynced), the journal is emptied.
+
+A record: C{magic, crc32, seq, meta length, blobs length} (little endian),
+then the metadata (JSON: the insert rows with each payload blob replaced by
+its length, and the final-state rows), then the blobs.  The CRC covers
+everything after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+import zlib
+from typing import Any
+
+from rawsvc.spool import records
+
+JOURNAL_NAME = "spool.journal"
+MAGIC = b"RJL1"
+HEADER = struct.Struct("<4sIQII")
+_COVERED = struct.Struct("<QII")
+#: Index of the payload blob in an insert row (see L{records.insert_params}).
+BLOB = 12
+#: Buffers per writev (Linux's IOV_MAX is 1024).
+IOV_MAX = 1024
+#: Journal bytes after which the index is checkpointed and the journal emptied.
+ROTATE_BYTES = 8 << 20
+
+
+def journal_path(state_dir: str) -> str:
+    return os.path.join(state_dir, JOURNAL_NAME)
+
+
+def encode(seq: int, inserts: list[tuple], finals: list[tuple]) -> list[bytes]:
+    """One record's buffers, for one writev."""
+    blobs = [row[BLOB] for row in inserts if row[BLOB] is not None]
+    rows = [row[:BLOB] + (None if row[BLOB] is None else len(row[BLOB]),) + row[BLOB + 1:] for row in inserts]
+    meta = json.dumps({"i": rows, "f": finals}, separators=(",", ":")).encode()
+    total = sum(len(b) for b in blobs)
+    covered = _COVERED.pack(seq, len(meta), total)
+    crc = zlib.crc32(covered)
+    crc = zlib.crc32(meta, crc)
+    for blob in blobs:
+        crc = zlib.crc32(blob, crc)
+    return [HEADER.pack(MAGIC, crc, seq, len(meta), total), meta, *blobs]
+
+
+class Record:
+    """One batch read back: its sequence number, insert rows and final-state rows."""
+
+    __slots__ = ("seq", "inserts", "finals")
+
+    def __init__(self, seq: int, inserts: list[tuple], finals: list[tuple]) -> None:
+        self.seq = seq
+        self.inserts = inserts
+        self.finals = finals
+
+
+def read(path: str) -> tuple[list[Record], int]:
+    """
+    The journal's records, in order, and how many bytes past the last good
+    one were ignored (a torn tail, or 0).  A missing journal has none.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    out: list[Record] = []
+    at = 0
+    view = memoryview(data)
+    while at + HEADER.size <= len(data):
+        magic, crc, seq, meta_len, total = HEADER.unpack_from(data, at)
+        end = at + HEADER.size + meta_len + total
+        if magic != MAGIC or end > len(data):
+            break
+        body = view[at + HEADER.size:end]
+        if zlib.crc32(body, zlib.crc32(_COVERED.pack(seq, meta_len, total))) != crc:
+            break
+        try:
+            meta = json.loads(bytes(body[:meta_len]))
+            blob_at = meta_len
+            inserts = []
+            for row in meta["i"]:
+                n = row[BLOB]
+                blob = None if n is None else bytes(body[blob_at:blob_at + n])
+                blob_at += n or 0
+                inserts.append(tuple(row[:BLOB]) + (blob,) + tuple(row[BLOB + 1:]))
+            finals = [tuple(row) for row in meta["f"]]
+        except (ValueError, KeyError, TypeError, IndexError):
+            break
+        out.append(Record(seq, inserts, finals))
+        at = end
+    return out, len(data) - at
+
+
+def applied_seq(conn: sqlite3.Connection) -> int:
+    """The last journal record the index holds."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_seq(conn: sqlite3.Connection, seq: int) -> None:
+    """(In the batch's transaction) the index holds the journal up to C{seq}."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_seq', ?)", (str(seq),))
+
+
+def pending(conn: sqlite3.Connection, path: str) -> tuple[list[Record], int]:
+    """The records the index does not hold yet, and the bytes of a torn tail."""
+    found, torn = read(path)
+    done = applied_seq(conn)
+    return [r for r in found if r.seq > done], torn
+
+
+def apply(conn: sqlite3.Connection, todo: list[Record]) -> None:
+    """(In a transaction) the records' rows into the index, in order; a job already there is kept."""
+    for record in todo:
+        records.write_rows(conn, record.inserts, [], record.finals, replay=True)
+        set_seq(conn, record.seq)
+
+
+def replay(conn: sqlite3.Connection, path: str) -> tuple[int, int, int]:
+    """
+    (At open, before anything else writes) the records the index lacks,
+    applied and made durable; then the journal is emptied.  Returns
+    (records applied, jobs among them, bytes of a torn tail ignored).
+    """
+    todo, torn = pending(conn, path)
+    if todo:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply(conn, todo)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if todo or torn or _size(path):
+        durable_index(conn)
+        empty(path)
+    return len(todo), sum(len(r.inserts) for r in todo), torn
+
+
+def durable_index(conn: sqlite3.Connection) -> None:
+    """Every transaction committed so far on disk: checkpointed, and the WAL fdatasynced."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    db = conn.execute("PRAGMA database_list").fetchone()[2]
+    for name in (db + "-wal", db):
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+
+def empty(path: str) -> None:
+    """The journal emptied (its records are in the durable index)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+class Journal:
+    """The open journal (writer thread only): appends records, fdatasynced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        created = not os.path.exists(path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(self.fd, 0o600)
+        if created:
+            os.fsync(self.fd)
+            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self.size = os.fstat(self.fd).st_size
+        #: Records appended since the journal was last emptied.
+        self.records = 0
+        #: Why the journal cannot take records any more (a failed write could not be undone).
+        self.broken: str | None = None
+
+    def append(self, buffers: list[bytes]) -> None:
+        """
+        One record, with one writev (more only past L{IOV_MAX} buffers or
+        after a short write) and one fdatasync, both outside the GIL.  On
+        failure (a full disk) the journal is cut back to where it was, so
+        that no later record follows a broken one; raises the OSError.
+        """
+        start = self.size
+        want = sum(len(b) for b in buffers)
+        try:
+            done = 0
+            views = [memoryview(b) for b in buffers]
+            while done < want:
+                n = os.writev(self.fd, views[:IOV_MAX])
+                done += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
+            os.fdatasync(self.fd)
+        except OSError:
+            try:
+                self.cut(start)
+            except OSError as e:
+                self.broken = f"{self.path} cannot be cut back after a failed write: {e.strerror}"
+            raise
+        self.size = start + want
+        self.records += 1
+
+    def cut(self, size: int) -> None:
+        """Back to C{size} bytes (a record not written whole, or not committed)."""
+        os.ftruncate(self.fd, size)
+        os.fdatasync(self.fd)
+        self.size = size
+
+    def emptied(self) -> None:
+        """(After L{durable_index}) every record is in the index on disk."""
+        self.cut(0)
+        self.records = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def describe(path: str, conn: Any) -> str:
+    """For C{rawsvc spool check}: what the journal holds beyond the index."""
+    todo, torn = pending(conn, path)
+    jobs = sum(len(r.inserts) for r in todo)
+    text = f"{len(todo)} journal record(s) not in the database yet ({jobs} new job(s)): replayed at the next start"
+    if torn:
+        text += f"; a torn tail of {torn} byte(s) (never acknowledged) is ignored"
+    return text
