@@ -271,3 +271,45 @@ def test_below_min_free_the_printer_closes_its_port_so_cups_keeps_the_job_and_pr
     assert sorted(archived(jobs_dir)) == sorted(printed)  # every job CUPS was told is done is stored, once
     assert p.port is not None and p.disk_low_reason is None
     assert not [t for t in log_text if "Unhandled Error" in t]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_job_whose_journal_record_the_full_disk_refuses_is_refused_and_not_in_the_journal(
+    spooled, small_state, tmp_path, log_text
+):
+    from rawsvc.spool import journal
+
+    jobs_dir = tmp_path / "jobs"
+    svc = spooled(f"""
+[[trigger]]
+name = "t"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "f"
+refusal = "REFUSED ${{reason}}\\n"
+min_free = 0  # let jobs in until the disk is full
+[[flow]]
+name = "f"
+actions = [ {{ type = "file", folder = "{jobs_dir}", name = "${{job_id}}.prn" }},
+            {{ type = "reply", data = "OK\\n" }} ]
+""")
+    yield svc.sink.service.started
+    port = port_of(svc, "t")
+    sent = [_job(i, 40_000) for i in range(80)]  # in memory: each one's payload goes into the journal record
+    answers = []
+    for data in sent:
+        answers.append((yield deferToThread(_tcp_client, port, data)))
+    ok = [data for data, a in zip(sent, answers) if a == b"OK\n"]
+    refused = [data for data, a in zip(sent, answers) if a.startswith(b"REFUSED ")]
+    reasons = {a for a in answers if a.startswith(b"REFUSED ")}
+    print(f"\n[journal full] acknowledged {len(ok)}, refused {len(refused)}, reasons {sorted(reasons)[:3]}")
+    assert len(ok) + len(refused) == len(sent)
+    assert [r for r in reasons if b"spool.journal" in r], reasons  # the journal's write was refused
+    yield svc.sink.drain_writes()
+    records, torn = journal.read(journal.journal_path(str(small_state)))
+    blobs = [row[journal.BLOB] for r in records for row in r.inserts]
+    assert torn == 0  # a refused write left nothing behind that would hide a later record
+    assert sorted(blobs) == sorted(ok)  # every acknowledged job is in the journal, no refused one
+    yield wait_for(lambda: len(archived(jobs_dir)) == len(ok))
+    assert sorted(archived(jobs_dir)) == sorted(ok)
+    assert not [t for t in log_text if "Unhandled Error" in t]

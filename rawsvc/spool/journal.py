@@ -14,6 +14,15 @@ does not match (a torn tail: the write was under way when the process
 died) ends the journal: it was never acknowledged.  Once the index is on
 disk (a checkpoint, then the WAL fdatasynced), the journal is emptied.
 
+The file is filled with zeros ahead of the records (L{SPACE}, as far as
+the disk allows): an fdatasync of a write into blocks the file already has
+need not commit the file system's metadata, which an append does (on ext4
+here 0.11 ms against 0.16-0.22 ms at the median, 0.4 against 0.7-1.7 ms at
+p99).  So the end of the records is the first record that does not read
+back whole or whose sequence number does not follow its predecessor's
+(what lies past it is zeros, or records of an earlier round, already in the
+index); emptying the journal zeroes its first header and starts over at 0.
+
 A record: C{magic, crc32, seq, meta length, blobs length} (little endian),
 then the metadata (JSON: the insert rows with each payload blob replaced by
 its length, and the final-state rows), then the blobs.  The CRC covers
@@ -22,6 +31,7 @@ everything after it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -41,6 +51,9 @@ BLOB = 12
 IOV_MAX = 1024
 #: Journal bytes after which the index is checkpointed and the journal emptied.
 ROTATE_BYTES = 8 << 20
+#: Bytes of zeros the journal is given ahead (a record past them is appended).
+SPACE = ROTATE_BYTES + (1 << 20)
+_ZEROS = bytes(1 << 20)
 
 
 def journal_path(state_dir: str) -> str:
@@ -88,7 +101,7 @@ def read(path: str) -> tuple[list[Record], int]:
     while at + HEADER.size <= len(data):
         magic, crc, seq, meta_len, total = HEADER.unpack_from(data, at)
         end = at + HEADER.size + meta_len + total
-        if magic != MAGIC or end > len(data):
+        if magic != MAGIC or end > len(data) or (out and seq != out[-1].seq + 1):
             break
         body = view[at + HEADER.size:end]
         if zlib.crc32(body, zlib.crc32(_COVERED.pack(seq, meta_len, total))) != crc:
@@ -107,7 +120,15 @@ def read(path: str) -> tuple[list[Record], int]:
             break
         out.append(Record(seq, inserts, finals))
         at = end
-    return out, len(data) - at
+    return out, _torn(data, at)
+
+
+def _torn(data: bytes, at: int) -> int:
+    """Bytes at C{at} that are not zeros: up to the next run of zeros as long as a header."""
+    if not data[at:at + HEADER.size].strip(b"\0"):
+        return 0
+    end = data.find(bytes(HEADER.size), at)
+    return (len(data) if end < 0 else end) - at
 
 
 def applied_seq(conn: sqlite3.Connection) -> int:
@@ -172,21 +193,23 @@ def durable_index(conn: sqlite3.Connection) -> None:
 
 
 def empty(path: str) -> None:
-    """The journal emptied (its records are in the durable index)."""
+    """The journal emptied (its records are in the durable index): its first header zeroed."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
         return
     try:
-        os.ftruncate(fd, 0)
-        os.fsync(fd)
+        os.pwrite(fd, bytes(HEADER.size), 0)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 
 
 def _size(path: str) -> int:
+    """Bytes of records (and of a torn tail) in the journal: past them only zeros."""
     try:
-        return os.path.getsize(path)
+        with open(path, "rb") as f:
+            return 0 if f.read(HEADER.size).count(0) == HEADER.size else os.path.getsize(path)
     except OSError:
         return 0
 
@@ -195,29 +218,53 @@ class Journal:
     """The open journal (writer thread only): appends records, fdatasynced."""
 
     def __init__(self, path: str) -> None:
+        """Open it empty (L{replay} has emptied it), given its L{SPACE} of zeros as far as the disk allows."""
         self.path = path
         created = not os.path.exists(path)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(self.fd, 0o600)
-        if created:
-            os.fsync(self.fd)
-            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        self.size = os.fstat(self.fd).st_size
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(self.fd, 0o600)
+            self.space = self._zeros(os.fstat(self.fd).st_size)
+            if created:
+                dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        #: Where the next record goes: the bytes of records since the journal was emptied.
+        self.size = 0
         #: Records appended since the journal was last emptied.
         self.records = 0
         #: Why the journal cannot take records any more (a failed write could not be undone).
         self.broken: str | None = None
 
+    def _zeros(self, have: int) -> int:
+        """Zeros up to L{SPACE} past C{have} bytes, fdatasynced; on a full disk, what fits."""
+        if have >= SPACE:
+            return have
+        try:
+            at = have
+            while at < SPACE:
+                at += os.pwrite(self.fd, _ZEROS[:SPACE - at], at)
+            os.fdatasync(self.fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            os.ftruncate(self.fd, have)  # no space ahead: records are appended
+            os.fdatasync(self.fd)
+            return have
+        return SPACE
+
     def append(self, buffers: list[bytes]) -> None:
         """
-        One record, with one writev (more only past L{IOV_MAX} buffers or
+        One record, with one pwritev (more only past L{IOV_MAX} buffers or
         after a short write) and one fdatasync, both outside the GIL.  On
-        failure (a full disk) the journal is cut back to where it was, so
-        that no later record follows a broken one; raises the OSError.
+        failure (a full disk) what was written of it is zeroed again, so
+        that no later record follows a broken one; raises the OSError,
+        naming the journal.
         """
         start = self.size
         want = sum(len(b) for b in buffers)
@@ -225,7 +272,7 @@ class Journal:
             done = 0
             views = [memoryview(b) for b in buffers]
             while done < want:
-                n = os.writev(self.fd, views[:IOV_MAX])
+                n = os.pwritev(self.fd, views[:IOV_MAX], start + done)
                 done += n
                 while views and n >= len(views[0]):
                     n -= len(views[0])
@@ -233,23 +280,30 @@ class Journal:
                 if n:
                     views[0] = views[0][n:]
             os.fdatasync(self.fd)
-        except OSError:
+        except OSError as e:
             try:
                 self.cut(start)
-            except OSError as e:
-                self.broken = f"{self.path} cannot be cut back after a failed write: {e.strerror}"
-            raise
+            except OSError as cut_error:
+                self.broken = f"{self.path} cannot be cut back after a failed write: {cut_error.strerror}"
+            raise OSError(e.errno, e.strerror, self.path) from None
         self.size = start + want
         self.records += 1
 
     def cut(self, size: int) -> None:
-        """Back to C{size} bytes (a record not written whole, or not committed)."""
-        os.ftruncate(self.fd, size)
+        """
+        Back to C{size} bytes of records (a record not written whole, or
+        not committed): its header zeroed, and the file cut where no zeros were.
+        """
+        end = os.fstat(self.fd).st_size
+        if end > self.space:
+            os.ftruncate(self.fd, max(size, self.space))
+        if size < min(end, self.space):
+            os.pwrite(self.fd, bytes(min(HEADER.size, self.space - size)), size)
         os.fdatasync(self.fd)
         self.size = size
 
     def emptied(self) -> None:
-        """(After L{durable_index}) every record is in the index on disk."""
+        """(After L{durable_index}) every record is in the index on disk: start over at 0."""
         self.cut(0)
         self.records = 0
 
