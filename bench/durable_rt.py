@@ -82,13 +82,13 @@ def main() -> int:
                     workdir, loadgen, spool, clients, args.duration, args.warmup)
     f = results["fsync"]["append_fdatasync_ms"]
     print(f"one append + fdatasync: {f:.3f} ms   (+ fsync: {results['fsync']['append_fsync_ms']:.3f} ms)")
-    print(f"{'mode':<12} {'clients':>7} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>6}")
+    print(f"{'mode':<12} {'clients':>7} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>6} {'cpu us/job':>10}")
     for key, r in results.items():
         if key == "fsync":
             continue
         mode, clients = key.split("-")
         print(f"{mode:<12} {clients:>7} {r['jobs_per_s']:>9,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
-              f"{r['server_cpu']:>6.2f}")
+              f"{r['server_cpu']:>6.2f} {r['server_cpu'] / r['jobs_per_s'] * 1e6 if r['jobs_per_s'] else 0:>10.0f}")
     m1, d1, m32, d32 = (results[k] for k in ("memory-1", "durable-1", "memory-32", "durable-32"))
     limit = m1["p50_ms"] + f + 0.2
     print("targets:")

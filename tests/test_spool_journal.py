@@ -19,7 +19,7 @@ import threading
 import time
 
 from test_spool_restart import Printer as _Printer
-from test_spool_restart import free_port, jobs_json, payload_for, start_twistd, wait_for
+from test_spool_restart import free_port, rawsvc, jobs_json, payload_for, start_twistd, wait_for
 
 from rawsvc.spool import journal
 from rawsvc.spool.writer import KILL_AFTER_JOURNAL_ENV
@@ -217,3 +217,41 @@ def test_a_torn_record_at_the_journal_tail_is_ignored_and_the_good_ones_replayed
         assert journal.read(path) == ([], 0)  # replayed, then emptied
     finally:
         _stop(service)
+
+
+def test_check_reports_and_salvage_keeps_the_journal_records_the_database_lacks(tmp_path):
+    trigger_port, printer_port = free_port(), free_port()
+    config = write_config(tmp_path, trigger_port, printer_port)
+    state_dir = str(tmp_path / "state")
+    os.environ[KILL_AFTER_JOURNAL_ENV] = "3"
+    try:
+        service = start_twistd(config, str(tmp_path / "twistd.log"))
+    finally:
+        del os.environ[KILL_AFTER_JOURNAL_ENV]
+    client = Client(0, trigger_port, 10)  # the printer is down: every job stays unfinished
+    client.start()
+    try:
+        service.wait(60)
+        assert service.returncode == -signal.SIGKILL
+    finally:
+        _stop(service)
+    client.count = 0
+    client.join(10)
+    last = journal.read(journal.journal_path(state_dir))[0][-1]
+    (job_id,) = [row[0] for row in last.inserts]  # stored, never acknowledged: the kill came first
+    assert job_id not in client.acked.values()
+
+    out = rawsvc("spool", "check", "--state-dir", state_dir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert b"1 journal record(s) (1 new job(s)) are not in the database yet" in out.stdout
+    assert job_id not in {j["job_id"] for j in jobs_json(state_dir)}
+
+    target = str(tmp_path / "salvaged")
+    out = rawsvc("spool", "salvage", "--state-dir", state_dir, "--to", target)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert b"1 journal record(s) the database lacked are in the saved one" in out.stdout
+    saved = {j["job_id"]: j for j in jobs_json(target)}
+    assert job_id in saved and saved[job_id]["state"] == "running"
+    assert set(client.acked.values()) <= set(saved)
+    out = rawsvc("spool", "check", "--state-dir", target)
+    assert out.returncode == 0 and b"journal" not in out.stdout, out.stdout

@@ -45,8 +45,8 @@ JOURNAL_NAME = "spool.journal"
 MAGIC = b"RJL1"
 HEADER = struct.Struct("<4sIQII")
 _COVERED = struct.Struct("<QII")
-#: Index of the payload blob in an insert row (see L{records.insert_params}).
-BLOB = 12
+#: Index of the payload blob, and of the payload file's path, in an insert row (see L{records.insert_params}).
+BLOB, PATH = 12, 13
 #: Buffers per writev (Linux's IOV_MAX is 1024).
 IOV_MAX = 1024
 #: Journal bytes after which the index is checkpointed and the journal emptied.
