@@ -238,6 +238,8 @@ class Journal:
         self.size = 0
         #: Records appended since the journal was last emptied.
         self.records = 0
+        #: Records written, not yet fdatasynced (see L{append}).
+        self.unsynced = False
         #: Why the journal cannot take records any more (a failed write could not be undone).
         self.broken: str | None = None
 
@@ -258,10 +260,11 @@ class Journal:
             return have
         return SPACE
 
-    def append(self, buffers: list[bytes]) -> None:
+    def append(self, buffers: list[bytes], sync: bool = True) -> None:
         """
         One record, with one pwritev (more only past L{IOV_MAX} buffers or
-        after a short write) and one fdatasync, both outside the GIL.  On
+        after a short write) and one fdatasync, both outside the GIL
+        (without C{sync}, no fdatasync: L{sync} or the next one covers it).  On
         failure (a full disk) what was written of it is zeroed again, so
         that no later record follows a broken one; raises the OSError,
         naming the journal.
@@ -279,7 +282,8 @@ class Journal:
                     views.pop(0)
                 if n:
                     views[0] = views[0][n:]
-            os.fdatasync(self.fd)
+            if sync:
+                os.fdatasync(self.fd)
         except OSError as e:
             try:
                 self.cut(start)
@@ -288,6 +292,13 @@ class Journal:
             raise OSError(e.errno, e.strerror, self.path) from None
         self.size = start + want
         self.records += 1
+        self.unsynced = not sync
+
+    def sync(self) -> None:
+        """The records appended without C{sync}, fdatasynced."""
+        if self.unsynced:
+            self.unsynced = False
+            os.fdatasync(self.fd)
 
     def cut(self, size: int) -> None:
         """
