@@ -271,3 +271,72 @@ def test_below_min_free_the_printer_closes_its_port_so_cups_keeps_the_job_and_pr
     assert sorted(archived(jobs_dir)) == sorted(printed)  # every job CUPS was told is done is stored, once
     assert p.port is not None and p.disk_low_reason is None
     assert not [t for t in log_text if "Unhandled Error" in t]
+
+
+def _fill(path) -> None:
+    """Write C{path} until the disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_job_whose_journal_record_the_full_disk_refuses_is_refused_and_not_in_the_journal(
+    spooled, small_state, tmp_path, log_text
+):
+    import sqlite3
+
+    from rawsvc.spool import journal
+
+    jobs_dir = tmp_path / "jobs"
+    svc = spooled(f"""
+[[trigger]]
+name = "t"
+type = "tcp"
+listen = "tcp:0:interface=127.0.0.1"
+flow = "f"
+refusal = "REFUSED ${{reason}}\\n"
+min_free = 0  # let jobs in until the disk is full
+[[flow]]
+name = "f"
+actions = [ {{ type = "file", folder = "{jobs_dir}", name = "${{job_id}}.prn" }},
+            {{ type = "reply", data = "OK\\n" }} ]
+""")
+    yield svc.sink.service.started
+    port = port_of(svc, "t")
+    sent = [_job(i, 40_000) for i in range(11)]  # in memory: each one's payload goes into the journal record
+    answers = []
+    for data in sent[:5]:
+        answers.append((yield deferToThread(_tcp_client, port, data)))
+    assert answers == [b"OK\n"] * 5
+    yield svc.sink.drain_writes()
+    # The index's WAL checkpointed: its next transactions overwrite its first
+    # frames, in blocks the file has; the journal's next record needs new ones.
+    db = sqlite3.connect(str(small_state / "spool.db"))
+    assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    db.close()
+    filler = small_state / "filler"
+    yield deferToThread(_fill, filler)
+    for data in sent[5:10]:
+        answers.append((yield deferToThread(_tcp_client, port, data)))
+    refusals = answers[5:]
+    print(f"\n[journal full] {refusals[0]!r}")
+    assert all(a.startswith(b"REFUSED spool unavailable: No space left on device") and b"spool.journal" in a
+               for a in refusals), refusals
+    filler.unlink()  # space again: the journal takes records again
+    answers.append((yield deferToThread(_tcp_client, port, sent[10])))
+    assert answers[10] == b"OK\n"
+    ok = sent[:5] + sent[10:]
+    yield svc.sink.drain_writes()
+    records, torn = journal.read(journal.journal_path(str(small_state)))
+    assert torn == 0  # a refused write left nothing behind that would hide a later record
+    assert [row[journal.BLOB] for r in records for row in r.inserts] == ok  # acknowledged, in order; no refused one
+    yield wait_for(lambda: len(archived(jobs_dir)) == len(ok))
+    assert sorted(archived(jobs_dir)) == sorted(ok)
+    assert svc.triggers["t"].counters.jobs_refused == 5
+    assert not [t for t in log_text if "Unhandled Error" in t]

@@ -53,6 +53,12 @@ def _check(args, state_dir: str) -> int:
                   f"{', '.join(report.missing_payloads[:5])}{' ...' if len(report.missing_payloads) > 5 else ''}\n")
     if report.orphans:
         out.write(f"  note: {len(report.orphans)} payload file(s) belong to no job (removed at the next start)\n")
+    if report.journal_records:
+        out.write(f"  note: {report.journal_records} journal record(s) ({report.journal_jobs} new job(s)) are not in "
+                  "the database yet: the service writes them into it at its next start\n")
+    if report.journal_torn:
+        out.write(f"  note: the journal ends with a torn record ({report.journal_torn} byte(s), never acknowledged): "
+                  "ignored\n")
     return 0
 
 
@@ -77,6 +83,8 @@ def _salvage(args, state_dir: str) -> int:
     out = sys.stdout
     out.write(f"saved {saved.jobs} job(s) ({saved.unfinished} unfinished) and {saved.payload_files} payload file(s) "
               f"from {state_dir} into {target}\n")
+    if saved.journal_records:
+        out.write(f"  {saved.journal_records} journal record(s) the database lacked are in the saved one\n")
     for error in saved.read_errors:
         out.write(f"  could not read everything: {error}\n")
     if saved.payload_missing:

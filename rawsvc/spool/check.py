@@ -16,6 +16,10 @@ Three signals, none of which needs the database to be readable:
   C{immutable=1}, which creates no WAL of its own.
 - C{PRAGMA quick_check} and our tables.
 
+The journal (L{rawsvc.spool.journal}) is read too: its records the
+database does not hold yet (the service writes them into it at its next
+start) are reported, and their payload files are not orphans.
+
 L{inspect} reports what it finds (read-only, creates no file);
 L{verify} raises L{SpoolDamaged} with a message naming the way out.
 """
@@ -30,6 +34,7 @@ import uuid
 
 import attrs
 
+from rawsvc.spool import journal
 from rawsvc.spool.schema import DB_NAME, FILES_DIR, SpoolError
 
 MARKER_NAME = "spool.marker"
@@ -77,6 +82,11 @@ class Report:
     missing_payloads: list[str] = attrs.field(factory=list)
     #: Payload files in spool/ no row names.
     orphans: list[str] = attrs.field(factory=list)
+    #: Journal records the database lacks (written into it at the next start), and their new jobs.
+    journal_records: int = 0
+    journal_jobs: int = 0
+    #: Bytes of a torn record at the journal's end (never acknowledged; ignored).
+    journal_torn: int = 0
 
     @property
     def ok(self) -> bool:
@@ -174,6 +184,9 @@ def inspect(state_dir: str, deep: bool = True) -> Report:
             had.append(f"{len(files)} payload file(s) are in {FILES_DIR}/")
         if wal_has_frames(db):
             had.append(f"{DB_NAME}-wal holds transactions")
+        records, _ = journal.read(journal.journal_path(state_dir))
+        if records:
+            had.append(f"{journal.JOURNAL_NAME} holds {len(records)} record(s)")
         if had:
             what = "is missing" if size is None else "is empty (0 bytes)"
             report.problems.append(f"{db} {what}, but {' and '.join(had)}: its jobs are gone from the database")
@@ -230,6 +243,12 @@ def _inspect_db(db: str, report: Report, marker: dict | None, files: list[str], 
                 f"{db} is not the spool this state_dir had ({MARKER_NAME} names spool "
                 f"{marker.get('spool_id') or '?'}, {DB_NAME} {'spool ' + spool_id if spool_id else 'none'})"
             )
+        if "meta" in tables:
+            todo, report.journal_torn = journal.pending(conn, journal.journal_path(os.path.dirname(db)))
+        else:
+            todo, report.journal_torn = journal.read(journal.journal_path(os.path.dirname(db)))
+        report.journal_records = len(todo)
+        report.journal_jobs = sum(len(r.inserts) for r in todo)
         if not deep:
             return
         found = [r[0] for r in conn.execute("PRAGMA quick_check")]
@@ -245,6 +264,7 @@ def _inspect_db(db: str, report: Report, marker: dict | None, files: list[str], 
             named.add(name)
             if r["state"] not in ("done", "failed", "cancelled") and name not in files:
                 report.missing_payloads.append(r["job_id"])
+        named.update(os.path.basename(row[journal.PATH]) for r in todo for row in r.inserts if row[journal.PATH])
         report.orphans = [f for f in files if f not in named]
     finally:
         conn.close()

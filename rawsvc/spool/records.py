@@ -63,7 +63,7 @@ class LeanVariables:
     def for_update(self, job_id: str, variables: dict[str, str], final: bool) -> str | None:
         before = self._last.pop(job_id, None) if final else self._last.get(job_id)
         if before is None:  # resumed, retried: written whole
-            return json.dumps({k: v for k, v in variables.items() if k != "action_index"})
+            return whole_variables(variables)
         if _same(before, variables):
             return None
         if not final:
@@ -77,6 +77,11 @@ class LeanVariables:
     def forget(self) -> None:
         """A batch failed: what was last written is not known any more."""
         self._last.clear()
+
+
+def whole_variables(variables: dict[str, str]) -> str:
+    """The C{variables} column written whole (as for a resumed job)."""
+    return json.dumps({k: v for k, v in variables.items() if k != "action_index"})
 
 
 def _same(before: dict[str, str], now: dict[str, str]) -> bool:
@@ -96,9 +101,13 @@ def finish_params(job_id: str, state: str, error: str | None, index: int, variab
     return (job_id, state, error, index, variables, now, dest, sent)
 
 
-def write_rows(conn: sqlite3.Connection, inserts: list[tuple], progress: list[tuple], finals: list[tuple]) -> None:
-    """New jobs, then progress, then final states, each as multi-row statements."""
-    _many(conn, _INSERT_HEAD, _INSERT_ROW, "", inserts)
+def write_rows(conn: sqlite3.Connection, inserts: list[tuple], progress: list[tuple], finals: list[tuple],
+               replay: bool = False) -> None:
+    """
+    New jobs, then progress, then final states, each as multi-row
+    statements.  C{replay} (the journal's records): a job already stored is kept.
+    """
+    _many(conn, _REPLAY_HEAD if replay else _INSERT_HEAD, _INSERT_ROW, "", inserts)
     _many(conn, _PROGRESS_HEAD, "(?, ?, ?, ?, ?, ?)", _PROGRESS_TAIL, progress)
     _many(conn, _FINISH_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?)", _FINISH_TAIL, finals)
 
@@ -108,6 +117,7 @@ _INSERT_HEAD = (
     "INSERT INTO jobs (job_id, trigger, flow, peer_host, peer_port, encoding, size, received_at,"
     " queued_at, started_at, updated_at, variables, payload, payload_path, state, attempt) VALUES "
 )
+_REPLAY_HEAD = _INSERT_HEAD.replace("INSERT INTO", "INSERT OR IGNORE INTO")
 _INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1)"
 _PROGRESS_HEAD = (
     "UPDATE jobs SET state = 'running', action_index = v.column2, next_try = NULL,"

@@ -4,7 +4,9 @@ Copy what can be read out of a (damaged) spool into a fresh one.
 Rows are read with a scan and, where the scan breaks off, one C{seq} at a
 time, then from the pages themselves (L{rawsvc.spool.recover}), so a
 damaged page costs only the jobs on it.  Payload files are
-copied into the new C{spool/}; those no saved row names go to
+copied into the new C{spool/}; the journal's records the database lacks
+(L{rawsvc.spool.journal}) are written into the new one; payload files no
+saved row names go to
 C{lost+found/}, to be sent again by hand.  The new spool is closed clean,
 with the old spool's id and its marker, ready to be put in place of the
 old state_dir (payload paths are found again by name wherever the folder
@@ -19,13 +21,13 @@ import sqlite3
 
 import attrs
 
-from rawsvc.spool import check
+from rawsvc.spool import check, journal
 from rawsvc.spool.recover import recover_jobs
 from rawsvc.spool.schema import DB_NAME, FILES_DIR, connect, migrate
 
 LOST_FOUND = "lost+found"
 #: Files of the state_dir that are the spool's or the service's own, not copied as they are.
-OWN = frozenset({DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", check.MARKER_NAME, "lock"})
+OWN = frozenset({DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", check.MARKER_NAME, "lock", journal.JOURNAL_NAME})
 #: Past the last row found, how many seqs are tried when the table's counter is unreadable.
 PROBE_PAST = 10_000
 
@@ -43,6 +45,8 @@ class Salvaged:
     payload_missing: int = 0
     #: Payload files without a saved row, copied to lost+found/.
     lost_found: int = 0
+    #: Journal records the old database lacked, written into the new one.
+    journal_records: int = 0
     #: Why rows could not be read, if they could not all be.
     read_errors: list[str] = attrs.field(factory=list)
 
@@ -154,6 +158,21 @@ def salvage(state_dir: str, target: str) -> Salvaged:
             result.payload_files += 1
         except OSError:
             result.payload_missing += 1
+    todo = _journal_records(state_dir, result)
+    for record in todo:
+        for i, insert in enumerate(record.inserts):
+            path = insert[journal.PATH]
+            if not path:
+                continue
+            name = os.path.basename(path)
+            named.add(name)
+            moved = os.path.join(new_files, name)
+            try:
+                _copy(path if os.path.exists(path) else os.path.join(files_dir, name), moved)
+                result.payload_files += 1
+            except OSError:
+                result.payload_missing += 1
+            record.inserts[i] = insert[:journal.PATH] + (moved,) + insert[journal.PATH + 1:]
     conn = connect(os.path.join(target, DB_NAME))
     try:
         migrate(conn)
@@ -163,6 +182,7 @@ def salvage(state_dir: str, target: str) -> Salvaged:
             keys = [k for k in row if k in columns]
             conn.execute(f"INSERT INTO jobs ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})",
                          [row[k] for k in keys])
+        journal.apply(conn, todo)
         spool_id = spool_id or check.new_spool_id()
         conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                          [("spool_id", spool_id), ("clean", "1")])
@@ -171,8 +191,14 @@ def salvage(state_dir: str, target: str) -> Salvaged:
     finally:
         conn.close()
     check.write_marker(target, spool_id)
-    result.jobs = len(rows)
-    result.unfinished = sum(r.get("state") not in ("done", "failed", "cancelled") for r in rows)
+    conn = connect(os.path.join(target, DB_NAME))
+    try:
+        result.jobs = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        result.unfinished = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('done', 'failed', 'cancelled')").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
     for name in check.payload_files(state_dir):
         if name not in named:
             os.makedirs(os.path.join(target, LOST_FOUND), mode=0o700, exist_ok=True)
@@ -180,6 +206,26 @@ def salvage(state_dir: str, target: str) -> Salvaged:
             result.lost_found += 1
     _copy_own_files(state_dir, target)
     return result
+
+
+def _journal_records(state_dir: str, result: Salvaged) -> list[journal.Record]:
+    """The journal's records the old database lacks (all of them when it cannot say)."""
+    records, _ = journal.read(journal.journal_path(state_dir))
+    if not records:
+        return []
+    db = os.path.join(state_dir, DB_NAME)
+    done = 0
+    try:
+        conn = check.reader(db)
+        try:
+            done = journal.applied_seq(conn)
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError, ValueError):
+        pass
+    todo = [r for r in records if r.seq > done]
+    result.journal_records = len(todo)
+    return todo
 
 
 def _copy(source: str, target: str) -> None:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc.interfaces import IHoldStore, IJobStore
-from rawsvc.spool import check, lock, sqlops
+from rawsvc.spool import check, journal, lock, sqlops
 from rawsvc.spool.files import unlink
 from rawsvc.spool.records import BLOB_MAX, StoredJob, write_waiting
 from rawsvc.spool.schema import (
@@ -58,6 +58,7 @@ class Store:
         self.state_dir = state_dir
         self.path = db_path(state_dir)
         self.files_dir = os.path.join(state_dir, FILES_DIR)
+        self.journal_path = journal.journal_path(state_dir)
         self.reactor = reactor
         self.max_pages = max_pages
         self.clock = clock
@@ -216,19 +217,29 @@ class Store:
             if self.max_pages is not None:
                 conn.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
             migrate(conn)
+            # Acknowledged jobs whose index commit was lost, before anything else writes.
+            replayed, jobs, torn = journal.replay(conn, self.journal_path)
             check.mark_open(conn, self.state_dir)
             os.chmod(self.path, 0o600)
             swept = _sweep_orphans(conn, self.files_dir)
+            log_file = journal.Journal(self.journal_path)
+            seq = journal.applied_seq(conn)
         except SpoolError as e:  # damaged, or another process holds the state_dir
             self.writer.error = str(e)
             raise
         except (OSError, sqlite3.Error) as e:
             self.writer.error = f"cannot open {self.path}: {describe(e)}"
             raise SpoolError(self.writer.error) from None
+        if replayed:
+            log.info("spool: {n} journal record(s) ({jobs} new job(s)) written into the index (the last run "
+                     "was stopped before it had)", n=replayed, jobs=jobs)
+        if torn:
+            log.info("spool: ignored the journal's last {n} byte(s), a record never finished (never acknowledged)",
+                     n=torn)
         if swept:
             log.info("spool: removed {n} payload file(s) of jobs never stored (an earlier run was stopped "
                      "while storing them)", n=swept)
-        self.writer.opened(conn)
+        self.writer.opened(conn, log_file, seq)
         return self.path
 
 

@@ -3,10 +3,13 @@ The spool's writer thread: every write of the spool goes through it.
 
 It takes everything queued since its last commit and writes it in one
 transaction: one commit, one fsync, for as many jobs as arrived meanwhile
-(group commit).  Batches that hold a durable write (a new job, a final
-state) are committed with C{synchronous=FULL}; batches of progress records
-only with C{NORMAL} (WAL: no fsync; a later FULL commit or a checkpoint
-makes them durable).  Results come back to the reactor thread with one
+(group commit).  The new jobs and final states of a batch are made durable
+by the journal (L{rawsvc.spool.journal}): one record, one C{writev}, one
+C{fdatasync}, before the transaction commits with C{synchronous=NORMAL}
+(no fsync); the SQLite index is made durable behind it (a checkpoint) when
+the journal is emptied.  Other durable writes (the CLI's requests, a
+requeue) are committed with C{synchronous=FULL}; progress records with
+C{NORMAL}.  Results come back to the reactor thread with one
 C{callFromThread} per batch, in the order the writes were queued, so the
 reactor never waits on the disk.
 
@@ -27,11 +30,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from rawsvc.spool import records
+from rawsvc.spool import journal, records
 from rawsvc.spool.check import mark_clean
 from rawsvc.spool.files import fsync_dir, unlink, write_file
 from rawsvc.spool.ops import ADD, FINISH, PROGRESS, Op, Results, deliver
-from rawsvc.spool.schema import DB_NAME, SpoolError, is_damage, spool_error
+from rawsvc.spool.schema import DB_NAME, SpoolError, describe, is_damage, spool_error
 
 log = Logger(namespace="rawsvc.spool")
 
@@ -44,6 +47,19 @@ HAND_OVER = 256
 
 #: Seconds between attempts to write final states again after a failed commit.
 RETRY_INTERVAL = 1.0
+
+#: Seconds a batch of background final states (no one waits for them) may
+#: stay in the journal before its fdatasync, unless a batch that someone
+#: waits for (a new job) comes first and fdatasyncs them with its own.  At
+#: one job at a time this halves the fsyncs and keeps the final state's
+#: fsync out of the next job's acknowledgement; a power loss within it
+#: runs those jobs again (at least once), as losing their final state does.
+LAZY_SYNC = 0.005
+
+#: Test only (the kill-between-writes test): the writer SIGKILLs its own
+#: process right after the journal fdatasync of this many batches, before
+#: their SQLite commit.  Read once, when a writer is made; unset in service.
+KILL_AFTER_JOURNAL_ENV = "RAWSVC_TEST_KILL_AFTER_JOURNAL"
 
 _STOP = object()
 
@@ -70,6 +86,12 @@ class Writer:
         #: Final states whose group was lost (see L{_lost}), written again first.
         self._retry: list[Op] = []
         self._retry_error = ""
+        #: The journal (once open) and the last sequence number written to it.
+        self.journal: journal.Journal | None = None
+        self.journal_seq = 0
+        #: This group's insert rows and final-state rows, for its journal record.
+        self._rows: tuple[list[tuple], list[tuple]] = ([], [])
+        self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
     def running(self) -> bool:
@@ -118,11 +140,15 @@ class Writer:
             self._queue.put(self._pending)
             self._pending = []
 
-    def opened(self, conn: sqlite3.Connection) -> None:
-        """(Writer thread) C{conn} is the connection from now on."""
+    def opened(self, conn: sqlite3.Connection, log_file: journal.Journal | None = None, seq: int = 0) -> None:
+        """(Writer thread) C{conn} (and C{log_file}, the journal) from now on."""
         self.conn = conn
         self._synchronous = ""
         self.error = None
+        if self.journal is not None and self.journal is not log_file:
+            self.journal.close()
+        self.journal = log_file
+        self.journal_seq = seq
 
     # The thread -------------------------------------------------------------
 
@@ -130,9 +156,16 @@ class Writer:
         stopping: Deferred | None = None
         while stopping is None:
             try:
-                item = self._queue.get(timeout=RETRY_INTERVAL) if self._retry else self._queue.get()
+                if self.journal is not None and self.journal.unsynced:
+                    item = self._queue.get(timeout=LAZY_SYNC)
+                else:
+                    item = self._queue.get(timeout=RETRY_INTERVAL) if self._retry else self._queue.get()
             except queue.Empty:
                 item = []
+                if self.journal is not None and self.journal.unsynced:
+                    self._sync_journal()
+                    if not self._retry:
+                        continue
             ops, self._retry = self._retry, []  # final states not yet written go first, in order
             retried = len(ops)
             while True:
@@ -153,6 +186,8 @@ class Writer:
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(deliver, results)
+            if self.journal is not None and self.journal.size >= journal.ROTATE_BYTES:
+                self._empty_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
@@ -166,6 +201,12 @@ class Writer:
                 mark_clean(self.conn)
             except sqlite3.Error as e:
                 log.warn("spool: cannot mark the spool closed cleanly: {error}", error=spool_error(e))
+            else:
+                self._empty_journal()
+            if self.journal is not None:
+                self._sync_journal()
+                self.journal.close()
+                self.journal = None
             try:
                 self.conn.close()
             except sqlite3.Error:
@@ -199,8 +240,11 @@ class Writer:
         if conn is None:
             e = SpoolError(self.error or "not open")
             return [(op.deferred, False, e) for op in ops]
+        self._rows = ([], [])
+        log_file = self.journal
         try:
-            sync = "FULL" if any(op.durable for op in ops) else "NORMAL"
+            # New jobs and final states are made durable by the journal.
+            sync = "FULL" if any(op.durable and (op.kind is None or log_file is None) for op in ops) else "NORMAL"
             if sync != self._synchronous:
                 conn.execute(f"PRAGMA synchronous={sync}")
                 self._synchronous = sync
@@ -218,19 +262,63 @@ class Writer:
             if isinstance(one_by_one, SpoolError):
                 return self._fail_group(ops, one_by_one)
             out = one_by_one
+        cut_to: int | None = None
         try:
             if self._dir_dirty:
-                fsync_dir(self.files_dir)
+                fsync_dir(self.files_dir)  # before the record that names the files
                 self._dir_dirty = False
+            inserts, finals = self._rows
+            if log_file is not None and (inserts or finals):
+                seq = self.journal_seq + 1
+                journal.set_seq(conn, seq)
+                cut_to = log_file.size
+                try:
+                    # Someone waits for it (a new job): fdatasynced now; else soon (LAZY_SYNC).
+                    log_file.append(journal.encode(seq, inserts, finals),
+                                    sync=bool(inserts) or any(op.deferred is not None for op in ops))
+                except OSError:
+                    cut_to = None  # cut back already
+                    if log_file.broken and not self.error:
+                        self.error = f"{log_file.broken}; new jobs are refused: restart the service"
+                        log.critical("spool: {error}", error=self.error)
+                    raise
+                self.journal_seq = seq
+                if self._kill_after and log_file.records >= self._kill_after:
+                    os.kill(os.getpid(), 9)  # test only: see KILL_AFTER_JOURNAL_ENV
             conn.execute("COMMIT")
             self.batches += 1
-            self.commits_full += sync == "FULL"
+            self.commits_full += sync == "FULL" or cut_to is not None
         except (sqlite3.Error, OSError) as e:
             self._note_damage(e)
             error = spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
+            if cut_to is not None and log_file is not None:  # journaled, not committed: not stored
+                self.journal_seq -= 1
+                try:
+                    log_file.cut(cut_to)
+                except OSError as cut_error:
+                    self.error = f"{log_file.path} cannot be cut back: {describe(cut_error)}; new jobs are refused"
+                    log.critical("spool: {error}", error=self.error)
             return self._fail_group(ops, error)
         return out
+
+    def _sync_journal(self) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.sync()
+        except OSError as e:
+            log.error("spool: the journal's fdatasync failed ({error}): final states of the last jobs may be "
+                      "lost at a power loss (those jobs then run again)", error=describe(e))
+
+    def _empty_journal(self) -> None:
+        """(Writer thread) the index made durable, then the journal emptied."""
+        if self.journal is None or self.conn is None or not self.journal.size:
+            return
+        try:
+            journal.durable_index(self.conn)
+            self.journal.emptied()
+        except (sqlite3.Error, OSError) as e:
+            log.warn("spool: cannot empty the journal yet: {error}", error=spool_error(e))
 
     def _note_damage(self, e: BaseException) -> None:
         """(Writer thread) A damaged database file: the spool refuses new jobs from now on."""
@@ -251,12 +339,15 @@ class Writer:
             conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
         out: Results = []
+        inserts, finals = self._rows = ([], [])
         for op in ops:
+            had = len(inserts), len(finals)
             try:
                 conn.execute("SAVEPOINT op")
                 value = self._apply_all(conn, [op])[0]
                 conn.execute("RELEASE op")
             except Exception as e:
+                del inserts[had[0]:], finals[had[1]:]
                 if op.undo is not None:
                     op.undo()
                     op.undo = None
@@ -335,6 +426,12 @@ class Writer:
             for job_id, (state, error, index, variables, now, dest, sent) in finals.items()
         ]
         records.write_rows(conn, inserts, progress_rows, final_rows)
+        journaled_inserts, journaled_finals = self._rows
+        journaled_inserts.extend(inserts)
+        for row, (_, _, _, variables, _, _, _) in zip(final_rows, finals.values()):
+            if row[4] is None:  # unchanged since the last write, which the journal may not hold: whole
+                row = row[:4] + (records.whole_variables(variables),) + row[5:]
+            journaled_finals.append(row)
 
     def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
         """The payload as a blob, or (larger) in its own file, fsynced."""
