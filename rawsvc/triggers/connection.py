@@ -14,7 +14,8 @@ closes its side at once, so C{nc -N}, C{socat} and CUPS return promptly.
 The trigger (C{trigger}) gives the connection: C{settings}, C{reactor},
 C{counters}, C{connections} and C{counted} (sets), C{spill_budget}, C{sink}
 (an L{rawsvc.interfaces.IJobSink}), C{max_connections} and
-C{disk_check()}; L{rawsvc.triggers.base.ListenerTrigger} has them all.
+C{disk_check()} and C{disk_check_at_accept} (whether a new connection
+calls it); L{rawsvc.triggers.base.ListenerTrigger} has them all.
 """
 
 from __future__ import annotations

@@ -198,6 +198,9 @@ class SerialTrigger(OpenConnections, Service):
     def _dropped(self, n: int) -> None:
         self.bytes_dropped += n
 
+    #: Its connection never asks L{disk_check} at the accept (it says nothing).
+    disk_check_at_accept = False
+
     def disk_check(self) -> str | None:
         """A device cannot be turned away: a job that cannot be stored is refused (the sink says so)."""
         return None

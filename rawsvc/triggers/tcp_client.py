@@ -274,6 +274,9 @@ class TcpClientTrigger(OpenConnections, Service):
         # counters, connections ...); this trigger has each of them.
         return FramedConnection(cast(Any, self), self._framer())
 
+    #: Its connection never asks L{disk_check} at the accept (it says nothing).
+    disk_check_at_accept = False
+
     def disk_check(self) -> str | None:
         """A device cannot be turned away: a job that cannot be stored is refused (the sink says so)."""
         return None
