@@ -338,6 +338,7 @@ class DestinationPool(PoolDelivery, Service):
                     if self._no_retry:
                         result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"service stopping: {key} not tried")
                         break
+                    continue  # paused again, or this node fenced meanwhile: look again first
                 q.attempts += 1
                 delivery.connect()
                 attempt = delivery.attempt
