@@ -18,7 +18,6 @@ import uuid
 
 import pytest
 
-from pg_support import pg_server  # noqa: F401
 
 psycopg = pytest.importorskip("psycopg")
 
