@@ -145,6 +145,8 @@ def cluster(tmp_path):
         for name, node in nodes.items():
             wait_for(lambda: _listening(node["port"]), 30, f"{name} listening")
         wait_for(lambda: _alive(pg, uri) == 2, 30, "both nodes registered")
+        for name, node in nodes.items():
+            wait_for(lambda: f"cluster: node {name} joined as incarnation" in _log(node), 30, f"{name} holding its lease")
         yield pg, uri, printer, nodes
     finally:
         for node in nodes.values():
