@@ -186,8 +186,11 @@ class Writer:
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(deliver, results)
-            if self.journal is not None and self.journal.size >= journal.ROTATE_BYTES:
-                self._empty_journal()
+            if self.journal is not None:
+                if self.journal.size >= journal.ROTATE_BYTES:
+                    self._empty_journal()
+                elif self.journal.wants_space():
+                    self._grow_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
@@ -309,6 +312,13 @@ class Writer:
         except OSError as e:
             log.error("spool: the journal's fdatasync failed ({error}): final states of the last jobs may be "
                       "lost at a power loss (those jobs then run again)", error=describe(e))
+
+    def _grow_journal(self) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.grow()
+        except OSError as e:
+            log.warn("spool: cannot give the journal more space ahead: {error}", error=describe(e))
 
     def _empty_journal(self) -> None:
         """(Writer thread) the index made durable, then the journal emptied."""
