@@ -71,6 +71,8 @@ class RawService(MultiService):
         self.sink: IJobSink = sink
         #: The outbound pool every send_tcp action of the config shares.
         self.destinations: IDestinationPool = self.context.destinations
+        #: Cluster mode's node (L{rawsvc.cluster.node.ClusterNode}): /healthz and /metrics report it; else None.
+        self.cluster: Any = self.context.cluster
         for trigger in self.triggers.values():
             trigger.setServiceParent(self)
         for section, options in config.admin.items():

@@ -66,7 +66,9 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
         context.services.append(spool.service)
         if context.cluster_options is not None:
             from rawsvc.cluster.node import ClusterNode
+            from rawsvc.spool.pg import PgStore
 
+            assert isinstance(store, PgStore)  # [cluster] is only valid with a PostgreSQL spool
             node = ClusterNode(context.reactor, opts.spool, store, context.destinations, spool,
                                context.cluster_options, os.path.join(context.state_dir, PG_PAYLOADS))
             context.cluster = node

@@ -20,6 +20,7 @@ class _Service:
     def __init__(self) -> None:
         self.triggers = {"orders": _Trigger()}
         self.destinations = None
+        self.cluster = None
 
 
 def _families(text: str) -> dict:

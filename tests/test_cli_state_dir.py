@@ -58,7 +58,7 @@ def test_service_config_reports_what_check_config_reports(tmp_path):
     with pytest.raises(ConfigError) as e:
         service_config(path)
     assert e.value.errors == [
-        f"{path}: top level: key 'servce': unknown table or key (expected one of: service, trigger, flow, admin)",
+        f"{path}: top level: key 'servce': unknown table or key (expected one of: service, cluster, trigger, flow, admin)",
         f"{path}: [service]: key 'histroy': unknown key (did you mean 'history'?)",
         f"{path}: [service]: key 'state_dir': must be a string, not the number 5",
     ]

@@ -145,6 +145,8 @@ def cluster(tmp_path):
         for name, node in nodes.items():
             wait_for(lambda: _listening(node["port"]), 30, f"{name} listening")
         wait_for(lambda: _alive(pg, uri) == 2, 30, "both nodes registered")
+        for name, node in nodes.items():
+            wait_for(lambda: f"cluster: node {name} joined as incarnation" in _log(node), 30, f"{name} holding its lease")
         yield pg, uri, printer, nodes
     finally:
         for node in nodes.values():
@@ -261,6 +263,9 @@ def test_a_killed_node_is_taken_over_within_the_lease(cluster):
     wait_for(lambda: f"possible repeat job {job_id}" in _log(nodes[survivor]), 10, "the repeat logged")
     state = lambda: pg.execute(uri, "SELECT state FROM rawsvc_jobs WHERE job_id = %s", (job_id,))[0][0]
     wait_for(lambda: state() == "done", 20, "the job done")
+    print(f"victim {victim}")
+    if victim == "n1":  # the victim also ran the job's flow: the survivor adopted it, from its action
+        assert f"cluster: takeover: adopted job {job_id} at action 1" in _log(nodes[survivor])
     # The survivor accepts and delivers on its own.
     assert send(nodes[survivor]["port"], b"after the kill").startswith(b"OK ")
     wait_for(lambda: b"after the kill" in printer.received, 20, "a new job printed")

@@ -250,7 +250,7 @@ def test_non_utf8_file_is_an_error():
 def test_unknown_top_level_table():
     assert one_error("[servce]\n") == (
         "rawsvc.toml: top level: key 'servce': unknown table or key "
-        "(expected one of: service, trigger, flow, admin)"
+        "(expected one of: service, cluster, trigger, flow, admin)"
     )
 
 

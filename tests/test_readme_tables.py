@@ -64,7 +64,7 @@ def test_only_the_named_tables_are_rewritten():
 def test_an_unknown_table_is_an_error_naming_the_known_ones():
     with pytest.raises(keytables.UnknownTable, match="unknown trigger type 'nope'"):
         keytables.update("<!-- keys: trigger.nope -->\n<!-- /keys -->\n")
-    with pytest.raises(keytables.UnknownTable, match="built in: service, flow, trigger.tcp"):
+    with pytest.raises(keytables.UnknownTable, match="built in: service, cluster, flow, trigger.tcp"):
         keytables.schema_of("servce")
 
 

@@ -107,7 +107,7 @@ class RawsvcCollector(Collector):
             for d, s in dests.items():
                 dest_family.add_metric([d], int(s.get(key, 0) or 0))
             yield dest_family
-        yield from _cluster(getattr(getattr(self.service, "context", None), "cluster", None))
+        yield from _cluster(self.service.cluster)
 
 
 def _cluster(node: Any) -> Iterator[Metric]:

@@ -93,7 +93,7 @@ class Health(AdminPage):
         up, listeners = health(self.service)
         down = [name for name, v in listeners.items() if not v["up"]]
         reason = refusing(self.service.sink)
-        node = getattr(getattr(self.service, "context", None), "cluster", None)
+        node = self.service.cluster
         lease = node.health() if node is not None else None
         ok = up and reason is None and lease is None
         report: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "ok": ok, "refusing": reason is not None}

@@ -41,8 +41,14 @@ Metrics (C{/metrics}):
   - C{rawsvc_cluster_lease_valid} (gauge, 1/0): the lease is held (not fenced).
   - C{rawsvc_cluster_takeovers_total} (counter): deliveries this node
     requeued from dead incarnations plus jobs it adopted.
+  - C{rawsvc_cluster_fences_total} (counter): times this node fenced itself.
+  - C{rawsvc_cluster_possible_repeats_total} (counter): deliveries this node
+    claimed again after a takeover.
   - C{rawsvc_cluster_deliveries{state="queued|sending|done|failed"}} (gauge):
-    rows of C{rawsvc_deliveries} by state, cluster-wide.
+    rows of C{rawsvc_deliveries} by state, cluster-wide (counted every
+    C{reap_interval}).
+C{/healthz} carries a C{"cluster"} object (node, incarnation, lease_age,
+lease_valid, takeovers, claimed, repeats, fences, deliveries).
 C{/healthz} is unhealthy while the lease is lost (fenced) or the database
 is out of reach.
 
@@ -56,4 +62,11 @@ C{job_id}, C{destination}):
   - C{"cluster: possible repeat job {job_id} ..."}: a delivery claimed
     again after a takeover (at-least-once), or a finish whose claim was lost.
   - C{"cluster: node {node} left"}: a clean stop (state C{left}).
+
+Limits of this step: a C{send_tcp} with several destinations (a printer
+pool) delivers from the node that runs the flow, through its own queues
+(one connection per printer within that node only).  A node fenced while
+its flows wait keeps waiting on their delivery rows and takes back their
+jobs when it joins again; a job adopted meanwhile by another node runs
+its remaining actions there too (at-least-once).
 """

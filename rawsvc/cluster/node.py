@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -35,6 +35,11 @@ from rawsvc.cluster.lease import Lease
 from rawsvc.cluster.pool import ClusterDeliveries, DeliveryWorker
 from rawsvc.spool.pg_schema import describe, reason
 from rawsvc.spool.pg_worker import OPEN, STOP, WORK, Op, PgWorker, Unavailable
+
+if TYPE_CHECKING:
+    from rawsvc.client.destinations import DestinationPool
+    from rawsvc.spool.pg import PgStore
+    from rawsvc.spool.sink import SpoolSink
 
 log = Logger(namespace="rawsvc.cluster")
 
@@ -146,7 +151,8 @@ class ClusterNode(Service):
     there; may be None); C{settings}: the validated C{[cluster]} table.
     """
 
-    def __init__(self, reactor: Any, dsn: str, store: Any, pool: Any, sink: Any, settings: dict[str, Any],
+    def __init__(self, reactor: Any, dsn: str, store: PgStore, pool: DestinationPool, sink: SpoolSink | None,
+                 settings: dict[str, Any],
                  files_dir: str, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.setName("cluster")
         self.reactor = reactor
@@ -161,7 +167,7 @@ class ClusterNode(Service):
         self.lease_db = Db(reactor, dsn, "lease")
         self.work_db = Db(reactor, dsn, "work")
         self.lease = Lease(reactor, self.lease_db.run, self.node, self.ttl, self.margin, self.interval, monotonic)
-        self.lease.quiet = lambda: bool(getattr(store, "_stopped", False))  # the spool stopped: it left
+        self.lease.quiet = lambda: bool(store._stopped)  # the spool stopped: it left
         self.deliveries = ClusterDeliveries(store.run, self.work_db.run)
         self.worker = DeliveryWorker(reactor, pool, self.work_db.run, self.lease, files_dir)
         self.deliveries.on_enqueued = self.worker.wake
@@ -238,9 +244,8 @@ class ClusterNode(Service):
         elif channel == sql.WORK_CHANNEL:
             self.worker.wake()
         elif channel == sql.REQUESTS_CHANNEL:
-            poll = getattr(self.sink, "poll_requests", None)
-            if poll is not None:
-                poll()
+            if self.sink is not None:
+                self.sink.poll_requests()
         else:  # (re)connected: catch up
             self.worker.wake()
             self.deliveries.poll()
@@ -250,8 +255,14 @@ class ClusterNode(Service):
         log.warn("cluster: fenced node {node}: aborted {n} printer connection(s)", node=self.node, n=aborted)
 
     def _joined(self, incarnation: uuid.UUID) -> None:
-        if self.store.incarnation != incarnation:
+        old = self.store.incarnation
+        if old != incarnation:
             self.store.incarnation = incarnation  # new jobs are this incarnation's
+            running = list(self.sink.running) if self.sink is not None else []
+            if old is not None and running:  # after a fence: take back the flows still running here
+                self.work_db.run(lambda conn: sql.take_back(conn, old, incarnation, running)).addCallbacks(
+                    lambda n: log.info("cluster: took back {n} running job(s) of the fenced incarnation", n=n),
+                    lambda f: log.warn("cluster: cannot take back running jobs: {error}", error=f.getErrorMessage()))
         self.worker.wake()
 
     # The round ----------------------------------------------------------------
@@ -284,9 +295,7 @@ class ClusterNode(Service):
     @inlineCallbacks
     def _adopt(self):
         me = self.lease.incarnation
-        if self.sink is None or me is None or getattr(self.sink, "stopping", False):
-            return
-        if not getattr(self.sink, "ready", True):
+        if self.sink is None or me is None or self.sink.stopping or not self.sink.ready:
             return
         job_ids = yield self.work_db.run(lambda conn: sql.adopt(conn, me))
         for job_id in job_ids:

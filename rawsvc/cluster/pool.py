@@ -67,12 +67,13 @@ def decode_result(stored: dict[str, Any]) -> DeliveryResult:
 
 class ClusterDeliveries:
     """
-    C{deliver()} in cluster mode.  C{enqueue_run} runs a function in the
-    spool's group commit (L{rawsvc.spool.pg.PgStore.run}); C{run} on the
-    node's work connection (results).
+    C{deliver()} in cluster mode.  C{enqueue_run(fn, destination)} runs a
+    function in the spool's group commit, the batch's enqueues sorted by
+    destination (L{rawsvc.spool.pg.PgStore.run}); C{run} on the node's work
+    connection (results).
     """
 
-    def __init__(self, enqueue_run: Runner, run: Runner) -> None:
+    def __init__(self, enqueue_run: Callable[[Callable[[Any], Any], str], Deferred], run: Runner) -> None:
         self.enqueue_run = enqueue_run
         self.run = run
         self.waiters: dict[int, list[Deferred]] = {}
@@ -101,8 +102,8 @@ class ClusterDeliveries:
                 result.callback(DeliveryResult(STOPPED, key, message=f"cannot enqueue the delivery to {key}: "
                                                                     f"{failure.getErrorMessage()}"))
 
-        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data)).addCallbacks(
-            enqueued, not_enqueued)
+        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data),
+                         key).addCallbacks(enqueued, not_enqueued)
         return result
 
     def _gave_up(self, d: Deferred, key: str) -> None:

@@ -110,6 +110,14 @@ def adopt(conn: Any, me: uuid.UUID, limit: int = 100) -> list[str]:
     return [job_id for _, job_id in sorted(rows)]
 
 
+def take_back(conn: Any, old: uuid.UUID, new: uuid.UUID, job_ids: list[str]) -> int:
+    """Jobs whose flows still run here, owned by our fenced incarnation (or by nobody yet): ours again."""
+    with conn.transaction():
+        cur = conn.execute("UPDATE rawsvc_jobs SET owner = %s WHERE job_id = ANY(%s) AND (owner = %s OR owner IS NULL)"
+                           " AND state IN ('queued', 'running', 'waiting')", (new, job_ids, old))
+    return int(cur.rowcount or 0)
+
+
 # Deliveries ---------------------------------------------------------------------
 
 def enqueue(conn: Any, job_id: str, action_index: int, destination: str, settings: dict[str, Any],

@@ -243,10 +243,23 @@ class PgStore:
         assert d is not None
         return d
 
-    def run(self, fn: Callable[[Any], Any]) -> Deferred:
-        """C{fn(conn)} in the thread's next group commit (cluster mode enqueues its deliveries so)."""
-        d = self._work(fn)
-        assert d is not None
+    def run(self, fn: Callable[[Any], Any], order: str | None = None) -> Deferred:
+        """
+        C{fn(conn)} in the thread's next group commit (cluster mode enqueues
+        its deliveries so); with C{order}, after the batch's other operations,
+        sorted by it.
+        """
+        error = self._closed()
+        if error is not None:
+            return fail(error)
+        d: Deferred = Deferred()
+
+        def done(ok: bool, value: Any) -> None:
+            if not ok:
+                self._lost_connection(value)
+            d.callback(value) if ok else d.errback(value)
+
+        self.worker.submit(Op(WORK, fn, done, order))
         return d
 
     # Reads ------------------------------------------------------------------

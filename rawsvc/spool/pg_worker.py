@@ -54,6 +54,9 @@ class Op:
     kind: str
     fn: Callable[[Any], Any]
     on_done: Callable[[bool, Any], None]
+    #: Operations with a key run after the others of their batch, sorted by it (cluster mode's
+    #: enqueues lock their destinations' rows in sorted order, so two nodes' batches cannot deadlock).
+    order: str | None = None
 
 
 class PgWorker:
@@ -169,6 +172,9 @@ class PgWorker:
             return [(op, False, error) for op in work]
         results: list[tuple[Op, bool, Any]] = []
         conn = self.conn
+        if any(op.order is not None for op in work):
+            work = [op for op in work if op.order is None] + sorted(
+                (op for op in work if op.order is not None), key=lambda op: str(op.order))
         try:
             with conn.transaction():
                 for op in work:
