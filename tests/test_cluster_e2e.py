@@ -168,7 +168,7 @@ def test_nodes_storing_jobs_for_the_same_printers_together_never_deadlock_nor_le
     streams = [Stream(i, cluster, "before", 100000, stop=stop, timeout=30) for i in range(8)]
     for s in streams:
         s.start()
-    time.sleep(6)
+    time.sleep(4)
     stop.set()
     join(streams, 60)
     settle(cluster)
