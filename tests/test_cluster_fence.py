@@ -30,6 +30,9 @@ class AbortRecorder(StringTransport):
         self.aborted += 1
         super().abortConnection()
 
+    def loseWriteConnection(self):
+        self.half_closed = True
+
 
 class FrozenDb:
     """Records what is run; answers only when told (C{answer})."""
@@ -154,3 +157,71 @@ def pool_result():
 
 
 __all__ = ["succeed"]
+
+
+# A fence while the attempt has not connected yet (review finding fence.py) ---------------------
+
+def _claimed_with(me, **send):
+    settings = encode_settings(SendSettings(retries=5, retry_delay=0.2, **send), RetryPolicy(0.2, 1.0, retries=5), None)
+    return sql.Claimed(1, "job-1", 0, "127.0.0.1:9100", 1, 1, 1, settings, b"%!PS job\n" * 100)
+
+
+def test_fenced_during_the_preflight_exchange_the_job_is_never_sent():
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed_with(me, preflight="zpl", preflight_timeout=8.0)], me)
+    clock.advance(0)
+    status, transport = _connect(clock)  # the status connection; the printer is slow to answer
+    assert transport.value() == b"~HS"
+    clock.pump([0.1] * 21)  # 2.1 s: past the deadline
+    assert lease.fenced
+    assert transport.aborted == 1  # the status connection is dropped at the fence
+    status.connectionLost(Failure(ConnectionAborted()))
+    clock.pump([0.1] * 100)
+    assert len(clock.tcpClients) == 1  # no connection for the job, ever
+    assert worker.running == {}
+    assert not [fn for fn, _ in work_db.calls if "_finish" in fn.__qualname__]  # fenced: nothing finished
+
+
+def test_the_gate_is_asked_after_the_preflight_answer_before_sending():
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed_with(me, preflight="zpl", preflight_timeout=8.0)], me)
+    clock.advance(0)
+    status, transport = _connect(clock)
+    lease.deadline = clock.seconds()  # the lease ran out; the deadline check has not run yet
+    status.dataReceived(b"\x02030,0,0,1245,000,0,0,0,000,0,0,0\x03\r\n\x02000,0,0,0,0,2,4,0,00000000,1,000\x03\r\n"
+                        b"\x021234,0\x03\r\n")  # ready
+    assert not lease.fenced
+    status.connectionLost(Failure(ConnectionDone()))
+    assert lease.fenced  # asked right after the pre-flight (not by the deadline check's loop)
+    clock.pump([0.1] * 50)
+    assert len(clock.tcpClients) == 1  # ready, but the lease is gone: the job is not sent
+    assert worker.running == {}
+
+
+def test_fenced_while_connecting_the_connect_is_cancelled():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed_with(me)], me)
+    clock.advance(0)
+    assert len(clock.tcpClients) == 1
+    connector = clock.connectors[-1]
+    clock.pump([0.1] * 21)
+    assert lease.fenced
+    assert connector.stoppedConnecting
+    clock.pump([0.1] * 50)
+    assert len(clock.tcpClients) == 1 and worker.running == {}
+
+
+def test_a_connection_made_after_the_lease_ran_out_is_aborted_before_one_byte():
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed_with(me)], me)
+    clock.advance(0)
+    lease.deadline = clock.seconds()  # the lease ran out while connecting; no check ran yet
+    proto, transport = _connect(clock)
+    assert transport.value() == b""
+    assert transport.aborted >= 1 and lease.fenced

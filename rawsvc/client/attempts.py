@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 
@@ -57,14 +57,21 @@ def addresses(reactor: Any, allow: AllowList, dest: Destination) -> Generator[De
 @inlineCallbacks
 def _connect(
     reactor: Any, allow: AllowList, dest: Destination, settings: SendSettings, make: Any,
+    delivery: Delivery | None = None,
 ) -> Generator[Deferred[Any], Any, tuple[str, Any] | DeliveryResult]:
-    """Connect a protocol C{make()} builds to the first of C{dest}'s allowed addresses that answers."""
+    """
+    Connect a protocol C{make()} builds to the first of C{dest}'s allowed
+    addresses that answers; no (further) address once C{delivery} is cut
+    off (a fenced cluster node, L{Delivery.cut_off}).
+    """
     key = str(dest)
     found = yield addresses(reactor, allow, dest)
     if isinstance(found, DeliveryResult):
         return found
     failure: DeliveryResult | None = None
     for address in found:
+        if delivery is not None and delivery.cut_off():
+            return DeliveryResult("stopped", key, message=f"this node lost its cluster lease: {key} not tried")
         proto = make()
         kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         # The endpoint's own timeout is Twisted's connect timeout (it
@@ -73,6 +80,8 @@ def _connect(
         endpoint = kind(reactor, address, dest.port, timeout=settings.connect_timeout)
         try:
             yield endpoint.connect(_OneConnection(proto))
+        except ConnectingCancelledError:  # a fenced cluster node cancelled the attempt
+            return DeliveryResult("stopped", key, message=f"connection to {key} cancelled: this node lost its cluster lease")
         except (ConnectError, CancelledError) as e:
             this = _connect_failure(key, address, e, settings)
             if failure is None or failure.outcome != "refused":
@@ -89,7 +98,8 @@ def send(
     delivery: Delivery, total: int | None,
 ) -> Generator[Deferred[Any], Any, DeliveryResult]:
     """Send the job once; the attempt's L{DeliveryResult}."""
-    made = yield _connect(reactor, allow, dest, settings, lambda: SendProtocol(reactor, source, settings, delivery, total))
+    made = yield _connect(reactor, allow, dest, settings, lambda: SendProtocol(reactor, source, settings, delivery, total),
+                          delivery)
     if isinstance(made, DeliveryResult):
         return made
     address, proto = made
@@ -99,14 +109,16 @@ def send(
 
 @inlineCallbacks
 def check_status(
-    reactor: Any, allow: AllowList, dest: Destination, settings: SendSettings,
+    reactor: Any, allow: AllowList, dest: Destination, settings: SendSettings, delivery: Delivery | None = None,
 ) -> Generator[Deferred[Any], Any, Readiness | DeliveryResult]:
     """
     The pre-flight check: what the printer's status answer says, or the
     result of a connection that failed (retried like a failed attempt).
+    Cancelling it drops its connection (a fenced cluster node).
     """
     made = yield _connect(
         reactor, allow, dest, settings, lambda: StatusProtocol(reactor, settings.preflight, settings.preflight_timeout),
+        delivery,
     )
     if isinstance(made, DeliveryResult):
         return made

@@ -171,6 +171,10 @@ class DestinationPool(PoolDelivery, Service):
                 if current.transport is not None:
                     current.transport.abortConnection()
                     aborted += 1
+                elif current.pending is not None:
+                    # Connecting, or in its pre-flight exchange: cancelled before one byte of the job goes out.
+                    current.pending.cancel()
+                    aborted += 1
         return aborted
 
     # Operators ---------------------------------------------------------------
@@ -285,6 +289,7 @@ class DestinationPool(PoolDelivery, Service):
         if q is None:
             q = self._queues[key] = DestinationQueue(key)
         delivery = Delivery(job_id, key, self.watchers)
+        delivery.gate = self.gate
         turn = Turn(delivery, q.lock.acquire(), pooled=pool is not None)
         if not turn.acquired.called:
             q.turns.append(turn)
@@ -344,7 +349,15 @@ class DestinationPool(PoolDelivery, Service):
                 attempt = delivery.attempt
                 status: Readiness | DeliveryResult | None = None
                 if settings.preflight != "off":
-                    status = yield check_status(self.reactor, self.allow, dest, settings)
+                    delivery.pending = check_status(self.reactor, self.allow, dest, settings, delivery)
+                    try:
+                        status = yield delivery.pending
+                    finally:
+                        delivery.pending = None
+                    if delivery.cut_off():  # fenced during the pre-flight exchange: send nothing
+                        result = DeliveryResult(STOPPED, key, delivery.attempt,
+                                                message=f"this node lost its cluster lease: {key} not sent")
+                        break
                     if isinstance(status, Readiness) and not status.ready:
                         held += 1
                         log.info("job {job_id} to {dest}: held, the printer is not ready: {reason}",
@@ -363,8 +376,16 @@ class DestinationPool(PoolDelivery, Service):
                         continue
                 if settings.preflight != "off" and isinstance(status, DeliveryResult):
                     result = status  # the status connection failed: a failed attempt
+                elif delivery.cut_off():  # the lease was lost since the top of the attempt
+                    result = DeliveryResult(STOPPED, key, delivery.attempt,
+                                            message=f"this node lost its cluster lease: {key} not sent")
+                    break
                 else:
-                    result = yield send(self.reactor, self.allow, dest, source, settings, delivery, total)
+                    delivery.pending = send(self.reactor, self.allow, dest, source, settings, delivery, total)
+                    try:
+                        result = yield delivery.pending
+                    finally:
+                        delivery.pending = None
                 log.info(
                     "job {job_id} to {dest}: attempt {attempt}: {outcome}",
                     job_id=delivery.job_id, dest=key, attempt=attempt, outcome=result.outcome,
@@ -397,8 +418,9 @@ class DestinationPool(PoolDelivery, Service):
                 if self._elsewhere(pool, key):
                     result = self._moved_after_wait(delivery, key, result)
                     break
-        except CancelledError:  # its caller gave up on it
-            result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"delivery to {key} cancelled")
+        except CancelledError:  # its caller gave up on it, or a fence cut its pre-flight off
+            why = "this node lost its cluster lease" if delivery.abandoned else "cancelled"
+            result = DeliveryResult(STOPPED, key, delivery.attempt, message=f"delivery to {key} {why}")
         except Exception as e:  # a bug: say so, never leave the queue stuck
             log.failure("delivery to {dest} crashed", dest=key)
             text = transition_text(e) if isinstance(e, InvalidTransition) else str(e) or type(e).__name__

@@ -96,6 +96,16 @@ class Delivery:
         self.transport: Any = None
         #: Set when a fenced cluster node cut this delivery off: no further attempt.
         self.abandoned = False
+        #: Cluster mode: asked when a connection is made (False: this node lost its lease; abort at once).
+        self.gate: Callable[[], bool] | None = None
+        #: The attempt (pre-flight or send) under way before it connected: what a fence cancels.
+        self.pending: Any = None
+
+    def cut_off(self) -> bool:
+        """A fenced cluster node abandoned this delivery, or its lease gate says no (then it is abandoned)."""
+        if not self.abandoned and self.gate is not None and not self.gate():
+            self.abandoned = True
+        return self.abandoned
 
     # States -------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ class StatusProtocol(Protocol):
         self.reactor = reactor
         self.kind = kind
         self.timeout = timeout
-        self.finished: Deferred[Readiness] = Deferred()
+        self.finished: Deferred[Readiness] = Deferred(self._cancelled)
         self._answer = b""
         self._result: Readiness | None = None
         self._timer: Any = None
@@ -173,6 +173,14 @@ class StatusProtocol(Protocol):
         self._answer = (self._answer + data)[:MAX_ANSWER]
         if complete(self.kind, self._answer):
             self._end(parse(self.kind, self._answer))
+
+    def _cancelled(self, d: Deferred[Readiness]) -> None:
+        """The check was cancelled (a fenced cluster node): drop the connection; C{finished} fails."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.transport is not None:
+            stream_transport(self).abortConnection()
 
     def _no_answer(self) -> None:
         self._timer = None
@@ -201,4 +209,5 @@ class StatusProtocol(Protocol):
         if result is None:
             result = (parse(self.kind, self._answer) if self._answer
                       else Readiness(False, "the printer closed the status connection without an answer"))
-        self.finished.callback(result)
+        if not self.finished.called:  # (cancelled: it failed already)
+            self.finished.callback(result)

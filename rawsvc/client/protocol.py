@@ -153,6 +153,12 @@ class SendProtocol(Protocol):
     def connectionMade(self) -> None:
         self.machine.connected()
         self.machine.transport = self.transport
+        if self.machine.cut_off():
+            # A fenced cluster node: not one byte may go out once the lease is lost.
+            self._ending = Ending.RESET
+            self._error = "aborted before sending: this node lost its cluster lease"
+            stream_transport(self).abortConnection()
+            return
         self._probe = AckProbe.of(self.transport)
         if self._probe.acked() is not None:
             # Until the printer acknowledged every byte, a close we did not
