@@ -295,3 +295,24 @@ def test_two_writers_group_commits_of_enqueues_never_deadlock(pg_server):
     with _connect(uri) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT (destination, ticket)) FROM rawsvc_deliveries"
                             ).fetchone() == (640, 640)
+
+
+def test_claims_held_by_a_live_incarnation_that_does_not_run_them_are_requeued(pg_server):
+    """A claim whose COMMIT reply was lost with the connection: requeued in place, the others kept."""
+    uri = pg_server.new_database("orphans")
+    _prepare(uri, deliveries=4, printers=2)
+    with _connect(uri) as conn:
+        me = sql.register(conn, "me", 600)
+        other = sql.register(conn, "other", 600)
+        mine = sql.claim(conn, me, 0.0, 1)
+        theirs = sql.claim(conn, other, 0.0, 1)
+        assert len(mine) == 1 and len(theirs) == 1
+        assert sql.requeue_orphans(conn, me, [mine[0].id]) == []  # it runs it: kept
+        requeued = sql.requeue_orphans(conn, me, [])  # the worker never heard of it
+        assert [r[0] for r in requeued] == [mine[0].id]
+        state = conn.execute("SELECT state, holder FROM rawsvc_deliveries WHERE id = %s", (mine[0].id,)).fetchone()
+        assert state == ("queued", None)
+        assert conn.execute("SELECT state FROM rawsvc_deliveries WHERE id = %s",
+                            (theirs[0].id,)).fetchone()[0] == "sending"  # another node's claim is not touched
+        again = sql.claim(conn, me, 0.0, 10)
+        assert [(c.id, c.ticket, c.claims) for c in again] == [(mine[0].id, mine[0].ticket, 2)]

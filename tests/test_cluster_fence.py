@@ -225,3 +225,94 @@ def test_a_connection_made_after_the_lease_ran_out_is_aborted_before_one_byte():
     proto, transport = _connect(clock)
     assert transport.value() == b""
     assert transport.aborted >= 1 and lease.fenced
+
+
+# A finish the database did not answer (review finding finish2.py) -------------------------------
+
+def _delivered(clock, work_db, worker, me):
+    """Claim, connect, send every byte and let the printer close: the finish is asked."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    worker._claimed([_claimed_with(me)], me)
+    clock.advance(0)
+    proto, transport = _connect(clock)
+    proto.connectionLost(Failure(ConnectionDone()))
+    clock.advance(0)
+    return [d for fn, d in work_db.pending() if "_finish" in fn.__qualname__]
+
+
+def test_a_finish_whose_connection_dropped_is_tried_again_until_answered():
+    from rawsvc.spool.pg_worker import Unavailable
+
+    clock, lease_db, work_db, lease, pool, worker, me = _setup(ttl=30.0)
+    finishes = _delivered(clock, work_db, worker, me)
+    assert len(finishes) == 1
+    finishes[0].errback(Unavailable("server closed the connection unexpectedly"))
+    assert list(worker.running) == [1]  # the claim keeps its slot while the finish is retried
+    clock.advance(0.1)
+    again = [(fn, d) for fn, d in work_db.pending() if "_finish" in fn.__qualname__]
+    assert len(again) == 1  # the fenced finish, asked again
+    again[0][1].errback(Unavailable("still down"))
+    clock.advance(0.1)
+    assert not [d for fn, d in work_db.pending() if "_finish" in fn.__qualname__]
+    clock.advance(0.1)  # the back-off doubles: 0.2 s
+    again = [(fn, d) for fn, d in work_db.pending() if "_finish" in fn.__qualname__]
+    assert len(again) == 1
+    again[0][1].callback(True)
+    assert worker.running == {} and worker.lost == 0
+
+
+def test_finish_retries_stop_once_the_lease_is_lost():
+    from rawsvc.spool.pg_worker import Unavailable
+
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    finishes = _delivered(clock, work_db, worker, me)
+    finishes[0].errback(Unavailable("down"))
+    lease.fence("test")
+    clock.pump([0.1] * 30)
+    assert worker.running == {}
+    asked = [fn for fn, _ in work_db.calls if "_finish" in fn.__qualname__]
+    assert len(asked) == 1  # nothing asked after the fence: the reaper requeues the claim
+
+
+def test_a_delivery_finished_at_once_leaves_no_slot_taken():
+    """A delivery that ends synchronously (not allowed; the database answers at once) frees its slot."""
+    clock = MemoryReactorClock()
+    lease = Lease(clock, FrozenDb().run, "n1", 30.0, 1.0, 0.5, monotonic=clock.seconds)
+    pool = DestinationPool(clock, allow=AllowList.parse(["127.0.0.1:9100"]))
+    asked = []
+
+    def answer_at_once(fn):
+        asked.append(fn)
+        return succeed(True)
+
+    worker = DeliveryWorker(clock, pool, answer_at_once, lease, "/nonexistent")
+    me = uuid.uuid4()
+    lease.start(me, registered_at=0.0)
+    not_allowed = sql.Claimed(7, "job-7", 0, "127.0.0.2:9100", 1, 1, 1, _claimed_with(me).settings, b"x")
+    worker._claimed([not_allowed], me)
+    assert [fn for fn in asked if "_finish" in fn.__qualname__]
+    assert worker.running == {}
+
+
+def test_the_payload_copy_read_back_is_owner_only(tmp_path):
+    import os
+    import stat
+
+    from rawsvc.cluster.pool import _read_payload
+
+    class OneChunk:
+        def execute(self, query, args):
+            class Row:
+                def fetchone(self):
+                    return (0, b"secret job")
+            return Row()
+
+    old = os.umask(0o022)
+    try:
+        _, path = _read_payload(OneChunk(), "job-1", str(tmp_path / "files" / "cluster-1-1.job"))
+    finally:
+        os.umask(old)
+    assert open(path, "rb").read() == b"secret job"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

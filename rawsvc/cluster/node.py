@@ -282,6 +282,7 @@ class ClusterNode(Service):
                     log.warn("cluster: takeover: requeued {n} deliveries of dead incarnations: {ids}",
                              n=len(requeued), ids=", ".join(f"{job_id} ({dest})" for _, job_id, dest in requeued))
                 yield self._adopt()
+                yield self.worker.requeue_orphans()
             self.worker.wake()
             yield self.deliveries.poll()
             self.counts = yield self.work_db.run(sql.counts)

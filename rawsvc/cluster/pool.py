@@ -160,7 +160,9 @@ class DeliveryWorker:
         self.lease = lease
         self.files_dir = files_dir
         self.max_in_flight = max_in_flight
-        self.running: dict[int, tuple[sql.Claimed, uuid.UUID, Deferred]] = {}
+        self.running: dict[int, tuple[sql.Claimed, uuid.UUID, Deferred | None]] = {}
+        #: Seconds between tries of a finish (or release) the database did not answer, at most.
+        self.max_retry_delay = 2.0
         self.stopped = False
         self._claiming = False
         self._again = False
@@ -209,8 +211,10 @@ class DeliveryWorker:
                 log.warn("cluster: possible repeat job {job_id}: delivery {id} to {destination} claimed again"
                          " (claim {claims}; it was in flight on a node that is gone)", job_id=claimed.job_id,
                          id=claimed.id, destination=claimed.destination, claims=claimed.claims)
+            self.running[claimed.id] = (claimed, me, None)  # before _start: a finish at once pops it
             d = self._start(claimed, me)
-            self.running[claimed.id] = (claimed, me, d)
+            if claimed.id in self.running:
+                self.running[claimed.id] = (claimed, me, d)
         if claims:
             self.wake()  # more printers may have heads
 
@@ -250,13 +254,13 @@ class DeliveryWorker:
         if result.outcome == STOPPED:
             if self.lease.fenced or me != self.lease.incarnation:
                 return None  # fenced: the claim is the reaper's to requeue
-            return self.run(lambda conn: sql.release(conn, claimed, me)).addErrback(
-                lambda f: log.warn("cluster: cannot release delivery {id}: {error}", id=claimed.id,
-                                   error=f.getErrorMessage()))
+            return self._until_answered(lambda conn: sql.release(conn, claimed, me), claimed, me, "release")
         stored = encode_result(result)
-        d = self.run(lambda conn: sql.finish(conn, claimed, me, result.ok, stored))
+        d = self._until_answered(lambda conn: sql.finish(conn, claimed, me, result.ok, stored), claimed, me, "finish")
 
-        def finished(ok: bool) -> None:
+        def finished(ok: bool | None) -> None:
+            if ok is None:
+                return  # given up: this incarnation lost its lease (the reaper requeues the claim)
             if not ok:
                 self.lost += 1
                 log.warn("cluster: possible repeat job {job_id}: delivery {id} to {destination} ended {outcome}"
@@ -267,8 +271,63 @@ class DeliveryWorker:
                 self.wake()
 
         d.addCallback(finished)
-        d.addErrback(lambda f: log.warn("cluster: cannot finish delivery {id}: {error}", id=claimed.id,
-                                        error=f.getErrorMessage()))
+        return d
+
+    def _until_answered(self, fn: Callable[[Any], Any], claimed: sql.Claimed, me: uuid.UUID, what: str) -> Deferred:
+        """
+        Run the fenced C{fn} (a finish or release of C{claimed}) until the
+        database answers, however often the connection drops: a claim left
+        C{sending} under a live holder would block its printer cluster-wide.
+        Fires with C{fn}'s answer, or None once this incarnation lost its
+        lease or the worker stopped (the claim is then the reaper's, or the
+        leave's, to requeue).  The claim keeps its slot meanwhile.
+        """
+        done: Deferred = Deferred()
+        delay = [0.1]
+
+        def attempt(first: bool = False) -> None:
+            # The first try always (fenced in SQL: harmless when the claim is gone; it spares a repeat
+            # when the reaper has not requeued it yet); again only while the lease holds.
+            if not first and (self.stopped or self.lease.fenced or me != self.lease.incarnation):
+                log.warn("cluster: gave up the {what} of delivery {id} (job {job_id}): this node lost its lease"
+                         " or is stopping; the claim is requeued by its reaper", what=what, id=claimed.id,
+                         job_id=claimed.job_id)
+                done.callback(None)
+                return
+            self.run(fn).addCallbacks(done.callback, failed)
+
+        def failed(f: Failure) -> None:
+            log.warn("cluster: cannot {what} delivery {id}: {error}; trying again in {delay:.1f} s", what=what,
+                     id=claimed.id, error=f.getErrorMessage(), delay=delay[0])
+            self.reactor.callLater(delay[0], attempt)
+            delay[0] = min(delay[0] * 2, self.max_retry_delay)
+
+        attempt(first=True)
+        return done
+
+    def requeue_orphans(self) -> Deferred | None:
+        """
+        Rows this incarnation holds C{sending} that its worker does not run
+        (a claim committed whose reply the dropped connection lost) go back
+        in line.  Asked every round; not while a claim is under way (its
+        reply is not in yet).  The work connection is one thread, in order:
+        claims asked after this run after it.
+        """
+        me = self.lease.incarnation
+        if self.stopped or self._claiming or me is None or not self.lease.valid():
+            return None
+        keep = [i for i, (_, held_by, _) in self.running.items() if held_by == me]
+        d = self.run(lambda conn: sql.requeue_orphans(conn, me, keep))
+
+        def requeued(rows: list[tuple[int, str, str]]) -> None:
+            if rows:
+                log.warn("cluster: requeued {n} deliveries this node held without running them (a claim's"
+                         " reply lost with the connection): {ids}", n=len(rows),
+                         ids=", ".join(f"{job_id} ({dest})" for _, job_id, dest in rows))
+                self.wake()
+
+        d.addCallbacks(requeued, lambda f: log.warn("cluster: cannot requeue orphaned claims: {error}",
+                                                    error=f.getErrorMessage()))
         return d
 
     def fence(self, why: str = "") -> int:
@@ -284,7 +343,9 @@ class DeliveryWorker:
 def _read_payload(conn: Any, job_id: str, path: str) -> tuple[None, str]:
     """On the work thread: the job's payload streamed from PostgreSQL into C{path}, a row at a time."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    with open(path, "wb") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a job's data: owner-only
+    os.fchmod(fd, 0o600)  # (a file left over from before keeps its mode through O_CREAT)
+    with os.fdopen(fd, "wb") as f:
         for piece in sql.payload_pieces(conn, job_id):
             f.write(piece)
     return None, path

@@ -236,6 +236,23 @@ def release(conn: Any, claimed: Claimed, me: uuid.UUID) -> bool:
     return row is not None
 
 
+def requeue_orphans(conn: Any, me: uuid.UUID, keep: Iterable[int]) -> list[tuple[int, str, str]]:
+    """
+    Deliveries C{sending} held by this incarnation (C{me}) but not among
+    C{keep} (the ones its worker runs) back to C{queued}, in place: a claim
+    whose COMMIT went through while its reply was lost with the connection.
+    The requeued C{(id, job_id, destination)}; a C{rawsvc_work} NOTIFY per destination.
+    """
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE rawsvc_deliveries SET state = 'queued', holder = NULL"
+            " WHERE holder = %s AND state = 'sending' AND NOT (id = ANY(%s)) RETURNING id, job_id, destination",
+            (me, list(keep))).fetchall()
+        for dest in sorted({r[2] for r in rows}):
+            conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, dest))
+    return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
 def results(conn: Any, ids: Iterable[int]) -> dict[int, tuple[str, dict[str, Any]]]:
     """The finished ones of deliveries C{ids}: id -> (state, result)."""
     rows = conn.execute("SELECT id, state, result FROM rawsvc_deliveries WHERE id = ANY(%s)"
