@@ -316,3 +316,23 @@ def test_claims_held_by_a_live_incarnation_that_does_not_run_them_are_requeued(p
                             (theirs[0].id,)).fetchone()[0] == "sending"  # another node's claim is not touched
         again = sql.claim(conn, me, 0.0, 10)
         assert [(c.id, c.ticket, c.claims) for c in again] == [(mine[0].id, mine[0].ticket, 2)]
+
+
+def test_an_interrupted_job_stays_unfinished_at_its_action(pg_server):
+    """C{interrupted} (e.g. a fenced delivery) is no state of the table: the job stays open there."""
+    from store_contract_base import make_job
+
+    from rawsvc.spool import pg_ops
+
+    uri = pg_server.new_database("interrupted")
+    with _connect(uri) as conn:
+        migrate(conn)
+        me = sql.register(conn, "me", 600)
+        job = make_job(b"label")
+        with conn.transaction():
+            pg_ops.add(conn, me, job, "f", {}, 1.0)
+        with conn.transaction():  # refused by rawsvc_jobs_state_check before the fix
+            pg_ops.finish(conn, job.job_id, "interrupted", "this node lost its cluster lease", 2, {"x": "1"}, None, 2.0)
+        row = conn.execute("SELECT state, action_index, last_error, finished_at FROM rawsvc_jobs WHERE job_id = %s",
+                           (job.job_id,)).fetchone()
+        assert row == ("running", 2, "this node lost its cluster lease", None)

@@ -135,6 +135,16 @@ def started(conn: Any, job_id: str, action_index: int, now: float) -> None:
 def finish(conn: Any, job_id: str, state: str, error: str | None, action_index: int, variables: dict[str, str],
            delivery: tuple | None, now: float) -> None:
     destination, written = _delivered(delivery)
+    if state == "interrupted":
+        # Not finished (a delivery cut off by a fence, say): it stays unfinished at that action, for
+        # the next start or an adoption to resume; 'interrupted' is no state of the table.
+        conn.execute(
+            "UPDATE rawsvc_jobs SET last_error = %s, action_index = %s, variables = %s,"
+            " destination = COALESCE(%s, destination), bytes_delivered = bytes_delivered + %s, updated_at = %s"
+            " WHERE job_id = %s",
+            (error, action_index, _without_index(variables), destination, written, now, job_id),
+        )
+        return
     conn.execute(
         "UPDATE rawsvc_jobs SET state = %s, last_error = %s, action_index = %s, next_try = NULL, variables = %s,"
         " destination = COALESCE(%s, destination), bytes_delivered = bytes_delivered + %s, updated_at = %s,"
