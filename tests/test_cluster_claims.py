@@ -336,3 +336,36 @@ def test_an_interrupted_job_stays_unfinished_at_its_action(pg_server):
         row = conn.execute("SELECT state, action_index, last_error, finished_at FROM rawsvc_jobs WHERE job_id = %s",
                            (job.job_id,)).fetchone()
         assert row == ("running", 2, "this node lost its cluster lease", None)
+
+
+def test_cancel_ends_a_delivery_queued_in_the_database_and_tells_its_waiting_flow(pg_server):
+    """An operator's cancel reaches a delivery queued behind a busy printer; one being sent is not touched."""
+    from twisted.internet.defer import succeed
+
+    from rawsvc.client.address import Destination
+    from rawsvc.client.outcomes import CANCELLED
+    from rawsvc.client.protocol import SendSettings
+    from rawsvc.client.retry import RetryPolicy
+    from rawsvc.cluster.pool import ClusterDeliveries
+
+    uri = pg_server.new_database("cancel")
+    with _connect(uri) as conn:
+        migrate(conn)
+        me = sql.register(conn, "me", 600)
+        at_once = lambda fn, *_: succeed(fn(conn))  # noqa: E731  (the test's thread is the work thread)
+        deliveries = ClusterDeliveries(at_once, at_once)
+        dest = Destination.parse("127.0.0.1:9100")
+        first = deliveries.deliver(dest, b"first", SendSettings(), "job-1", None, RetryPolicy(), 1)
+        second = deliveries.deliver(dest, b"second", SendSettings(), "job-2", None, RetryPolicy(), 1)
+        [sending] = sql.claim(conn, me, 0.0, 10)  # the first is at the printer; the second waits behind it
+        assert sending.job_id == "job-1"
+        assert not second.called
+        assert sql.cancel_queued(conn, "job-1", {}) == []  # sending: not touched
+        got = []
+        assert deliveries.cancel("job-2").addCallback(got.append) and got == [True]
+        results = []
+        second.addCallback(results.append)
+        assert results and results[0].outcome == CANCELLED
+        assert conn.execute("SELECT state FROM rawsvc_deliveries WHERE job_id = 'job-2'").fetchone()[0] == "failed"
+        assert sql.finish(conn, sending, me, True, {})
+        assert sql.claim(conn, me, 0.0, 10) == []  # nothing left for the printer: job-2 is not sent

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rawsvc.client.address import Destination
-from rawsvc.client.outcomes import STOPPED, DeliveryResult
+from rawsvc.client.outcomes import CANCELLED, STOPPED, DeliveryResult
 from rawsvc.client.protocol import SendSettings, Source
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.cluster import sql
@@ -134,6 +134,23 @@ class ClusterDeliveries:
             for d in self.waiters.pop(delivery_id, []):
                 if not d.called:
                     d.callback(decode_result(stored))
+
+    def cancel(self, job_id: str) -> Deferred[bool]:
+        """
+        An operator's cancel of C{job_id}: its delivery still queued in the
+        database ends C{cancelled} (whichever node would have sent it; the
+        flow waiting for it, here, is told at once).  True when one was;
+        a delivery a node is sending already completes.
+        """
+        stored = encode_result(DeliveryResult(CANCELLED, "", message="cancelled by an operator while queued"))
+        d = self.run(lambda conn: sql.cancel_queued(conn, job_id, stored))
+
+        def cancelled(ids: list[int]) -> bool:
+            if ids:
+                self.poll(ids)
+            return bool(ids)
+
+        return d.addCallback(cancelled)
 
     def stop(self) -> None:
         """The stop grace is over: flows still waiting end C{stopped} (their rows stay, for any node)."""

@@ -253,6 +253,25 @@ def requeue_orphans(conn: Any, me: uuid.UUID, keep: Iterable[int]) -> list[tuple
     return [(int(r[0]), r[1], r[2]) for r in rows]
 
 
+def cancel_queued(conn: Any, job_id: str, result: dict[str, Any]) -> list[int]:
+    """
+    An operator's cancel: C{job_id}'s deliveries still C{queued} end
+    C{failed} with C{result} (fenced by the state: one a node claimed
+    meanwhile is not touched); their ids.  A C{rawsvc_done} NOTIFY each
+    (the waiting flow), a C{rawsvc_work} per destination (the next head).
+    """
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE rawsvc_deliveries SET state = 'failed', result = %s, finished_at = clock_timestamp()"
+            " WHERE job_id = %s AND state = 'queued' RETURNING id, destination",
+            (Jsonb(result), job_id)).fetchall()
+        for r in rows:
+            conn.execute("SELECT pg_notify(%s, %s)", (DONE_CHANNEL, str(r[0])))
+        for dest in sorted({r[1] for r in rows}):
+            conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, dest))
+    return [int(r[0]) for r in rows]
+
+
 def results(conn: Any, ids: Iterable[int]) -> dict[int, tuple[str, dict[str, Any]]]:
     """The finished ones of deliveries C{ids}: id -> (state, result)."""
     rows = conn.execute("SELECT id, state, result FROM rawsvc_deliveries WHERE id = ANY(%s)"

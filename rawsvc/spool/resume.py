@@ -151,6 +151,8 @@ class SpoolOperations:
             self._cancel.add(job_id)
             if self.pool is not None and self.pool.cancel(job_id):
                 return f"job {job_id} cancelled; its printer's queue moves on"
+            if (yield self._cancel_in_cluster(job_id)):
+                return f"job {job_id} cancelled; its delivery left the cluster's queue"
             return f"job {job_id} cancelled: it stops before its next action"
         rows = yield self.store.load(job_id=job_id)
         if not rows:
@@ -158,9 +160,17 @@ class SpoolOperations:
         stored = rows[0]
         if stored.state in FINISHED:
             return f"job {job_id} is already {stored.state}"
+        yield self._cancel_in_cluster(job_id)  # no node sends what it queued
         yield self.store.finish(job_id, "cancelled", "cancelled by an operator", stored.action_index,
                                 stored.variables, None)
         return f"job {job_id} cancelled"
+
+    def _cancel_in_cluster(self, job_id: str) -> Deferred:
+        """Cluster mode: C{job_id}'s delivery still queued in PostgreSQL ends cancelled; whether one did."""
+        cluster = getattr(self.pool, "cluster", None) if self.pool is not None else None
+        if cluster is None:
+            return succeed(False)
+        return cluster.cancel(job_id)
 
     @inlineCallbacks
     def poll_requests(self):
