@@ -161,7 +161,8 @@ class Flow:
             return  # not the job's fault: no on_error, it resumes later
         job.variables["error"] = message
         job.variables["failed_action"] = type_name
-        for handler in self.on_error:
+        for n, handler in enumerate(self.on_error):
+            job.on_error_index = n
             try:
                 yield maybeDeferred(handler.run, job)
             except Exception:
@@ -172,6 +173,7 @@ class Flow:
                     job_id=job.job_id,
                     error=describe_failure(Failure()),
                 )
+        job.on_error_index = None
 
 
 def _finished(_: Any, job: Job) -> Job:

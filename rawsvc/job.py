@@ -365,6 +365,11 @@ class Job:
     #: read-only, and also set as variables (a built-in variable of the same
     #: name wins), so flows and the spool see it.
     meta: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: How often an operator ran the job again (the spool's C{run}): with the action's index, the key
+    #: of its cluster deliveries.  Not a variable.
+    run: int = attrs.field(default=0, repr=False)
+    #: While the flow's C{on_error} action N runs: N (its deliveries are keyed apart from the actions').
+    on_error_index: int | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # Not an attrs converter: one would route every attribute set of a

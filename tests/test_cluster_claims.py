@@ -369,3 +369,39 @@ def test_cancel_ends_a_delivery_queued_in_the_database_and_tells_its_waiting_flo
         assert conn.execute("SELECT state FROM rawsvc_deliveries WHERE job_id = 'job-2'").fetchone()[0] == "failed"
         assert sql.finish(conn, sending, me, True, {})
         assert sql.claim(conn, me, 0.0, 10) == []  # nothing left for the printer: job-2 is not sent
+
+
+def test_a_job_run_again_gets_new_deliveries_while_a_resumed_run_finds_its_own(pg_server):
+    """The key is (job, run, action): a retry (run + 1) or an on_error action (index < 0) sends again."""
+    uri = pg_server.new_database("runs")
+    with _connect(uri) as conn:
+        migrate(conn)
+        me = sql.register(conn, "me", 600)
+        first = sql.enqueue(conn, "job-1", 0, "p:9100", {}, b"x")
+        [claimed] = sql.claim(conn, me, 0.0, 10)
+        assert sql.finish(conn, claimed, me, True, {})
+        assert sql.enqueue(conn, "job-1", 0, "p:9100", {}, b"x") == first  # resumed / adopted: no second print
+        again = sql.enqueue(conn, "job-1", 0, "p:9100", {}, b"x", run=1)  # an operator's retry
+        on_error = sql.enqueue(conn, "job-1", -1, "alert:9100", {}, b"x", run=1)
+        assert len({first, again, on_error}) == 3
+        assert sql.enqueue(conn, "job-1", 0, "p:9100", {}, b"x", run=1) == again
+        assert sorted(c.id for c in sql.claim(conn, me, 0.0, 10)) == sorted([again, on_error])
+
+
+def test_schema_v2_rows_migrate_to_run_0(pg_server):
+    from rawsvc.spool.pg_schema import MIGRATIONS, VERSION
+
+    uri = pg_server.new_database("v2to3")
+    with _connect(uri) as conn:
+        with conn.transaction():
+            conn.execute("CREATE TABLE rawsvc_schema (version integer NOT NULL)")
+            conn.execute("INSERT INTO rawsvc_schema (version) VALUES (2)")
+            for step in MIGRATIONS[:2]:
+                conn.execute(step)
+            conn.execute("INSERT INTO rawsvc_destinations (destination) VALUES ('p:9100')")
+            conn.execute("INSERT INTO rawsvc_deliveries (job_id, action_index, destination, ticket, state)"
+                         " VALUES ('old', 0, 'p:9100', 1, 'done')")
+        assert migrate(conn) == (2, VERSION) and VERSION == 3
+        assert conn.execute("SELECT run FROM rawsvc_deliveries WHERE job_id = 'old'").fetchone() == (0,)
+        old = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = 'old'").fetchone()[0]
+        assert sql.enqueue(conn, "old", 0, "p:9100", {}, b"x") == old

@@ -316,3 +316,40 @@ def test_the_payload_copy_read_back_is_owner_only(tmp_path):
         os.umask(old)
     assert open(path, "rb").read() == b"secret job"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_send_tcp_keys_its_cluster_delivery_by_run_and_apart_for_on_error():
+    """Review finding onerror.py / retry.py: each send_tcp a run reaches is a delivery of its own."""
+    from rawsvc.client.outcomes import DELIVERED, DeliveryResult
+    from rawsvc.context import BuildContext
+    from rawsvc.errors import ActionError
+    from rawsvc.flow import Flow
+    from rawsvc.job import Job, Payload
+    from rawsvc.plugins import find_action_type
+
+    context = BuildContext()
+    send_tcp = find_action_type("send_tcp")
+    values, issues = send_tcp.options.validate({"destination": "127.0.0.1:9100"})
+    assert issues == []
+    send = send_tcp.from_config(values, context)
+    alert = send_tcp.from_config(send_tcp.options.validate({"destination": "127.0.0.1:9101"})[0], context)
+    asked = []
+
+    class Recorder:
+        def deliver(self, dest, source, settings, job_id, total, policy, action_index, run):
+            asked.append((str(dest), action_index, run))
+            return succeed(DeliveryResult(DELIVERED, str(dest), message="delivered"))
+
+    class Fail:
+        type_name = "fail"
+
+        def run(self, job):
+            raise ActionError("boom")
+
+    context.destinations.cluster = Recorder()
+    flow = Flow("f", [send, Fail()], on_error=[alert, alert])
+    job = Job(trigger="t", payload=Payload(b"label"))
+    job.run = 2  # run again twice by an operator
+    flow.run(job)
+    assert asked == [("127.0.0.1:9100", 0, 2), ("127.0.0.1:9101", -1, 2), ("127.0.0.1:9101", -2, 2)]
+    assert job.variables["action_index"] == "1" and job.on_error_index is None

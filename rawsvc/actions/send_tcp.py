@@ -205,8 +205,11 @@ class SendTcpAction:
             source = job.payload.open
             total = job.payload.size
         if len(dests) == 1:
+            # The cluster key of this delivery: the run, and the action's index (an on_error action's
+            # apart from the failed action's, whose index the variable still holds).
+            index = int(job.variables.get("action_index") or 0) if job.on_error_index is None else -1 - job.on_error_index
             d = self.pool.deliver(dests[0], source, self.settings, job.job_id, total, self.policy,
-                                  action_index=int(job.variables.get("action_index") or 0))
+                                  action_index=index, run=job.run)
         else:
             key = tuple(str(m) for m in dests)
             printers = self._pools.get(key)

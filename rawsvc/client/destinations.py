@@ -244,11 +244,12 @@ class DestinationPool(PoolDelivery, Service):
         policy: RetryPolicy | None = None,
         pool: PrinterPool | None = None,
         action_index: int = 0,
+        run: int = 0,
     ) -> Deferred[DeliveryResult]:
         """
         Queue one job for C{dest}; fires with a L{DeliveryResult}.  In
         cluster mode (C{cluster} set, no printer pool) the delivery is
-        enqueued in PostgreSQL as action C{action_index} of C{job_id} and any
+        enqueued in PostgreSQL as action C{action_index} of run C{run} of C{job_id} and any
         node may carry it out (L{rawsvc.cluster.pool}).  Without
         C{policy}, C{settings} give the back-off and the number of retries.
         Cancelling the result while the job waits for its turn gives its
@@ -264,7 +265,7 @@ class DestinationPool(PoolDelivery, Service):
                 return succeed(_not_allowed(str(dest)))
             if policy is None:
                 policy = RetryPolicy(settings.retry_delay, settings.max_retry_delay, retries=settings.retries)
-            return self.cluster.deliver(dest, source, settings, job_id, total, policy, action_index)
+            return self.cluster.deliver(dest, source, settings, job_id, total, policy, action_index, run)
         return self.deliver_here(dest, source, settings, job_id, total, policy, pool)
 
     def deliver_here(

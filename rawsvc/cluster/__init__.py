@@ -16,9 +16,11 @@ Config, C{[cluster]} (L{rawsvc.cluster.settings.CLUSTER_OPTIONS}):
   - C{reap_interval} (seconds, default 2): renew, reap, claim and adopt
     this often even when no NOTIFY arrives.
 
-Tables (schema version 2, L{rawsvc.spool.pg_schema}): C{rawsvc_nodes}
+Tables (schema version 3, L{rawsvc.spool.pg_schema}): C{rawsvc_nodes}
 (plus C{lease_until} kept by renewals), C{rawsvc_destinations} (per-printer
-C{next_ticket}), C{rawsvc_deliveries} (one per C{send_tcp} reached: state
+C{next_ticket}), C{rawsvc_deliveries} (one per C{send_tcp} reached, keyed
+by C{(job_id, run, action_index)}: C{run} is the job's, bumped by each
+operator retry or reprint; an C{on_error} action N has index C{-1 - N}; state
 C{queued}/C{sending}/C{done}/C{failed}, C{holder}, C{fence}, C{claims},
 C{ticket}; the partial unique index C{rawsvc_one_sending_per_destination}).
 

@@ -82,7 +82,7 @@ class ClusterDeliveries:
         self.on_enqueued: Callable[[], None] = lambda: None
 
     def deliver(self, dest: Destination, source: Source, settings: SendSettings, job_id: str,
-                total: int | None, policy: RetryPolicy, action_index: int) -> Deferred[DeliveryResult]:
+                total: int | None, policy: RetryPolicy, action_index: int, run: int = 0) -> Deferred[DeliveryResult]:
         key = str(dest)
         data = source if isinstance(source, bytes) else None  # None: the job's stored payload
         stored = encode_settings(settings, policy, len(data) if data is not None else total)
@@ -102,7 +102,7 @@ class ClusterDeliveries:
                 result.callback(DeliveryResult(STOPPED, key, message=f"cannot enqueue the delivery to {key}: "
                                                                     f"{failure.getErrorMessage()}"))
 
-        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data),
+        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data, run=run),
                          key).addCallbacks(enqueued, not_enqueued)
         return result
 

@@ -121,29 +121,31 @@ def take_back(conn: Any, old: uuid.UUID, new: uuid.UUID, job_ids: list[str]) -> 
 # Deliveries ---------------------------------------------------------------------
 
 def enqueue(conn: Any, job_id: str, action_index: int, destination: str, settings: dict[str, Any],
-            data: bytes | None, notify: bool = True) -> int:
+            data: bytes | None, notify: bool = True, run: int = 0) -> int:
     """
-    The delivery of C{job_id}'s action C{action_index} to C{destination},
+    The delivery of C{job_id}'s action C{action_index} (of its run C{run},
+    bumped by each operator retry; an C{on_error} action's index is
+    negative) to C{destination},
     with the next ticket of that printer (taken under the destination row's
     lock, held to COMMIT: ticket order is commit order); the delivery's id.
     Idempotent: a resumed flow that enqueues again finds the row it made.
     """
     with conn.transaction():
-        row = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = %s AND action_index = %s",
-                           (job_id, action_index)).fetchone()
+        row = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = %s AND run = %s AND action_index = %s",
+                           (job_id, run, action_index)).fetchone()
         if row is not None:
             return int(row[0])
         row = conn.execute(
             "WITH dst AS (INSERT INTO rawsvc_destinations AS t (destination) VALUES (%s)"
             "  ON CONFLICT (destination) DO UPDATE SET next_ticket = t.next_ticket + 1"
             "  RETURNING t.next_ticket AS ticket)"
-            " INSERT INTO rawsvc_deliveries (job_id, action_index, destination, ticket, settings, data)"
-            " SELECT %s, %s, %s, dst.ticket, %s, %s FROM dst"
-            " ON CONFLICT (job_id, action_index) DO NOTHING RETURNING id",
-            (destination, job_id, action_index, destination, Jsonb(settings), data)).fetchone()
+            " INSERT INTO rawsvc_deliveries (job_id, run, action_index, destination, ticket, settings, data)"
+            " SELECT %s, %s, %s, %s, dst.ticket, %s, %s FROM dst"
+            " ON CONFLICT (job_id, run, action_index) DO NOTHING RETURNING id",
+            (destination, job_id, run, action_index, destination, Jsonb(settings), data)).fetchone()
         if row is None:  # made meanwhile by another enqueue of the same action
-            row = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = %s AND action_index = %s",
-                               (job_id, action_index)).fetchone()
+            row = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = %s AND run = %s AND action_index = %s",
+                               (job_id, run, action_index)).fetchone()
         if notify:
             conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, destination))
     return int(row[0])

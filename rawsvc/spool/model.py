@@ -64,6 +64,7 @@ class StoredJob:
     bytes_delivered: int = 0
     delivery_attempt: int = 0
     next_try: float | None = None
+    run: int = 0  # how often an operator ran it again (retry, reprint): part of its deliveries' key
 
     @classmethod
     def from_row(cls, row: Any) -> "StoredJob":

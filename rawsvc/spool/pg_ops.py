@@ -26,7 +26,7 @@ from rawsvc.spool.pg_schema import CHUNK, INLINE_MAX
 #: The columns of a record, but the payload.
 FIELDS = ("seq, job_id, trigger, flow, state, peer_host, peer_port, encoding, size, received_at, action_index,"
           " attempt, variables, queued_at, started_at, updated_at, finished_at, last_error, destination,"
-          " bytes_delivered, delivery_attempt, next_try")
+          " bytes_delivered, delivery_attempt, next_try, run")
 _UNFINISHED = list(UNFINISHED)
 _FINISHED = list(FINISHED)
 
@@ -171,7 +171,7 @@ def waiting(conn: Any, job_id: str, attempt: int, error: str | None, next_try: f
 def requeue(conn: Any, me: uuid.UUID | None, job_id: str, action_index: int, now: float) -> None:
     conn.execute(
         "UPDATE rawsvc_jobs SET state = 'queued', action_index = %s, finished_at = NULL, updated_at = %s,"
-        " owner = %s WHERE job_id = %s",
+        " owner = %s, run = run + 1 WHERE job_id = %s",
         (action_index, now, me, job_id),
     )
 
@@ -186,7 +186,7 @@ def _record(row: dict[str, Any], payload: bytes | None = None, path: str | None 
         variables=dict(row["variables"] or {}), payload=payload, payload_path=path, queued_at=row["queued_at"],
         started_at=row["started_at"], updated_at=row["updated_at"], finished_at=row["finished_at"],
         last_error=row["last_error"], destination=row["destination"], bytes_delivered=row["bytes_delivered"],
-        delivery_attempt=row["delivery_attempt"], next_try=row["next_try"],
+        delivery_attempt=row["delivery_attempt"], next_try=row["next_try"], run=row["run"],
     )
 
 

@@ -85,6 +85,7 @@ class SpoolOperations:
             if name not in ("data", "size"):
                 job.variables[name] = value
         job.state = "queued"
+        job.run = stored.run
         return job
 
     def _resume(self, stored: StoredJob) -> Deferred | None:
@@ -136,6 +137,7 @@ class SpoolOperations:
             return f"job {job_id} is {stored.state}; it runs already"
         stored.action_index = 0 if stored.state == "done" else stored.action_index
         yield self.store.requeue(job_id, stored.action_index)
+        stored.run += 1  # (the spool's run, bumped by the requeue): this run's deliveries are new ones
         stored.variables.pop("error", None)
         stored.variables.pop("failed_action", None)
         self._resume(stored)
