@@ -64,6 +64,11 @@ C{job_id}, C{destination}):
   - C{"cluster: possible repeat job {job_id} ..."}: a delivery claimed
     again after a takeover (at-least-once), or a finish whose claim was lost.
   - C{"cluster: node {node} left"}: a clean stop (state C{left}).
+  - C{"cluster: cannot finish delivery {id}: ...; trying again"}: a finish
+    (or release) the database did not answer is retried, fenced, until it
+    is answered or the lease is lost; and C{"cluster: requeued {n}
+    deliveries this node held without running them"}: a claim committed
+    whose reply the connection lost goes back in line at the next round.
 
 Limits of this step: a C{send_tcp} with several destinations (a printer
 pool) delivers from the node that runs the flow, through its own queues
