@@ -405,3 +405,19 @@ def test_schema_v2_rows_migrate_to_run_0(pg_server):
         assert conn.execute("SELECT run FROM rawsvc_deliveries WHERE job_id = 'old'").fetchone() == (0,)
         old = conn.execute("SELECT id FROM rawsvc_deliveries WHERE job_id = 'old'").fetchone()[0]
         assert sql.enqueue(conn, "old", 0, "p:9100", {}, b"x") == old
+
+
+def test_a_cancel_of_a_delivery_being_sent_is_flagged_for_its_holder(pg_server):
+    uri = pg_server.new_database("cancel_sending")
+    with _connect(uri) as conn:
+        migrate(conn)
+        holder = sql.register(conn, "holder", 600)
+        other = sql.register(conn, "other", 600)
+        sql.enqueue(conn, "job-1", 0, "p:9100", {}, b"x")
+        [claimed] = sql.claim(conn, holder, 0.0, 10)
+        assert sql.cancel_queued(conn, "job-1", {}) == []
+        assert sql.cancels_asked(conn, holder) == []
+        assert sql.ask_cancel_sending(conn, "job-1") == 1
+        assert sql.cancels_asked(conn, holder) == ["job-1"] and sql.cancels_asked(conn, other) == []
+        assert sql.finish(conn, claimed, holder, False, {"outcome": "cancelled"})
+        assert sql.cancels_asked(conn, holder) == []  # finished: nothing left to cancel

@@ -353,3 +353,24 @@ def test_send_tcp_keys_its_cluster_delivery_by_run_and_apart_for_on_error():
     flow.run(job)
     assert asked == [("127.0.0.1:9100", 0, 2), ("127.0.0.1:9101", -1, 2), ("127.0.0.1:9101", -2, 2)]
     assert job.variables["action_index"] == "1" and job.on_error_index is None
+
+
+def test_the_holder_cancels_a_delivery_waiting_to_retry_when_asked():
+    """A cancel asked on another node (flagged in the database) ends the holder's back-off wait."""
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.python.failure import Failure
+
+    clock, lease_db, work_db, lease, pool, worker, me = _setup(ttl=30.0)
+    worker._claimed([_claimed_with(me)], me)
+    clock.advance(0)
+    host, port, factory, _, _ = clock.tcpClients[-1]
+    factory.clientConnectionFailed(clock.connectors[-1], Failure(ConnectionRefusedError()))
+    clock.advance(0)
+    assert list(worker.running) == [1]  # waiting to retry
+    worker.apply_cancels()
+    [(fn, d)] = [(fn, d) for fn, d in work_db.pending() if "apply_cancels" in fn.__qualname__]
+    d.callback(["job-1"])
+    clock.advance(0)
+    finishes = [fn for fn, _ in work_db.pending() if "_finish" in fn.__qualname__]
+    assert len(finishes) == 1
+    assert len(clock.tcpClients) == 1  # not tried again

@@ -244,6 +244,7 @@ class ClusterNode(Service):
         elif channel == sql.WORK_CHANNEL:
             self.worker.wake()
         elif channel == sql.REQUESTS_CHANNEL:
+            self.worker.apply_cancels()
             if self.sink is not None:
                 self.sink.poll_requests()
         else:  # (re)connected: catch up
@@ -283,6 +284,7 @@ class ClusterNode(Service):
                              n=len(requeued), ids=", ".join(f"{job_id} ({dest})" for _, job_id, dest in requeued))
                 yield self._adopt()
                 yield self.worker.requeue_orphans()
+                yield self.worker.apply_cancels()
             self.worker.wake()
             yield self.deliveries.poll()
             self.counts = yield self.work_db.run(sql.counts)

@@ -145,10 +145,12 @@ class ClusterDeliveries:
         stored = encode_result(DeliveryResult(CANCELLED, "", message="cancelled by an operator while queued"))
         d = self.run(lambda conn: sql.cancel_queued(conn, job_id, stored))
 
-        def cancelled(ids: list[int]) -> bool:
+        def cancelled(ids: list[int]) -> Any:
             if ids:
                 self.poll(ids)
-            return bool(ids)
+                return True
+            # Being sent by a node (maybe another): its holder is asked (L{DeliveryWorker.apply_cancels}).
+            return self.run(lambda conn: sql.ask_cancel_sending(conn, job_id)).addCallback(lambda n: False)
 
         return d.addCallback(cancelled)
 
@@ -321,6 +323,27 @@ class DeliveryWorker:
 
         attempt(first=True)
         return done
+
+    def apply_cancels(self) -> Deferred | None:
+        """
+        Operators' cancels of deliveries this node sends (asked on any node,
+        L{sql.ask_cancel_sending}): ended here as a local cancel ends them
+        (a back-off wait or a pause ends C{cancelled}; an attempt in
+        progress completes).  On each C{rawsvc_requests} NOTIFY and round.
+        """
+        me = self.lease.incarnation
+        if self.stopped or me is None or not self.running:
+            return None
+        d = self.run(lambda conn: sql.cancels_asked(conn, me))
+
+        def apply(job_ids: list[str]) -> None:
+            for job_id in job_ids:
+                if self.pool.cancel(job_id):
+                    log.info("cluster: delivery of job {job_id} cancelled as asked", job_id=job_id)
+
+        d.addCallbacks(apply, lambda f: log.warn("cluster: cannot read cancels asked: {error}",
+                                                 error=f.getErrorMessage()))
+        return d
 
     def requeue_orphans(self) -> Deferred | None:
         """

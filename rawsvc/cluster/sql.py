@@ -274,6 +274,28 @@ def cancel_queued(conn: Any, job_id: str, result: dict[str, Any]) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def ask_cancel_sending(conn: Any, job_id: str) -> int:
+    """
+    An operator's cancel of C{job_id}'s delivery that a node is sending:
+    flag it for its holder (a C{rawsvc_requests} NOTIFY wakes the nodes);
+    how many were flagged.
+    """
+    with conn.transaction():
+        cur = conn.execute("UPDATE rawsvc_deliveries SET cancel_asked = true WHERE job_id = %s AND state = 'sending'",
+                           (job_id,))
+        flagged = int(cur.rowcount or 0)
+        if flagged:
+            conn.execute("SELECT pg_notify(%s, %s)", (REQUESTS_CHANNEL, ""))
+    return flagged
+
+
+def cancels_asked(conn: Any, me: uuid.UUID) -> list[str]:
+    """The job ids of the deliveries this incarnation sends whose cancel an operator asked."""
+    rows = conn.execute("SELECT job_id FROM rawsvc_deliveries WHERE holder = %s AND state = 'sending' AND cancel_asked",
+                        (me,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def results(conn: Any, ids: Iterable[int]) -> dict[int, tuple[str, dict[str, Any]]]:
     """The finished ones of deliveries C{ids}: id -> (state, result)."""
     rows = conn.execute("SELECT id, state, result FROM rawsvc_deliveries WHERE id = ANY(%s)"

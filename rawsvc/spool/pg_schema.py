@@ -122,12 +122,14 @@ CREATE INDEX rawsvc_nodes_alive ON rawsvc_nodes (lease_until) WHERE state = 'ali
 """
 
 #: Version 3: a job's C{run} (bumped by each operator retry or reprint) is part of its deliveries'
-#: key, so that running a job again sends again, while a resumed or adopted run finds its rows.
+#: key, so that running a job again sends again, while a resumed or adopted run finds its rows;
+#: C{cancel_asked}: an operator's cancel of a delivery another node is sending, for its holder.
 _V3 = """
 ALTER TABLE rawsvc_jobs ADD COLUMN run integer NOT NULL DEFAULT 0;
 ALTER TABLE rawsvc_deliveries ADD COLUMN run integer NOT NULL DEFAULT 0;
 ALTER TABLE rawsvc_deliveries DROP CONSTRAINT rawsvc_deliveries_job_id_action_index_key;
 ALTER TABLE rawsvc_deliveries ADD CONSTRAINT rawsvc_deliveries_job_run_action_key UNIQUE (job_id, run, action_index);
+ALTER TABLE rawsvc_deliveries ADD COLUMN cancel_asked boolean NOT NULL DEFAULT false;
 """
 
 #: Version N is reached by running C{MIGRATIONS[N - 1]}.
