@@ -159,15 +159,18 @@ class DestinationPool(PoolDelivery, Service):
     def abort_all(self) -> int:
         """
         Cut every delivery of this process now (cluster mode's self-fence):
-        back-off waits end C{stopped}, connected attempts are aborted
-        (C{abortConnection}); the connections aborted.
+        back-off waits and waits for a paused destination's resume end
+        C{stopped}, connected attempts are aborted (C{abortConnection});
+        the connections aborted.
         """
         aborted = 0
         for q in self._queues.values():
-            q.end_wait(_Stopping())
             current = q.current
             if current is not None:
                 current.abandoned = True
+            q.end_wait(_Stopping())
+            q.end_pause(STOPPED)
+            if current is not None:
                 if current.transport is not None:
                     current.transport.abortConnection()
                     aborted += 1
@@ -331,6 +334,8 @@ class DestinationPool(PoolDelivery, Service):
                     break
                 if q.paused is not None:  # an operator paused it: wait (behind it, the queue waits too)
                     ended = yield q.until_resumed()
+                    if delivery.abandoned:
+                        continue  # fenced meanwhile (L{abort_all}): the check above ends it
                     if ended is not None:
                         why = "cancelled by an operator" if ended == CANCELLED else "service stopping"
                         result = DeliveryResult(ended, key, delivery.attempt, message=f"{why} while {key} was paused")
