@@ -101,6 +101,12 @@ class DestinationQueue:
         self._end_pause(None)
         return True
 
+    @property
+    def unused(self) -> bool:
+        """Nothing ever tried, running or waiting here (a queue only a pause made)."""
+        return (self.attempts == 0 and self.current is None and not self.turns and not self.lock.locked
+                and self._resumed is None and self.paused is None)
+
     def until_resumed(self) -> Deferred[str | None]:
         """Fires with None once resumed, or with the outcome that ended the wait (L{end_pause})."""
         self._resumed = Deferred()
