@@ -294,3 +294,23 @@ def test_a_pause_spelled_differently_pauses_the_live_queue_and_one_of_nothing_is
         pool.pause("127.0.0.1", "op")
     pool.stopService()
     clock.advance(0)
+
+
+def test_two_thousand_destination_queues_cost_little_memory():
+    """A queue's jobs-per-minute ring is a few compact counters, not a day of per-minute lists."""
+    import time
+    import tracemalloc
+
+    from rawsvc.client.queues import DestinationQueue
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queues = [DestinationQueue(f"10.0.{i // 250}.{i % 250}:9100") for i in range(2000)]
+        for q in queues:
+            q.rate.add(True, time.time())
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used < 8_000_000, used  # a day of per-minute lists each: ~100 MB
+    assert queues[0].status()["jobs_per_minute"] == 0.2
