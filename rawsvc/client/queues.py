@@ -104,8 +104,8 @@ class DestinationQueue:
     @property
     def unused(self) -> bool:
         """Nothing ever tried, running or waiting here (a queue only a pause made)."""
-        return (self.attempts == 0 and self.current is None and not self.turns and not self.lock.locked
-                and self._resumed is None and self.paused is None)
+        return (self.attempts == 0 and not self.last_outcome and self.current is None and not self.turns
+                and not self.lock.locked and self._resumed is None and self.paused is None)
 
     def until_resumed(self) -> Deferred[str | None]:
         """Fires with None once resumed, or with the outcome that ended the wait (L{end_pause})."""
