@@ -40,6 +40,7 @@ from rawsvc.interfaces import (
     IAction, IDeliveryReport, IDestinationPool, IHoldStore, IJobControl, IJobSink, IJobStore, ITrigger,
 )
 from rawsvc.job import Job
+from rawsvc.spool.model import SpoolError
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
 from rawsvc.wiring import counters_of, tell_recovered
@@ -126,6 +127,8 @@ class SpoolSink(Dispatcher, SpoolOperations):
         #: The destination pool, when the config has one (cancel and retry reach into its queues).
         self.pool = pool
         self._again: set[str] = set()
+        #: job_id -> the Deferred of L{submit_stored}, fired once the job is stored or refused.
+        self._on_stored: dict[str, Deferred] = {}
 
     def counters_for(self, trigger: str) -> TriggerCounters | None:
         """The counters of a stored job's trigger (a resumed job counts there)."""
@@ -156,8 +159,29 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._in_flight.add(d)
         return d.addCallbacks(self._stored, self._not_stored, (job, flow_name, counters, d), None, (job, counters, d))
 
+    def submit_stored(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> tuple[Deferred, Deferred]:
+        """
+        L{submit} C{job}; and a Deferred that fires with C{job} once it is
+        stored (before its flow runs), or fails with L{SpoolError} when the
+        spool refused it.  The second Deferred is L{submit}'s: the job once
+        its flow ended.
+        """
+        stored: Deferred = Deferred()
+        self._on_stored[job.job_id] = stored
+        finished = self.submit(job, flow_name, counters)
+        return stored, finished
+
+    def _tell_stored(self, job: Job, refused: str | None = None) -> None:
+        d = self._on_stored.pop(job.job_id, None)
+        if d is not None:
+            if refused is None:
+                d.callback(job)
+            else:
+                d.errback(SpoolError(refused))
+
     def _stored(self, path: str | None, job: Job, flow_name: str, counters: TriggerCounters | None, d: Deferred) -> Deferred:
         self._in_flight.discard(d)
+        self._tell_stored(job)
         self.last_refusal = None  # jobs are stored again
         self.rates.acked(time.time() - job.received_at)  # the sender may be acknowledged now
         if path is not None:
@@ -184,6 +208,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
                   trigger=job.trigger, error=job.error)
         job.payload.discard()
         self.history.append(job)
+        self._tell_stored(job, error)
         return job
 
     def _run(self, job: Job, flow_name: str, counters: TriggerCounters | None, start_at: int, fresh: bool = False) -> Deferred:
