@@ -73,6 +73,7 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
             node = ClusterNode(context.reactor, opts.spool, store, context.destinations, spool,
                                context.cluster_options, os.path.join(context.state_dir, PG_PAYLOADS))
             context.cluster = node
+            spool.service.wakeups = None  # the node's listener already wakes the requests' poll
             context.services.append(node)  # stops after the spool: deliveries go on during its grace
         sink = spool
     else:
