@@ -122,6 +122,9 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._held: dict[str, Deferred] = {}
         self._polling = False
         self.closed = False
+        #: Cluster mode: this node's delivery worker also carries out deliveries of
+        #: jobs whose flows run on other nodes; their waits are written to the shared store.
+        self.shared_deliveries = False
         #: (when, why) of the last job refused since the last one stored; /healthz reads it.
         self.last_refusal: tuple[float, str] | None = None
         #: The destination pool, when the config has one (cancel and retry reach into its queues).
@@ -221,14 +224,18 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> bool:
         marked = Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
-        if marked and not self.closed:
+        if (marked or self._remote(job_id)) and not self.closed:
             self.store.waiting(job_id, attempt, error, next_try)
         return marked
+
+    def _remote(self, job_id: str) -> bool:
+        """A job another node runs, whose delivery this node carries out (cluster mode)."""
+        return self.shared_deliveries and job_id not in self.running
 
     def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> bool:
         # Unfinished in the spool: a restart resumes it.  A store without holds keeps it waiting.
         marked = Dispatcher.delivery_held(self, job_id, destination, attempt, reason, next_try)
-        if marked and not self.closed:
+        if (marked or self._remote(job_id)) and not self.closed:
             if IHoldStore.providedBy(self.store):
                 self.store.held(job_id, attempt, reason, next_try)
             else:
@@ -236,7 +243,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         return marked
 
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
-        was_waiting = job_id in self.waiting
+        was_waiting = job_id in self.waiting or self._remote(job_id)  # remote: the store's update is conditional
         Dispatcher.delivery_retrying(self, job_id, destination, attempt)
         if was_waiting and not self.closed:
             self.store.waiting(job_id, attempt, None, None)
