@@ -55,6 +55,7 @@ from rawsvc.console.source import JobQuery, NoSuchJob
 from rawsvc.interfaces import IDestinationControl, IJobControl, IJobRates
 from rawsvc.job import Job, Payload
 from rawsvc.spool.model import SpoolError
+from rawsvc.spool.sink import SpoolSink
 from rawsvc.spool.pg_control import job_control
 from rawsvc.wiring import REPRINT_FLOW
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
@@ -241,7 +242,7 @@ class Console:
         if pool is None or not pool.allow.may_allow(dest):
             raise ApiError(400, f"destination {dest} is not in allowed_destinations: choose an allowed one")
         spooled = IJobControl.providedBy(sink)  # the spool sink: its flows include REPRINT_FLOW
-        if (not spooled or REPRINT_FLOW not in sink.flows or not hasattr(sink, "submit_stored")
+        if (not spooled or REPRINT_FLOW not in sink.flows or not isinstance(sink, SpoolSink)
                 or not hasattr(self.jobs, "payload_into")):
             raise ApiError(409, "reprint to a destination needs the spool's payloads")
         # The payload is copied on the reader's thread a chunk at a time into
