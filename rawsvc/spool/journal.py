@@ -14,8 +14,8 @@ does not match (a torn tail: the write was under way when the process
 died) ends the journal: it was never acknowledged.  Once the index is on
 disk (a checkpoint, then the WAL fdatasynced), the journal is emptied.
 
-The file is filled with zeros ahead of the records (L{SPACE}, as far as
-the disk allows): an fdatasync of a write into blocks the file already has
+The file is filled with zeros ahead of the records (up to L{SPACE}, as
+far as the disk allows): an fdatasync of a write into blocks the file already has
 need not commit the file system's metadata, which an append does (on ext4
 here 0.11 ms against 0.16-0.22 ms at the median, 0.4 against 0.7-1.7 ms at
 p99).  So the end of the records is the first record that does not read
@@ -24,15 +24,17 @@ back whole or whose sequence number does not follow its predecessor's
 index); emptying the journal zeroes its first header and starts over at 0.
 
 A record: C{magic, crc32, seq, meta length, blobs length} (little endian),
-then the metadata (JSON: the insert rows with each payload blob replaced by
-its length, and the final-state rows), then the blobs.  The CRC covers
+then the metadata (C{marshal} format 4, ten times faster than JSON for a
+batch of 2,000 rows and read by every Python 3 since 3.4: the insert rows
+with each payload blob replaced by its length, and the final-state rows,
+whose variables are a dict where the index row keeps its own), then the blobs.  The CRC covers
 everything after it.
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import marshal
 import os
 import sqlite3
 import struct
@@ -51,8 +53,12 @@ BLOB, PATH = 12, 13
 IOV_MAX = 1024
 #: Journal bytes after which the index is checkpointed and the journal emptied.
 ROTATE_BYTES = 8 << 20
-#: Bytes of zeros the journal is given ahead (a record past them is appended).
+#: Bytes of zeros the journal is given ahead at most (a record past them is
+#: appended), in steps of L{SPACE_STEP}: one at open, the next when the
+#: records come within half a step of the end (after a batch is answered).
 SPACE = ROTATE_BYTES + (1 << 20)
+SPACE_STEP = 1 << 20
+ROOM = 64
 _ZEROS = bytes(1 << 20)
 
 
@@ -64,7 +70,7 @@ def encode(seq: int, inserts: list[tuple], finals: list[tuple]) -> list[bytes]:
     """One record's buffers, for one writev."""
     blobs = [row[BLOB] for row in inserts if row[BLOB] is not None]
     rows = [row[:BLOB] + (None if row[BLOB] is None else len(row[BLOB]),) + row[BLOB + 1:] for row in inserts]
-    meta = json.dumps({"i": rows, "f": finals}, separators=(",", ":")).encode()
+    meta = marshal.dumps((rows, finals), 4)
     total = sum(len(b) for b in blobs)
     covered = _COVERED.pack(seq, len(meta), total)
     crc = zlib.crc32(covered)
@@ -107,16 +113,17 @@ def read(path: str) -> tuple[list[Record], int]:
         if zlib.crc32(body, zlib.crc32(_COVERED.pack(seq, meta_len, total))) != crc:
             break
         try:
-            meta = json.loads(bytes(body[:meta_len]))
+            rows, final_rows = marshal.loads(body[:meta_len])
             blob_at = meta_len
             inserts = []
-            for row in meta["i"]:
+            for row in rows:
                 n = row[BLOB]
                 blob = None if n is None else bytes(body[blob_at:blob_at + n])
                 blob_at += n or 0
                 inserts.append(tuple(row[:BLOB]) + (blob,) + tuple(row[BLOB + 1:]))
-            finals = [tuple(row) for row in meta["f"]]
-        except (ValueError, KeyError, TypeError, IndexError):
+            finals = [row[:4] + (records.whole_variables(row[4]) if isinstance(row[4], dict) else row[4],) + row[5:]
+                      for row in final_rows]
+        except (ValueError, EOFError, KeyError, TypeError, IndexError):
             break
         out.append(Record(seq, inserts, finals))
         at = end
@@ -224,7 +231,7 @@ class Journal:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.fchmod(self.fd, 0o600)
-            self.space = self._zeros(os.fstat(self.fd).st_size)
+            self.space = self._zeros(os.fstat(self.fd).st_size, SPACE_STEP)
             if created:
                 dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -243,14 +250,28 @@ class Journal:
         #: Why the journal cannot take records any more (a failed write could not be undone).
         self.broken: str | None = None
 
-    def _zeros(self, have: int) -> int:
-        """Zeros up to L{SPACE} past C{have} bytes, fdatasynced; on a full disk, what fits."""
-        if have >= SPACE:
+    def wants_space(self) -> bool:
+        return self.space < SPACE and self.space - self.size < SPACE_STEP // 2
+
+    def grow(self) -> None:
+        """One more L{SPACE_STEP} of zeros ahead (as far as the disk allows)."""
+        self.space = self._zeros(max(self.space, os.fstat(self.fd).st_size), min(SPACE, self.space + SPACE_STEP))
+
+    def _zeros(self, have: int, upto: int) -> int:
+        """
+        Zeros from C{have} bytes up to C{upto}, fdatasynced; C{have} on a
+        disk that is full, or would have less than L{ROOM} times as much
+        left (the last space goes to jobs, not to zeros).
+        """
+        if have >= upto:
+            return have
+        st = os.fstatvfs(self.fd)
+        if st.f_bavail * st.f_frsize < ROOM * (upto - have):
             return have
         try:
             at = have
-            while at < SPACE:
-                at += os.pwrite(self.fd, _ZEROS[:SPACE - at], at)
+            while at < upto:
+                at += os.pwrite(self.fd, _ZEROS[:upto - at], at)
             os.fdatasync(self.fd)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -258,7 +279,7 @@ class Journal:
             os.ftruncate(self.fd, have)  # no space ahead: records are appended
             os.fdatasync(self.fd)
             return have
-        return SPACE
+        return upto
 
     def append(self, buffers: list[bytes], sync: bool = True) -> None:
         """

@@ -186,8 +186,11 @@ class Writer:
                 results = [(op.deferred, False, spool_error(e)) for op in ops]
             if results:
                 self.reactor.callFromThread(deliver, results)
-            if self.journal is not None and self.journal.size >= journal.ROTATE_BYTES:
-                self._empty_journal()
+            if self.journal is not None:
+                if self.journal.size >= journal.ROTATE_BYTES:
+                    self._empty_journal()
+                elif self.journal.wants_space():
+                    self._grow_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
@@ -288,7 +291,7 @@ class Writer:
             conn.execute("COMMIT")
             self.batches += 1
             self.commits_full += sync == "FULL" or cut_to is not None
-        except (sqlite3.Error, OSError) as e:
+        except Exception as e:  # the transaction is rolled back, whatever failed
             self._note_damage(e)
             error = spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
@@ -309,6 +312,13 @@ class Writer:
         except OSError as e:
             log.error("spool: the journal's fdatasync failed ({error}): final states of the last jobs may be "
                       "lost at a power loss (those jobs then run again)", error=describe(e))
+
+    def _grow_journal(self) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.grow()
+        except OSError as e:
+            log.warn("spool: cannot give the journal more space ahead: {error}", error=describe(e))
 
     def _empty_journal(self) -> None:
         """(Writer thread) the index made durable, then the journal emptied."""
@@ -429,9 +439,10 @@ class Writer:
         journaled_inserts, journaled_finals = self._rows
         journaled_inserts.extend(inserts)
         for row, (_, _, _, variables, _, _, _) in zip(final_rows, finals.values()):
-            if row[4] is None:  # unchanged since the last write, which the journal may not hold: whole
-                row = row[:4] + (records.whole_variables(variables),) + row[5:]
-            journaled_finals.append(row)
+            # Plain values for marshal (a state is a StrEnum); variables unchanged since the
+            # last write (None in the index row), which the journal may not hold: whole.
+            journaled_finals.append((row[0], str(row[1]), None if row[2] is None else str(row[2]), row[3],
+                                     dict(variables) if row[4] is None else row[4]) + row[5:])
 
     def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
         """The payload as a blob, or (larger) in its own file, fsynced."""
