@@ -121,13 +121,17 @@ def read(path: str) -> tuple[list[Record], int]:
                 blob = None if n is None else bytes(body[blob_at:blob_at + n])
                 blob_at += n or 0
                 inserts.append(tuple(row[:BLOB]) + (blob,) + tuple(row[BLOB + 1:]))
-            finals = [row[:4] + (records.whole_variables(row[4]) if isinstance(row[4], dict) else row[4],) + row[5:]
-                      for row in final_rows]
+            finals = [index_final(row) for row in final_rows]
         except (ValueError, EOFError, KeyError, TypeError, IndexError):
             break
         out.append(Record(seq, inserts, finals))
         at = end
     return out, _torn(data, at)
+
+
+def index_final(row: tuple) -> tuple:
+    """A journaled final-state row as the index takes it (whole variables, where the record has a dict)."""
+    return row[:4] + (records.whole_variables(row[4]) if isinstance(row[4], dict) else row[4],) + tuple(row[5:])
 
 
 def _torn(data: bytes, at: int) -> int:
