@@ -58,8 +58,9 @@ RETRY_INTERVAL = 1.0
 LAZY_SYNC = 0.005
 
 #: Test only (the kill-between-writes test): the writer SIGKILLs its own
-#: process right after the journal fdatasync of this many batches, before
-#: their SQLite commit.  Read once, when a writer is made; unset in service.
+#: process after the journal fdatasync of this many batches (at the first
+#: with new jobs from then on) and its acknowledgements (L{KILL_DELAY}),
+#: before their SQLite commit.  Read once, when a writer is made; unset in service.
 KILL_AFTER_JOURNAL_ENV = "RAWSVC_TEST_KILL_AFTER_JOURNAL"
 
 #: Seconds the kill hook waits before the kill, for the reactor to send the acknowledgements.
@@ -404,7 +405,7 @@ class Writer:
                     self._results.append((op.deferred, True, values[i]))
         self._results.extend(refused.values())
         self._hand_back()
-        if self._kill_after and log_file.records >= self._kill_after:
+        if self._kill_after and inserts and log_file.records >= self._kill_after:
             time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
             os.kill(os.getpid(), 9)
         record = journal.Record(seq, inserts, [journal.index_final(row) for row in finals])
