@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -155,6 +156,8 @@ def test_a_kill_between_the_journal_write_and_the_index_commit_loses_no_acknowle
         last = records[-1]  # written and fdatasynced, never committed to the index
         # Acknowledged at the record's fdatasync: the clients had their OK before the kill.
         assert last.inserts and {row[0] for row in last.inserts} <= acked_before
+        lacking = _lacking(state_dir)  # the index lags behind the journal (INDEX_DELAY): one record or more
+        assert lacking[-1].seq == last.seq
         service = start_twistd(config, str(log_path))
         for c in clients:
             c.join(70)
@@ -167,18 +170,19 @@ def test_a_kill_between_the_journal_write_and_the_index_commit_loses_no_acknowle
             printer.stopped = True
             printer.join(5)
         text = log_path.read_text()
-        m = re.search(r"spool: 1 journal record\(s\) \((\d+) new job\(s\)\) written into the index", text)
+        m = re.search(r"spool: (\d+) journal record\(s\) \((\d+) new job\(s\)\) written into the index", text)
         assert m, text[-3000:]
-        assert int(m.group(1)) == len(last.inserts)
+        assert (int(m.group(1)), int(m.group(2))) == (len(lacking), sum(len(r.inserts) for r in lacking))
         ids = {job_id for c in clients for job_id in c.acked.values()}
         wait_for(lambda: all(j["state"] == "done" for j in jobs_json(state_dir)), 20, "every job done")
         listed = {j["job_id"]: j for j in jobs_json(state_dir)}
         assert ids <= set(listed)
-        # The jobs and final states of the record the index lacked are in it now.
-        for row in last.inserts:
-            assert row[0] in listed
-        for row in last.finals:
-            assert listed[row[0]]["state"] == row[1] == "done"
+        # The jobs and final states of the records the index lacked are in it now.
+        for record in lacking:
+            for row in record.inserts:
+                assert row[0] in listed
+            for row in record.finals:
+                assert listed[row[0]]["state"] == row[1] == "done"
     finally:
         printer.stopped = True
         _stop(service)
@@ -213,11 +217,13 @@ def test_a_torn_record_at_the_journal_tail_is_ignored_and_the_good_ones_replayed
             f.seek(end)
             f.write(torn_record[:len(torn_record) // 2])
         assert journal.read(path)[1] == len(torn_record) // 2
+        lacking = _lacking(state_dir)
         service = start_twistd(config, str(log_path))
         wait_for(lambda: "ignored the journal's last" in log_path.read_text(), 30, "the torn tail noticed")
         text = log_path.read_text()
         assert f"ignored the journal's last {len(torn_record) // 2} byte(s)" in text
-        assert "spool: 1 journal record(s) (1 new job(s)) written into the index" in text
+        assert (f"spool: {len(lacking)} journal record(s) ({sum(len(r.inserts) for r in lacking)} new job(s)) "
+                "written into the index") in text
         listed = {j["job_id"] for j in jobs_json(state_dir)}
         assert "torn-job" not in listed
         assert {row[0] for r in records for row in r.inserts} <= listed
@@ -249,20 +255,31 @@ def test_check_reports_and_salvage_keeps_the_journal_records_the_database_lacks(
     (job_id,) = [row[0] for row in last.inserts]  # not in the index: the kill came first
     assert job_id in client.acked.values()  # acknowledged at the record's fdatasync, before the kill
 
+    lacking = _lacking(state_dir)
+    n, jobs = len(lacking), sum(len(r.inserts) for r in lacking)
     out = rawsvc("spool", "check", "--state-dir", state_dir)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert b"1 journal record(s) (1 new job(s)) are not in the database yet" in out.stdout
+    assert f"{n} journal record(s) ({jobs} new job(s)) are not in the database yet".encode() in out.stdout
     assert job_id not in {j["job_id"] for j in jobs_json(state_dir)}
 
     target = str(tmp_path / "salvaged")
     out = rawsvc("spool", "salvage", "--state-dir", state_dir, "--to", target)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert b"1 journal record(s) the database lacked are in the saved one" in out.stdout
+    assert f"{n} journal record(s) the database lacked are in the saved one".encode() in out.stdout
     saved = {j["job_id"]: j for j in jobs_json(target)}
     assert job_id in saved and saved[job_id]["state"] == "running"
     assert set(client.acked.values()) <= set(saved)
     out = rawsvc("spool", "check", "--state-dir", target)
     assert out.returncode == 0 and b"journal" not in out.stdout, out.stdout
+
+
+def _lacking(state_dir: str) -> list[journal.Record]:
+    """The journal's records the index lacks (the service is down)."""
+    conn = sqlite3.connect(f"file:{state_dir}/spool.db?mode=ro", uri=True)
+    try:
+        return journal.pending(conn, journal.journal_path(state_dir))[0]
+    finally:
+        conn.close()
 
 
 def _job(data: bytes) -> Job:

@@ -63,6 +63,11 @@ LAZY_SYNC = 0.005
 #: before their SQLite commit.  Read once, when a writer is made; unset in service.
 KILL_AFTER_JOURNAL_ENV = "RAWSVC_TEST_KILL_AFTER_JOURNAL"
 
+#: Seconds the index may lag behind the journal (new jobs, progress and final
+#: states alone; any read or other write first writes it): one transaction
+#: for the rows of as many groups.
+INDEX_DELAY = 0.05
+
 #: Seconds the kill hook waits before the kill, for the reactor to send the acknowledgements.
 KILL_DELAY = 0.5
 
@@ -103,6 +108,12 @@ class Writer:
         #: The batch's results not yet handed back (see L{_hand_back}).
         self._results: Results = []
         self._handed: list[Results] = []
+        #: Rows acknowledged at the journal, not yet in the index: (runs of rows, journal seq or None, record),
+        #: how many writes they are, the new jobs' ids; written by L{_write_index} from C{_index_due} on.
+        self._index_rows: list[tuple[list[tuple], int | None, journal.Record]] = []
+        self._index_count = 0
+        self._index_ids: set[str] = set()
+        self._index_due = 0.0
         self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
@@ -162,6 +173,7 @@ class Writer:
         self.journal = log_file
         self.journal_seq = seq
         self._unapplied = []  # the open replayed the journal
+        self._index_rows, self._index_count, self._index_ids = [], 0, set()
 
     # The thread -------------------------------------------------------------
 
@@ -169,17 +181,16 @@ class Writer:
         stopping: Deferred | None = None
         while stopping is None:
             try:
-                if self.journal is not None and self.journal.unsynced:
-                    item = self._queue.get(timeout=LAZY_SYNC)
-                else:
-                    waiting = self._retry or self._unapplied
-                    item = self._queue.get(timeout=RETRY_INTERVAL) if waiting else self._queue.get()
+                timeout = self._timeout()
+                item = self._queue.get() if timeout is None else self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = []
                 if self.journal is not None and self.journal.unsynced:
                     self._sync_journal()
-                    if not (self._retry or self._unapplied):
-                        continue
+                if self._index_rows and time.monotonic() >= self._index_due:
+                    self._write_index()
+                if not (self._retry or self._unapplied):
+                    continue
             if self._unapplied:
                 self._apply_unapplied()
             ops, self._retry = self._retry, []  # final states not yet written go first, in order
@@ -207,14 +218,18 @@ class Writer:
             self._results = []
             if results:
                 self.reactor.callFromThread(deliver, results)
+            if self._index_rows and (self._index_count >= MAX_BATCH or time.monotonic() >= self._index_due):
+                self._write_index()
             if self.journal is not None:
                 if self.journal.size >= journal.ROTATE_BYTES:
+                    self._write_index()
                     self._empty_journal()
                 elif self.journal.wants_space():
                     self._grow_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
+        self._write_index()
         if self._unapplied and not self._apply_unapplied():
             log.error("spool: {n} journal record(s) still not in the index ({error}); the next start writes them "
                       "into it", n=len(self._unapplied), error=self._unapplied_error)
@@ -243,12 +258,24 @@ class Writer:
                  full=self.commits_full)
         self.reactor.callFromThread(stopping.callback, None)
 
+    def _timeout(self) -> float | None:
+        """Seconds to wait for writes before the next thing due (None: nothing is)."""
+        due: list[float] = []
+        if self.journal is not None and self.journal.unsynced:
+            due.append(LAZY_SYNC)
+        if self._index_rows:
+            due.append(max(0.0, self._index_due - time.monotonic()))
+        if self._retry or self._unapplied:
+            due.append(RETRY_INTERVAL)
+        return min(due) if due else None
+
     def _run_batch(self, ops: list[Op]) -> None:
         """The batch's writes, their results into C{self._results} (those not handed back yet)."""
         group: list[Op] = []
         for op in ops:
             if op.raw:
                 done = self._run_group(group)
+                self._write_index()  # a flush, an open: after the index holds every write before it
                 self._results.extend(done)  # after the group: it may have handed the list back
                 group = []
                 try:
@@ -275,12 +302,15 @@ class Writer:
         if conn is None:
             e = SpoolError(self.error or "not open")
             return [(op.deferred, False, e) for op in ops]
+        log_file = self.journal
+        rows_only = log_file is not None and all(op.kind is not None for op in ops)
+        if not rows_only:
+            self._write_index()  # a read, any other write: after the rows before it
         if self._unapplied:  # the index cannot take writes: refused (see _apply_unapplied)
             return self._lost(ops, SpoolError(self._unapplied_error))
         self._rows = ([], [])
-        log_file = self.journal
-        if log_file is not None and any(op.kind == ADD or op.kind == FINISH for op in ops):
-            return self._ack_at_journal(conn, ops, log_file)
+        if log_file is not None and (rows_only or any(op.kind == ADD or op.kind == FINISH for op in ops)):
+            return self._ack_at_journal(conn, ops, log_file, rows_only)
         return self._commit_group(conn, ops, log_file)
 
     def _commit_group(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal | None) -> Results:
@@ -346,14 +376,17 @@ class Writer:
             return self._fail_group(ops, error)
         return out
 
-    def _ack_at_journal(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal) -> Results:
+    def _ack_at_journal(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal,
+                        rows_only: bool) -> Results:
         """
         New jobs and final states acknowledged at their journal record's
         fdatasync (the batch's results so far handed back with them, one
         C{callFromThread}); the SQLite index is written behind, in the same
-        order.  Should the index commit fail (a full disk), the record stays
-        in the journal and in L{_unapplied}, written into the index before
-        any later write; the group's other writes fail.
+        order: at once when the group has other writes, else (C{rows_only})
+        with the rows of the next groups, in one transaction (L{INDEX_DELAY},
+        L{_write_index}).  Should the index commit fail (a full disk), the
+        record stays in the journal and in L{_unapplied}, written into the
+        index before any later write; the group's other writes fail.
         """
         refused = self._stored_twice(conn, ops)
         if refused:
@@ -386,9 +419,10 @@ class Writer:
         inserts, finals = self._rows
         seq = self.journal_seq + 1
         try:
-            # Someone waits for it (a new job): fdatasynced now; else soon (LAZY_SYNC).
-            log_file.append(journal.encode(seq, inserts, finals),
-                            sync=bool(inserts) or any(op.deferred is not None for op in ops))
+            if inserts or finals:
+                # Someone waits for it (a new job): fdatasynced now; else soon (LAZY_SYNC).
+                log_file.append(journal.encode(seq, inserts, finals),
+                                sync=bool(inserts) or any(op.deferred is not None for op in ops))
         except OSError as e:
             if log_file.broken and not self.error:
                 self.error = f"{log_file.broken}; new jobs are refused: restart the service"
@@ -396,9 +430,10 @@ class Writer:
             error = spool_error(e)
             log.error("spool: journal write of {n} write(s) failed: {error}", n=len(ops), error=error)
             return [*refused.values(), *self._fail_group(ops, error)]
-        self.journal_seq = seq
+        if inserts or finals:
+            self.journal_seq = seq
         for i, op in enumerate(ops):
-            if op.kind == ADD or op.kind == FINISH:
+            if op.kind == ADD or op.kind == FINISH or rows_only:  # progress: in order before any read
                 op.acked = True
                 op.undo = None  # named by the record: kept
                 if op.deferred is not None:
@@ -409,6 +444,14 @@ class Writer:
             time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
             os.kill(os.getpid(), 9)
         record = journal.Record(seq, inserts, [journal.index_final(row) for row in finals])
+        if rows_only:
+            if not self._index_rows:
+                self._index_due = time.monotonic() + INDEX_DELAY
+            self._index_rows.append(([rows for _, rows in items if rows is not None],
+                                     seq if inserts or finals else None, record))
+            self._index_count += len(ops)
+            self._index_ids.update(row[0] for row in inserts)
+            return []
         sync = "FULL" if any(op.durable and op.kind is None for op in ops) else "NORMAL"
         try:
             if sync != self._synchronous:
@@ -423,7 +466,8 @@ class Writer:
                     conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 out = self._apply_items(conn, ops, items, values, True)
-            journal.set_seq(conn, seq)
+            if inserts or finals:
+                journal.set_seq(conn, seq)
             conn.execute("COMMIT")
         except Exception as e:
             self._note_damage(e)
@@ -438,12 +482,56 @@ class Writer:
                 log.error("spool: the index commit of {n} write(s) failed ({error}); their journal record is "
                           "kept and written into the index every {s:g} s until it can be; until then other "
                           "writes are refused", n=len(ops), error=error, s=RETRY_INTERVAL)
-            self._unapplied.append(record)
+            if inserts or finals:
+                self._unapplied.append(record)
             self._unapplied_error = f"the spool's index cannot be written: {error}"
             return [(op.deferred, False, error) for op in ops if not op.acked]
         self.batches += 1
         self.commits_full += 1
         return out
+
+    def _write_index(self) -> None:
+        """
+        (Writer thread) The rows acknowledged at the journal and not yet in
+        the index, written into it in one transaction; should it fail, their
+        records go to L{_unapplied}.
+        """
+        pending, self._index_rows = self._index_rows, []
+        self._index_count = 0
+        self._index_ids = set()
+        conn = self.conn
+        if not pending or conn is None:
+            return
+        seqs = [seq for _, seq, _ in pending if seq is not None]
+        try:
+            if self._synchronous != "NORMAL":
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._synchronous = "NORMAL"
+            conn.execute("BEGIN IMMEDIATE")
+            for runs, _, _ in pending:
+                for rows in runs:
+                    records.write_rows(conn, *rows)
+            if seqs:
+                journal.set_seq(conn, seqs[-1])
+            conn.execute("COMMIT")
+        except Exception as e:
+            self._note_damage(e)
+            error = spool_error(e)
+            self.variables.forget()
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not self._unapplied:
+                log.error("spool: the index commit of {n} journal record(s) failed ({error}); they are kept in "
+                          "the journal and written into the index every {s:g} s until they can be; until then "
+                          "other writes are refused", n=len(seqs), error=error, s=RETRY_INTERVAL)
+            self._unapplied.extend(record for _, seq, record in pending if seq is not None)
+            self._unapplied_error = f"the spool's index cannot be written: {error}"
+            return
+        self.batches += 1
+        self.commits_full += 1
 
     def _stored_twice(self, conn: sqlite3.Connection, ops: list[Op]) -> dict[Op, tuple[Any, bool, Any]]:
         """
@@ -459,6 +547,7 @@ class Writer:
             chunk = ids[start:start + 900]
             sql = f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * len(chunk))})"
             held.update(row[0] for row in conn.execute(sql, chunk))
+        held.update(job_id for job_id in ids if job_id in self._index_ids)  # acknowledged, the index behind
         if not held and len(set(ids)) == len(ids):
             return {}
         refused: dict[Op, tuple[Any, bool, Any]] = {}
@@ -541,7 +630,7 @@ class Writer:
 
     def _empty_journal(self) -> None:
         """(Writer thread) the index made durable, then the journal emptied (not while records wait for it)."""
-        if self.journal is None or self.conn is None or not self.journal.size or self._unapplied:
+        if self.journal is None or self.conn is None or not self.journal.size or self._unapplied or self._index_rows:
             return
         try:
             journal.durable_index(self.conn)
