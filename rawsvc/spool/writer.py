@@ -1,17 +1,24 @@
 """
 The spool's writer thread: every write of the spool goes through it.
 
-It takes everything queued since its last commit and writes it in one
-transaction: one commit, one fsync, for as many jobs as arrived meanwhile
-(group commit).  The new jobs and final states of a batch are made durable
-by the journal (L{rawsvc.spool.journal}): one record, one C{writev}, one
-C{fdatasync}, before the transaction commits with C{synchronous=NORMAL}
-(no fsync); the SQLite index is made durable behind it (a checkpoint) when
-the journal is emptied.  Other durable writes (the CLI's requests, a
-requeue) are committed with C{synchronous=FULL}; progress records with
-C{NORMAL}.  Results come back to the reactor thread with one
-C{callFromThread} per batch, in the order the writes were queued, so the
-reactor never waits on the disk.
+It takes everything queued since its last commit and writes it at once,
+for as many jobs as arrived meanwhile (group commit).  The new jobs and
+final states of a batch are made durable by the journal
+(L{rawsvc.spool.journal}): one record, one C{writev}, one C{fdatasync}, and
+they are acknowledged right then (L{Writer._ack_at_journal}: the results so
+far go back to the reactor with one C{callFromThread}).  The SQLite index
+follows in the same order, committed with C{synchronous=NORMAL} (no fsync):
+the rows of groups of new jobs, progress and final states alone gather for
+up to L{INDEX_DELAY} into one transaction; any read or other write first
+writes them (so every read sees every acknowledged write).  The index is
+made durable (a checkpoint) when the journal is emptied.  Should its commit
+fail after the acknowledgement (a full disk), the records stay in the
+journal and are written into the index again every L{RETRY_INTERVAL}
+before anything else, every other write being refused meanwhile (a later
+write of those jobs, or a read, would otherwise miss them; the next start
+replays them too).  Other durable writes (the CLI's requests, a requeue)
+are committed with C{synchronous=FULL}, their results after the commit;
+the reactor never waits on the disk.
 
 Runs of new jobs, progress and final states are written as one multi-row
 statement each; should a write fail, the batch starts over with a savepoint
