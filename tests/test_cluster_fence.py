@@ -154,3 +154,31 @@ def pool_result():
 
 
 __all__ = ["succeed"]
+
+
+def test_the_fence_ends_a_delivery_waiting_for_a_paused_destination_and_a_resume_sends_nothing():
+    """abort_all ends the wait for a resume at once (stopped), and a later resume connects nowhere."""
+    from rawsvc.client.address import Destination
+
+    clock = MemoryReactorClock()
+    pool = DestinationPool(clock, allow=AllowList.parse(["127.0.0.1:9100"]))
+    lease_ok = [True]
+    pool.gate = lambda: lease_ok[0]
+    pool.startService()
+    assert pool.pause("127.0.0.1:9100", "op")
+    first = pool.deliver_here(Destination.parse("127.0.0.1:9100"), b"one", SendSettings(retries=0), "job-1")
+    second = pool.deliver_here(Destination.parse("127.0.0.1:9100"), b"two", SendSettings(retries=0), "job-2")
+    results: list = []
+    first.addCallback(results.append)
+    clock.advance(0)
+    assert clock.tcpClients == [] and results == []
+    lease_ok[0] = False  # the node is fenced ...
+    pool.abort_all()  # ... and its worker cuts every delivery: the paused one's wait ends now
+    assert [r.outcome for r in results] == [STOPPED] and "lease" in results[0].message
+    clock.advance(0)
+    second.addCallback(results.append)
+    assert [r.outcome for r in results] == [STOPPED, STOPPED]
+    assert pool.resume("127.0.0.1:9100")
+    clock.advance(0)
+    assert clock.tcpClients == []
+    assert pool.status()["127.0.0.1:9100"]["queued"] == 0

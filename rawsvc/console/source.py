@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from rawsvc.console.zpl import detect_language
 from rawsvc.interfaces import IJobHistory
+from rawsvc.job import Payload
 from rawsvc.spool import browse
 from rawsvc.spool.schema import db_path
 
@@ -152,6 +153,13 @@ class SpoolJobs:
             return b"".join(browse.payload_chunks(conn, self.state_dir, row))
         return browse.payload_head(conn, self.state_dir, row, limit)
 
+    def payload_into(self, job_id: str, payload: Payload) -> Deferred[Payload]:
+        """Copy the payload of one job into C{payload} (closed after), a chunk at a time, on the thread."""
+        return self._run(self._payload_into, job_id, payload)
+
+    def _payload_into(self, conn: sqlite3.Connection, job_id: str, payload: Payload) -> Payload:
+        return _copy_into(browse.payload_chunks(conn, self.state_dir, self._row(conn, job_id)), payload)
+
 
 def _detail_record(row: Any, variables: dict[str, Any], head: bytes) -> dict[str, Any]:
     """A job's page: its record, variables, language, delivery and timeline."""
@@ -238,6 +246,28 @@ class PgJobs:
         if limit is None:
             return b"".join(pg_browse.payload_chunks(conn, job_id))
         return pg_browse.payload_head(conn, job_id, limit)
+
+    def payload_into(self, job_id: str, payload: Payload) -> Deferred[Payload]:
+        """Copy the payload of one job into C{payload} (closed after), a chunk at a time, on the reader's thread."""
+        return self.reader.run(self._payload_into, job_id, payload)
+
+    def _payload_into(self, conn: Any, job_id: str, payload: Payload) -> Payload:
+        from rawsvc.spool import pg_browse
+
+        self._row(conn, job_id)
+        return _copy_into(pg_browse.payload_chunks(conn, job_id), payload)
+
+
+def _copy_into(chunks: Any, payload: Payload) -> Payload:
+    """Write C{chunks} into C{payload} and close it (it spills to its file past its threshold); discard it on error."""
+    try:
+        for chunk in chunks:
+            payload.write(chunk)
+        payload.close()
+    except BaseException:
+        payload.discard()
+        raise
+    return payload
 
 
 class MemoryJobs:
