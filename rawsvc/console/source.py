@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +79,21 @@ class SpoolJobs:
 
     has_payloads = True
 
-    def __init__(self, state_dir: str, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, state_dir: str, reactor: Any, threadpool: Any,
+                 flush: Callable[[], Deferred[Any]] | None = None) -> None:
         self.state_dir = state_dir
         self.reactor = reactor
         self.threadpool = threadpool
+        #: The service's store's flush: the spool acknowledges a job at its journal's fdatasync and
+        #: writes the index (what this reads) just behind, so every read waits for the writes before it.
+        self.flush = flush
 
     def _run(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args)
+        if self.flush is None:
+            return deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args)
+        d = self.flush()
+        d.addCallback(lambda _: deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args))
+        return d
 
     def _with_conn(self, f: Any, *args: Any) -> Any:
         # A read-only connection of the console's own (WAL: it never blocks
