@@ -151,14 +151,27 @@ class PgServer:
 
 
 _shared: PgServer | None = None
+_users = 0
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """The session's PostgreSQL server (started on first use, removed at the end)."""
-    global _shared
+    """
+    The session's PostgreSQL server (started on first use, removed at the
+    end).  A module that imports this fixture makes a second session fixture
+    of it (pytest keeps one per place it is defined): they share the one
+    server, and the last of them to end removes it (a teardown that found
+    the server gone failed the run).
+    """
+    global _shared, _users
     if _shared is None:
         _shared = PgServer().start()
-    yield _shared
-    _shared.destroy()
-    _shared = None
+    server = _shared
+    _users += 1
+    try:
+        yield server
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared = None
+            server.destroy()
