@@ -164,7 +164,7 @@ class SendProtocol(Protocol):
             # (nothing to abort then): not one byte, another node may hold the printer's line now.
             self._ending = Ending.RESET
             self._error = "cut off while connecting (this node fenced itself): nothing sent"
-            self.transport.abortConnection()
+            stream_transport(self).abortConnection()
             return
         if self.settings.send_timeout > 0:
             self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
