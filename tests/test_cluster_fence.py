@@ -112,6 +112,29 @@ def test_past_the_deadline_connections_are_aborted_and_nothing_is_claimed():
     assert len(finishes) == 1
 
 
+def test_a_connection_that_completes_after_the_fence_sends_not_one_byte():
+    # A node frozen between the gate (lease valid) and its TCP connect wakes past its deadline:
+    # the fence runs while the connection is still being made (no transport to abort yet), and
+    # the connection that completes after it must not stream the job: the takeover node may have
+    # printed it, and the printer's next jobs, meanwhile (printer order A, B, A otherwise).
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed(me)], me)
+    clock.advance(0)
+    assert len(clock.tcpClients) == 1  # connecting
+    clock.advance(2.5)  # the freeze ends past the deadline (2.0): the fence comes first
+    assert lease.fenced
+    proto, transport = _connect(clock)  # then the connection completes
+    assert transport.value() == b""
+    assert transport.aborted == 1
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionAborted()))
+    clock.pump([0.1] * 30)
+    assert len(clock.tcpClients) == 1  # and no attempt after it
+    assert [fn for fn, _ in work_db.calls if "_finish" in fn.__qualname__] == []  # stopped: nothing to finish
+
+
 def test_a_refused_renewal_fences_and_the_node_joins_again_as_a_new_incarnation():
     clock, lease_db, work_db, lease, pool, worker, me = _setup()
     clock.advance(0.5)  # the first renewal is sent
