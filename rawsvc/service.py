@@ -186,6 +186,9 @@ class RawService(MultiService):
                          n=sink.in_flight(), s=grace)
         for component in components:
             yield maybeDeferred(component.stopService)
+        from rawsvc.spool import pg_control
+
+        yield pg_control.close(self)  # the PostgreSQL spool's reader (console, /jobs): its connections
         log.info("rawsvc stopped")
 
     @inlineCallbacks

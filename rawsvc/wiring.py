@@ -73,6 +73,8 @@ def build_sink(context: BuildContext, flows: Mapping[str, Flow]) -> IJobSink:
             node = ClusterNode(context.reactor, opts.spool, store, context.destinations, spool,
                                context.cluster_options, os.path.join(context.state_dir, PG_PAYLOADS))
             context.cluster = node
+            spool.service.wakeups = None  # the node's listener already wakes the requests' poll
+            spool.shared_deliveries = True
             context.services.append(node)  # stops after the spool: deliveries go on during its grace
         sink = spool
     else:

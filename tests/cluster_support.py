@@ -259,6 +259,10 @@ class Cluster:
             return f"(the database cannot say: {e})"
 
     def close(self) -> None:
+        for n in self.nodes:  # all at once (each waits for its stop grace)
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+                n.proc.terminate()
         for n in self.nodes:
             n.stop()
         self.farm.stop()

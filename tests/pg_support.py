@@ -1,8 +1,8 @@
 """
-A throwaway PostgreSQL server for the tests: C{initdb} into a temporary
-folder, C{pg_ctl} on a free loopback port with its unix socket in that
-folder and trust authentication, so a test can also stop, kill and restart
-it.  Debian's C{postgresql} package provides the binaries (C{.ci/run}
+A throwaway PostgreSQL server for the tests: a copy of a data folder that
+C{initdb} made once per test process, C{pg_ctl} on a free loopback port
+with its unix socket in that folder and trust authentication, so a test
+can also stop, kill and restart it.  Debian's C{postgresql} package provides the binaries (C{.ci/run}
 installs it); without them the tests skip, and fail under C{CI=true}.
 
 C{initdb} and the server refuse to run as root: as root they run as the
@@ -18,6 +18,7 @@ caller an empty database of its own.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import itertools
 import os
@@ -50,6 +51,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_templates: dict[str, str] = {}
+
+
+def _template(server: "PgServer") -> str:
+    """A data folder made by C{initdb} once per process and user, never started (each server copies it)."""
+    found = _templates.get(server.user)
+    if found is None:
+        base = tempfile.mkdtemp(prefix="rawsvc-pg-template-")
+        if server._as:
+            pw = pwd.getpwnam("postgres")
+            os.chmod(base, 0o755)
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+        found = os.path.join(base, "data")
+        server._run([server.initdb, "-D", found, "-U", server.user, "--auth=trust", "-E", "UTF8",
+                     "--locale=C.UTF-8", "--no-sync"])
+        atexit.register(shutil.rmtree, base, True)
+        _templates[server.user] = found
+    return found
+
+
 class PgServer:
     """One PostgreSQL server of the tests' own, in C{base} (a new folder when None)."""
 
@@ -70,8 +91,8 @@ class PgServer:
             os.chown(self.base, pw.pw_uid, pw.pw_gid)
         else:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
-        self._run([self.initdb, "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8",
-                   "--locale=C.UTF-8", "--no-sync"])
+        # One initdb per test process (~2 s on this machine); every server copies its data folder.
+        self._run(["cp", "-a", _template(self), self.data])
         self._run(["mkdir", "-p", self.socket_dir])
 
     def _run(self, argv: list[str]) -> None:
@@ -151,14 +172,27 @@ class PgServer:
 
 
 _shared: PgServer | None = None
+_users = 0
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """The session's PostgreSQL server (started on first use, removed at the end)."""
-    global _shared
+    """
+    The session's PostgreSQL server (started on first use, removed at the
+    end).  A module that imports this fixture makes a second session fixture
+    of it (pytest keeps one per place it is defined): they share the one
+    server, and the last of them to end removes it (a teardown that found
+    the server gone failed the run).
+    """
+    global _shared, _users
     if _shared is None:
         _shared = PgServer().start()
-    yield _shared
-    _shared.destroy()
-    _shared = None
+    server = _shared
+    _users += 1
+    try:
+        yield server
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared = None
+            server.destroy()

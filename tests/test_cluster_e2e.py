@@ -4,7 +4,8 @@ share one throwaway PostgreSQL; client streams spread jobs round-robin
 over them, as a TCP load balancer would, to 8 exclusive fake printers (one
 connection at a time; a second concurrent connection is a failure).  One
 node is killed (SIGKILL) or frozen (SIGSTOP past its lease) under load, or
-PostgreSQL itself is stopped; every time, every acknowledged job prints
+PostgreSQL itself is stopped (after eight streams stored jobs for the
+same printers on every node at once, which must never deadlock); every time, every acknowledged job prints
 byte-identical, each printer prints in ticket order (adjacent repeats
 collapsed, and repeats only for deliveries that were claimed again and
 logged as a possible repeat), and nothing stored is left behind.
@@ -105,11 +106,11 @@ def test_sigkill_a_node_under_load_loses_nothing_keeps_order_and_one_connection_
 
 
 def test_a_node_frozen_past_its_lease_fences_itself_on_waking_and_the_others_carry_on(cluster):
-    streams = run_streams(cluster, per_stream=80, streams=4, timeout=1.5)
-    wait_for(lambda: acked(streams) >= 60, 60, "60 acknowledged jobs")
+    streams = run_streams(cluster, per_stream=50, streams=4, timeout=1.5)
+    wait_for(lambda: acked(streams) >= 40, 60, "40 acknowledged jobs")
     frozen = cluster.nodes[0]
     stopped_at = frozen.signal(signal.SIGSTOP)
-    time.sleep(TTL + 2)
+    time.sleep(TTL + 1.5)  # past its lease (and a reap): the others take its deliveries over
     woke_at = frozen.signal(signal.SIGCONT)
     during = {j.tag for s in streams for j in list(s.sent)
               if j.outcome == "ack" and j.node != frozen.name and stopped_at + 0.5 < j.answered_at < woke_at}
@@ -130,17 +131,38 @@ def test_a_node_frozen_past_its_lease_fences_itself_on_waking_and_the_others_car
 
 
 def test_postgresql_stopped_under_load_refuses_clearly_loses_nothing_and_drains_after(cluster):
+    # First, eight ack-then-print streams over the three nodes: every node's group commit enqueues
+    # deliveries to the same eight printers at once.  Tickets are taken under each printer's
+    # row lock; a batch that takes them in another order than a peer's deadlocks.
+    together = threading.Event()
+    eight = [Stream(10 + i, cluster, "before", 100000, stop=together, timeout=30) for i in range(8)]
+    for s in eight:
+        s.start()
+    time.sleep(3)
+    together.set()
+    join(eight, 60)
+    settle(cluster)
+    report, _ = analyse(cluster, eight)
+    deadlocks = [line for line in cluster.logs().splitlines() if "deadlock" in line]
+    print("\n" + report.line("8 streams, one trigger") + f"; deadlock lines {len(deadlocks)}")
+    assert deadlocks == [], deadlocks[:3]
+    assert report.problems == [], report.problems[:20]
+    assert report.lost == 0 and report.overlaps == 0 and report.acknowledged > 0
+
+    # Then PostgreSQL stopped under load.
     stop = threading.Event()
     streams = run_streams(cluster, per_stream=100000, streams=4, timeout=60)
     for s in streams:
         s.stop_event = stop
-    wait_for(lambda: acked(streams) >= 100, 60, "100 acknowledged jobs")
+    wait_for(lambda: acked(streams) >= 60, 60, "60 acknowledged jobs")
     cluster.pg.stop("immediate")
     down_at = time.monotonic()
     unhealthy = set()
-    while time.monotonic() < down_at + 5:
+    everyone = {n.name for n in cluster.nodes}
+    while time.monotonic() < down_at + 3 or (unhealthy != everyone and time.monotonic() < down_at + 10):
         unhealthy |= {n.name for n in cluster.nodes if not n.healthy()}
         time.sleep(0.2)
+    down = time.monotonic() - down_at
     cluster.pg.start()
     up_at = time.monotonic()
     wait_for(lambda: any(j.outcome == "ack" and j.sent_at > up_at for s in streams for j in list(s.sent)),
@@ -148,34 +170,14 @@ def test_postgresql_stopped_under_load_refuses_clearly_loses_nothing_and_drains_
     stop.set()
     join(streams, 90)
     settle(cluster, 60)
-    report, _ = analyse(cluster, streams)
+    report, _ = analyse(cluster, eight + streams)
     refusals = [j.answer for s in streams for j in s.sent if j.outcome == "refused"]
-    print("\n" + report.line("PostgreSQL stopped 5 s") + f"; unhealthy nodes {sorted(unhealthy)}")
+    print("\n" + report.line(f"PostgreSQL stopped {down:.0f} s") + f"; unhealthy nodes {sorted(unhealthy)}")
 
     assert report.problems == [], report.problems[:20]
     assert report.lost == 0 and report.overlaps == 0
     assert refusals, "nothing was refused while PostgreSQL was down"
     assert all(a.startswith(b"NO spool unavailable: ") for a in refusals), set(refusals)
-    assert unhealthy == {n.name for n in cluster.nodes}
+    assert unhealthy == everyone
     assert "spool unavailable" in cluster.logs()
-
-
-def test_nodes_storing_jobs_for_the_same_printers_together_never_deadlock_nor_leave_a_job_behind(cluster):
-    # Eight ack-then-print streams over three nodes: every node's group commit enqueues
-    # deliveries to the same eight printers at once.  Tickets are taken under each printer's
-    # row lock; a batch that takes them in another order than a peer's deadlocks.
-    stop = threading.Event()
-    streams = [Stream(i, cluster, "before", 100000, stop=stop, timeout=30) for i in range(8)]
-    for s in streams:
-        s.start()
-    time.sleep(4)
-    stop.set()
-    join(streams, 60)
-    settle(cluster)
-    report, _ = analyse(cluster, streams)
-    deadlocks = [line for line in cluster.logs().splitlines() if "deadlock" in line]
-    print("\n" + report.line("8 streams, one trigger") + f"; deadlock lines {len(deadlocks)}")
-
-    assert deadlocks == [], deadlocks[:3]
-    assert report.problems == [], report.problems[:20]
-    assert report.lost == 0 and report.overlaps == 0
+    assert [line for line in cluster.logs().splitlines() if "deadlock" in line] == []

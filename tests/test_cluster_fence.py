@@ -115,6 +115,29 @@ def test_past_the_deadline_connections_are_aborted_and_nothing_is_claimed():
     assert len(finishes) == 1
 
 
+def test_a_connection_that_completes_after_the_fence_sends_not_one_byte():
+    # A node frozen between the gate (lease valid) and its TCP connect wakes past its deadline:
+    # the fence runs while the connection is still being made (no transport to abort yet), and
+    # the connection that completes after it must not stream the job: the takeover node may have
+    # printed it, and the printer's next jobs, meanwhile (printer order A, B, A otherwise).
+    clock, lease_db, work_db, lease, pool, worker, me = _setup()
+    worker._claimed([_claimed(me)], me)
+    clock.advance(0)
+    assert len(clock.tcpClients) == 1  # connecting
+    clock.advance(2.5)  # the freeze ends past the deadline (2.0): the fence comes first
+    assert lease.fenced
+    proto, transport = _connect(clock)  # then the connection completes
+    assert transport.value() == b""
+    assert transport.aborted == 1
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionAborted()))
+    clock.pump([0.1] * 30)
+    assert len(clock.tcpClients) == 1  # and no attempt after it
+    assert [fn for fn, _ in work_db.calls if "_finish" in fn.__qualname__] == []  # stopped: nothing to finish
+
+
 def test_a_refused_renewal_fences_and_the_node_joins_again_as_a_new_incarnation():
     clock, lease_db, work_db, lease, pool, worker, me = _setup()
     clock.advance(0.5)  # the first renewal is sent
@@ -374,3 +397,31 @@ def test_the_holder_cancels_a_delivery_waiting_to_retry_when_asked():
     finishes = [fn for fn, _ in work_db.pending() if "_finish" in fn.__qualname__]
     assert len(finishes) == 1
     assert len(clock.tcpClients) == 1  # not tried again
+
+
+def test_the_fence_ends_a_delivery_waiting_for_a_paused_destination_and_a_resume_sends_nothing():
+    """abort_all ends the wait for a resume at once (stopped), and a later resume connects nowhere."""
+    from rawsvc.client.address import Destination
+
+    clock = MemoryReactorClock()
+    pool = DestinationPool(clock, allow=AllowList.parse(["127.0.0.1:9100"]))
+    lease_ok = [True]
+    pool.gate = lambda: lease_ok[0]
+    pool.startService()
+    assert pool.pause("127.0.0.1:9100", "op")
+    first = pool.deliver_here(Destination.parse("127.0.0.1:9100"), b"one", SendSettings(retries=0), "job-1")
+    second = pool.deliver_here(Destination.parse("127.0.0.1:9100"), b"two", SendSettings(retries=0), "job-2")
+    results: list = []
+    first.addCallback(results.append)
+    clock.advance(0)
+    assert clock.tcpClients == [] and results == []
+    lease_ok[0] = False  # the node is fenced ...
+    pool.abort_all()  # ... and its worker cuts every delivery: the paused one's wait ends now
+    assert [r.outcome for r in results] == [STOPPED] and "lease" in results[0].message
+    clock.advance(0)
+    second.addCallback(results.append)
+    assert [r.outcome for r in results] == [STOPPED, STOPPED]
+    assert pool.resume("127.0.0.1:9100")
+    clock.advance(0)
+    assert clock.tcpClients == []
+    assert pool.status()["127.0.0.1:9100"]["queued"] == 0

@@ -296,3 +296,42 @@ def test_polling_drains_when_the_listener_connection_is_terminated(cluster):
 
 
 __all__ = ["os"]
+
+
+INJECT = """
+CREATE SEQUENCE inject_seq;
+CREATE FUNCTION inject() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('inject_seq');
+BEGIN
+  IF n = 1 THEN RAISE EXCEPTION 'injected deadlock' USING ERRCODE = 'deadlock_detected'; END IF;
+  IF n = 3 THEN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER inject BEFORE INSERT ON rawsvc_deliveries FOR EACH ROW EXECUTE FUNCTION inject();
+"""
+
+
+def test_an_enqueue_that_fails_is_tried_again_and_the_job_prints_once(cluster):
+    # The first enqueue fails with a deadlock error, the second one's connection is terminated
+    # (as by a database restart): the flows keep waiting, the enqueues are tried again, each job
+    # prints once and ends done (it used to stay 'running', interrupted, on a live node).
+    pg, uri, printer, nodes = cluster
+    pg.execute(uri, INJECT)
+    node = nodes["n1"]
+    jobs = []
+    for i, body in enumerate([b"after a deadlock", b"after a lost connection"]):
+        answer = send(node["port"], body)
+        assert answer.startswith(b"OK "), answer
+        job_id = answer[3:].strip().decode()
+        jobs.append(job_id)
+        wait_for(lambda: pg.execute(uri, "SELECT state FROM rawsvc_jobs WHERE job_id = %s", (job_id,))
+                 == [("done",)], 30, f"job {i} done")
+        assert printer.received == [b"after a deadlock", b"after a lost connection"][:i + 1]
+    assert pg.execute(uri, "SELECT last_value FROM inject_seq") == [(4,)]  # two failed tries, two that went in
+    assert pg.execute(uri, "SELECT count(*), max(claims) FROM rawsvc_deliveries") == [(2, 1)]
+    text = _log(node)
+    for job_id in jobs:  # (more than once while the spool reconnects)
+        assert f"cluster: cannot enqueue the delivery of job {job_id}" in text, text[-3000:]
+    assert "injected deadlock" in text and "interrupted" not in text
+    time.sleep(0.5)
+    assert printer.received == [b"after a deadlock", b"after a lost connection"] and printer.concurrent == 0

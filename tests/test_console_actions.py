@@ -327,3 +327,48 @@ def test_bad_stats_queries_are_a_400(make, printer, http, query, code, words):
     assert status == code and words in as_json(body)["error"]
     status, _, body = yield http("POST", base + "/api/v1/stats")
     assert status == 405
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reprint_the_spool_cannot_store_is_a_503_not_reprinted(reactor, make, printer, http):
+    destination, received = printer
+    service, base = make(destination)
+    yield send_job(reactor, trigger_port(service), b"stored once", service.triggers["orders"].counters, 1)
+    yield service.sink.store.flush()
+    job_id = service.sink.recent(1)[0].job_id
+    token = yield token_of(http, base)
+    writer = service.sink.store.writer
+    writer.error = "disk I/O error (the test's)"  # what the writer sets when a write fails
+    try:
+        code, headers, body = yield http("POST", base + f"/api/v1/jobs/{job_id}/reprint",
+                                         {"csrf": token, "destination": destination})
+    finally:
+        writer.error = None
+    assert code == 503, body
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert "disk I/O error (the test's)" in as_json(body)["error"] and b"reprinted" not in body
+    assert [j.state for j in service.sink.recent(5) if j.trigger == "console"] == ["refused"]
+    assert received == [b"stored once"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_large_job_is_reprinted_whole_through_a_spill_file(reactor, make, printer, http):
+    """Past 1 MiB the reprint's copy of the payload goes to a file in the state directory, not memory."""
+    import os
+
+    destination, received = printer
+    service, base = make(destination)
+    data = os.urandom(3 << 20)
+    yield send_job(reactor, trigger_port(service), data, service.triggers["orders"].counters, 1)
+    yield wait_for(lambda: len(received) == 1)
+    yield service.sink.store.flush()
+    job_id = service.sink.recent(1)[0].job_id
+    token = yield token_of(http, base)
+    code, _, body = yield http("POST", base + f"/api/v1/jobs/{job_id}/reprint", {"csrf": token, "destination": destination})
+    assert code == 200, body
+    new = as_json(body)["job_id"]
+    yield wait_for(lambda: len(received) == 2)
+    assert received[1] == data
+    yield wait_for(lambda: any(j.job_id == new and j.state == "done" for j in service.sink.recent(5)))
+    tmp = service.context.temp_dir
+    assert not os.path.isdir(tmp) or [n for n in os.listdir(tmp) if n.endswith(".part")] == []  # the spill is gone

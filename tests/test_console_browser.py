@@ -209,7 +209,8 @@ def test_a_failed_job_is_retried_from_the_page_once_the_printer_is_back(console,
         page.get_by_role("link", name=job_id).click()
         assert page.locator("#state").inner_text() == "failed"
         console["printer"].listen()
-        page.locator("#retry").click()
+        with page.expect_navigation():  # the page reloads itself after a successful action
+            page.locator("#retry").click()
         page.wait_for_function("document.getElementById('action-result').textContent.includes('queued again')")
         wait_for(lambda: jobs(console["state_dir"])[job_id]["state"] == "done", 20, "the job done")
         page.reload()

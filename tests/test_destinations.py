@@ -264,3 +264,53 @@ def test_cancelling_a_delivery_waiting_its_turn_does_not_stall_the_queue(reactor
     finally:
         yield pool.stopService()
         yield printer.stop()
+
+
+def test_a_pause_spelled_differently_pauses_the_live_queue_and_one_of_nothing_is_forgotten_on_resume():
+    from twisted.internet.testing import MemoryReactorClock
+
+    clock = MemoryReactorClock()
+    pool = DestinationPool(clock, AllowList.allow_all())
+    pool.startService()
+    dest = Destination.parse("127.0.0.1:9100")
+    results: list = []
+    pool.deliver_here(dest, b"one", SendSettings(retries=0), "j1").addCallback(results.append)
+    pool.deliver_here(dest, b"two", SendSettings(retries=0), "j2").addCallback(results.append)
+    clock.advance(0)
+    live = pool._queues["127.0.0.1:9100"]
+    assert live.current is not None and len(live.turns) == 1
+    assert pool.pause("127.0.0.1:09100", "op")
+    assert not pool.pause(" 127.0.0.1:9100", "op")  # the same destination: paused already
+    assert pool._queues == {"127.0.0.1:9100": live}
+    assert pool.status()["127.0.0.1:9100"]["paused"] and pool.status()["127.0.0.1:9100"]["queued"] == 1
+    assert pool.resume("127.0.0.1:09100") and pool._queues == {"127.0.0.1:9100": live}
+    # A destination nothing was sent to: the pause keeps a queue, its resume forgets it again.
+    assert pool.pause("LOCALHOST:9101", "op") and not pool.pause("localhost:9101", "op")
+    assert pool.status()["localhost:9101"]["paused"]
+    assert pool.resume("Localhost:9101")
+    assert set(pool.status()) == {"127.0.0.1:9100"}
+    assert not pool.resume("127.0.0.1:9999") and set(pool.status()) == {"127.0.0.1:9100"}
+    with pytest.raises(AddressError):
+        pool.pause("127.0.0.1", "op")
+    pool.stopService()
+    clock.advance(0)
+
+
+def test_two_thousand_destination_queues_cost_little_memory():
+    """A queue's jobs-per-minute ring is a few compact counters, not a day of per-minute lists."""
+    import time
+    import tracemalloc
+
+    from rawsvc.client.queues import DestinationQueue
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queues = [DestinationQueue(f"10.0.{i // 250}.{i % 250}:9100") for i in range(2000)]
+        for q in queues:
+            q.rate.add(True, time.time())
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used < 8_000_000, used  # a day of per-minute lists each: ~100 MB
+    assert queues[0].status()["jobs_per_minute"] == 0.2

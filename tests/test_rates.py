@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from twisted.web.template import flattenString
 
 from rawsvc.console.charts import charts
-from rawsvc.rates import MINUTES, SAMPLES, JobRates, MinuteCounts, percentile
+from rawsvc.rates import BUCKETS, MINUTES, JobRates, Latencies, MinuteCounts
 
 
 class FakeClock:
@@ -52,27 +55,63 @@ def test_a_day_in_ten_minute_points_averages_per_minute():
     assert series["totals"]["done"] == 20
 
 
-def test_ack_latency_percentiles_and_the_sample_bound():
+def test_ack_latency_percentiles_and_the_fixed_size_summary():
     clock = FakeClock()
     rates = JobRates(clock)
     for ms in range(1, 101):
         rates.acked(ms / 1000)
     totals = rates.series(60)["totals"]
     assert totals["acked"] == 100
-    assert totals["ack_p50"] == 0.050 and totals["ack_p99"] == 0.099
-    for _ in range(SAMPLES * 3):
+    assert totals["ack_p50"] == pytest.approx(0.050, rel=0.045) and totals["ack_p99"] == pytest.approx(0.099, rel=0.045)
+    for _ in range(10_000):
         rates.acked(1.0)
     minute = int(clock.t // 60)
-    kept, seen = rates._latencies(minute)
-    assert len(kept) == SAMPLES and seen == 100 + SAMPLES * 3
-    assert rates.series(60)["totals"]["ack_p50"] == 1.0
+    summary = rates.latencies(minute)
+    # However many jobs a minute has, its summary is the same few hundred counters.
+    assert summary is not None and len(summary.counts) == BUCKETS and summary.n == 10_100
+    totals = rates.series(60)["totals"]
+    assert totals["acked"] == 10_100 and totals["ack_p50"] == 1.0 and totals["ack_p99"] == 1.0  # the greatest: exact
 
 
-def test_percentile_is_nearest_rank():
-    assert percentile([], 50) is None
-    assert percentile([3.0], 99) == 3.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+def test_histogram_percentiles_stay_within_the_bucket_width_of_the_exact_ones():
+    rng = random.Random(7)
+    clock = FakeClock(60 * 20_000)
+    rates = JobRates(clock)
+    exact: list[float] = []
+    for _ in range(30):  # half an hour of latencies spread over four decades
+        for _ in range(300):
+            seconds = 10 ** rng.uniform(-4, 0) * rng.choice((1, 1, 1, 30))
+            exact.append(seconds)
+            rates.acked(seconds)
+        clock.t += 60
+    exact.sort()
+    totals = rates.series(MINUTES, 10)["totals"]
+    assert totals["acked"] == len(exact)
+    for p, key in ((50, "ack_p50"), (99, "ack_p99")):
+        assert totals[key] == pytest.approx(exact[-(-len(exact) * p // 100) - 1], rel=0.045)
+
+
+def test_latencies_out_of_range_count_and_report_within_least_and_greatest():
+    lat = Latencies()
+    for seconds in (0.0, -1.0, 1e-9, 5e4):
+        lat.add(seconds)
+    assert lat.n == 4 and sum(lat.counts) == 4
+    assert lat.percentile(1) == -1.0 and lat.percentile(100) == 5e4
+    assert Latencies().percentile(50) is None and Latencies.merged([]).percentile(50) is None
+    one = Latencies()
+    one.add(3.0)
+    assert one.percentile(99) == 3.0 and Latencies.merged([one, lat]).n == 5
+
+
+def test_minute_counts_are_allocated_at_the_first_count_and_a_short_ring_forgets():
+    counts = MinuteCounts(5)
+    assert counts.at(0) == (0, 0) and counts.last_minutes(4, 600) == (0, 0)
+    assert counts._minute is None  # nothing allocated before the first count
+    counts.add(True, 60 * 100)
+    counts.add(True, 60 * 104 + 1)
+    assert counts.last_minutes(4, 60 * 104) == (2, 0)
+    assert counts.last_minutes(4, 60 * 105) == (1, 0)  # minute 100 is gone
+    assert len(counts.done) == 5
 
 
 def test_minute_counts_sum_the_last_minutes():

@@ -125,6 +125,7 @@ def test_progress_and_final_state_in_one_batch_end_in_the_final_state(tmp_path, 
 def test_variables_the_columns_give_back_are_not_stored_but_shown(tmp_path, store):
     j = job(extra={"pjl_job_name": "label 1"})
     yield store.add(j, "f")
+    yield store.flush()  # acknowledged at the journal's fdatasync: the index just behind
     r = row(tmp_path, j.job_id)
     stored = json.loads(r["variables"])
     assert "job_id" not in stored and "peer_host" not in stored and "size" not in stored
@@ -140,6 +141,7 @@ def test_variables_the_columns_give_back_are_not_stored_but_shown(tmp_path, stor
 def test_a_variable_a_trigger_set_unlike_its_column_is_kept(tmp_path, store):
     j = job(extra={"peer_host": "printer-7.example"})
     yield store.add(j, "f")
+    yield store.flush()  # acknowledged at the journal's fdatasync: the index just behind
     assert json.loads(row(tmp_path, j.job_id)["variables"])["peer_host"] == "printer-7.example"
 
 

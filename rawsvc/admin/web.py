@@ -167,7 +167,7 @@ class Jobs(AdminPage):
             d = pg_control.recent(cluster, limit, sorted(states), sorted(triggers), since)
             d.addCallbacks(lambda jobs: {"count": len(jobs), "jobs": jobs}, self._unavailable)
             d.addCallback(lambda value: self._finish(request, value))
-            d.addErrback(lambda f: log.failure("/jobs failed", f))
+            d.addErrback(self._finish_failed, request)
             return NOT_DONE_YET
         jobs = [
             j
@@ -192,8 +192,23 @@ class Jobs(AdminPage):
 
     @staticmethod
     def _unavailable(failure: Any) -> tuple[dict[str, str], int]:
-        failure.trap(SpoolError)
-        return {"error": f"spool unavailable: {failure.value}"}, 503
+        """503 when the spool cannot be read; any other failure (a bug) is logged and a 500."""
+        if failure.check(SpoolError):
+            return {"error": f"spool unavailable: {failure.value}"}, 503
+        log.failure("/jobs failed", failure)
+        return {"error": "the jobs could not be listed; see the service log"}, 500
+
+    @staticmethod
+    def _finish_failed(failure: Any, request: Any) -> None:
+        """Writing the answer failed: log it and end the request (500), never leave it open."""
+        log.failure("/jobs failed", failure)
+        if request.finished or request.channel is None:
+            return
+        try:
+            request.setResponseCode(500)
+            request.finish()
+        except Exception:
+            log.failure("/jobs: cannot end the request")
 
     @staticmethod
     def _finish(request: Any, value: Any) -> None:

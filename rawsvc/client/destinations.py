@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import attrs
 from zope.interface import implementer
@@ -159,15 +159,18 @@ class DestinationPool(PoolDelivery, Service):
     def abort_all(self) -> int:
         """
         Cut every delivery of this process now (cluster mode's self-fence):
-        back-off waits end C{stopped}, connected attempts are aborted
-        (C{abortConnection}); the connections aborted.
+        back-off waits and waits for a paused destination's resume end
+        C{stopped}, connected attempts are aborted (C{abortConnection});
+        the connections aborted.
         """
         aborted = 0
         for q in self._queues.values():
-            q.end_wait(_Stopping())
             current = q.current
             if current is not None:
                 current.abandoned = True
+            q.end_wait(_Stopping())
+            q.end_pause(STOPPED)
+            if current is not None:
                 if current.transport is not None:
                     current.transport.abortConnection()
                     aborted += 1
@@ -208,28 +211,52 @@ class DestinationPool(PoolDelivery, Service):
 
     def pause(self, key: str, who: str = "an operator") -> bool:
         """
-        Start no attempt to destination C{key} (C{"host:port"}) until
-        L{resume}: its queued deliveries wait, an attempt in progress
-        completes.  False when it was paused already; L{AddressError} when
-        C{key} is no destination or not allowed.
+        Start no attempt to destination C{key} (C{"host:port"}, any
+        spelling L{Destination.parse} takes) until L{resume}: its queued
+        deliveries wait, an attempt in progress completes.  False when it
+        was paused already; L{AddressError} when C{key} is no destination
+        or not allowed.
         """
-        return self._queue(key).pause(who)
+        return self._queue(key, create=True).pause(who)
 
     def resume(self, key: str) -> bool:
-        """Let deliveries to C{key} go on; False when it was not paused."""
-        return self._queue(key).resume()
+        """
+        Let deliveries to C{key} go on; False when it was not paused.  A
+        queue that only the pause made (nothing delivered to it, nothing
+        waiting) is forgotten again.
+        """
+        q = self._queue(key)
+        if q is None or not q.resume():
+            return False
+        if q.unused and self._queues.get(q.key) is q:
+            del self._queues[q.key]
+        return True
 
     def named(self) -> list[str]:
         """The destinations the config names literally."""
         return [str(d) for d in self._literals]
 
-    def _queue(self, key: str) -> DestinationQueue:
-        q = self._queues.get(key)
-        if q is None:
-            dest = Destination.parse(key)
-            if not self.allow.may_allow(dest):
-                raise AddressError(f"{key} is not in allowed_destinations")
-            q = self._queues[str(dest)] = DestinationQueue(str(dest))
+    @overload
+    def _queue(self, key: str, create: Literal[True]) -> DestinationQueue: ...
+
+    @overload
+    def _queue(self, key: str, create: bool = False) -> DestinationQueue | None: ...
+
+    def _queue(self, key: str, create: bool = False) -> DestinationQueue | None:
+        """
+        The queue of destination C{key} under its canonical spelling
+        (C{str(Destination.parse(key))}, as L{deliver_here} files it); with
+        C{create}, a new one when it has none (never replacing one).
+        L{AddressError} when C{key} is no destination or not allowed.
+        """
+        dest = Destination.parse(key)
+        canonical = str(dest)
+        q = self._queues.get(canonical)
+        if q is not None or not create:
+            return q
+        if not self.allow.may_allow(dest):
+            raise AddressError(f"{key} is not in allowed_destinations")
+        q = self._queues[canonical] = DestinationQueue(canonical)
         return q
 
     # Delivery ------------------------------------------------------------------
@@ -337,6 +364,8 @@ class DestinationPool(PoolDelivery, Service):
                     break
                 if q.paused is not None:  # an operator paused it: wait (behind it, the queue waits too)
                     ended = yield q.until_resumed()
+                    if delivery.abandoned:
+                        continue  # fenced meanwhile (L{abort_all}): the check above ends it
                     if ended is not None:
                         why = "cancelled by an operator" if ended == CANCELLED else "service stopping"
                         result = DeliveryResult(ended, key, delivery.attempt, message=f"{why} while {key} was paused")

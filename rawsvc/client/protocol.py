@@ -165,6 +165,13 @@ class SendProtocol(Protocol):
             # mean (the process killed) resets: a printer must not take the
             # part it got for a whole job.
             reset_if_abandoned(self.transport, True)
+        if self.machine.abandoned:
+            # A fenced cluster node cut this delivery off while its connection was being made
+            # (nothing to abort then): not one byte, another node may hold the printer's line now.
+            self._ending = Ending.RESET
+            self._error = "cut off while connecting (this node fenced itself): nothing sent"
+            stream_transport(self).abortConnection()
+            return
         if self.settings.send_timeout > 0:
             self._stall_timer = self.reactor.callLater(self.settings.send_timeout, self._check_progress)
         if isinstance(self.source, bytes):

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 
 from rawsvc.client.machine import Delivery, State
 from rawsvc.client.retry import RetryWait
-from rawsvc.rates import MinuteCounts
+from rawsvc.rates import RECENT, MinuteCounts
 
 #: The queue state of a delivery waiting for its next attempt.
 WAITING = State.WAITING.value
@@ -73,8 +73,8 @@ class DestinationQueue:
         #: When C{last_error} was set (epoch seconds), or None.
         self.last_error_at: float | None = None
         self.idle_since = time.time()
-        #: Deliveries ended per minute (done: delivered; failed: not).
-        self.rate = MinuteCounts()
+        #: Deliveries ended per minute (done: delivered; failed: not), the last L{RECENT} minutes.
+        self.rate = MinuteCounts(RECENT)
         #: Paused by an operator (who, epoch seconds), or None; see L{until_resumed}.
         self.paused: tuple[str, float] | None = None
         self._resumed: Deferred[str | None] | None = None
@@ -100,6 +100,12 @@ class DestinationQueue:
         self.paused = None
         self._end_pause(None)
         return True
+
+    @property
+    def unused(self) -> bool:
+        """Nothing ever tried, running or waiting here (a queue only a pause made)."""
+        return (self.attempts == 0 and not self.last_outcome and self.current is None and not self.turns
+                and not self.lock.locked and self._resumed is None and self.paused is None)
 
     def until_resumed(self) -> Deferred[str | None]:
         """Fires with None once resumed, or with the outcome that ended the wait (L{end_pause})."""
@@ -141,7 +147,7 @@ class DestinationQueue:
             "since": d.since if d is not None else self.idle_since,
             "paused": self.paused is not None,
             "paused_by": self.paused[0] if self.paused is not None else "",
-            "jobs_per_minute": round(sum(self.rate.last_minutes(4, time.time())) / 5, 2),
+            "jobs_per_minute": round(sum(self.rate.last_minutes(RECENT - 1, time.time())) / RECENT, 2),
         }
 
     def end_turns(self, outcome: str) -> None:

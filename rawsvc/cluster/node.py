@@ -168,7 +168,7 @@ class ClusterNode(Service):
         self.work_db = Db(reactor, dsn, "work")
         self.lease = Lease(reactor, self.lease_db.run, self.node, self.ttl, self.margin, self.interval, monotonic)
         self.lease.quiet = lambda: bool(store._stopped)  # the spool stopped: it left
-        self.deliveries = ClusterDeliveries(store.run, self.work_db.run)
+        self.deliveries = ClusterDeliveries(store.run, self.work_db.run, reactor)
         self.worker = DeliveryWorker(reactor, pool, self.work_db.run, self.lease, files_dir)
         self.deliveries.on_enqueued = self.worker.wake
         self.listener = Listener(reactor, dsn, self._notified)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -70,14 +70,29 @@ class ClusterDeliveries:
     C{deliver()} in cluster mode.  C{enqueue_run(fn, destination)} runs a
     function in the spool's group commit, the batch's enqueues sorted by
     destination (L{rawsvc.spool.pg.PgStore.run}); C{run} on the node's work
-    connection (results).
+    connection (results).  An enqueue that fails (a lost connection, a
+    deadlock, the database restarting) is tried again after C{retry_delay}
+    seconds, doubling up to C{max_retry_delay}, while the flow waits: it is
+    idempotent (one row per job and action), so a try whose COMMIT went
+    through but whose answer was lost finds its row.  Only a stop (the
+    flow cancels its wait, or L{stop}) ends the tries.
     """
 
-    def __init__(self, enqueue_run: Callable[[Callable[[Any], Any], str], Deferred], run: Runner) -> None:
+    def __init__(self, enqueue_run: Callable[[Callable[[Any], Any], str], Deferred], run: Runner,
+                 reactor: Any = None, retry_delay: float = 0.1, max_retry_delay: float = 2.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.enqueue_run = enqueue_run
         self.run = run
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self.waiters: dict[int, list[Deferred]] = {}
         self.stopping = False
+        #: Enqueues waiting to be tried again: the delayed call, its flow's Deferred and destination.
+        self.retrying: dict[Any, tuple[Deferred, str]] = {}
+        #: Counter: enqueues tried again after a failure.
+        self.enqueue_retries = 0
         #: Told (with no argument) when a delivery was enqueued here: the local claim loop.
         self.on_enqueued: Callable[[], None] = lambda: None
 
@@ -87,23 +102,49 @@ class ClusterDeliveries:
         data = source if isinstance(source, bytes) else None  # None: the job's stored payload
         stored = encode_settings(settings, policy, len(data) if data is not None else total)
         result: Deferred[DeliveryResult] = Deferred(lambda d: self._gave_up(d, key))
-        holder: dict[str, int] = {}
+        delay = [self.retry_delay]
 
         def enqueued(delivery_id: int) -> None:
-            holder["id"] = delivery_id
             if result.called:
+                return
+            if self.stopping:  # enqueued during the stop: the row stays, the resumed flow finds it
+                result.callback(DeliveryResult(STOPPED, key, message=f"service stopping: delivery to {key} "
+                                                                    "left queued"))
                 return
             self.waiters.setdefault(delivery_id, []).append(result)
             self.on_enqueued()
             self.poll([delivery_id])
 
         def not_enqueued(failure: Failure) -> None:
-            if not result.called:
+            if result.called:
+                return
+            if self.stopping:
                 result.callback(DeliveryResult(STOPPED, key, message=f"cannot enqueue the delivery to {key}: "
                                                                     f"{failure.getErrorMessage()}"))
+                return
+            self.enqueue_retries += 1
+            log.warn("cluster: cannot enqueue the delivery of job {job_id} to {destination} (trying again in"
+                     " {delay:.1f} s): {error}", job_id=job_id, destination=key, delay=delay[0],
+                     error=failure.getErrorMessage())
+            call: Any = None
+            call = self.reactor.callLater(delay[0], lambda: again(call))
+            self.retrying[call] = (result, key)
+            delay[0] = min(delay[0] * 2, self.max_retry_delay)
 
-        self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data, run=run),
-                         key).addCallbacks(enqueued, not_enqueued)
+        def again(call: Any) -> None:
+            self.retrying.pop(call, None)
+            if not result.called and not self.stopping:
+                attempt()
+
+        def attempt() -> None:
+            try:
+                d = self.enqueue_run(lambda conn: sql.enqueue(conn, job_id, action_index, key, stored, data, run=run), key)
+            except Exception:
+                d = fail()
+            d.addCallbacks(enqueued, not_enqueued).addErrback(
+                lambda f: log.failure("cluster: enqueue of job {job_id} crashed", f, job_id=job_id))
+
+        attempt()
         return result
 
     def _gave_up(self, d: Deferred, key: str) -> None:
@@ -111,6 +152,11 @@ class ClusterDeliveries:
         for waiting in self.waiters.values():
             if d in waiting:
                 waiting.remove(d)
+        for call, (waiting_d, _) in list(self.retrying.items()):
+            if waiting_d is d:
+                del self.retrying[call]
+                if call.active():
+                    call.cancel()
         d.callback(DeliveryResult(STOPPED, key, message=f"service stopping: delivery to {key} left queued"))
 
     def done(self, delivery_id: int) -> None:
@@ -157,6 +203,13 @@ class ClusterDeliveries:
     def stop(self) -> None:
         """The stop grace is over: flows still waiting end C{stopped} (their rows stay, for any node)."""
         self.stopping = True
+        retrying, self.retrying = self.retrying, {}
+        for call, (d, key) in retrying.items():
+            if call.active():
+                call.cancel()
+            if not d.called:
+                d.callback(DeliveryResult(STOPPED, key, message=f"service stopping: cannot enqueue the delivery"
+                                                               f" to {key}"))
         waiters, self.waiters = self.waiters, {}
         for ds in waiters.values():
             for d in ds:

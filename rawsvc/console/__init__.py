@@ -39,7 +39,11 @@ def make_console(service: Any) -> Console:
     if cluster is not None:
         jobs: Any = PgJobs(cluster.reader)
     elif service.config.service.get("spool", True) is True:  # the SQLite spool
-        jobs = SpoolJobs(service.context.state_dir, reactor, reactor.getThreadPool())
+        from rawsvc.spool.sink import SpoolSink
+
+        # Reads wait for the index to hold every write acknowledged before them.
+        flush = service.sink.store.flush if isinstance(service.sink, SpoolSink) else None
+        jobs = SpoolJobs(service.context.state_dir, reactor, reactor.getThreadPool(), flush)
     else:
         jobs = MemoryJobs(service.sink)
     # One token per process, shown in every page: a cross-site page cannot read it.

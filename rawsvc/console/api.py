@@ -53,8 +53,9 @@ from rawsvc.console.charts import RANGES
 from rawsvc.console.preview import Previewer
 from rawsvc.console.source import JobQuery, NoSuchJob
 from rawsvc.interfaces import IDestinationControl, IJobControl, IJobRates
-from rawsvc.job import Job
+from rawsvc.job import Job, Payload
 from rawsvc.spool.model import SpoolError
+from rawsvc.spool.sink import SpoolSink
 from rawsvc.spool.pg_control import job_control
 from rawsvc.wiring import REPRINT_FLOW
 from rawsvc.states import FilterError, parse_limit, parse_states, split_list
@@ -241,22 +242,26 @@ class Console:
         if pool is None or not pool.allow.may_allow(dest):
             raise ApiError(400, f"destination {dest} is not in allowed_destinations: choose an allowed one")
         spooled = IJobControl.providedBy(sink)  # the spool sink: its flows include REPRINT_FLOW
-        if not spooled or REPRINT_FLOW not in sink.flows or not self.jobs.has_payloads:
+        if (not spooled or REPRINT_FLOW not in sink.flows or not isinstance(sink, SpoolSink)
+                or not hasattr(self.jobs, "payload_into")):
             raise ApiError(409, "reprint to a destination needs the spool's payloads")
-        data = await self.jobs.payload(job_id)
-        job = Job(trigger="console", peer_host=asker.rsplit(" ", 1)[-1])
-        job.payload.write(data)
-        job.payload.close()
+        # The payload is copied on the reader's thread a chunk at a time into
+        # a payload that spills to the service's temp directory past 1 MiB:
+        # a large job is never read into memory whole.
+        payload = Payload(spool_dir=self.service.context.temp_dir)
+        await self.jobs.payload_into(job_id, payload)
+        job = Job(trigger="console", peer_host=asker.rsplit(" ", 1)[-1], payload=payload)
         job.variables["reprint_of"] = job_id
         job.variables["reprint_destination"] = str(dest)
         job.variables["reprint_by"] = asker
         log.info("console: reprint of job {job_id} to {destination} as job {new} asked by {who}", job_id=job_id,
                  destination=str(dest), new=job.job_id, who=asker)
-        d = sink.submit(job, REPRINT_FLOW)
-        d.addCallback(lambda j: log.info("console: reprint {new} of job {job_id} ended {state}", new=j.job_id,
-                                         job_id=job_id, state=str(j.state)))
-        d.addErrback(lambda f: log.failure("console: reprint {new} of job {job_id} failed", f, new=job.job_id,
-                                           job_id=job_id))
+        stored, finished = sink.submit_stored(job, REPRINT_FLOW)
+        finished.addCallback(lambda j: log.info("console: reprint {new} of job {job_id} ended {state}", new=j.job_id,
+                                                job_id=job_id, state=str(j.state)))
+        finished.addErrback(lambda f: log.failure("console: reprint {new} of job {job_id} failed", f, new=job.job_id,
+                                                  job_id=job_id))
+        await stored  # stored, or SpoolError: a 503 with the spool's reason (nothing was reprinted)
         return {"ok": True, "job_id": job.job_id, "reprint_of": job_id, "destination": str(dest), "action": "reprint",
                 "message": f"job {job_id} reprinted to {dest} as job {job.job_id}"}
 

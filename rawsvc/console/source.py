@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from rawsvc.console.zpl import detect_language
 from rawsvc.interfaces import IJobHistory
+from rawsvc.job import Payload
 from rawsvc.spool import browse
 from rawsvc.spool.schema import db_path
 
@@ -77,13 +79,21 @@ class SpoolJobs:
 
     has_payloads = True
 
-    def __init__(self, state_dir: str, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, state_dir: str, reactor: Any, threadpool: Any,
+                 flush: Callable[[], Deferred[Any]] | None = None) -> None:
         self.state_dir = state_dir
         self.reactor = reactor
         self.threadpool = threadpool
+        #: The service's store's flush: the spool acknowledges a job at its journal's fdatasync and
+        #: writes the index (what this reads) just behind, so every read waits for the writes before it.
+        self.flush = flush
 
     def _run(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args)
+        if self.flush is None:
+            return deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args)
+        d = self.flush()
+        d.addCallback(lambda _: deferToThreadPool(self.reactor, self.threadpool, self._with_conn, f, *args))
+        return d
 
     def _with_conn(self, f: Any, *args: Any) -> Any:
         # A read-only connection of the console's own (WAL: it never blocks
@@ -142,6 +152,13 @@ class SpoolJobs:
         if limit is None:
             return b"".join(browse.payload_chunks(conn, self.state_dir, row))
         return browse.payload_head(conn, self.state_dir, row, limit)
+
+    def payload_into(self, job_id: str, payload: Payload) -> Deferred[Payload]:
+        """Copy the payload of one job into C{payload} (closed after), a chunk at a time, on the thread."""
+        return self._run(self._payload_into, job_id, payload)
+
+    def _payload_into(self, conn: sqlite3.Connection, job_id: str, payload: Payload) -> Payload:
+        return _copy_into(browse.payload_chunks(conn, self.state_dir, self._row(conn, job_id)), payload)
 
 
 def _detail_record(row: Any, variables: dict[str, Any], head: bytes) -> dict[str, Any]:
@@ -229,6 +246,28 @@ class PgJobs:
         if limit is None:
             return b"".join(pg_browse.payload_chunks(conn, job_id))
         return pg_browse.payload_head(conn, job_id, limit)
+
+    def payload_into(self, job_id: str, payload: Payload) -> Deferred[Payload]:
+        """Copy the payload of one job into C{payload} (closed after), a chunk at a time, on the reader's thread."""
+        return self.reader.run(self._payload_into, job_id, payload)
+
+    def _payload_into(self, conn: Any, job_id: str, payload: Payload) -> Payload:
+        from rawsvc.spool import pg_browse
+
+        self._row(conn, job_id)
+        return _copy_into(pg_browse.payload_chunks(conn, job_id), payload)
+
+
+def _copy_into(chunks: Any, payload: Payload) -> Payload:
+    """Write C{chunks} into C{payload} and close it (it spills to its file past its threshold); discard it on error."""
+    try:
+        for chunk in chunks:
+            payload.write(chunk)
+        payload.close()
+    except BaseException:
+        payload.discard()
+        raise
+    return payload
 
 
 class MemoryJobs:

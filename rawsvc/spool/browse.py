@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rawsvc.spool import check
+from rawsvc.spool import check, journal
 from rawsvc.spool.files import payload_file
 from rawsvc.spool.records import full_variables
 from rawsvc.spool.schema import COLUMNS, FILES_DIR, connect, db_path, migrate
@@ -42,12 +42,38 @@ def open_spool(state_dir: str, readonly: bool = True) -> sqlite3.Connection:
                          f"(see rawsvc spool check --state-dir {state_dir})")
     try:
         if readonly:
-            return check.reader(path)
+            conn = check.reader(path)
+            _catch_up(conn, state_dir)
+            return conn
         conn = connect(path)
         migrate(conn)  # an older spool: add what is missing
         return conn
     except sqlite3.Error as e:
         raise SpoolError(f"{path}: {e}") from None
+
+
+#: Seconds a read waits at most for the index to hold the journal's last record.
+CATCH_UP = 1.0
+
+
+def _catch_up(conn: sqlite3.Connection, state_dir: str) -> None:
+    """
+    The service acknowledges a job at its journal record's fdatasync and
+    writes the index just behind it: wait (L{CATCH_UP} s at most: a service
+    that was killed leaves its last records to the next start) until the
+    index holds the journal's last record, so a listing shows every job
+    acknowledged before it.
+    """
+    try:
+        records, _ = journal.read(journal.journal_path(state_dir))
+        if not records:
+            return
+        last = records[-1].seq
+        deadline = time.monotonic() + CATCH_UP
+        while journal.applied_seq(conn) < last and time.monotonic() < deadline:
+            time.sleep(0.005)
+    except (OSError, sqlite3.Error):
+        return  # not readable here: the index as it is
 
 
 def find_job(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:

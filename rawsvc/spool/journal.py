@@ -2,11 +2,10 @@
 The spool's journal: what makes a batch of new jobs and final states
 durable with one C{writev} and one C{fdatasync}.
 
-The writer thread applies a batch to the SQLite index in one transaction
-committed with C{synchronous=NORMAL} (no fsync); before that commit it
-appends the batch's new rows and final states to C{state_dir/spool.journal}
-(0600) as one record and fdatasyncs it, and only then are the writes
-acknowledged.  Each record carries a sequence number, and the same
+The writer thread appends a batch's new rows and final states to
+C{state_dir/spool.journal} (0600) as one record and fdatasyncs it; the
+writes are acknowledged then, and applied to the SQLite index behind it
+(transactions committed with C{synchronous=NORMAL}: no fsync).  Each record carries a sequence number, and the same
 transaction stores it in C{meta.journal_seq}: after a crash (or a power
 loss that took the index's last commits), L{replay} applies the records
 past the index's number, in order, exactly once.  A record whose checksum
@@ -121,13 +120,17 @@ def read(path: str) -> tuple[list[Record], int]:
                 blob = None if n is None else bytes(body[blob_at:blob_at + n])
                 blob_at += n or 0
                 inserts.append(tuple(row[:BLOB]) + (blob,) + tuple(row[BLOB + 1:]))
-            finals = [row[:4] + (records.whole_variables(row[4]) if isinstance(row[4], dict) else row[4],) + row[5:]
-                      for row in final_rows]
+            finals = [index_final(row) for row in final_rows]
         except (ValueError, EOFError, KeyError, TypeError, IndexError):
             break
         out.append(Record(seq, inserts, finals))
         at = end
     return out, _torn(data, at)
+
+
+def index_final(row: tuple) -> tuple:
+    """A journaled final-state row as the index takes it (whole variables, where the record has a dict)."""
+    return row[:4] + (records.whole_variables(row[4]) if isinstance(row[4], dict) else row[4],) + tuple(row[5:])
 
 
 def _torn(data: bytes, at: int) -> int:

@@ -18,7 +18,7 @@ ADD, PROGRESS, FINISH = "add", "progress", "finish"
 class Op:
     """One queued write: C{fn(conn, *args)} (or C{fn(*args)} when C{raw}), or a row of a run."""
 
-    __slots__ = ("kind", "fn", "args", "durable", "deferred", "undo", "raw")
+    __slots__ = ("kind", "fn", "args", "durable", "deferred", "undo", "raw", "acked")
 
     def __init__(self, kind: str | None, fn: Callable[..., Any] | None, args: tuple, durable: bool,
                  deferred: Deferred | None, raw: bool = False) -> None:
@@ -29,6 +29,8 @@ class Op:
         self.deferred = deferred
         self.undo: Callable[[], None] | None = None
         self.raw = raw
+        #: Acknowledged at its journal record's fdatasync, before the index is written.
+        self.acked = False
 
 
 #: (Deferred or None, ok, value or error) for each write of a batch.

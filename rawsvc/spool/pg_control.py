@@ -15,13 +15,17 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc.interfaces import IJobControl
 from rawsvc.spool import pg_browse
 from rawsvc.spool.pg_reader import PgReader
+
+log = Logger(namespace="rawsvc.spool")
 
 #: Seconds a retry or cancel asked of another node waits for its answer.
 ANSWER_WAIT = 10.0
@@ -79,6 +83,21 @@ class Cluster:
 
 
 _clusters: weakref.WeakKeyDictionary[Any, Cluster] = weakref.WeakKeyDictionary()
+
+
+def close(service: Any) -> Deferred[None]:
+    """
+    The service stops: close its reader's idle connections (on the reader's
+    thread pool: closing one talks to the server).  A read after this (the
+    service started again) connects again.
+    """
+    cluster = _clusters.get(service)
+    if cluster is None:
+        return succeed(None)
+    reader = cluster.reader
+    d = deferToThreadPool(reader.reactor, reader.threadpool, reader.close)
+    d.addErrback(lambda f: log.failure("closing the spool reader's connections failed", f))
+    return d
 
 
 def cluster_of(service: Any) -> Cluster | None:

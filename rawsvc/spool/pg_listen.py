@@ -59,7 +59,7 @@ class RequestWakeups:
 
         while not self._stop.is_set():
             try:
-                params = {**DEFAULTS, "application_name": "rawsvc-listen", **conninfo_to_dict(self.dsn)}
+                params = {**DEFAULTS, "application_name": "rawsvc-requests", **conninfo_to_dict(self.dsn)}
                 with psycopg.connect(make_conninfo("", **params), autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()

@@ -40,6 +40,7 @@ from rawsvc.interfaces import (
     IAction, IDeliveryReport, IDestinationPool, IHoldStore, IJobControl, IJobSink, IJobStore, ITrigger,
 )
 from rawsvc.job import Job
+from rawsvc.spool.model import SpoolError
 from rawsvc.spool.resume import SenderGone, SpoolOperations, SpoolPayload
 from rawsvc.spool.service import POLL_INTERVAL, RETENTION_INTERVAL, STOP_GRACE, SpoolService
 from rawsvc.wiring import counters_of, tell_recovered
@@ -121,11 +122,16 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._held: dict[str, Deferred] = {}
         self._polling = False
         self.closed = False
+        #: Cluster mode: this node's delivery worker also carries out deliveries of
+        #: jobs whose flows run on other nodes; their waits are written to the shared store.
+        self.shared_deliveries = False
         #: (when, why) of the last job refused since the last one stored; /healthz reads it.
         self.last_refusal: tuple[float, str] | None = None
         #: The destination pool, when the config has one (cancel and retry reach into its queues).
         self.pool = pool
         self._again: set[str] = set()
+        #: job_id -> the Deferred of L{submit_stored}, fired once the job is stored or refused.
+        self._on_stored: dict[str, Deferred] = {}
 
     def counters_for(self, trigger: str) -> TriggerCounters | None:
         """The counters of a stored job's trigger (a resumed job counts there)."""
@@ -156,8 +162,29 @@ class SpoolSink(Dispatcher, SpoolOperations):
         self._in_flight.add(d)
         return d.addCallbacks(self._stored, self._not_stored, (job, flow_name, counters, d), None, (job, counters, d))
 
+    def submit_stored(self, job: Job, flow_name: str, counters: TriggerCounters | None = None) -> tuple[Deferred, Deferred]:
+        """
+        L{submit} C{job}; and a Deferred that fires with C{job} once it is
+        stored (before its flow runs), or fails with L{SpoolError} when the
+        spool refused it.  The second Deferred is L{submit}'s: the job once
+        its flow ended.
+        """
+        stored: Deferred = Deferred()
+        self._on_stored[job.job_id] = stored
+        finished = self.submit(job, flow_name, counters)
+        return stored, finished
+
+    def _tell_stored(self, job: Job, refused: str | None = None) -> None:
+        d = self._on_stored.pop(job.job_id, None)
+        if d is not None:
+            if refused is None:
+                d.callback(job)
+            else:
+                d.errback(SpoolError(refused))
+
     def _stored(self, path: str | None, job: Job, flow_name: str, counters: TriggerCounters | None, d: Deferred) -> Deferred:
         self._in_flight.discard(d)
+        self._tell_stored(job)
         self.last_refusal = None  # jobs are stored again
         self.rates.acked(time.time() - job.received_at)  # the sender may be acknowledged now
         if path is not None:
@@ -184,6 +211,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
                   trigger=job.trigger, error=job.error)
         job.payload.discard()
         self.history.append(job)
+        self._tell_stored(job, error)
         return job
 
     def _run(self, job: Job, flow_name: str, counters: TriggerCounters | None, start_at: int, fresh: bool = False) -> Deferred:
@@ -196,14 +224,18 @@ class SpoolSink(Dispatcher, SpoolOperations):
 
     def delivery_waiting(self, job_id: str, destination: str, attempt: int, error: str, next_try: float) -> bool:
         marked = Dispatcher.delivery_waiting(self, job_id, destination, attempt, error, next_try)
-        if marked and not self.closed:
+        if (marked or self._remote(job_id)) and not self.closed:
             self.store.waiting(job_id, attempt, error, next_try)
         return marked
+
+    def _remote(self, job_id: str) -> bool:
+        """A job another node runs, whose delivery this node carries out (cluster mode)."""
+        return self.shared_deliveries and job_id not in self.running
 
     def delivery_held(self, job_id: str, destination: str, attempt: int, reason: str, next_try: float) -> bool:
         # Unfinished in the spool: a restart resumes it.  A store without holds keeps it waiting.
         marked = Dispatcher.delivery_held(self, job_id, destination, attempt, reason, next_try)
-        if marked and not self.closed:
+        if (marked or self._remote(job_id)) and not self.closed:
             if IHoldStore.providedBy(self.store):
                 self.store.held(job_id, attempt, reason, next_try)
             else:
@@ -211,7 +243,7 @@ class SpoolSink(Dispatcher, SpoolOperations):
         return marked
 
     def delivery_retrying(self, job_id: str, destination: str, attempt: int) -> None:
-        was_waiting = job_id in self.waiting
+        was_waiting = job_id in self.waiting or self._remote(job_id)  # remote: the store's update is conditional
         Dispatcher.delivery_retrying(self, job_id, destination, attempt)
         if was_waiting and not self.closed:
             self.store.waiting(job_id, attempt, None, None)

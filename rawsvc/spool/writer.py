@@ -1,17 +1,24 @@
 """
 The spool's writer thread: every write of the spool goes through it.
 
-It takes everything queued since its last commit and writes it in one
-transaction: one commit, one fsync, for as many jobs as arrived meanwhile
-(group commit).  The new jobs and final states of a batch are made durable
-by the journal (L{rawsvc.spool.journal}): one record, one C{writev}, one
-C{fdatasync}, before the transaction commits with C{synchronous=NORMAL}
-(no fsync); the SQLite index is made durable behind it (a checkpoint) when
-the journal is emptied.  Other durable writes (the CLI's requests, a
-requeue) are committed with C{synchronous=FULL}; progress records with
-C{NORMAL}.  Results come back to the reactor thread with one
-C{callFromThread} per batch, in the order the writes were queued, so the
-reactor never waits on the disk.
+It takes everything queued since its last commit and writes it at once,
+for as many jobs as arrived meanwhile (group commit).  The new jobs and
+final states of a batch are made durable by the journal
+(L{rawsvc.spool.journal}): one record, one C{writev}, one C{fdatasync}, and
+they are acknowledged right then (L{Writer._ack_at_journal}: the results so
+far go back to the reactor with one C{callFromThread}).  The SQLite index
+follows in the same order, committed with C{synchronous=NORMAL} (no fsync):
+the rows of groups of new jobs, progress and final states alone gather for
+up to L{INDEX_DELAY} into one transaction; any read or other write first
+writes them (so every read sees every acknowledged write).  The index is
+made durable (a checkpoint) when the journal is emptied.  Should its commit
+fail after the acknowledgement (a full disk), the records stay in the
+journal and are written into the index again every L{RETRY_INTERVAL}
+before anything else, every other write being refused meanwhile (a later
+write of those jobs, or a read, would otherwise miss them; the next start
+replays them too).  Other durable writes (the CLI's requests, a requeue)
+are committed with C{synchronous=FULL}, their results after the commit;
+the reactor never waits on the disk.
 
 Runs of new jobs, progress and final states are written as one multi-row
 statement each; should a write fail, the batch starts over with a savepoint
@@ -25,6 +32,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -57,9 +65,18 @@ RETRY_INTERVAL = 1.0
 LAZY_SYNC = 0.005
 
 #: Test only (the kill-between-writes test): the writer SIGKILLs its own
-#: process right after the journal fdatasync of this many batches, before
-#: their SQLite commit.  Read once, when a writer is made; unset in service.
+#: process after the journal fdatasync of this many batches (at the first
+#: with new jobs from then on) and its acknowledgements (L{KILL_DELAY}),
+#: before their SQLite commit.  Read once, when a writer is made; unset in service.
 KILL_AFTER_JOURNAL_ENV = "RAWSVC_TEST_KILL_AFTER_JOURNAL"
+
+#: Seconds the index may lag behind the journal (new jobs, progress and final
+#: states alone; any read or other write first writes it): one transaction
+#: for the rows of as many groups.
+INDEX_DELAY = 0.05
+
+#: Seconds the kill hook waits before the kill, for the reactor to send the acknowledgements.
+KILL_DELAY = 0.5
 
 _STOP = object()
 
@@ -91,6 +108,19 @@ class Writer:
         self.journal_seq = 0
         #: This group's insert rows and final-state rows, for its journal record.
         self._rows: tuple[list[tuple], list[tuple]] = ([], [])
+        #: Journal records acknowledged whose index commit failed (a full disk): applied again, in order,
+        #: every RETRY_INTERVAL s before any other write; until then every other write is refused.
+        self._unapplied: list[journal.Record] = []
+        self._unapplied_error = ""
+        #: The batch's results not yet handed back (see L{_hand_back}).
+        self._results: Results = []
+        self._handed: list[Results] = []
+        #: Rows acknowledged at the journal, not yet in the index: (runs of rows, journal seq or None, record),
+        #: how many writes they are, the new jobs' ids; written by L{_write_index} from C{_index_due} on.
+        self._index_rows: list[tuple[list[tuple], int | None, journal.Record]] = []
+        self._index_count = 0
+        self._index_ids: set[str] = set()
+        self._index_due = 0.0
         self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
@@ -149,6 +179,8 @@ class Writer:
             self.journal.close()
         self.journal = log_file
         self.journal_seq = seq
+        self._unapplied = []  # the open replayed the journal
+        self._index_rows, self._index_count, self._index_ids = [], 0, set()
 
     # The thread -------------------------------------------------------------
 
@@ -156,16 +188,18 @@ class Writer:
         stopping: Deferred | None = None
         while stopping is None:
             try:
-                if self.journal is not None and self.journal.unsynced:
-                    item = self._queue.get(timeout=LAZY_SYNC)
-                else:
-                    item = self._queue.get(timeout=RETRY_INTERVAL) if self._retry else self._queue.get()
+                timeout = self._timeout()
+                item = self._queue.get() if timeout is None else self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = []
                 if self.journal is not None and self.journal.unsynced:
                     self._sync_journal()
-                    if not self._retry:
-                        continue
+                if self._index_rows and time.monotonic() >= self._index_due:
+                    self._write_index()
+                if not (self._retry or self._unapplied):
+                    continue
+            if self._unapplied:
+                self._apply_unapplied()
             ops, self._retry = self._retry, []  # final states not yet written go first, in order
             retried = len(ops)
             while True:
@@ -179,21 +213,33 @@ class Writer:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+            self._results, self._handed = [], []
             try:
-                results = self._run_batch(ops)
+                self._run_batch(ops)
+                results = self._results
             except BaseException as e:  # never let the writer thread die
                 log.failure("spool writer: unexpected error")
-                results = [(op.deferred, False, spool_error(e)) for op in ops]
+                handed = {id(d) for done in self._handed for d, _, _ in done}
+                results = [(op.deferred, False, spool_error(e)) for op in ops
+                           if not op.acked and id(op.deferred) not in handed]
+            self._results = []
             if results:
                 self.reactor.callFromThread(deliver, results)
+            if self._index_rows and (self._index_count >= MAX_BATCH or time.monotonic() >= self._index_due):
+                self._write_index()
             if self.journal is not None:
                 if self.journal.size >= journal.ROTATE_BYTES:
+                    self._write_index()
                     self._empty_journal()
                 elif self.journal.wants_space():
                     self._grow_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
+        self._write_index()
+        if self._unapplied and not self._apply_unapplied():
+            log.error("spool: {n} journal record(s) still not in the index ({error}); the next start writes them "
+                      "into it", n=len(self._unapplied), error=self._unapplied_error)
         if self._retry:
             log.error("spool: the final state of {n} job(s) could not be written ({error}); they run again at the "
                       "next start: {jobs}", n=len(self._retry), error=self._retry_error,
@@ -219,22 +265,42 @@ class Writer:
                  full=self.commits_full)
         self.reactor.callFromThread(stopping.callback, None)
 
-    def _run_batch(self, ops: list[Op]) -> Results:
-        results: Results = []
+    def _timeout(self) -> float | None:
+        """Seconds to wait for writes before the next thing due (None: nothing is)."""
+        due: list[float] = []
+        if self.journal is not None and self.journal.unsynced:
+            due.append(LAZY_SYNC)
+        if self._index_rows:
+            due.append(max(0.0, self._index_due - time.monotonic()))
+        if self._retry or self._unapplied:
+            due.append(RETRY_INTERVAL)
+        return min(due) if due else None
+
+    def _run_batch(self, ops: list[Op]) -> None:
+        """The batch's writes, their results into C{self._results} (those not handed back yet)."""
         group: list[Op] = []
         for op in ops:
             if op.raw:
-                results.extend(self._run_group(group))
+                done = self._run_group(group)
+                self._write_index()  # a flush, an open: after the index holds every write before it
+                self._results.extend(done)  # after the group: it may have handed the list back
                 group = []
                 try:
                     assert op.fn is not None  # only a row of a run has no fn; raw ops have one
-                    results.append((op.deferred, True, op.fn(*op.args)))
+                    self._results.append((op.deferred, True, op.fn(*op.args)))
                 except Exception as e:
-                    results.append((op.deferred, False, e))
+                    self._results.append((op.deferred, False, e))
             else:
                 group.append(op)
-        results.extend(self._run_group(group))
-        return results
+        done = self._run_group(group)
+        self._results.extend(done)
+
+    def _hand_back(self) -> None:
+        """(Writer thread) The results so far to the reactor, with one C{callFromThread}."""
+        if self._results:
+            self.reactor.callFromThread(deliver, self._results)
+            self._handed.append(self._results)
+            self._results = []
 
     def _run_group(self, ops: list[Op]) -> Results:
         if not ops:
@@ -243,8 +309,20 @@ class Writer:
         if conn is None:
             e = SpoolError(self.error or "not open")
             return [(op.deferred, False, e) for op in ops]
-        self._rows = ([], [])
         log_file = self.journal
+        rows_only = log_file is not None and all(op.kind is not None for op in ops)
+        if not rows_only:
+            self._write_index()  # a read, any other write: after the rows before it
+        if self._unapplied:  # the index cannot take writes: refused (see _apply_unapplied)
+            return self._lost(ops, SpoolError(self._unapplied_error))
+        self._rows = ([], [])
+        if log_file is not None and (rows_only or any(op.kind == ADD or op.kind == FINISH for op in ops)):
+            return self._ack_at_journal(conn, ops, log_file, rows_only)
+        return self._commit_group(conn, ops, log_file)
+
+    def _commit_group(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal | None) -> Results:
+        """The group applied and committed, then answered (without a journal, or nothing to journal)."""
+        self._rows = ([], [])
         try:
             # New jobs and final states are made durable by the journal.
             sync = "FULL" if any(op.durable and (op.kind is None or log_file is None) for op in ops) else "NORMAL"
@@ -305,6 +383,243 @@ class Writer:
             return self._fail_group(ops, error)
         return out
 
+    def _ack_at_journal(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal,
+                        rows_only: bool) -> Results:
+        """
+        New jobs and final states acknowledged at their journal record's
+        fdatasync (the batch's results so far handed back with them, one
+        C{callFromThread}); the SQLite index is written behind, in the same
+        order: at once when the group has other writes, else (C{rows_only})
+        with the rows of the next groups, in one transaction (L{INDEX_DELAY},
+        L{_write_index}).  Should the index commit fail (a full disk), the
+        record stays in the journal and in L{_unapplied}, written into the
+        index before any later write; the group's other writes fail.
+        """
+        refused = self._stored_twice(conn, ops)
+        if refused:
+            ops = [op for op in ops if op not in refused]
+        values: list[Any] = [None] * len(ops)
+        #: In order: (None, rows) for a run of rows, (index, None) for any other write.
+        items: list[tuple[int | None, tuple | None]] = []
+        try:
+            run: list[int] = []
+            for i, op in enumerate(ops):
+                if op.kind is not None:
+                    run.append(i)
+                    continue
+                if run:
+                    items.append((None, self._run_rows(ops, run, values)))
+                    run = []
+                items.append((i, None))
+            if run:
+                items.append((None, self._run_rows(ops, run, values)))
+            if self._dir_dirty:
+                fsync_dir(self.files_dir)  # before the record that names the files
+                self._dir_dirty = False
+        except Exception:  # a payload file not written (a full disk): each write on its own, in a transaction
+            for op in ops:
+                if op.undo is not None:
+                    op.undo()
+                    op.undo = None
+            self.variables.forget()
+            return [*refused.values(), *self._commit_group(conn, ops, log_file)]
+        inserts, finals = self._rows
+        seq = self.journal_seq + 1
+        try:
+            if inserts or finals:
+                # Someone waits for it (a new job): fdatasynced now; else soon (LAZY_SYNC).
+                log_file.append(journal.encode(seq, inserts, finals),
+                                sync=bool(inserts) or any(op.deferred is not None for op in ops))
+        except OSError as e:
+            if log_file.broken and not self.error:
+                self.error = f"{log_file.broken}; new jobs are refused: restart the service"
+                log.critical("spool: {error}", error=self.error)
+            error = spool_error(e)
+            log.error("spool: journal write of {n} write(s) failed: {error}", n=len(ops), error=error)
+            return [*refused.values(), *self._fail_group(ops, error)]
+        if inserts or finals:
+            self.journal_seq = seq
+        for i, op in enumerate(ops):
+            if op.kind == ADD or op.kind == FINISH or rows_only:  # progress: in order before any read
+                op.acked = True
+                op.undo = None  # named by the record: kept
+                if op.deferred is not None:
+                    self._results.append((op.deferred, True, values[i]))
+        self._results.extend(refused.values())
+        self._hand_back()
+        if self._kill_after and inserts and log_file.records >= self._kill_after:
+            time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
+            os.kill(os.getpid(), 9)
+        record = journal.Record(seq, inserts, [journal.index_final(row) for row in finals])
+        if rows_only:
+            if not self._index_rows:
+                self._index_due = time.monotonic() + INDEX_DELAY
+            self._index_rows.append(([rows for _, rows in items if rows is not None],
+                                     seq if inserts or finals else None, record))
+            self._index_count += len(ops)
+            self._index_ids.update(row[0] for row in inserts)
+            return []
+        sync = "FULL" if any(op.durable and op.kind is None for op in ops) else "NORMAL"
+        try:
+            if sync != self._synchronous:
+                conn.execute(f"PRAGMA synchronous={sync}")
+                self._synchronous = sync
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = self._apply_items(conn, ops, items, values, False)
+            except Exception as e:  # again, one savepoint per write that is not a run of rows
+                self._note_damage(e)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                out = self._apply_items(conn, ops, items, values, True)
+            if inserts or finals:
+                journal.set_seq(conn, seq)
+            conn.execute("COMMIT")
+        except Exception as e:
+            self._note_damage(e)
+            error = spool_error(e)
+            self.variables.forget()
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not self._unapplied:
+                log.error("spool: the index commit of {n} write(s) failed ({error}); their journal record is "
+                          "kept and written into the index every {s:g} s until it can be; until then other "
+                          "writes are refused", n=len(ops), error=error, s=RETRY_INTERVAL)
+            if inserts or finals:
+                self._unapplied.append(record)
+            self._unapplied_error = f"the spool's index cannot be written: {error}"
+            return [(op.deferred, False, error) for op in ops if not op.acked]
+        self.batches += 1
+        self.commits_full += 1
+        return out
+
+    def _write_index(self) -> None:
+        """
+        (Writer thread) The rows acknowledged at the journal and not yet in
+        the index, written into it in one transaction; should it fail, their
+        records go to L{_unapplied}.
+        """
+        pending, self._index_rows = self._index_rows, []
+        self._index_count = 0
+        self._index_ids = set()
+        conn = self.conn
+        if not pending or conn is None:
+            return
+        seqs = [seq for _, seq, _ in pending if seq is not None]
+        try:
+            if self._synchronous != "NORMAL":
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._synchronous = "NORMAL"
+            conn.execute("BEGIN IMMEDIATE")
+            for runs, _, _ in pending:
+                for rows in runs:
+                    records.write_rows(conn, *rows)
+            if seqs:
+                journal.set_seq(conn, seqs[-1])
+            conn.execute("COMMIT")
+        except Exception as e:
+            self._note_damage(e)
+            error = spool_error(e)
+            self.variables.forget()
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not self._unapplied:
+                log.error("spool: the index commit of {n} journal record(s) failed ({error}); they are kept in "
+                          "the journal and written into the index every {s:g} s until they can be; until then "
+                          "other writes are refused", n=len(seqs), error=error, s=RETRY_INTERVAL)
+            self._unapplied.extend(record for _, seq, record in pending if seq is not None)
+            self._unapplied_error = f"the spool's index cannot be written: {error}"
+            return
+        self.batches += 1
+        self.commits_full += 1
+
+    def _stored_twice(self, conn: sqlite3.Connection, ops: list[Op]) -> dict[Op, tuple[Any, bool, Any]]:
+        """
+        The new jobs whose id the index holds already (or an earlier job of
+        the group has), with their failure: checked before the journal, as
+        the index's C{UNIQUE} constraint would after it.
+        """
+        ids = [op.args[0].job_id for op in ops if op.kind == ADD]
+        if not ids:
+            return {}
+        held: set[str] = set()
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            sql = f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * len(chunk))})"
+            held.update(row[0] for row in conn.execute(sql, chunk))
+        held.update(job_id for job_id in ids if job_id in self._index_ids)  # acknowledged, the index behind
+        if not held and len(set(ids)) == len(ids):
+            return {}
+        refused: dict[Op, tuple[Any, bool, Any]] = {}
+        error = spool_error(sqlite3.IntegrityError("UNIQUE constraint failed: jobs.job_id"))
+        for op in ops:
+            if op.kind == ADD:
+                job_id = op.args[0].job_id
+                if job_id in held:
+                    refused[op] = (op.deferred, False, error)
+                held.add(job_id)
+        return refused
+
+    def _apply_items(self, conn: sqlite3.Connection, ops: list[Op], items: list[tuple[int | None, tuple | None]],
+                     values: list[Any], savepoints: bool) -> Results:
+        """
+        (In a transaction) L{_ack_at_journal}'s writes, in order; the results
+        of those not acknowledged yet.  With C{savepoints}, a write other
+        than a run of rows fails alone; a run that fails fails them all.
+        """
+        failed: set[int] = set()
+        for i, rows in items:
+            if rows is not None:
+                records.write_rows(conn, *rows)
+                continue
+            assert i is not None
+            op = ops[i]
+            assert op.fn is not None  # an op without a kind has its fn
+            if not savepoints:
+                values[i] = op.fn(conn, *op.args)
+                continue
+            try:
+                conn.execute("SAVEPOINT op")
+                values[i] = op.fn(conn, *op.args)
+                conn.execute("RELEASE op")
+            except Exception as e:
+                if not self._rollback_to_savepoint(conn):
+                    raise  # the whole transaction is gone (a full disk)
+                values[i] = spool_error(e)
+                failed.add(i)
+        return [(op.deferred, i not in failed, values[i]) for i, op in enumerate(ops)
+                if not op.acked and (op.deferred is not None or i in failed)]
+
+    def _apply_unapplied(self) -> bool:
+        """(Writer thread) The acknowledged records the index lacks, written into it in order; True once done."""
+        conn = self.conn
+        if conn is None:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            journal.apply(conn, self._unapplied)
+            conn.execute("COMMIT")
+        except Exception as e:
+            self._note_damage(e)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._unapplied_error = f"the spool's index cannot be written: {spool_error(e)}"
+            return False
+        log.info("spool: {n} journal record(s) written into the index at last", n=len(self._unapplied))
+        self._unapplied = []
+        self.batches += 1
+        return True
+
     def _sync_journal(self) -> None:
         assert self.journal is not None
         try:
@@ -321,8 +636,8 @@ class Writer:
             log.warn("spool: cannot give the journal more space ahead: {error}", error=describe(e))
 
     def _empty_journal(self) -> None:
-        """(Writer thread) the index made durable, then the journal emptied."""
-        if self.journal is None or self.conn is None or not self.journal.size:
+        """(Writer thread) the index made durable, then the journal emptied (not while records wait for it)."""
+        if self.journal is None or self.conn is None or not self.journal.size or self._unapplied or self._index_rows:
             return
         try:
             journal.durable_index(self.conn)
@@ -392,7 +707,11 @@ class Writer:
         return values
 
     def _apply_run(self, conn: sqlite3.Connection, ops: list[Op], run: list[int], values: list[Any]) -> None:
+        records.write_rows(conn, *self._run_rows(ops, run, values))
+
+    def _run_rows(self, ops: list[Op], run: list[int], values: list[Any]) -> tuple[list, list, list]:
         """
+        The rows of a run (also added to the group's journal rows, C{self._rows}):
         New jobs, then progress, then final states.  Within a run only a
         job's latest progress matters, and none at all when its final state
         is in the run too (before it: the bytes each one delivered add up;
@@ -435,7 +754,6 @@ class Writer:
             records.finish_params(job_id, state, error, index, lean.for_update(job_id, variables, True), dest, sent, now)
             for job_id, (state, error, index, variables, now, dest, sent) in finals.items()
         ]
-        records.write_rows(conn, inserts, progress_rows, final_rows)
         journaled_inserts, journaled_finals = self._rows
         journaled_inserts.extend(inserts)
         for row, (_, _, _, variables, _, _, _) in zip(final_rows, finals.values()):
@@ -443,6 +761,7 @@ class Writer:
             # last write (None in the index row), which the journal may not hold: whole.
             journaled_finals.append((row[0], str(row[1]), None if row[2] is None else str(row[2]), row[3],
                                      dict(variables) if row[4] is None else row[4]) + row[5:])
+        return inserts, progress_rows, final_rows
 
     def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
         """The payload as a blob, or (larger) in its own file, fsynced."""
