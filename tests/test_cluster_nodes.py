@@ -66,22 +66,22 @@ class CountingPrinter(threading.Thread):
             if self.active > 1:
                 self.concurrent += 1
         try:
-            with conn:
-                conn.settimeout(30)
-                self.hold.wait(60)
-                chunks = []
-                try:
-                    while data := conn.recv(65536):
-                        chunks.append(data)
-                except OSError:
-                    with self.lock:
-                        self.broken += 1  # reset mid-job: a fragment, not a print
-                    return
+            conn.settimeout(30)
+            self.hold.wait(60)
+            chunks = []
+            try:
+                while data := conn.recv(65536):
+                    chunks.append(data)
+            except OSError:
                 with self.lock:
-                    self.received.append(b"".join(chunks))
-        finally:
+                    self.broken += 1  # reset mid-job: a fragment, not a print
+                return
             with self.lock:
+                self.received.append(b"".join(chunks))
+        finally:
+            with self.lock:  # no longer counted before the sender can see the close
                 self.active -= 1
+            conn.close()
 
 
 def write_config(tmp_path, name: str, uri: str, trigger_port: int, printer_port: int, admin_port: int) -> str:
@@ -122,6 +122,7 @@ data = "OK ${{job_id}}\\n"
 [[flow.actions]]
 type = "send_tcp"
 destination = "127.0.0.1:{printer_port}"
+wait_for_eof = true
 retries = 100000
 retry_delay = 0.1
 max_retry_delay = 0.3
