@@ -52,3 +52,17 @@ def test_no_cluster_without_postgresql():
 ])
 def test_bad_values_are_named(table, message):
     assert message in _errors(PG + "[cluster]\n" + table + "\n" + FLOW)
+
+
+def test_a_printer_pool_is_refused_in_a_cluster_with_a_clear_error():
+    pool = """
+[[flow]]
+name = "p"
+[[flow.actions]]
+type = "send_tcp"
+destination = ["127.0.0.1:9100", "127.0.0.1:9101"]
+"""
+    assert "a pool of several printers is not shared across a cluster" in _errors(PG + pool)
+    single = pool.replace('["127.0.0.1:9100", "127.0.0.1:9101"]', '["127.0.0.1:9100"]')
+    assert loads(PG + single).flows["p"]
+    assert loads(pool).flows["p"]  # SQLite: pools as before

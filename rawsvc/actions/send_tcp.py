@@ -140,6 +140,12 @@ class SendTcpAction:
                 f"{options['retry_delay']:g} s is longer than max_retry_delay ({options['max_retry_delay']:g} s)",
                 "retry_delay",
             )
+        if context.cluster_options is not None and len(options["destination"]) > 1:
+            raise ConfigIssue(
+                "a pool of several printers is not shared across a cluster: each node would choose and "
+                "connect on its own, breaking one connection per printer; give send_tcp one destination "
+                "with [cluster]", "destination",
+            )
         pool = pool_for(context)
         for destination in options["destination"]:
             if destination.names:
