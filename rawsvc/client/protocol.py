@@ -132,6 +132,7 @@ class SendProtocol(Protocol):
         self._timer: Any = None
         self._abort_timer: Any = None
         self._lost = False
+        self._stillborn = False  # connected after its delivery ended: aborted, reported to nobody
         self._stall_timer: Any = None
         self._progress = 0
         self._stalled = False
@@ -151,6 +152,12 @@ class SendProtocol(Protocol):
     # I/O ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.machine.state is State.DONE:
+            # The delivery already ended (a fence cancelled the attempt while it connected):
+            # nobody waits for this connection, and not one byte may go out on it.
+            self._stillborn = True
+            stream_transport(self).abortConnection()
+            return
         self.machine.connected()
         self.machine.transport = self.transport
         if self.machine.cut_off():
@@ -339,6 +346,8 @@ class SendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self._lost = True
+        if self._stillborn:
+            return
         self.machine.transport = None
         self._cancel_timer()
         if self._stall_timer is not None and self._stall_timer.active():

@@ -169,7 +169,9 @@ class SpoolOperations:
 
     def _cancel_in_cluster(self, job_id: str) -> Deferred:
         """Cluster mode: C{job_id}'s delivery still queued in PostgreSQL ends cancelled; whether one did."""
-        cluster = getattr(self.pool, "cluster", None) if self.pool is not None else None
+        from rawsvc.client.destinations import DestinationPool
+
+        cluster = self.pool.cluster if isinstance(self.pool, DestinationPool) else None
         if cluster is None:
             return succeed(False)
         return cluster.cancel(job_id)
