@@ -379,7 +379,10 @@ def test_every_acknowledged_job_is_printed_once_in_order_through_faults_and_rest
               f"connections {printer.connections}, cut short {printer.partial}, "
               f"{time.monotonic() - started:.1f} s")
 
-        strangers = [d for _, d in printer.prints if sha(d) not in all_sent]
+        # An empty connection is no print: a sender killed (or giving up) after the printer's kernel
+        # completed the handshake, but before a byte was written, closes a socket that sits in the
+        # printer's backlog; a lost job is still caught as missing above.
+        strangers = [d for _, d in printer.prints if d and sha(d) not in all_sent]
         assert not strangers, f"the printer got a job nobody sent (not byte-identical): {[_closest(d, all_sent.values()) for d in strangers]}"
         assert printer.overlaps == 0, (f"two connections to the printer at once: {printer.overlap_log}; "
                                        f"events {[(e, round(a - started, 1)) for e, a, _ in events]}; t0 {started}")

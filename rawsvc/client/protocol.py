@@ -156,6 +156,7 @@ class SendProtocol(Protocol):
             # The delivery already ended (a fence cancelled the attempt while it connected):
             # nobody waits for this connection, and not one byte may go out on it.
             self._stillborn = True
+            reset_if_abandoned(self.transport, True)  # a reset: an empty clean close looks like an empty job
             stream_transport(self).abortConnection()
             return
         self.machine.connected()
@@ -164,6 +165,7 @@ class SendProtocol(Protocol):
             # A fenced cluster node: not one byte may go out once the lease is lost.
             self._ending = Ending.RESET
             self._error = "aborted before sending: this node lost its cluster lease"
+            reset_if_abandoned(self.transport, True)
             stream_transport(self).abortConnection()
             return
         self._probe = AckProbe.of(self.transport)
@@ -177,6 +179,7 @@ class SendProtocol(Protocol):
             # (nothing to abort then): not one byte, another node may hold the printer's line now.
             self._ending = Ending.RESET
             self._error = "cut off while connecting (this node fenced itself): nothing sent"
+            reset_if_abandoned(self.transport, True)
             stream_transport(self).abortConnection()
             return
         if self.settings.send_timeout > 0:
