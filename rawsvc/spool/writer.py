@@ -477,25 +477,33 @@ class Writer:
                 journal.set_seq(conn, seq)
             conn.execute("COMMIT")
         except Exception as e:
-            self._note_damage(e)
-            error = spool_error(e)
-            self.variables.forget()
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if not self._unapplied:
-                log.error("spool: the index commit of {n} write(s) failed ({error}); their journal record is "
-                          "kept and written into the index every {s:g} s until it can be; until then other "
-                          "writes are refused", n=len(ops), error=error, s=RETRY_INTERVAL)
-            if inserts or finals:
-                self._unapplied.append(record)
-            self._unapplied_error = f"the spool's index cannot be written: {error}"
+            error = self._index_failed(conn, e, f"{len(ops)} write(s)", [record] if inserts or finals else [])
             return [(op.deferred, False, error) for op in ops if not op.acked]
         self.batches += 1
         self.commits_full += 1
         return out
+
+    def _index_failed(self, conn: sqlite3.Connection, e: Exception, what: str, kept: list) -> SpoolError:
+        """
+        (Writer thread) An index transaction failed: roll it back, keep the
+        journal C{kept} records to write again, refuse other writes meanwhile;
+        the error as the spool reports it.
+        """
+        self._note_damage(e)
+        error = spool_error(e)
+        self.variables.forget()
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if not self._unapplied:
+            log.error("spool: the index commit of {what} failed ({error}); the journal keeps them and they are "
+                      "written into the index every {s:g} s until they can be; until then other writes are "
+                      "refused", what=what, error=error, s=RETRY_INTERVAL)
+        self._unapplied.extend(kept)
+        self._unapplied_error = f"the spool's index cannot be written: {error}"
+        return error
 
     def _write_index(self) -> None:
         """
@@ -522,20 +530,8 @@ class Writer:
                 journal.set_seq(conn, seqs[-1])
             conn.execute("COMMIT")
         except Exception as e:
-            self._note_damage(e)
-            error = spool_error(e)
-            self.variables.forget()
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if not self._unapplied:
-                log.error("spool: the index commit of {n} journal record(s) failed ({error}); they are kept in "
-                          "the journal and written into the index every {s:g} s until they can be; until then "
-                          "other writes are refused", n=len(seqs), error=error, s=RETRY_INTERVAL)
-            self._unapplied.extend(record for _, seq, record in pending if seq is not None)
-            self._unapplied_error = f"the spool's index cannot be written: {error}"
+            self._index_failed(conn, e, f"{len(seqs)} journal record(s)",
+                               [record for _, seq, record in pending if seq is not None])
             return
         self.batches += 1
         self.commits_full += 1
