@@ -102,7 +102,9 @@ def test_sigkill_a_node_under_load_loses_nothing_keeps_order_and_one_connection_
     assert states == ["dead", "alive"], states  # the killed incarnation was reaped; the restart joined
     if took is not None:  # deliveries were in flight on the killed node: re-sent within ttl + one reap
         assert took <= TTL + REAP + 1.5, took
-    assert "cluster: takeover" in cluster.logs()
+        assert "cluster: takeover: requeued" in cluster.logs()
+    # The victim may die holding nothing (its deliveries last 20 ms): then there is nothing to take
+    # over and no takeover line; test_cluster_nodes and test_cluster_claims take over on purpose.
 
 
 def test_a_node_frozen_past_its_lease_fences_itself_on_waking_and_the_others_carry_on(cluster):
