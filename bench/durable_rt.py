@@ -66,6 +66,16 @@ def round_trip(workdir: Path, loadgen: Path, spool: bool, clients: int, duration
         server.stop()
 
 
+def measure(workdir: Path, loadgen: Path, duration: float, warmup: float) -> dict:
+    """The fsync's cost, then memory and durable round trips at 1 and 32 clients (bench/run.py's durable-rt)."""
+    results: dict = {"fsync": fsync_cost(str(workdir))}
+    for clients in (1, 32):
+        for spool in (False, True):
+            results[f"{'durable' if spool else 'memory'}-{clients}"] = round_trip(
+                workdir, loadgen, spool, clients, duration, warmup)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
@@ -74,12 +84,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rawsvc-durable-rt-") as tmp:
         workdir = Path(tmp)
-        loadgen = build_loadgen(workdir)
-        results: dict = {"fsync": fsync_cost(tmp)}
-        for clients in (1, 32):
-            for spool in (False, True):
-                results[f"{'durable' if spool else 'memory'}-{clients}"] = round_trip(
-                    workdir, loadgen, spool, clients, args.duration, args.warmup)
+        results = measure(workdir, build_loadgen(workdir), args.duration, args.warmup)
     f = results["fsync"]["append_fdatasync_ms"]
     print(f"one append + fdatasync: {f:.3f} ms   (+ fsync: {results['fsync']['append_fsync_ms']:.3f} ms)")
     print(f"{'mode':<12} {'clients':>7} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>6} {'cpu us/job':>10}")

@@ -6,7 +6,7 @@ rawsvc benchmarks, each scenario side by side with its baselines in one run.
 --tree DIR runs another checkout's rawsvc (a worktree of main, say) with
 this bench, for before/after tables in one time window.
 
-Scenarios: rt-eof, rt-line, relay, stream, idle, durable, cluster (see bench/scenarios/).
+Scenarios: rt-eof, rt-line, relay, stream, idle, durable, durable-rt, cluster (see bench/scenarios/).
 rawsvc runs as the real C{twistd -n rawsvc} subprocess pinned to core 0; the
 load generator (bench/loadgen.c, compiled here with cc -O2 into a temporary
 directory) runs on core 1.  Loopback only.  Prints a table and writes every
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 from harness import build_loadgen, raise_nofile  # noqa: E402
-from scenarios import cluster, durable, idle, nodered, relay, roundtrip, stream  # noqa: E402
+from scenarios import cluster, durable, durable_rt, idle, nodered, relay, roundtrip, stream  # noqa: E402
 
 SCENARIOS = {
     "rt-eof": lambda ctx: roundtrip.run(ctx, "eof"),
@@ -38,6 +38,7 @@ SCENARIOS = {
     "stream": stream.run,
     "idle": idle.run,
     "durable": durable.run,
+    "durable-rt": durable_rt.run,
     "cluster": cluster.run,
 }
 
@@ -217,6 +218,12 @@ def table(results: dict) -> tuple[list[str], list[dict]]:
             ratio = du.get("ratio")
             goals.append({"goal": "durable / non-durable jobs/s", "measured": ratio, "target": ">= 0.7",
                           "met": None if ratio is None else ratio >= 0.7})
+
+    drt = results.get("durable-rt")
+    if drt:
+        more, more_goals = durable_rt.table(drt)
+        lines += more
+        goals += more_goals
 
     cl = results.get("cluster")
     if cl:

@@ -78,7 +78,9 @@ class FramedConnection(JobSubmission):
     _told_done = False
     # One timer per connection serves idle_timeout and job_timeout: data
     # only moves timestamps, and the timer re-arms itself lazily.
-    _deadline_call: Any = None
+    #: The time of this connection's entry in the reactor's deadline heap (L{rawsvc.triggers.deadlines}).
+    deadline_at: float | None = None
+    _deadlines: Any = None
     _idle_armed = False
     last_active = 0.0
     _job_started: float | None = None
@@ -157,11 +159,8 @@ class FramedConnection(JobSubmission):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
-        call = self._deadline_call
-        if call is not None:
-            self._deadline_call = None
-            if call.active():
-                call.cancel()
+        if self.deadline_at is not None:
+            self._deadlines.cancel(self)
         call = self._frame_call
         if call is not None:
             self._frame_call = None

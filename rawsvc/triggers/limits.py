@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rawsvc.compat import stream_transport
+from rawsvc.triggers.deadlines import Deadlines, deadlines_of
 from rawsvc.triggers.settings import ConnectionSettings
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class ConnectionLimits(Protocol):
 
     trigger: ListenerTrigger
     settings: ConnectionSettings
+    deadline_at: float | None
+    _deadlines: Deadlines | None
     peer_host: str
     reactor: Any
     label: str
@@ -69,7 +72,6 @@ class ConnectionLimits(Protocol):
     payload: Any
     last_active: float
     _paused: set[str]
-    _deadline_call: Any
     _idle_armed: bool
     _job_started: float | None
 
@@ -190,18 +192,17 @@ class ConnectionLimits(Protocol):
         deadline = self._next_deadline()
         if deadline is None:
             return
-        delay = max(0.0, deadline - self.reactor.seconds())
-        if self._deadline_call is not None:
-            # A later deadline (activity) waits for the pending call, which
-            # re-checks and re-arms; an earlier one (a job_timeout shorter
-            # than idle_timeout) pulls the call forward.
-            if deadline < self._deadline_call.getTime():
-                self._deadline_call.reset(delay)
-            return
-        self._deadline_call = self.reactor.callLater(delay, self._deadline_reached)
+        # One timer for every connection on the reactor: a later deadline
+        # (activity) waits for the pending entry, which re-checks and
+        # re-arms; an earlier one (a job_timeout shorter than idle_timeout)
+        # gets an entry of its own.
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = deadlines_of(self.reactor)
+        deadlines.schedule(self, deadline)
 
-    def _deadline_reached(self) -> None:
-        self._deadline_call = None
+    def deadline_reached(self) -> None:
+        """(The reactor's L{Deadlines}) this connection's entry came up: check its timeouts, schedule the next."""
         if self.closed:
             return
         s = self.settings
