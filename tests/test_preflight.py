@@ -7,9 +7,13 @@ in order, once the printer is ready.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThread
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
@@ -292,6 +296,11 @@ actions = [ {{ type = "send_tcp", destination = "{printer.destination}", preflig
 
         yield spool_state()
         assert stored == [("held", "paper out")]
+        listing = yield deferToThread(
+            subprocess.run, [sys.executable, "-m", "rawsvc", "jobs", "--state-dir", f"{tmp_path}/state"],
+            capture_output=True, text=True, timeout=60)
+        line = next((x for x in listing.stdout.splitlines() if x.startswith(job_id)), listing.stdout + listing.stderr)
+        assert " held " in line and "next check " in line and line.endswith(": paper out"), line
         assert printer.printed == []
         printer.status.paper_out = False
         yield _until(reactor, lambda: [j["state"] for j in recent_jobs(service)] == ["done"])

@@ -167,10 +167,16 @@ def _print_jobs(args: argparse.Namespace, where: str, rows: Sequence[Any], recor
 
 
 def _error(row: Any) -> str:
-    """The ERROR column; for a waiting job, its delivery attempt and next try first."""
+    """
+    The ERROR column; for a waiting job, its delivery attempt and next try
+    first; for a held one (its printer not ready), when the printer is
+    asked again, then why it holds.
+    """
     error = row["last_error"] or ""
     if row["state"] == "waiting" and row["next_try"]:
         return f"attempt {row['delivery_attempt']}, next try {_when(row['next_try'])}: {error}"
+    if row["state"] == "held" and row["next_try"]:
+        return f"next check {_when(row['next_try'])}: {error}"
     return error
 
 
