@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,7 +38,7 @@ from rawsvc.job import Payload, PayloadError
 from rawsvc.triggers import admission
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
-from rawsvc.triggers.limits import HOLD_BUFFER, ReadThrottle
+from rawsvc.triggers.limits import HOLD_BUFFER
 from rawsvc.triggers.policy import ConnectionPolicy
 
 #: The policy of a connection whose trigger adds nothing (shared: it reads no connection).
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="rawsvc.trigger")
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class FramedConnection(JobSubmission):
     """
     Frames a connection's bytes into jobs with C{framer}; C{make_policy}
@@ -149,7 +149,7 @@ class FramedConnection(JobSubmission):
         t.connections.add(self)
         t.counters.connections_open += 1
         t.counters.connections_total += 1
-        stream_transport(self).registerProducer(ReadThrottle(self), True)
+        stream_transport(self).registerProducer(self, True)  # its own push producer (limits.py)
         self._arm_idle()
         if not self._plain_policy:
             self._tell("accepted", self.policy.accepted)
@@ -173,7 +173,7 @@ class FramedConnection(JobSubmission):
             t.counters.connections_open -= 1
         if self.refused:
             return
-        clean = reason.check(ConnectionDone) is not None
+        clean = isinstance(reason.value, ConnectionDone)  # Failure.check walks the class names
         # First: nothing more can be written, so replies from now on fail.
         self.replies.lost("closed" if clean else reason.getErrorMessage())
         if not self.input_done:
