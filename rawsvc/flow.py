@@ -74,7 +74,8 @@ class Flow:
         Deferred: the job (ended), or a Deferred that fires with it.
         """
         actions = self.actions
-        variables = job.variables
+        if start_at < len(actions):
+            variables = job.variables
         for index in range(start_at, len(actions)):
             action = actions[index]
             variables["action_index"] = _INDEX[index] if index < len(_INDEX) else str(index)

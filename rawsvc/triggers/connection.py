@@ -133,7 +133,7 @@ class FramedConnection(JobSubmission):
         self.peer_host, self.peer_port = peer_of(self.transport)
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.reactor)
-        self.last_active = self.reactor.seconds()
+        now = self.last_active = self.reactor.seconds()
         low = t.disk_check() if t.disk_check_at_accept else None
         if low is not None and s.turn_away_when_disk_low:
             # Only where the client can read why (a refusal text): a reset at
@@ -150,7 +150,7 @@ class FramedConnection(JobSubmission):
         t.counters.connections_open += 1
         t.counters.connections_total += 1
         stream_transport(self).registerProducer(self, True)  # its own push producer (limits.py)
-        self._arm_idle()
+        self._arm_idle(now)
         if not self._plain_policy:
             self._tell("accepted", self.policy.accepted)
         if s.connect_flow is not None and not (self.refused or self.held):
@@ -301,7 +301,9 @@ class FramedConnection(JobSubmission):
             self.job_refused = None
             if s.job_timeout:
                 self._job_started = self.last_active
-                self._schedule_deadline()
+                at = self.deadline_at
+                if at is None or self.last_active + s.job_timeout < at:  # else the entry there re-checks
+                    self._schedule_deadline()
         if not self._announces and not self.began:
             self._begin({})
         if self.job_refused:

@@ -157,12 +157,12 @@ class ConnectionLimits(Protocol):
         """
         self.last_active = max(self.last_active, self.reactor.seconds())
 
-    def _arm_idle(self) -> None:
-        """(Re)start counting idle time from now."""
+    def _arm_idle(self, now: float | None = None) -> None:
+        """(Re)start counting idle time from now (C{now}: the reactor's time, when the caller has it)."""
         if not self.settings.idle_timeout or self.closed:
             return
         self._idle_armed = True
-        self.last_active = self.reactor.seconds()
+        self.last_active = self.reactor.seconds() if now is None else now
         self._schedule_deadline()
 
     def _disarm_idle(self) -> None:
