@@ -54,7 +54,9 @@ class Flow:
 
         Actions that return plain values run in a plain loop; from the first
         one that returns a Deferred (or fails) the rest runs in callbacks on
-        that Deferred (L{_next}, L{_failed}).
+        that Deferred (L{_next}, L{_failed}), so a flow that waits again is
+        a Deferred chained to the next one (C{called} but paused until it
+        ends): take its result by a callback.
         """
         gate, job.gate = job.gate, None
         if gate is not None and not gate.called:
