@@ -72,13 +72,15 @@ class Dispatcher:
             self._ended(d.result, job, counters, started)
             return d
         self._in_flight.add(d)
-        return d.addErrback(self._crashed, job, flow_name).addBoth(self._ended_later, job, counters, started, d)
+        return d.addCallbacks(self._ended_later, self._crashed, (job, counters, started, d), None,
+                              (job, flow_name, counters, started, d))
 
-    def _crashed(self, failure: Failure, job: Job, flow_name: str) -> Job:
+    def _crashed(self, failure: Failure, job: Job, flow_name: str, counters: TriggerCounters | None,
+                 started: float, d: Deferred) -> Job:
         log.failure("flow {flow} crashed for job {job_id}", failure, flow=flow_name, job_id=job.job_id)
         job.state = "failed"
         job.error = str(failure.value)
-        return job
+        return self._ended_later(job, job, counters, started, d)
 
     def _ended_later(self, result: Any, job: Job, counters: TriggerCounters | None, started: float,
                         d: Deferred) -> Any:

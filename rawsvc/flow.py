@@ -53,72 +53,58 @@ class Flow:
         fails for a failing action.
 
         Actions that return plain values run in a plain loop; from the first
-        one that returns a Deferred (or fails) the rest runs in L{_resume}.
+        one that returns a Deferred (or fails) the rest runs in callbacks on
+        that Deferred (L{_next}, L{_failed}), so a flow that waits again is
+        a Deferred chained to the next one (C{called} but paused until it
+        ends): take its result by a callback.
         """
         gate, job.gate = job.gate, None
         if gate is not None and not gate.called:
             # Held by its trigger (after the sink stored it): start once let go.
             return gate.addCallback(lambda _: self.run(job, start_at))
         job.state = "running"
-        started = time.monotonic()
+        # Only a logged job reads its start (see _done).
+        started = time.monotonic() if self.log_jobs else 0.0
+        result = self._run_from(job, start_at, started)
+        if isinstance(result, Deferred):
+            return result
+        return fail(result) if isinstance(result, Failure) else succeed(result)
+
+    def _run_from(self, job: Job, start_at: int, started: float) -> Any:
+        """
+        Run actions C{start_at} onwards in a plain loop until one returns a
+        Deferred: the job (ended), or a Deferred that fires with it.
+        """
         actions = self.actions
-        variables = job.variables
+        if start_at < len(actions):
+            variables = job.variables
         for index in range(start_at, len(actions)):
             action = actions[index]
-            variables["action_index"] = str(index)
+            variables["action_index"] = _INDEX[index] if index < len(_INDEX) else str(index)
             try:
                 result = action.run(job)
             except Exception:
-                return self._resume(job, index, action, Failure(), started)
-            if isinstance(result, (Deferred, Failure)):
-                return self._resume(job, index, action, result, started)
+                return self._failed(Failure(), job, index, action, started)
+            if isinstance(result, Deferred):
+                # The rest runs in its callbacks: the Deferred the action gave
+                # is the job's, so a flow that waits once (a reply's
+                # hand-over) costs no Deferred of its own.
+                return result.addCallbacks(self._next, self._failed, (job, index, started), None,
+                                           (job, index, action, started))
+            if isinstance(result, Failure):
+                return self._failed(result, job, index, action, started)
         self._done(job, started)
         job.finished_at = time.time()
-        return succeed(job)
+        return job
 
-    def _resume(self, job: Job, index: int, action: IAction, pending: Any, started: float) -> Deferred:
-        """
-        Wait for action C{index}'s result C{pending} (a Deferred or a
-        Failure), then run the rest.  Plain callbacks, no generator: a flow
-        that waits once (a reply's hand-over) costs one more Deferred, which
-        fires once the job has ended.
-        """
-        ended: Deferred = Deferred()
-        self._wait(pending, job, index, action, started, ended)
-        return ended
+    def _next(self, _result: Any, job: Job, index: int, started: float) -> Any:
+        """Action C{index} succeeded: run the ones after it (a Deferred returned here is chained)."""
+        return self._run_from(job, index + 1, started)
 
-    def _wait(self, pending: Any, job: Job, index: int, action: IAction, started: float, ended: Deferred) -> None:
-        if isinstance(pending, Failure):
-            self._failed(pending, job, index, action, started, ended)
-            return
-        pending.addCallbacks(self._next, self._failed, (job, index, started, ended), None,
-                             (job, index, action, started, ended)).addErrback(_bug, ended)
-
-    def _next(self, _result: Any, job: Job, index: int, started: float, ended: Deferred) -> None:
-        """Action C{index} succeeded: run the ones after it, in a plain loop until one returns a Deferred."""
-        actions = self.actions
-        variables = job.variables
-        for index in range(index + 1, len(actions)):
-            action = actions[index]
-            variables["action_index"] = str(index)
-            try:
-                result = action.run(job)
-            except Exception:
-                self._failed(Failure(), job, index, action, started, ended)
-                return
-            if isinstance(result, (Deferred, Failure)):
-                self._wait(result, job, index, action, started, ended)
-                return
-        self._done(job, started)
-        job.finished_at = time.time()
-        ended.callback(job)
-
-    def _failed(self, failure: Failure, job: Job, index: int, action: IAction, started: float,
-                ended: Deferred) -> None:
+    def _failed(self, failure: Failure, job: Job, index: int, action: IAction, started: float) -> Any:
         """Action C{index} failed: the job fails (or is interrupted) and C{on_error} runs."""
         if failure.check(Exception) is None:
-            ended.errback(failure)  # not an error of the action (a BaseException): passed on
-            return
+            return failure  # not an error of the action (a BaseException): passed on
         message = describe_failure(failure)
         if not isinstance(failure.value, ActionError):
             log.failure(
@@ -129,8 +115,8 @@ class Flow:
                 flow=self.name,
                 job_id=job.job_id,
             )
-        self._fail(job, index, action, message, isinstance(failure.value, Interrupted)).addCallback(
-            _finished, job).chainDeferred(ended)
+        return self._fail(job, index, action, message, isinstance(failure.value, Interrupted)).addCallback(
+            _finished, job)
 
     def _done(self, job: Job, started: float) -> None:
         job.state = "done"
@@ -176,17 +162,13 @@ class Flow:
         job.on_error_index = None
 
 
+#: The C{action_index} variable of the first actions, made once.
+_INDEX = tuple(str(i) for i in range(64))
+
+
 def _finished(_: Any, job: Job) -> Job:
     job.finished_at = time.time()
     return job
-
-
-def _bug(failure: Failure, ended: Deferred) -> None:
-    """A failure in the flow's own bookkeeping: the job's Deferred fails with it (the sink logs it)."""
-    if not ended.called:
-        ended.errback(failure)
-    else:
-        log.failure("a flow's bookkeeping failed after its job ended", failure)
 
 
 def run_job(flow: Flow, job: Job) -> Deferred:

@@ -352,7 +352,7 @@ class Job:
     #: See L{state}; set it only through that property, which checks the transition.
     _state: JobState = JobState.RECEIVED
     error: str | None = None
-    seq: int = attrs.field(factory=lambda: next(_counter))
+    seq: int = attrs.field(factory=_counter.__next__)
     finished_at: float | None = None
     _values: dict[str, str] = attrs.field(init=False, repr=False)
     extra: dict[str, str] = attrs.field(factory=dict, repr=False)
@@ -364,7 +364,7 @@ class Job:
     #: C{pjl_job_name}, C{pjl_language}, C{eoj}; a plugin's frame number):
     #: read-only, and also set as variables (a built-in variable of the same
     #: name wins), so flows and the spool see it.
-    meta: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    meta: Mapping[str, str] = attrs.field(default=_NO_META, repr=False)  # read-only: one shared empty one
     #: How often an operator ran the job again (the spool's C{run}): with the action's index, the key
     #: of its cluster deliveries.  Not a variable.
     run: int = attrs.field(default=0, repr=False)

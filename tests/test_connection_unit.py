@@ -68,6 +68,20 @@ def test_tcp_trigger_provides_itrigger(tmp_path):
     assert verifyObject(ITrigger, trigger)
 
 
+def test_a_connection_is_the_push_producer_of_its_own_writes(tmp_path):
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface.verify import verifyObject
+
+    trigger, _ = make_trigger(tmp_path)
+    proto, transport = connect(trigger)
+    assert transport.producer is proto and transport.streaming
+    assert verifyObject(IPushProducer, proto)
+    proto.pauseProducing()  # the client reads no replies: its write buffer is full
+    assert "backpressure" in proto.reading_paused and transport.producerState == "paused"
+    proto.resumeProducing()
+    assert proto.reading_paused == frozenset() and transport.producerState == "producing"
+
+
 def test_replies_are_held_until_earlier_jobs_finish(tmp_path):
     trigger, clock = make_trigger(tmp_path, execute_on='"delimiter"', delimiter='"\\n"')
     proto, transport = connect(trigger)

@@ -117,6 +117,27 @@ def test_next_action_waits_for_the_deferred():
     assert d.called and job.state == "done"
 
 
+def test_a_flow_that_waits_twice_ends_with_its_job_once_both_fired():
+    first, second = Later(), Later()
+    after = Record("z")
+    job = Job("t")
+    d = run_job(Flow("f", [first, second, after]), job)
+    first.pending[0].callback(None)
+    assert after.seen == [] and job.state == "running"
+    second.pending[0].callback(None)
+    assert after.seen == [job]
+    assert d.result is job and job.state == "done"
+
+
+def test_a_deferred_that_fails_after_a_wait_fails_the_job_not_the_flow():
+    first, second = Later(), Later()
+    job = Job("t")
+    d = run_job(Flow("f", [first, second]), job)
+    first.pending[0].callback(None)
+    second.pending[0].errback(ActionError("gone"))
+    assert d.result is job and job.state == "failed" and job.error == "gone"
+
+
 def test_failing_action_stops_the_flow():
     after = Record("z")
     job = Job("t")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,7 +38,7 @@ from rawsvc.job import Payload, PayloadError
 from rawsvc.triggers import admission
 from rawsvc.triggers.base import peer_of
 from rawsvc.triggers.framing import HALF_CLOSE, Data, Drop, End, Event, Query, Reply, Start
-from rawsvc.triggers.limits import HOLD_BUFFER, ReadThrottle
+from rawsvc.triggers.limits import HOLD_BUFFER
 from rawsvc.triggers.policy import ConnectionPolicy
 
 #: The policy of a connection whose trigger adds nothing (shared: it reads no connection).
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="rawsvc.trigger")
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class FramedConnection(JobSubmission):
     """
     Frames a connection's bytes into jobs with C{framer}; C{make_policy}
@@ -133,7 +133,7 @@ class FramedConnection(JobSubmission):
         self.peer_host, self.peer_port = peer_of(self.transport)
         self.label = f"{self.peer_host}:{self.peer_port}"
         self.replies = ReplyQueue(self._write, self.reactor)
-        self.last_active = self.reactor.seconds()
+        now = self.last_active = self.reactor.seconds()
         low = t.disk_check() if t.disk_check_at_accept else None
         if low is not None and s.turn_away_when_disk_low:
             # Only where the client can read why (a refusal text): a reset at
@@ -149,8 +149,8 @@ class FramedConnection(JobSubmission):
         t.connections.add(self)
         t.counters.connections_open += 1
         t.counters.connections_total += 1
-        stream_transport(self).registerProducer(ReadThrottle(self), True)
-        self._arm_idle()
+        stream_transport(self).registerProducer(self, True)  # its own push producer (limits.py)
+        self._arm_idle(now)
         if not self._plain_policy:
             self._tell("accepted", self.policy.accepted)
         if s.connect_flow is not None and not (self.refused or self.held):
@@ -173,7 +173,7 @@ class FramedConnection(JobSubmission):
             t.counters.connections_open -= 1
         if self.refused:
             return
-        clean = reason.check(ConnectionDone) is not None
+        clean = isinstance(reason.value, ConnectionDone)  # Failure.check walks the class names
         # First: nothing more can be written, so replies from now on fail.
         self.replies.lost("closed" if clean else reason.getErrorMessage())
         if not self.input_done:
@@ -301,7 +301,9 @@ class FramedConnection(JobSubmission):
             self.job_refused = None
             if s.job_timeout:
                 self._job_started = self.last_active
-                self._schedule_deadline()
+                at = self.deadline_at
+                if at is None or self.last_active + s.job_timeout < at:  # else the entry there re-checks
+                    self._schedule_deadline()
         if not self._announces and not self.began:
             self._begin({})
         if self.job_refused:

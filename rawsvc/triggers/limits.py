@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from rawsvc.compat import stream_transport
 from rawsvc.triggers.deadlines import Deadlines, deadlines_of
@@ -29,26 +27,6 @@ log = Logger(namespace="rawsvc.trigger")
 #: Bytes read from a held client before it is paused: enough to see a
 #: client give up (its close), small enough to cost little.
 HOLD_BUFFER = 64 << 10
-
-
-@implementer(IPushProducer)
-class ReadThrottle:
-    """
-    Registered as the producer of our own writes: when the client does not
-    read its replies and the write buffer fills, stop reading its input.
-    """
-
-    def __init__(self, conn: "ConnectionLimits") -> None:
-        self.conn = conn
-
-    def pauseProducing(self) -> None:
-        self.conn.pause_reading("backpressure")
-
-    def resumeProducing(self) -> None:
-        self.conn.resume_reading("backpressure")
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class ConnectionLimits(Protocol):
@@ -91,6 +69,19 @@ class ConnectionLimits(Protocol):
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
+
+    # IPushProducer: the connection is registered as the producer of its own
+    # writes, so when the client does not read its replies and the write
+    # buffer fills, reading its input stops.
+
+    def pauseProducing(self) -> None:
+        self.pause_reading("backpressure")
+
+    def resumeProducing(self) -> None:
+        self.resume_reading("backpressure")
+
+    def stopProducing(self) -> None:
+        pass
 
     # Flow control and timeouts ---------------------------------------------
 
@@ -166,12 +157,12 @@ class ConnectionLimits(Protocol):
         """
         self.last_active = max(self.last_active, self.reactor.seconds())
 
-    def _arm_idle(self) -> None:
-        """(Re)start counting idle time from now."""
+    def _arm_idle(self, now: float | None = None) -> None:
+        """(Re)start counting idle time from now (C{now}: the reactor's time, when the caller has it)."""
         if not self.settings.idle_timeout or self.closed:
             return
         self._idle_armed = True
-        self.last_active = self.reactor.seconds()
+        self.last_active = self.reactor.seconds() if now is None else now
         self._schedule_deadline()
 
     def _disarm_idle(self) -> None:

@@ -24,6 +24,8 @@ from rawsvc.interfaces import IReplyChannel
 class ReplySlot:
     """One job's place in its connection's reply order."""
 
+    __slots__ = ("_queue", "label", "chunks", "finished")
+
     def __init__(self, queue: "ReplyQueue", label: str) -> None:
         self._queue = queue
         self.label = label
