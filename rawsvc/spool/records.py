@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from rawsvc.spool.model import DERIVED, StoredJob
+from rawsvc.spool.model import DERIVED, UNFINISHED, StoredJob
 
 __all__ = [
     "BLOB_MAX", "DERIVED", "LeanVariables", "StoredJob", "finish_params", "full_variables", "insert_params",
-    "progress_params", "write_rows", "write_waiting",
+    "progress_params", "write_behind", "write_rows", "write_waiting",
 ]
 
 #: Payloads up to this size are kept in the database; larger ones in files.
@@ -112,6 +112,64 @@ def write_rows(conn: sqlite3.Connection, inserts: list[tuple], progress: list[tu
     _many(conn, _FINISH_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?)", _FINISH_TAIL, finals)
 
 
+def write_behind(conn: sqlite3.Connection, runs: list[tuple[list[tuple], list[tuple], list[tuple]]]) -> None:
+    """
+    Runs of rows (each as L{write_rows} takes them), in order, as the
+    index behind the journal takes them: a job whose new row is among them
+    is inserted as its later progress and final-state rows leave it (one
+    row written once, not an insert then updates; most jobs finish within
+    the index's delay), all new rows in one statement; the other rows as
+    L{write_rows} writes them, run by run.
+    """
+    merged: list[list] = []
+    fresh: dict[str, list] = {}
+    rest: list[tuple[list[tuple], list[tuple]]] = []
+    for inserts, progress, finals in runs:
+        for row in inserts:
+            # + state, last_error, action_index, finished_at, destination, bytes_delivered
+            job = [*row, "running", None, 0, None, None, 0]
+            merged.append(job)
+            fresh[row[0]] = job
+        if not fresh:
+            rest.append((progress, finals))
+            continue
+        others: tuple[list[tuple], list[tuple]] = ([], [])
+        for job_id, index, variables, now, dest, sent in progress:
+            job = fresh.get(job_id)
+            if job is None:
+                others[0].append((job_id, index, variables, now, dest, sent))
+            elif job[14] in _UNFINISHED:  # as _PROGRESS_TAIL: a finished job is left alone
+                job[10], job[14], job[16] = now, "running", index
+                if variables is not None:
+                    job[11] = variables
+                if dest is not None:
+                    job[18] = dest
+                job[19] += sent
+        for job_id, state, error, index, variables, now, dest, sent in finals:
+            job = fresh.get(job_id)
+            if job is None:
+                others[1].append((job_id, state, error, index, variables, now, dest, sent))
+                continue
+            job[10], job[14], job[15], job[16], job[17] = now, state, error, index, now
+            if variables is not None:
+                job[11] = variables
+            if dest is not None:
+                job[18] = dest
+            job[19] += sent
+        rest.append(others)
+    if fresh and any(row[0] in fresh for progress, finals in rest for rows in (progress, finals) for row in rows):
+        # A row written before the new row of its job (never, but for an id given twice): exactly in order.
+        for rows in runs:
+            write_rows(conn, *rows)
+        return
+    _many(conn, _MERGED_HEAD, _MERGED_ROW, "", merged)
+    for progress, finals in rest:
+        _many(conn, _PROGRESS_HEAD, "(?, ?, ?, ?, ?, ?)", _PROGRESS_TAIL, progress)
+        _many(conn, _FINISH_HEAD, "(?, ?, ?, ?, ?, ?, ?, ?)", _FINISH_TAIL, finals)
+
+
+_UNFINISHED = frozenset(UNFINISHED)
+
 #: A new job: its flow starts as soon as this commits, so it is stored as running, attempt 1.
 _INSERT_HEAD = (
     "INSERT INTO jobs (job_id, trigger, flow, peer_host, peer_port, encoding, size, received_at,"
@@ -119,6 +177,13 @@ _INSERT_HEAD = (
 )
 _REPLAY_HEAD = _INSERT_HEAD.replace("INSERT INTO", "INSERT OR IGNORE INTO")
 _INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1)"
+#: A new job as its progress and final state left it (L{write_behind}).
+_MERGED_HEAD = (
+    "INSERT INTO jobs (job_id, trigger, flow, peer_host, peer_port, encoding, size, received_at,"
+    " queued_at, started_at, updated_at, variables, payload, payload_path, state, last_error, action_index,"
+    " finished_at, destination, bytes_delivered, attempt) VALUES "
+)
+_MERGED_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
 _PROGRESS_HEAD = (
     "UPDATE jobs SET state = 'running', action_index = v.column2, next_try = NULL,"
     " variables = COALESCE(v.column3, jobs.variables),"
