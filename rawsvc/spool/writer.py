@@ -455,7 +455,7 @@ class Writer:
         if self._kill_after and inserts and log_file.records >= self._kill_after:
             time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
             os.kill(os.getpid(), 9)
-        record = journal.Record(seq, inserts, [journal.index_final(row) for row in finals])
+        record = journal.Record(seq, inserts, finals)  # in the index's form only if it must be applied again
         if rows_only:
             if not self._index_rows:
                 self._index_due = time.monotonic() + INDEX_DELAY
