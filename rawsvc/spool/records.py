@@ -116,7 +116,7 @@ def write_behind(conn: sqlite3.Connection, runs: list[tuple[list[tuple], list[tu
     index behind the journal takes them: a job whose new row is among them
     is inserted as its later progress and final-state rows leave it (one
     row written once, not an insert then updates; most jobs finish within
-    the index's delay), all new rows in one statement; the other rows as
+    the index's delay), all new rows together first; the other rows as
     L{write_rows} writes them, run by run.
     """
     merged: list[list] = []
@@ -125,9 +125,9 @@ def write_behind(conn: sqlite3.Connection, runs: list[tuple[list[tuple], list[tu
     for inserts, progress, finals in runs:
         for row in inserts:
             # + state, last_error, action_index, finished_at, destination, bytes_delivered
-            job = [*row, "running", None, 0, None, None, 0]
-            merged.append(job)
-            fresh[row[0]] = job
+            new = [*row, "running", None, 0, None, None, 0]
+            merged.append(new)
+            fresh[row[0]] = new
         if not fresh:
             rest.append((progress, finals))
             continue
