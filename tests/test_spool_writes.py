@@ -226,3 +226,25 @@ def test_an_older_spool_loses_the_indexes_no_query_needs(tmp_path, reactor):
     assert "jobs_by_state" not in names and "jobs_by_finish" not in names
     assert "jobs_unfinished" in names
     assert "jobs_unfinished" in " ".join(str(r[-1]) for r in plan)
+
+
+def test_variables_unchanged_but_for_the_action_index_are_not_written_again():
+    from rawsvc.spool.records import LeanVariables
+
+    lean = LeanVariables()
+    j = job()
+    variables = j.variables.snapshot()
+    lean.for_insert(j, variables)
+    assert lean.for_update(j.job_id, {**variables, "action_index": "3"}, False) is None
+    assert lean.for_update(j.job_id, {k: v for k, v in variables.items() if k != "action_index"}, True) is None
+
+
+def test_a_changed_variable_is_written_lean_at_the_final_state():
+    from rawsvc.spool.records import LeanVariables
+
+    lean = LeanVariables()
+    j = job()
+    variables = j.variables.snapshot()
+    lean.for_insert(j, variables)
+    written = lean.for_update(j.job_id, {**variables, "reply": "OK", "action_index": "1"}, True)
+    assert written is not None and json.loads(written)["reply"] == "OK" and "job_id" not in json.loads(written)

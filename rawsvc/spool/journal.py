@@ -80,7 +80,10 @@ def encode(seq: int, inserts: list[tuple], finals: list[tuple]) -> list[bytes]:
 
 
 class Record:
-    """One batch read back: its sequence number, insert rows and final-state rows."""
+    """
+    One batch: its sequence number, insert rows and final-state rows (as
+    journaled, or as L{read} gives them in the index's form; L{apply} takes either).
+    """
 
     __slots__ = ("seq", "inserts", "finals")
 
@@ -162,7 +165,7 @@ def pending(conn: sqlite3.Connection, path: str) -> tuple[list[Record], int]:
 def apply(conn: sqlite3.Connection, todo: list[Record]) -> None:
     """(In a transaction) the records' rows into the index, in order; a job already there is kept."""
     for record in todo:
-        records.write_rows(conn, record.inserts, [], record.finals, replay=True)
+        records.write_rows(conn, record.inserts, [], [index_final(row) for row in record.finals], replay=True)
         set_seq(conn, record.seq)
 
 

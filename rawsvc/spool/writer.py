@@ -121,6 +121,9 @@ class Writer:
         self._index_count = 0
         self._index_ids: set[str] = set()
         self._index_due = 0.0
+        #: No job id in the index (or acknowledged for it) sorts after this one (None: not known now);
+        #: see L{_stored_twice}.
+        self._newest: str | None = None
         self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
@@ -181,6 +184,7 @@ class Writer:
         self.journal_seq = seq
         self._unapplied = []  # the open replayed the journal
         self._index_rows, self._index_count, self._index_ids = [], 0, set()
+        self._newest = None
 
     # The thread -------------------------------------------------------------
 
@@ -285,6 +289,7 @@ class Writer:
                 self._write_index()  # a flush, an open: after the index holds every write before it
                 self._results.extend(done)  # after the group: it may have handed the list back
                 group = []
+                self._newest = None  # any other write may add jobs: L{_stored_twice} looks again
                 try:
                     assert op.fn is not None  # only a row of a run has no fn; raw ops have one
                     self._results.append((op.deferred, True, op.fn(*op.args)))
@@ -450,7 +455,7 @@ class Writer:
         if self._kill_after and inserts and log_file.records >= self._kill_after:
             time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
             os.kill(os.getpid(), 9)
-        record = journal.Record(seq, inserts, [journal.index_final(row) for row in finals])
+        record = journal.Record(seq, inserts, finals)  # in the index's form only if it must be applied again
         if rows_only:
             if not self._index_rows:
                 self._index_due = time.monotonic() + INDEX_DELAY
@@ -523,9 +528,7 @@ class Writer:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 self._synchronous = "NORMAL"
             conn.execute("BEGIN IMMEDIATE")
-            for runs, _, _ in pending:
-                for rows in runs:
-                    records.write_rows(conn, *rows)
+            records.write_behind(conn, [rows for runs, _, _ in pending for rows in runs])
             if seqs:
                 journal.set_seq(conn, seqs[-1])
             conn.execute("COMMIT")
@@ -540,10 +543,27 @@ class Writer:
         """
         The new jobs whose id the index holds already (or an earlier job of
         the group has), with their failure: checked before the journal, as
-        the index's C{UNIQUE} constraint would after it.
+        the index's C{UNIQUE} constraint would after it.  An id that sorts
+        after every id the index holds or was given (L{_newest}) is new
+        without a look: this process's ids grow with time (L{rawsvc.job.new_job_id}),
+        so only ids from elsewhere (a resumed or copied job) are looked up.
         """
         ids = [op.args[0].job_id for op in ops if op.kind == ADD]
         if not ids:
+            return {}
+        newest = self._newest
+        if newest is None:
+            top = conn.execute("SELECT max(job_id) FROM jobs").fetchone()[0]
+            newest = "" if top is None else top if isinstance(top, str) else None  # a blob sorts after any text
+        older = newest is None
+        if newest is not None:
+            for job_id in ids:
+                if job_id > newest:
+                    newest = job_id
+                else:
+                    older = True
+            self._newest = newest
+        if not older:
             return {}
         held: set[str] = set()
         for start in range(0, len(ids), 900):
@@ -578,6 +598,7 @@ class Writer:
             assert i is not None
             op = ops[i]
             assert op.fn is not None  # an op without a kind has its fn
+            self._newest = None  # it may add jobs: L{_stored_twice} looks again
             if not savepoints:
                 values[i] = op.fn(conn, *op.args)
                 continue
@@ -697,6 +718,7 @@ class Writer:
                 self._apply_run(conn, ops, run, values)
                 run = []
             assert op.fn is not None  # an op without a kind (not a row of a run) has its fn
+            self._newest = None  # it may add jobs: L{_stored_twice} looks again
             values[i] = op.fn(conn, *op.args)
         if run:
             self._apply_run(conn, ops, run, values)
