@@ -296,11 +296,18 @@ actions = [ {{ type = "send_tcp", destination = "{printer.destination}", preflig
 
         yield spool_state()
         assert stored == [("held", "paper out")]
-        listing = yield deferToThread(
-            subprocess.run, [sys.executable, "-m", "rawsvc", "jobs", "--state-dir", f"{tmp_path}/state"],
-            capture_output=True, text=True, timeout=60)
-        line = next((x for x in listing.stdout.splitlines() if x.startswith(job_id)), listing.stdout + listing.stderr)
-        assert " held " in line and "next check " in line and line.endswith(": paper out"), line
+        # Checked again every 0.1 s, the job is running for a moment at each check: asked a few times.
+        lines = []
+        for _ in range(10):
+            listing = yield deferToThread(
+                subprocess.run, [sys.executable, "-m", "rawsvc", "jobs", "--state-dir", f"{tmp_path}/state"],
+                capture_output=True, text=True, timeout=60)
+            lines.append(next((x for x in listing.stdout.splitlines() if x.startswith(job_id)),
+                              listing.stdout + listing.stderr))
+            if " held " in lines[-1]:
+                break
+        line = lines[-1]
+        assert " held " in line and "next check " in line and line.endswith(": paper out"), lines
         assert printer.printed == []
         printer.status.paper_out = False
         yield _until(reactor, lambda: [j["state"] for j in recent_jobs(service)] == ["done"])
