@@ -72,8 +72,8 @@ class Dispatcher:
             self._ended(d.result, job, counters, started)
             return d
         self._in_flight.add(d)
-        return d.addCallbacks(self._ended_later, self._crashed, (job, counters, started, d), None,
-                              (job, flow_name, counters, started, d))
+        return d.addCallbacks(self._ended_later, self._crashed, callbackArgs=(job, counters, started, d),
+                              errbackArgs=(job, flow_name, counters, started, d))
 
     def _crashed(self, failure: Failure, job: Job, flow_name: str, counters: TriggerCounters | None,
                  started: float, d: Deferred) -> Job:

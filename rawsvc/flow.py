@@ -89,8 +89,8 @@ class Flow:
                 # The rest runs in its callbacks: the Deferred the action gave
                 # is the job's, so a flow that waits once (a reply's
                 # hand-over) costs no Deferred of its own.
-                return result.addCallbacks(self._next, self._failed, (job, index, started), None,
-                                           (job, index, action, started))
+                return result.addCallbacks(self._next, self._failed, callbackArgs=(job, index, started),
+                                           errbackArgs=(job, index, action, started))
             if isinstance(result, Failure):
                 return self._failed(result, job, index, action, started)
         self._done(job, started)
