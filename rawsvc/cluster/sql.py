@@ -89,10 +89,13 @@ def requeue_stale(conn: Any) -> list[tuple[int, str, str]]:
             "  WHERE d.state = 'sending' AND n.state IN ('dead', 'left') FOR UPDATE OF d SKIP LOCKED)"
             " UPDATE rawsvc_deliveries d SET state = 'queued', holder = NULL FROM stale WHERE d.id = stale.id"
             " RETURNING d.id, d.job_id, d.destination").fetchall()
+        # SKIP LOCKED: a job row locked meanwhile (its node's own batch, a take-back) is left for the
+        # next round; waiting for it while holding others could deadlock with that transaction.
         conn.execute(
-            "UPDATE rawsvc_jobs SET owner = NULL WHERE owner IN"
-            " (SELECT incarnation FROM rawsvc_nodes WHERE state IN ('dead', 'left'))"
-            " AND state IN ('queued', 'running', 'waiting')")
+            "WITH orphans AS (SELECT seq FROM rawsvc_jobs WHERE owner IN"
+            "  (SELECT incarnation FROM rawsvc_nodes WHERE state IN ('dead', 'left'))"
+            "  AND state IN ('queued', 'running', 'waiting') ORDER BY seq FOR UPDATE SKIP LOCKED)"
+            " UPDATE rawsvc_jobs j SET owner = NULL FROM orphans WHERE j.seq = orphans.seq")
         for dest in sorted({r[2] for r in rows}):
             conn.execute("SELECT pg_notify(%s, %s)", (WORK_CHANNEL, dest))
     return [(int(r[0]), r[1], r[2]) for r in rows]
@@ -111,11 +114,19 @@ def adopt(conn: Any, me: uuid.UUID, limit: int = 100) -> list[str]:
 
 
 def take_back(conn: Any, old: uuid.UUID, new: uuid.UUID, job_ids: list[str]) -> int:
-    """Jobs whose flows still run here, owned by our fenced incarnation (or by nobody yet): ours again."""
-    with conn.transaction():
-        cur = conn.execute("UPDATE rawsvc_jobs SET owner = %s WHERE job_id = ANY(%s) AND (owner = %s OR owner IS NULL)"
-                           " AND state IN ('queued', 'running', 'waiting')", (new, job_ids, old))
-    return int(cur.rowcount or 0)
+    """
+    Jobs whose flows still run here, owned by our fenced incarnation (or by
+    nobody yet): ours again.  One job a transaction: a transaction that
+    waits for a row while it holds none is in no deadlock (another node's
+    reaper may be freeing the same jobs, the spool's batch writing them).
+    """
+    taken = 0
+    for job_id in sorted(set(job_ids)):
+        with conn.transaction():
+            cur = conn.execute("UPDATE rawsvc_jobs SET owner = %s WHERE job_id = %s AND (owner = %s OR owner IS NULL)"
+                               " AND state IN ('queued', 'running', 'waiting')", (new, job_id, old))
+            taken += int(cur.rowcount or 0)
+    return taken
 
 
 # Deliveries ---------------------------------------------------------------------
