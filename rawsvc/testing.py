@@ -29,9 +29,11 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,6 +57,8 @@ __all__ = [
     "StubTransport", "connect", "load_trigger", "run_framer", "run_framer_every_split", "send_job",
     "start_service",
 ]
+
+log = Logger(namespace="rawsvc.testing")
 
 # --- FakePrinter (the outbound client's peer) ---------------------------------
 
@@ -201,6 +205,9 @@ class _FakePrinterProtocol(Protocol):
         if self.printer.reply:
             stream_transport(self).write(self.printer.reply)
         if self.printer.close_on_eof:
+            # Listening again before the close: whoever learns of the job's end from it finds the
+            # printer ready (a sender that connects before the close is a real second connection).
+            self.printer._free()
             stream_transport(self).loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -229,6 +236,12 @@ class FakePrinter(Factory):
     @param exclusive: take one connection at a time, as a real printer
         does: a connection that opens while another is open is reset at once
         and is not a job (it is in C{overlaps} all the same).
+    @param refuse_when_busy: take one connection at a time by not listening
+        while one is open, as an AppSocket printer that is busy does (CUPS'
+        socket backend reads "connection refused" as busy): a second sender
+        is refused before it sends a byte.  The listening port is the same
+        again once the connection ends (implies C{exclusive}, for a second
+        connection accepted before the listener closed).
     @param on_closed: called with each job (L{ReceivedJob}) once its
         connection has closed (for a test that records jobs as they end).
 
@@ -251,6 +264,7 @@ class FakePrinter(Factory):
         close_delay: float = 0.0,
         exclusive: bool = False,
         on_closed: Callable[[ReceivedJob], None] | None = None,
+        refuse_when_busy: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -263,8 +277,13 @@ class FakePrinter(Factory):
         self.reset_after = reset_after
         self.status = status
         self.close_delay = close_delay
-        self.exclusive = exclusive
+        self.exclusive = exclusive or refuse_when_busy
+        self.refuse_when_busy = refuse_when_busy
         self.on_closed = on_closed
+        self.interface = "127.0.0.1"
+        self._paused: Deferred[None] | None = None  # refuse_when_busy: the listener closing meanwhile
+        self._relisten: Any = None
+        self._stopped = False
         self.jobs: list[ReceivedJob] = []
         self.overlaps: list[ReceivedJob] = []
         self.active = 0
@@ -291,7 +310,31 @@ class FakePrinter(Factory):
         """Listen now; returns the port."""
         self._listening = self.reactor.listenTCP(port, self, interface=interface)
         self.port = self._listening.getHost().port
+        self.interface = interface
         return self.port
+
+    def _busy(self) -> None:
+        """refuse_when_busy: a connection opened; stop listening until it ends."""
+        if self._listening is not None and self._paused is None:
+            listening, self._listening = self._listening, None
+            self._paused = listening.stopListening() or succeed(None)
+
+    def _free(self) -> None:
+        """refuse_when_busy: listen on the same port again (once the closed listener is gone)."""
+        if not self.refuse_when_busy or self._stopped or self._paused is None:
+            return
+        paused, self._paused = self._paused, None
+        paused.addCallback(lambda _: self._listen_again())
+        paused.addErrback(lambda f: log.failure("fake printer: stopping to listen failed", f))
+
+    def _listen_again(self) -> None:
+        self._relisten = None
+        if self._stopped or self._listening is not None:
+            return
+        try:
+            self._listening = self.reactor.listenTCP(self.port, self, interface=self.interface)
+        except CannotListenError:  # the old listener not closed yet: soon
+            self._relisten = self.reactor.callLater(0.005, self._listen_again)
 
     def refuse(self, interface: str = "127.0.0.1") -> int:
         """
@@ -338,12 +381,19 @@ class FakePrinter(Factory):
 
     def stop(self) -> Deferred[None]:
         """Stop listening and drop every open connection."""
+        self._stopped = True
+        if self._relisten is not None and self._relisten.active():
+            self._relisten.cancel()
+        self._relisten = None
         if self._refusing is not None:
             self._refusing.close()
             self._refusing = None
         for p in list(self._protocols):
             stream_transport(p).abortConnection()
         listening, self._listening = self._listening, None
+        if self._paused is not None:  # refuse_when_busy: the listener is closing already
+            paused, self._paused = self._paused, None
+            return paused
         d: Deferred[None] = Deferred()
         if listening is not None:
             stopped = listening.stopListening()
@@ -360,6 +410,8 @@ class FakePrinter(Factory):
             self.overlaps.append(p.job)
             if self.exclusive:
                 return False
+        if self.refuse_when_busy:
+            self._busy()
         self.jobs.append(p.job)
         self._protocols.add(p)
         self.active += 1
@@ -370,6 +422,8 @@ class FakePrinter(Factory):
         if p in self._protocols:
             self._protocols.discard(p)
             self.active -= 1
+            if not self.active:
+                self._free()  # the sender closed or reset it
             assert p.job is not None
             p.job.closed = time.monotonic()
             if self.on_closed is not None:

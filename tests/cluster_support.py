@@ -2,8 +2,9 @@
 A cluster on loopback for the end-to-end tests and the bench: a throwaway
 PostgreSQL (L{pg_support.PgServer}), N real C{twistd -n rawsvc} nodes on
 it, a farm of exclusive fake printers in a process of its own
-(C{tests/printer_farm.py}: one connection at a time, a second concurrent
-one is reset and recorded), client streams that spread jobs round-robin
+(C{tests/printer_farm.py}: one connection at a time; while one is open
+the printer does not listen, so a second sender's connect is refused, as
+a busy AppSocket printer refuses it, and the node logs it), client streams that spread jobs round-robin
 over the nodes as a TCP load balancer would, and L{analyse}, which checks
 what the printers got against what the clients were told.
 
@@ -42,12 +43,14 @@ from test_spool_restart import start_twistd
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = re.compile(rb"^(\d+) (s\d+-\d+) ")
 REPEAT = re.compile(r"possible repeat[^\n]*?job[ =]'?([0-9A-Za-z_-]+)")
+#: A node's attempt whose connect a busy printer refused (a second sender at it).
+BUSY = re.compile(r"job \S+ to 127\.0\.0\.1:(\d+): attempt \d+: connect_error")
 
 
 # Printers ---------------------------------------------------------------------
 
 class Farm:
-    """C{count} exclusive fake printers in a subprocess; L{records} reads what they got."""
+    """C{count} exclusive fake printers (refusing while busy) in a subprocess; L{records} reads what they got."""
 
     def __init__(self, base: str, count: int, close_delay: float = 0.0) -> None:
         self.out = os.path.join(base, "printed.jsonl")
@@ -385,6 +388,7 @@ class Report:
     fragments: int = 0
     lost: int = 0
     overlaps: int = 0
+    busy: int = 0  # connects refused by a busy printer: a second sender while one was printing
     resent: int = 0
     tickets: bool = False  # the database has per-printer tickets to compare the print order with
     problems: list[str] = field(default_factory=list)
@@ -393,6 +397,7 @@ class Report:
         return (f"{title}: sent {self.sent}, acknowledged {self.acknowledged}, refused {self.refused}, "
                 f"unanswered {self.unanswered}, printed {self.printed}, repeated {self.repeated}, "
                 f"fragments {self.fragments}, lost {self.lost}, concurrent connections {self.overlaps}, "
+                f"refused as busy {self.busy}, "
                 f"re-sent deliveries {self.resent}")
 
 
@@ -442,7 +447,9 @@ def analyse(cluster: Cluster, streams: list[Stream]) -> tuple[Report, dict]:
         if state != "done":
             r.problems.append(f"delivery of {tag} ({job_id}) is {state}")
     r.resent = len(resent_tags)
-    logged = {tag_of.get(m.group(1), m.group(1)) for m in REPEAT.finditer(cluster.logs())}
+    logs = cluster.logs()
+    logged = {tag_of.get(m.group(1), m.group(1)) for m in REPEAT.finditer(logs)}
+    r.busy = sum(1 for m in BUSY.finditer(logs) if int(m.group(1)) in cluster.farm.ports)
 
     # The printers.
     records = cluster.farm.records()

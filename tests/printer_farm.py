@@ -6,8 +6,10 @@ subprocesses, so the printers get a reactor of their own):
     python tests/printer_farm.py OUT COUNT [CLOSE_DELAY]
 
 listens on COUNT free loopback ports, each an I{exclusive} printer (one
-connection at a time; a second concurrent connection is reset and
-recorded), prints C{{"ports": [...]}} on one line once they listen, and
+connection at a time: while one is open the printer does not listen, so a
+second sender's connect is refused before it sends a byte, as a busy
+AppSocket printer refuses it; one accepted before the listener closed is
+reset and recorded), prints C{{"ports": [...]}} on one line once they listen, and
 appends one JSON line to OUT per connection as it ends:
 C{{"printer": i, "data": base64, "eof": bool, "opened": t, "eof_at": t,
 "closed": t, "overlap": bool}} (times from C{time.monotonic()}, the same
@@ -37,7 +39,7 @@ def main(out_path: str, count: int, close_delay: float) -> None:
 
     printers = []
     for i in range(count):
-        printer = FakePrinter(close_delay=close_delay, exclusive=True,
+        printer = FakePrinter(close_delay=close_delay, refuse_when_busy=True,
                               on_closed=lambda job, i=i: record(i, job))
         printer.listen()
         printers.append(printer)

@@ -421,3 +421,64 @@ def test_the_fence_ends_a_delivery_waiting_for_a_paused_destination_and_a_resume
     clock.advance(0)
     assert clock.tcpClients == []
     assert pool.status()["127.0.0.1:9100"]["queued"] == 0
+
+
+# A process that wakes from a freeze handles its sockets before its timers --------------------
+
+class _ZombieTransport(AbortRecorder):
+    half_closed = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+
+def _zombie(source, settings, total=None):
+    """A SendProtocol of a delivery whose lease gate is C{ok[0]}, connected to a recording transport."""
+    from twisted.internet.task import Clock
+
+    from rawsvc.client.machine import Delivery
+    from rawsvc.client.protocol import SendProtocol
+
+    ok = [True]
+    machine = Delivery()
+    machine.gate = lambda: ok[0]
+    machine.connect()
+    proto = SendProtocol(Clock(), source, settings, machine, total)
+    transport = _ZombieTransport()
+    proto.makeConnection(transport)
+    return proto, transport, ok, proto.reactor
+
+
+def test_a_zombie_woken_mid_stream_writes_not_one_more_chunk_and_never_half_closes():
+    # The lease ran out during the freeze; on waking the transport asks the producer for more
+    # before the lease's 0.1 s check runs: the gate, asked per chunk, aborts there.
+    import io
+
+    from rawsvc.client.protocol import _FileSender
+
+    data = bytes(range(256)) * (3 * _FileSender.CHUNK_SIZE // 256)
+    proto, transport, ok, _ = _zombie(lambda: io.BytesIO(data), SendSettings(wait_for_eof=True), len(data))
+    transport.producer.resumeProducing()
+    first = transport.value()
+    assert first == data[:_FileSender.CHUNK_SIZE]
+    ok[0] = False  # frozen past the deadline
+    transport.producer.resumeProducing()
+    assert transport.value() == first  # not one more byte
+    assert transport.aborted == 1 and not transport.half_closed
+    results = []
+    proto.finished.addCallback(results.append)
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionAborted()))
+    assert results[0].ending.value == "reset" and "lost its cluster lease" in results[0].error
+
+
+def test_a_zombie_woken_before_its_disconnect_delay_resets_instead_of_closing_cleanly():
+    # Without half-close the job ends at the printer with our close: past the deadline, that close
+    # must be a reset (a fragment the printer drops), not the end of a whole job.
+    proto, transport, ok, clock = _zombie(b"^XA^FDlabel^FS^XZ", SendSettings(half_close=False, disconnect_delay=1.0))
+    assert transport.value() == b"^XA^FDlabel^FS^XZ" and not transport.disconnecting
+    ok[0] = False
+    clock.advance(1.0)  # the delay's timer, run on waking
+    assert transport.aborted == 1

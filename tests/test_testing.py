@@ -182,3 +182,46 @@ def test_a_fake_printer_with_close_delay_answers_and_closes_that_long_after_eof(
         conn.close()
         yield printer.stop()
     assert job.bytes == b"job" and job.closed - job.eof_at >= 0.29
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_printer_that_refuses_when_busy_refuses_a_second_sender_before_it_sends_a_byte(reactor):
+    """
+    The cluster farm's printers (refuse_when_busy): while one job's
+    connection is open a second sender's connect is refused, so nothing it
+    writes can be acknowledged and lost; the same port takes the next job
+    once the first one ended, also when its sender reset it.
+    """
+    import socket
+    import struct
+
+    from twisted.internet.task import deferLater
+
+    from rawsvc.testing import FakePrinter
+
+    printer = FakePrinter(refuse_when_busy=True)
+    port = printer.listen()
+    first = _raw_connect(port)
+    try:
+        first.sendall(b"first job")
+        yield deferLater(reactor, 0.1, lambda: None)
+        with pytest.raises(ConnectionRefusedError):
+            _raw_connect(port)
+        first.shutdown(1)  # SHUT_WR: the first job ends, the printer closes
+        yield printer.wait_for(1)
+        assert first.recv(10) == b""
+        second = _raw_connect(port)  # the same port listens again
+        yield deferLater(reactor, 0.1, lambda: None)
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        second.close()  # a sender that resets: free again too
+        yield printer.wait_for(2)
+        third = _raw_connect(port)
+        third.sendall(b"third job")
+        third.shutdown(1)
+        yield printer.wait_for(3)
+        third.close()
+    finally:
+        first.close()
+        yield printer.stop()
+    assert printer.printed == [b"first job", b"third job"]
+    assert len(printer.jobs) == 3 and printer.overlaps == [] and printer.max_active == 1

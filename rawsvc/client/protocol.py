@@ -200,8 +200,26 @@ class SendProtocol(Protocol):
         d.addCallbacks(lambda _: self._all_written(), self._stream_stopped)
 
     def _count(self, chunk: bytes) -> bytes:
+        if self._fenced():
+            return b""
         self._handed += len(chunk)
         return chunk
+
+    def _fenced(self) -> bool:
+        """
+        A cluster node past its lease deadline: abort before one more byte
+        (or the half-close that would end a job cleanly) goes out.  Asked
+        before each write and each close, not only by the lease's timer: a
+        process that wakes from a freeze handles its sockets' events before
+        its timers, and the printer must not get a whole job from a zombie.
+        """
+        if self._ending is not None or self._lost or not self.machine.cut_off():
+            return False
+        self._ending = Ending.RESET
+        self._error = "aborted: this node lost its cluster lease"
+        reset_if_abandoned(self.transport, True)
+        stream_transport(self).abortConnection()
+        return True
 
     def _stream_stopped(self, failure: Failure) -> None:
         # The transport stopped the producer: connectionLost says why.
@@ -237,7 +255,7 @@ class SendProtocol(Protocol):
 
     def _await_acks(self, delay: float) -> None:
         self._ack_poll = None
-        if self._lost or self._ending is not None:
+        if self._lost or self._ending is not None or self._fenced():
             return
         acked = self._probe.acked()
         now = self.reactor.seconds()
@@ -260,6 +278,8 @@ class SendProtocol(Protocol):
 
     def _drain(self) -> None:
         """Every byte is written: half-close, then wait for EOF or the delay, or close."""
+        if self._fenced():
+            return
         reset_if_abandoned(self.transport, False)
         if self.settings.half_close:
             half_close = getattr(self.transport, "loseWriteConnection", None)
@@ -304,7 +324,7 @@ class SendProtocol(Protocol):
 
     def _close(self, ending: Ending) -> None:
         self._cancel_timer()
-        if self._ending is not None:
+        if self._ending is not None or (ending is not Ending.EOF and self._fenced()):
             return
         self._ending = ending
         # loseConnection waits for the buffer to flush; a printer that stopped
