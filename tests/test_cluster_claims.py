@@ -17,6 +17,7 @@ import time
 import uuid
 
 import pytest
+import pytest_twisted
 
 
 psycopg = pytest.importorskip("psycopg")
@@ -471,6 +472,47 @@ def test_taking_back_jobs_never_deadlocks_with_a_batch_writing_them(pg_server):
         assert result == [2]
         owners = dict(batch.execute("SELECT job_id, owner FROM rawsvc_jobs").fetchall())
         assert owners == {first: new, second: new}
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_node_takes_back_its_jobs_alone_not_in_a_batch_transaction(pg_server):
+    """
+    The node's work connection batches its operations into one transaction
+    (group commit); there, the take-back's one-job transactions would be
+    savepoints, and the batch would hold the first job while waiting for
+    the second: the deadlock CI saw.  It runs alone (C{solo}), so the
+    spool's batch writing both jobs in the other order goes through.
+    """
+    from psycopg.pq import TransactionStatus
+
+    from twisted.internet import reactor
+
+    from rawsvc.cluster.node import Db
+    from rawsvc.spool import pg_ops
+
+    uri = pg_server.new_database("take_back_solo")
+    with _connect(uri) as conn:
+        migrate(conn)
+        old = sql.register(conn, "n1", 600)
+        new = sql.register(conn, "n1-again", 600)
+        first, second = _two_jobs_of(conn, old)
+    db = Db(reactor, uri, "work")
+    try:
+        batched = yield db.run(lambda conn: conn.info.transaction_status)
+        alone = yield db.run(lambda conn: conn.info.transaction_status, solo=True)
+        assert (batched, alone) == (TransactionStatus.INTRANS, TransactionStatus.IDLE)
+        with _connect(uri) as batch:
+            with batch.transaction():
+                pg_ops.started(batch, second, 1, 2.0)
+                taking = db.run(lambda conn: sql.take_back(conn, old, new, [first, second]), solo=True)
+                _wait_until_blocked(batch)
+                pg_ops.started(batch, first, 1, 2.0)
+            taken = yield taking
+            assert taken == 2
+            owners = dict(batch.execute("SELECT job_id, owner FROM rawsvc_jobs").fetchall())
+            assert owners == {first: new, second: new}
+    finally:
+        yield db.stop()
 
 
 def _catch(fn, *args):

@@ -34,7 +34,7 @@ from rawsvc.cluster import sql
 from rawsvc.cluster.lease import Lease
 from rawsvc.cluster.pool import ClusterDeliveries, DeliveryWorker
 from rawsvc.spool.pg_schema import describe, reason
-from rawsvc.spool.pg_worker import OPEN, STOP, WORK, Op, PgWorker, Unavailable
+from rawsvc.spool.pg_worker import OPEN, SOLO, STOP, WORK, Op, PgWorker, Unavailable
 
 if TYPE_CHECKING:
     from rawsvc.client.destinations import DestinationPool
@@ -67,7 +67,11 @@ class Db:
         self.name = name
         self._open = False
 
-    def run(self, fn: Callable[[Any], Any]) -> Deferred:
+    def run(self, fn: Callable[[Any], Any], solo: bool = False) -> Deferred:
+        """
+        C{fn(conn)} on the thread: in the next batch's transaction, or with
+        C{solo} alone and outside any (it opens its own transactions).
+        """
         if not self.worker.running:
             self.worker.start()
         if not self._open:
@@ -80,7 +84,7 @@ class Db:
                 self._open = False  # the next call connects again
             d.callback(value) if ok else d.errback(value)
 
-        self.worker.submit(Op(WORK, fn, done))
+        self.worker.submit(Op(SOLO if solo else WORK, fn, done))
         return d
 
     def stop(self) -> Deferred | None:
@@ -261,7 +265,10 @@ class ClusterNode(Service):
             self.store.incarnation = incarnation  # new jobs are this incarnation's
             running = list(self.sink.running) if self.sink is not None else []
             if old is not None and running:  # after a fence: take back the flows still running here
-                self.work_db.run(lambda conn: sql.take_back(conn, old, incarnation, running)).addCallbacks(
+                # Alone, one job a transaction: in a batch's transaction it would hold the rows it
+                # took while it waits for the next one, which the spool's own batch may hold.
+                taking = self.work_db.run(lambda conn: sql.take_back(conn, old, incarnation, running), solo=True)
+                taking.addCallbacks(
                     lambda n: log.info("cluster: took back {n} running job(s) of the fenced incarnation", n=n),
                     lambda f: log.warn("cluster: cannot take back running jobs: {error}", error=f.getErrorMessage()))
         self.worker.wake()

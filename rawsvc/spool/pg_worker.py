@@ -35,8 +35,10 @@ log = Logger(namespace="rawsvc.spool.pg")
 
 #: Operations run in one transaction at most.
 MAX_BATCH = 256
-#: Kinds of operation: run in the batch's transaction, or alone.
-WORK, OPEN, STOP = "work", "open", "stop"
+#: Kinds of operation: run in the batch's transaction; alone, outside any transaction block (the
+#: function opens its own: a maintenance step that must never hold one row while waiting for
+#: another, as a batch's transaction would, or it could deadlock with a peer's); or control.
+WORK, SOLO, OPEN, STOP = "work", "solo", "open", "stop"
 
 
 class Unavailable(SpoolError):
@@ -122,10 +124,24 @@ class PgWorker:
             results = self._transact(work) if work else []
             control = batch[-1] if batch[-1].kind != WORK else None
             if control is not None:
-                results.append(self._control(control))
+                results.append(self._solo(control) if control.kind == SOLO else self._control(control))
             self.reactor.callFromThread(_deliver, results)
             if control is not None and control.kind == STOP:
                 return
+
+    def _solo(self, op: Op) -> tuple[Op, bool, Any]:
+        """A L{SOLO} operation: C{fn(conn)} on the autocommit connection, in no transaction of ours."""
+        conn = self.conn
+        if conn is None:
+            return op, False, Unavailable(self.lost or "the spool is not open")
+        try:
+            return op, True, op.fn(conn)
+        except Exception as e:
+            if not (conn.broken or conn.closed):
+                return op, False, _as_spool_error(e)
+            self._drop()
+            self.lost = f"lost the connection to {self.where}: {reason(e)}"
+            return op, False, Unavailable(self.lost)
 
     def _control(self, op: Op) -> tuple[Op, bool, Any]:
         if op.kind == OPEN:
