@@ -37,7 +37,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from pg_support import PgServer, free_port
+from pg_support import PgServer, free_ports
 from test_spool_restart import start_twistd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -154,11 +154,11 @@ class Node:
     """One C{twistd -n rawsvc} node of the cluster (its ports stay the same across restarts)."""
 
     def __init__(self, base: str, name: str, uri: str | None, ttl: float = 4, margin: float = 1,
-                 reap: float = 1, cluster_table: bool = True) -> None:
+                 reap: float = 1, cluster_table: bool = True, ports: list[int] | None = None) -> None:
         self.name = name
         self.dir = os.path.join(base, name)
         os.makedirs(self.dir, exist_ok=True)
-        self.after, self.before, self.admin = free_port(), free_port(), free_port()
+        self.after, self.before, self.admin = ports if ports is not None else free_ports(3)
         self.config = os.path.join(self.dir, "rawsvc.toml")
         self.log_path = os.path.join(self.dir, "twistd.log")
         with open(self.config, "w") as f:
@@ -219,7 +219,9 @@ class Cluster:
         self.pg = PgServer().start()
         self.uri = self.pg.new_database("cluster")
         self.farm = Farm(base, printers, close_delay)
-        self.nodes = [Node(base, f"n{i + 1}", self.uri, ttl, margin, reap, cluster_table) for i in range(nodes)]
+        ports = free_ports(3 * nodes)  # every node's three, all different
+        self.nodes = [Node(base, f"n{i + 1}", self.uri, ttl, margin, reap, cluster_table, ports[3 * i:3 * i + 3])
+                      for i in range(nodes)]
 
     def start(self, timeout: float = 60) -> "Cluster":
         for n in self.nodes:

@@ -44,11 +44,47 @@ def pg_bin(tool: str) -> str:
     return require_tool(found[-1] if found else tool)
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A loopback TCP port nobody listens on (now), and not one this process
+    was given before: the kernel may hand out a port it just handed out
+    (twice in 3,000 runs of nine calls here), and two services of one test
+    would then collide.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    C{count} different loopback TCP ports nobody listens on (now): each is
+    held until all are chosen, since calls of L{free_port} one after the
+    other may return the same port twice (a node's trigger and another
+    node's admin port once did).
+    """
+    held = []
+    try:
+        while len(held) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in _given:
+                s.close()
+                continue
+            held.append(s)
+        ports = [s.getsockname()[1] for s in held]
+        _given.update(ports)
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 _templates: dict[str, str] = {}

@@ -34,9 +34,10 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """L{pg_support.free_port}: never the same port twice in one run."""
+    from pg_support import free_port as _free_port
+
+    return _free_port()
 
 
 def env() -> dict[str, str]:
