@@ -35,7 +35,9 @@ from rawsvc.testing import FakePrinter
 
 
 def _free_port_0():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    from pg_support import free_port
+
+    return free_port()
 
 
 @pytest_twisted.inlineCallbacks
@@ -156,7 +158,9 @@ actions = [ { type = "log" } ]
 
 
 def _free_port_3():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    from pg_support import free_port
+
+    return free_port()
 
 
 @pytest_twisted.inlineCallbacks

@@ -18,9 +18,10 @@ GIB = 1 << 30
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """L{pg_support.free_port}: never the same port twice in one run."""
+    from pg_support import free_port as _pick
+
+    return _pick()
 
 
 def _rss_kib(pid: int, field: str) -> int:

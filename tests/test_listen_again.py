@@ -91,9 +91,10 @@ def test_a_printer_whose_port_is_taken_at_start_fails_the_start(tmp_path):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """L{pg_support.free_port}: never the same port twice in one run."""
+    from pg_support import free_port as _pick
+
+    return _pick()
 
 
 @pytest_twisted.inlineCallbacks

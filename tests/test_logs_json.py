@@ -22,9 +22,10 @@ from rawsvc.logs import JsonLineObserver, configured_format, flat_event, install
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """L{pg_support.free_port}: never the same port twice in one run."""
+    from pg_support import free_port as _pick
+
+    return _pick()
 
 
 def test_twistd_writes_one_json_object_per_line_and_a_jobs_line_has_its_job_id(tmp_path):

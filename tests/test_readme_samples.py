@@ -67,9 +67,10 @@ def normal(text: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """L{pg_support.free_port}: never the same port twice in one run."""
+    from pg_support import free_port as _pick
+
+    return _pick()
 
 
 class Checkout:
