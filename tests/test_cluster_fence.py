@@ -482,3 +482,25 @@ def test_a_zombie_woken_before_its_disconnect_delay_resets_instead_of_closing_cl
     ok[0] = False
     clock.advance(1.0)  # the delay's timer, run on waking
     assert transport.aborted == 1
+
+
+def test_the_fences_own_abort_after_every_byte_is_not_reported_as_the_printers_reset():
+    # Every byte acknowledged (a StringTransport takes all), waiting for the printer's EOF, and the
+    # fence aborts the connection: counted as delivered as before (the finish is fenced), but the
+    # error says this node aborted it, not that the printer reset it.
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    from rawsvc.client.outcomes import from_attempt
+    from rawsvc.client.protocol import FENCED
+
+    proto, transport, ok, _ = _zombie(b"^XA^XZ", SendSettings(wait_for_eof=True))
+    assert transport.half_closed
+    results = []
+    proto.finished.addCallback(results.append)
+    proto.machine.abandoned = True  # as DestinationPool.abort_all marks it before it aborts
+    proto.connectionLost(Failure(ConnectionAborted()))
+    [r] = results
+    assert (r.ending.value, r.error) == ("reset_draining", FENCED)
+    report = from_attempt("127.0.0.1:9100", "127.0.0.1:9100", r, SendSettings(wait_for_eof=True))
+    assert report.ok and report.message == f"delivered 6 bytes to 127.0.0.1:9100 ({FENCED})"

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
-from rawsvc.client.protocol import AttemptResult, Ending, SendSettings
+from rawsvc.client.protocol import FENCED, AttemptResult, Ending, SendSettings
 from rawsvc.interfaces import IDeliveryReport
 
 log = Logger(namespace="rawsvc.client")
@@ -103,16 +103,20 @@ def from_attempt(key: str, address: str, r: AttemptResult, settings: SendSetting
     if r.ending is Ending.RESET_DRAINING:
         # The printer's kernel acknowledged every byte: the job is printed (or
         # the printer's own to lose).  Sending it again would print it twice.
-        log.warn(
-            "{dest} reset the connection ({error}) after acknowledging all {written} bytes; "
-            "counted as delivered, not sent again",
-            dest=key, error=r.error, written=r.written,
-        )
-        return DeliveryResult(
-            DELIVERED, key,
-            message=f"delivered {r.written} bytes to {key} (the printer then reset the connection: {r.error})",
-            **common,
-        )
+        if r.error == FENCED:
+            log.warn(
+                "{dest}: this node aborted the connection (it lost its cluster lease) after the printer "
+                "acknowledged all {written} bytes; counted as delivered if the claim still holds",
+                dest=key, error=r.error, written=r.written,
+            )
+        else:
+            log.warn(
+                "{dest} reset the connection ({error}) after acknowledging all {written} bytes; "
+                "counted as delivered, not sent again",
+                dest=key, error=r.error, written=r.written,
+            )
+        then = r.error if r.error == FENCED else f"the printer then reset the connection: {r.error}"
+        return DeliveryResult(DELIVERED, key, message=f"delivered {r.written} bytes to {key} ({then})", **common)
     if r.ending is Ending.STALLED:
         return DeliveryResult(
             "send_timeout", key,

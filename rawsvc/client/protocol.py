@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Union
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -97,6 +97,9 @@ class AttemptResult:
     reply: bytes
     error: str = ""
 
+
+#: The error of an attempt this node aborted itself, its cluster lease lost (the printer did not reset it).
+FENCED = "aborted by this node: it lost its cluster lease"
 
 #: Seconds between looks at the kernel's send queue while draining.
 ACK_POLL = 0.02
@@ -216,7 +219,7 @@ class SendProtocol(Protocol):
         if self._ending is not None or self._lost or not self.machine.cut_off():
             return False
         self._ending = Ending.RESET
-        self._error = "aborted: this node lost its cluster lease"
+        self._error = FENCED
         reset_if_abandoned(self.transport, True)
         stream_transport(self).abortConnection()
         return True
@@ -404,7 +407,8 @@ class SendProtocol(Protocol):
             ending = Ending.STALLED
             error = f"the printer took no data for {self.settings.send_timeout:g} s (send_timeout)"
         elif ending is None:
-            error = _reason_text(reason)
+            # The fence aborts a node's printer connections itself (worker.fence): not the printer's reset.
+            error = FENCED if self.machine.abandoned and reason.check(ConnectionAborted) else _reason_text(reason)
             if self._draining and acked_all:
                 ending = Ending.RESET_DRAINING
             else:
