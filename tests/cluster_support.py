@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = re.compile(rb"^(\d+) (s\d+-\d+) ")
 REPEAT = re.compile(r"possible repeat[^\n]*?job[ =]'?([0-9A-Za-z_-]+)")
 #: A node's attempt whose connect a busy printer refused (a second sender at it).
-BUSY = re.compile(r"job \S+ to 127\.0\.0\.1:(\d+): attempt \d+: connect_error")
+BUSY = re.compile(r"job \S+ to 127\.0\.0\.1:(\d+): attempt \d+: refused")
 
 
 # Printers ---------------------------------------------------------------------

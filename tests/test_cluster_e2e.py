@@ -109,9 +109,13 @@ def test_sigkill_a_node_under_load_loses_nothing_keeps_order_and_one_connection_
 
 
 def test_a_node_frozen_past_its_lease_fences_itself_on_waking_and_the_others_carry_on(cluster):
-    streams = run_streams(cluster, per_stream=50, streams=4, timeout=1.5)
+    streams = run_streams(cluster, per_stream=80, streams=4, timeout=1.5)  # still sending after the freeze
     wait_for(lambda: acked(streams) >= 40, 60, "40 acknowledged jobs")
     frozen = cluster.nodes[0]
+    try:  # freeze it while it holds a delivery: the takeover then meets a busy printer
+        wait_for(lambda: holding(cluster, frozen.name) > 0, 3, "the node holding a delivery", step=0.01)
+    except AssertionError:
+        pass
     stopped_at = frozen.signal(signal.SIGSTOP)
     time.sleep(TTL + 1.5)  # past its lease (and a reap): the others take its deliveries over
     woke_at = frozen.signal(signal.SIGCONT)
