@@ -284,6 +284,7 @@ class FakePrinter(Factory):
         self._paused: Deferred[None] | None = None  # refuse_when_busy: the listener closing meanwhile
         self._relisten: Any = None
         self._stopped = False
+        self._switched_off = False
         self.jobs: list[ReceivedJob] = []
         self.overlaps: list[ReceivedJob] = []
         self.active = 0
@@ -311,6 +312,7 @@ class FakePrinter(Factory):
         self._listening = self.reactor.listenTCP(port, self, interface=interface)
         self.port = self._listening.getHost().port
         self.interface = interface
+        self._switched_off = False
         return self.port
 
     def _busy(self) -> None:
@@ -321,20 +323,24 @@ class FakePrinter(Factory):
 
     def _free(self) -> None:
         """refuse_when_busy: listen on the same port again (once the closed listener is gone)."""
-        if not self.refuse_when_busy or self._stopped or self._paused is None:
+        if not self.refuse_when_busy or self._stopped or self._switched_off or self._paused is None:
             return
         paused, self._paused = self._paused, None
-        paused.addCallback(lambda _: self._listen_again())
+        paused.addCallback(lambda _: self._listen_again(200))
         paused.addErrback(lambda f: log.failure("fake printer: stopping to listen failed", f))
 
-    def _listen_again(self) -> None:
+    def _listen_again(self, tries: int) -> None:
         self._relisten = None
-        if self._stopped or self._listening is not None:
+        if self._stopped or self._switched_off or self._listening is not None:
             return
         try:
             self._listening = self.reactor.listenTCP(self.port, self, interface=self.interface)
-        except CannotListenError:  # the old listener not closed yet: soon
-            self._relisten = self.reactor.callLater(0.005, self._listen_again)
+        except CannotListenError as e:  # another socket took the port meanwhile
+            if tries <= 1:
+                log.error("fake printer: cannot listen on port {port} again: {error}; it stays off",
+                          port=self.port, error=e)
+                return
+            self._relisten = self.reactor.callLater(0.005, self._listen_again, tries - 1)
 
     def refuse(self, interface: str = "127.0.0.1") -> int:
         """
@@ -371,6 +377,7 @@ class FakePrinter(Factory):
         Stop listening (connections to the port are refused from now on);
         connections already open finish their job.
         """
+        self._switched_off = True  # refuse_when_busy: a job's end does not listen again
         listening, self._listening = self._listening, None
         stopped = listening.stopListening() if listening is not None else None
         if stopped is not None:

@@ -477,11 +477,33 @@ def test_a_zombie_woken_mid_stream_writes_not_one_more_chunk_and_never_half_clos
 def test_a_zombie_woken_before_its_disconnect_delay_resets_instead_of_closing_cleanly():
     # Without half-close the job ends at the printer with our close: past the deadline, that close
     # must be a reset (a fragment the printer drops), not the end of a whole job.
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
     proto, transport, ok, clock = _zombie(b"^XA^FDlabel^FS^XZ", SendSettings(half_close=False, disconnect_delay=1.0))
     assert transport.value() == b"^XA^FDlabel^FS^XZ" and not transport.disconnecting
     ok[0] = False
     clock.advance(1.0)  # the delay's timer, run on waking
     assert transport.aborted == 1
+    results = []
+    proto.finished.addCallback(results.append)
+    proto.connectionLost(Failure(ConnectionAborted()))
+    # Every byte was acknowledged: the same result as when the fence's timer aborts it first.
+    assert results[0].ending.value == "reset_draining" and "lost its cluster lease" in results[0].error
+
+
+def test_a_zombie_woken_after_its_half_close_has_nothing_left_to_cut():
+    # Our EOF went out before the freeze: the job's end is at the printer already, and a reset now
+    # would only turn a delivered job into one reported as not sent (and sent again by another node).
+    proto, transport, ok, clock = _zombie(b"^XA^XZ", SendSettings(disconnect_delay=1.0))
+    assert transport.half_closed
+    ok[0] = False
+    clock.advance(1.0)
+    assert transport.aborted == 0 and transport.disconnecting  # closed as it would have been
+    results = []
+    proto.finished.addCallback(results.append)
+    proto.connectionLost()
+    assert results[0].ending.value == "delay"
 
 
 def test_the_fences_own_abort_after_every_byte_is_not_reported_as_the_printers_reset():

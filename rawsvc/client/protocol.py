@@ -146,6 +146,9 @@ class SendProtocol(Protocol):
         #: The kernel's count of bytes the printer acknowledged (Linux TCP_INFO), readable after a reset.
         self._probe = AckProbe(None)
         self._ack_progress: tuple[int, float] = (-1, 0.0)
+        #: Our EOF is out (half-close); a fenced node aborted the connection itself (L{_fenced}).
+        self._half_closed = False
+        self._fence_cut = False
 
     @property
     def _draining(self) -> bool:
@@ -216,10 +219,13 @@ class SendProtocol(Protocol):
         process that wakes from a freeze handles its sockets' events before
         its timers, and the printer must not get a whole job from a zombie.
         """
+        if self._fence_cut:
+            return True
         if self._ending is not None or self._lost or not self.machine.cut_off():
             return False
-        self._ending = Ending.RESET
-        self._error = FENCED
+        # No ending of ours: connectionLost tells, as for the fence's own abort (DestinationPool.abort_all),
+        # a reset before every byte was acknowledged (not sent) from one after (delivered, the finish fenced).
+        self._fence_cut = True
         reset_if_abandoned(self.transport, True)
         stream_transport(self).abortConnection()
         return True
@@ -288,6 +294,7 @@ class SendProtocol(Protocol):
             half_close = getattr(self.transport, "loseWriteConnection", None)
             if half_close is not None:
                 half_close()
+                self._half_closed = True
         self._poll_acks()
         # The EOF timeout and the disconnect delay (and the stall and close
         # timers) are timers on transport events, not on a Deferred, so they
@@ -327,7 +334,9 @@ class SendProtocol(Protocol):
 
     def _close(self, ending: Ending) -> None:
         self._cancel_timer()
-        if self._ending is not None or (ending is not Ending.EOF and self._fenced()):
+        # Past the lease, a close that would end the job at the printer is a reset instead; after
+        # our EOF (the job's end is out already) or the printer's, there is nothing left to cut.
+        if self._ending is not None or (ending is not Ending.EOF and not self._half_closed and self._fenced()):
             return
         self._ending = ending
         # loseConnection waits for the buffer to flush; a printer that stopped

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="rawsvc.cluster")
 
+#: Tries of the take-back of running jobs after a fence, a reap interval apart.
+TAKE_BACK_TRIES = 5
+
 
 def connect(dsn: str, application_name: str = "rawsvc") -> Any:
     """A new autocommit connection to C{dsn} with the spool's libpq defaults, named C{application_name}."""
@@ -265,13 +268,29 @@ class ClusterNode(Service):
             self.store.incarnation = incarnation  # new jobs are this incarnation's
             running = list(self.sink.running) if self.sink is not None else []
             if old is not None and running:  # after a fence: take back the flows still running here
-                # Alone, one job a transaction: in a batch's transaction it would hold the rows it
-                # took while it waits for the next one, which the spool's own batch may hold.
-                taking = self.work_db.run(lambda conn: sql.take_back(conn, old, incarnation, running), solo=True)
-                taking.addCallbacks(
-                    lambda n: log.info("cluster: took back {n} running job(s) of the fenced incarnation", n=n),
-                    lambda f: log.warn("cluster: cannot take back running jobs: {error}", error=f.getErrorMessage()))
+                self._take_back(old, incarnation, running, TAKE_BACK_TRIES)
         self.worker.wake()
+
+    def _take_back(self, old: uuid.UUID, new: uuid.UUID, running: list[str], tries: int) -> None:
+        """
+        Alone, one job a transaction (in a batch's transaction it would hold
+        the rows it took while it waits for the next one, which the spool's
+        own batch may hold); tried again a reap interval later while C{new}
+        is still this node's incarnation (taking a job back twice is harmless).
+        """
+        if self.worker.stopped or self.lease.incarnation != new or self.lease.fenced:
+            return  # stopping, or fenced again meanwhile (the next join takes them back)
+
+        def failed(f: Failure) -> None:
+            again = tries > 1 and self.lease.incarnation == new and not self.lease.fenced and not self.worker.stopped
+            log.warn("cluster: cannot take back running jobs: {error}{then}", error=f.getErrorMessage(),
+                     then=f"; trying again in {self.interval:g} s" if again else "")
+            if again:
+                self.reactor.callLater(self.interval, self._take_back, old, new, running, tries - 1)
+
+        taking = self.work_db.run(lambda conn: sql.take_back(conn, old, new, running), solo=True)
+        taking.addCallbacks(
+            lambda n: log.info("cluster: took back {n} running job(s) of the fenced incarnation", n=n), failed)
 
     # The round ----------------------------------------------------------------
 
