@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from rawsvc.spool import journal, records
 from rawsvc.spool.check import mark_clean
-from rawsvc.spool.files import fsync_dir, unlink, write_file
+from rawsvc.spool.index_apply import Applier, undo
 from rawsvc.spool.ops import ADD, FINISH, PROGRESS, Op, Results, deliver
 from rawsvc.spool.schema import DB_NAME, SpoolError, describe, is_damage, spool_error
 
@@ -96,18 +96,16 @@ class Writer:
         self._pending: list[Op] = []
         self._thread: threading.Thread | None = None
         self._synchronous = ""
-        self._dir_dirty = False
         self.batches = 0
         self.commits_full = 0
-        self.variables = records.LeanVariables()
+        #: The rows of each group's writes, written into the index.
+        self.applier = Applier(files_dir)
         #: Final states whose group was lost (see L{_lost}), written again first.
         self._retry: list[Op] = []
         self._retry_error = ""
         #: The journal (once open) and the last sequence number written to it.
         self.journal: journal.Journal | None = None
         self.journal_seq = 0
-        #: This group's insert rows and final-state rows, for its journal record.
-        self._rows: tuple[list[tuple], list[tuple]] = ([], [])
         #: Journal records acknowledged whose index commit failed (a full disk): applied again, in order,
         #: every RETRY_INTERVAL s before any other write; until then every other write is refused.
         self._unapplied: list[journal.Record] = []
@@ -121,9 +119,6 @@ class Writer:
         self._index_count = 0
         self._index_ids: set[str] = set()
         self._index_due = 0.0
-        #: No job id in the index (or acknowledged for it) sorts after this one (None: not known now);
-        #: see L{_stored_twice}.
-        self._newest: str | None = None
         self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
@@ -184,7 +179,7 @@ class Writer:
         self.journal_seq = seq
         self._unapplied = []  # the open replayed the journal
         self._index_rows, self._index_count, self._index_ids = [], 0, set()
-        self._newest = None
+        self.applier.newest = None
 
     # The thread -------------------------------------------------------------
 
@@ -289,7 +284,7 @@ class Writer:
                 self._write_index()  # a flush, an open: after the index holds every write before it
                 self._results.extend(done)  # after the group: it may have handed the list back
                 group = []
-                self._newest = None  # any other write may add jobs: L{_stored_twice} looks again
+                self.applier.newest = None  # any other write may add jobs: L{Applier.stored_twice} looks again
                 try:
                     assert op.fn is not None  # only a row of a run has no fn; raw ops have one
                     self._results.append((op.deferred, True, op.fn(*op.args)))
@@ -320,14 +315,14 @@ class Writer:
             self._write_index()  # a read, any other write: after the rows before it
         if self._unapplied:  # the index cannot take writes: refused (see _apply_unapplied)
             return self._lost(ops, SpoolError(self._unapplied_error))
-        self._rows = ([], [])
+        self.applier.rows = ([], [])
         if log_file is not None and (rows_only or any(op.kind == ADD or op.kind == FINISH for op in ops)):
             return self._ack_at_journal(conn, ops, log_file, rows_only)
         return self._commit_group(conn, ops, log_file)
 
     def _commit_group(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal | None) -> Results:
         """The group applied and committed, then answered (without a journal, or nothing to journal)."""
-        self._rows = ([], [])
+        self.applier.rows = ([], [])
         try:
             # New jobs and final states are made durable by the journal.
             sync = "FULL" if any(op.durable and (op.kind is None or log_file is None) for op in ops) else "NORMAL"
@@ -339,21 +334,19 @@ class Writer:
             self._note_damage(e)
             return self._lost(ops, spool_error(e))
         try:
-            values = self._apply_all(conn, ops)
+            values = self.applier.apply_all(conn, ops)
             # Background writes that succeeded have no one to tell.
             out: Results = [(op.deferred, True, value) for op, value in zip(ops, values) if op.deferred is not None]
         except Exception as e:
             self._note_damage(e)
-            one_by_one = self._one_by_one(conn, ops)
+            one_by_one = self.applier.one_by_one(conn, ops)
             if isinstance(one_by_one, SpoolError):
                 return self._fail_group(ops, one_by_one)
             out = one_by_one
         cut_to: int | None = None
         try:
-            if self._dir_dirty:
-                fsync_dir(self.files_dir)  # before the record that names the files
-                self._dir_dirty = False
-            inserts, finals = self._rows
+            self.applier.sync_files()  # before the record that names the files
+            inserts, finals = self.applier.rows
             if log_file is not None and (inserts or finals):
                 seq = self.journal_seq + 1
                 journal.set_seq(conn, seq)
@@ -400,35 +393,18 @@ class Writer:
         record stays in the journal and in L{_unapplied}, written into the
         index before any later write; the group's other writes fail.
         """
-        refused = self._stored_twice(conn, ops)
+        refused = self.applier.stored_twice(conn, ops, self._index_ids)
         if refused:
             ops = [op for op in ops if op not in refused]
         values: list[Any] = [None] * len(ops)
-        #: In order: (None, rows) for a run of rows, (index, None) for any other write.
-        items: list[tuple[int | None, tuple | None]] = []
         try:
-            run: list[int] = []
-            for i, op in enumerate(ops):
-                if op.kind is not None:
-                    run.append(i)
-                    continue
-                if run:
-                    items.append((None, self._run_rows(ops, run, values)))
-                    run = []
-                items.append((i, None))
-            if run:
-                items.append((None, self._run_rows(ops, run, values)))
-            if self._dir_dirty:
-                fsync_dir(self.files_dir)  # before the record that names the files
-                self._dir_dirty = False
+            items = self.applier.items(ops, values)
+            self.applier.sync_files()  # before the record that names the files
         except Exception:  # a payload file not written (a full disk): each write on its own, in a transaction
-            for op in ops:
-                if op.undo is not None:
-                    op.undo()
-                    op.undo = None
-            self.variables.forget()
+            undo(ops)
+            self.applier.forget()
             return [*refused.values(), *self._commit_group(conn, ops, log_file)]
-        inserts, finals = self._rows
+        inserts, finals = self.applier.rows
         seq = self.journal_seq + 1
         try:
             if inserts or finals:
@@ -471,13 +447,13 @@ class Writer:
                 self._synchronous = sync
             conn.execute("BEGIN IMMEDIATE")
             try:
-                out = self._apply_items(conn, ops, items, values, False)
+                out = self.applier.apply_items(conn, ops, items, values, False)
             except Exception as e:  # again, one savepoint per write that is not a run of rows
                 self._note_damage(e)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                out = self._apply_items(conn, ops, items, values, True)
+                out = self.applier.apply_items(conn, ops, items, values, True)
             if inserts or finals:
                 journal.set_seq(conn, seq)
             conn.execute("COMMIT")
@@ -496,7 +472,7 @@ class Writer:
         """
         self._note_damage(e)
         error = spool_error(e)
-        self.variables.forget()
+        self.applier.forget()
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
@@ -538,81 +514,6 @@ class Writer:
             return
         self.batches += 1
         self.commits_full += 1
-
-    def _stored_twice(self, conn: sqlite3.Connection, ops: list[Op]) -> dict[Op, tuple[Any, bool, Any]]:
-        """
-        The new jobs whose id the index holds already (or an earlier job of
-        the group has), with their failure: checked before the journal, as
-        the index's C{UNIQUE} constraint would after it.  An id that sorts
-        after every id the index holds or was given (L{_newest}) is new
-        without a look: this process's ids grow with time (L{rawsvc.job.new_job_id}),
-        so only ids from elsewhere (a resumed or copied job) are looked up.
-        """
-        ids = [op.args[0].job_id for op in ops if op.kind == ADD]
-        if not ids:
-            return {}
-        newest = self._newest
-        if newest is None:
-            top = conn.execute("SELECT max(job_id) FROM jobs").fetchone()[0]
-            newest = "" if top is None else top if isinstance(top, str) else None  # a blob sorts after any text
-        older = newest is None
-        if newest is not None:
-            for job_id in ids:
-                if job_id > newest:
-                    newest = job_id
-                else:
-                    older = True
-            self._newest = newest
-        if not older:
-            return {}
-        held: set[str] = set()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            sql = f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * len(chunk))})"
-            held.update(row[0] for row in conn.execute(sql, chunk))
-        held.update(job_id for job_id in ids if job_id in self._index_ids)  # acknowledged, the index behind
-        if not held and len(set(ids)) == len(ids):
-            return {}
-        refused: dict[Op, tuple[Any, bool, Any]] = {}
-        error = spool_error(sqlite3.IntegrityError("UNIQUE constraint failed: jobs.job_id"))
-        for op in ops:
-            if op.kind == ADD:
-                job_id = op.args[0].job_id
-                if job_id in held:
-                    refused[op] = (op.deferred, False, error)
-                held.add(job_id)
-        return refused
-
-    def _apply_items(self, conn: sqlite3.Connection, ops: list[Op], items: list[tuple[int | None, tuple | None]],
-                     values: list[Any], savepoints: bool) -> Results:
-        """
-        (In a transaction) L{_ack_at_journal}'s writes, in order; the results
-        of those not acknowledged yet.  With C{savepoints}, a write other
-        than a run of rows fails alone; a run that fails fails them all.
-        """
-        failed: set[int] = set()
-        for i, rows in items:
-            if rows is not None:
-                records.write_rows(conn, *rows)
-                continue
-            assert i is not None
-            op = ops[i]
-            assert op.fn is not None  # an op without a kind has its fn
-            self._newest = None  # it may add jobs: L{_stored_twice} looks again
-            if not savepoints:
-                values[i] = op.fn(conn, *op.args)
-                continue
-            try:
-                conn.execute("SAVEPOINT op")
-                values[i] = op.fn(conn, *op.args)
-                conn.execute("RELEASE op")
-            except Exception as e:
-                if not self._rollback_to_savepoint(conn):
-                    raise  # the whole transaction is gone (a full disk)
-                values[i] = spool_error(e)
-                failed.add(i)
-        return [(op.deferred, i not in failed, values[i]) for i, op in enumerate(ops)
-                if not op.acked and (op.deferred is not None or i in failed)]
 
     def _apply_unapplied(self) -> bool:
         """(Writer thread) The acknowledged records the index lacks, written into it in order; True once done."""
@@ -670,141 +571,9 @@ class Writer:
                           f"rawsvc spool check --state-dir {os.path.dirname(db)}")
             log.critical("spool: {error}", error=self.error)
 
-    def _one_by_one(self, conn: sqlite3.Connection, ops: list[Op]) -> Results | SpoolError:
-        """Start the batch over, one savepoint per write; a L{SpoolError} when all are lost."""
-        for op in ops:
-            if op.undo is not None:
-                op.undo()
-                op.undo = None
-        self.variables.forget()
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        out: Results = []
-        inserts, finals = self._rows = ([], [])
-        for op in ops:
-            had = len(inserts), len(finals)
-            try:
-                conn.execute("SAVEPOINT op")
-                value = self._apply_all(conn, [op])[0]
-                conn.execute("RELEASE op")
-            except Exception as e:
-                del inserts[had[0]:], finals[had[1]:]
-                if op.undo is not None:
-                    op.undo()
-                    op.undo = None
-                if not self._rollback_to_savepoint(conn):
-                    # SQLite rolled the whole transaction back (a full disk
-                    # does): every write of the batch is lost, so all fail.
-                    return spool_error(e)
-                out.append((op.deferred, False, spool_error(e)))
-            else:
-                out.append((op.deferred, True, value))
-        return out
-
-    def _apply_all(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
-        """
-        Every write, in order, with runs of new jobs, progress and final
-        states written as one multi-row statement each: fewer SQLite calls,
-        so fewer hand-overs of the GIL to and from the reactor thread.
-        """
-        values: list[Any] = [None] * len(ops)
-        run: list[int] = []
-        for i, op in enumerate(ops):
-            if op.kind is not None:
-                run.append(i)
-                continue
-            if run:
-                self._apply_run(conn, ops, run, values)
-                run = []
-            assert op.fn is not None  # an op without a kind (not a row of a run) has its fn
-            self._newest = None  # it may add jobs: L{_stored_twice} looks again
-            values[i] = op.fn(conn, *op.args)
-        if run:
-            self._apply_run(conn, ops, run, values)
-        return values
-
-    def _apply_run(self, conn: sqlite3.Connection, ops: list[Op], run: list[int], values: list[Any]) -> None:
-        records.write_rows(conn, *self._run_rows(ops, run, values))
-
-    def _run_rows(self, ops: list[Op], run: list[int], values: list[Any]) -> tuple[list, list, list]:
-        """
-        The rows of a run (also added to the group's journal rows, C{self._rows}):
-        New jobs, then progress, then final states.  Within a run only a
-        job's latest progress matters, and none at all when its final state
-        is in the run too (before it: the bytes each one delivered add up;
-        after it: ignored, as the statement of a later batch ignores it).
-        """
-        lean = self.variables
-        inserts = []
-        progress: dict[str, list] = {}
-        finals: dict[str, list] = {}
-        for i in run:
-            op = ops[i]
-            if op.kind == ADD:
-                job, flow, variables, now = op.args
-                if variables is None:
-                    variables = job.variables.snapshot()
-                blob, path = self._payload(job)
-                if path is not None:
-                    values[i] = path
-                    op.undo = lambda path=path: unlink(path)
-                inserts.append(records.insert_params(job, flow, now, lean.for_insert(job, variables), blob, path))
-                continue
-            if op.kind == PROGRESS:
-                job_id, index, variables, delivery, now = op.args
-                latest = [index, variables, now]
-            else:
-                job_id, state, error, index, variables, delivery, now = op.args
-                latest = [state, error, index, variables, now]
-            dest, sent = delivery or (None, 0)
-            if op.kind == PROGRESS and job_id in finals:
-                continue  # progress of a finished job changes nothing (as in a later batch)
-            earlier = progress.pop(job_id, None) or finals.pop(job_id, None)
-            if earlier is not None:
-                dest, sent = dest or earlier[-2], sent + earlier[-1]
-            (progress if op.kind == PROGRESS else finals)[job_id] = latest + [dest, sent]
-        progress_rows = [
-            records.progress_params(job_id, index, lean.for_update(job_id, variables, False), now, dest, sent)
-            for job_id, (index, variables, now, dest, sent) in progress.items()
-        ]
-        final_rows = [
-            records.finish_params(job_id, state, error, index, lean.for_update(job_id, variables, True), dest, sent, now)
-            for job_id, (state, error, index, variables, now, dest, sent) in finals.items()
-        ]
-        journaled_inserts, journaled_finals = self._rows
-        journaled_inserts.extend(inserts)
-        for row, (_, _, _, variables, _, _, _) in zip(final_rows, finals.values()):
-            # Plain values for marshal (a state is a StrEnum); variables unchanged since the
-            # last write (None in the index row), which the journal may not hold: whole.
-            journaled_finals.append((row[0], str(row[1]), None if row[2] is None else str(row[2]), row[3],
-                                     dict(variables) if row[4] is None else row[4]) + row[5:])
-        return inserts, progress_rows, final_rows
-
-    def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
-        """The payload as a blob, or (larger) in its own file, fsynced."""
-        payload = job.payload
-        if payload.in_memory and payload.size <= records.BLOB_MAX:
-            return payload.bytes(), None
-        target = os.path.join(self.files_dir, f"{job.job_id}.job")
-        write_file(payload.bytes() if payload.in_memory else payload.path, target)
-        self._dir_dirty = True
-        return None, target
-
-    def _rollback_to_savepoint(self, conn: sqlite3.Connection) -> bool:
-        """Undo one write; False when the whole transaction is already gone."""
-        if not conn.in_transaction:
-            return False
-        try:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return True
-        except sqlite3.Error:
-            return False
-
     def _fail_group(self, ops: list[Op], error: SpoolError) -> Results:
         assert self.conn is not None
-        self.variables.forget()
+        self.applier.forget()
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
