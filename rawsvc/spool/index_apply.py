@@ -39,6 +39,15 @@ class Applier:
         #: No job id in the index (or acknowledged for it) sorts after this one (None: not known now);
         #: see L{stored_twice}.
         self.newest: str | None = None
+        #: The connection's C{PRAGMA synchronous} as last set ("": not known).
+        self.synchronous = ""
+
+    def begin(self, conn: sqlite3.Connection, sync: str) -> None:
+        """A transaction begun, to be committed with C{synchronous=sync} (C{FULL}: fsynced; C{NORMAL}: not)."""
+        if sync != self.synchronous:
+            conn.execute(f"PRAGMA synchronous={sync}")
+            self.synchronous = sync
+        conn.execute("BEGIN IMMEDIATE")
 
     def forget(self) -> None:
         """A group failed: what was last written of each job's variables is not known any more."""

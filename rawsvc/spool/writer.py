@@ -95,7 +95,6 @@ class Writer:
         #: This reactor turn's writes, handed over at its end.
         self._pending: list[Op] = []
         self._thread: threading.Thread | None = None
-        self._synchronous = ""
         self.batches = 0
         self.commits_full = 0
         #: The rows of each group's writes, written into the index.
@@ -171,7 +170,7 @@ class Writer:
     def opened(self, conn: sqlite3.Connection, log_file: journal.Journal | None = None, seq: int = 0) -> None:
         """(Writer thread) C{conn} (and C{log_file}, the journal) from now on."""
         self.conn = conn
-        self._synchronous = ""
+        self.applier.synchronous = ""
         self.error = None
         if self.journal is not None and self.journal is not log_file:
             self.journal.close()
@@ -326,10 +325,7 @@ class Writer:
         try:
             # New jobs and final states are made durable by the journal.
             sync = "FULL" if any(op.durable and (op.kind is None or log_file is None) for op in ops) else "NORMAL"
-            if sync != self._synchronous:
-                conn.execute(f"PRAGMA synchronous={sync}")
-                self._synchronous = sync
-            conn.execute("BEGIN IMMEDIATE")
+            self.applier.begin(conn, sync)
         except sqlite3.Error as e:
             self._note_damage(e)
             return self._lost(ops, spool_error(e))
@@ -442,10 +438,7 @@ class Writer:
             return []
         sync = "FULL" if any(op.durable and op.kind is None for op in ops) else "NORMAL"
         try:
-            if sync != self._synchronous:
-                conn.execute(f"PRAGMA synchronous={sync}")
-                self._synchronous = sync
-            conn.execute("BEGIN IMMEDIATE")
+            self.applier.begin(conn, sync)
             try:
                 out = self.applier.apply_items(conn, ops, items, values, False)
             except Exception as e:  # again, one savepoint per write that is not a run of rows
@@ -500,10 +493,7 @@ class Writer:
             return
         seqs = [seq for _, seq, _ in pending if seq is not None]
         try:
-            if self._synchronous != "NORMAL":
-                conn.execute("PRAGMA synchronous=NORMAL")
-                self._synchronous = "NORMAL"
-            conn.execute("BEGIN IMMEDIATE")
+            self.applier.begin(conn, "NORMAL")
             records.write_behind(conn, [rows for runs, _, _ in pending for rows in runs])
             if seqs:
                 journal.set_seq(conn, seqs[-1])
