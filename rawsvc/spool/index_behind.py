@@ -14,9 +14,9 @@ write (L{IndexBehind.apply_unapplied}), every other write being refused
 meanwhile.  The index is made durable (a checkpoint) when the journal is
 emptied (L{IndexBehind.empty_journal}).
 
-The L{Writer} owns one and hands it its connection, journal and counters;
-a group that cannot be journaled goes back to it (L{Writer.commit_group},
-L{Writer.fail_group}).
+The writer (L{rawsvc.spool.writer.Writer}) owns one and shares its
+connection, journal and counters with it; a group that cannot be journaled
+goes back to the writer (C{commit_group}, C{fail_group}).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from rawsvc.spool import journal
 from rawsvc.spool.check import mark_clean
 from rawsvc.spool.index_apply import Applier
-# INDEX_DELAY, KILL_DELAY, PROGRESS: imported from here too (rawsvc.spool.store, the tests).
+# INDEX_DELAY and KILL_DELAY stay importable from here with the other settings; PROGRESS is for the store.
 from rawsvc.spool.index_behind import INDEX_DELAY, KILL_DELAY, RETRY_INTERVAL, IndexBehind
 from rawsvc.spool.ops import ADD, FINISH, PROGRESS, Op, Results, deliver
 from rawsvc.spool.schema import DB_NAME, SpoolError, describe, is_damage, spool_error
@@ -279,6 +279,8 @@ class Writer:
                 group.append(op)
         done = self._run_group(group)
         self._results.extend(done)
+
+    # Groups (the journal side, IndexBehind, calls the public ones) ----------
 
     def hand_back(self, results: Results) -> None:
         """(Writer thread) The results so far, then C{results}, to the reactor with one C{callFromThread}."""
