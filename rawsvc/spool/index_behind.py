@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -55,7 +56,8 @@ class IndexBehind:
     """The rows acknowledged at the journal and not in the index yet; see the module docstring."""
 
     def __init__(self, writer: Writer) -> None:
-        self.writer = writer
+        #: Its owner, held weakly: no cycle between the two, so a writer dropped is freed at once, as before.
+        self._writer = weakref.ref(writer)
         #: Rows acknowledged at the journal, not yet in the index: (runs of rows, journal seq or None, record),
         #: how many writes they are, the new jobs' ids; written by L{write} from C{due} on.
         self.rows: list[tuple[list[tuple], int | None, journal.Record]] = []
@@ -66,6 +68,12 @@ class IndexBehind:
         #: every RETRY_INTERVAL s before any other write; until then every other write is refused.
         self.unapplied: list[journal.Record] = []
         self.unapplied_error = ""
+
+    @property
+    def writer(self) -> Writer:
+        writer = self._writer()
+        assert writer is not None  # it owns this one
+        return writer
 
     def opened(self) -> None:
         """A new connection and journal: the open replayed the journal, nothing is behind."""
@@ -158,9 +166,10 @@ class IndexBehind:
         records to write again, refuse other writes meanwhile; the error as
         the spool reports it.
         """
-        self.writer.note_damage(e)
+        writer = self.writer
+        writer.note_damage(e)
         error = spool_error(e)
-        self.writer.applier.forget()
+        writer.applier.forget()
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
@@ -227,24 +236,27 @@ class IndexBehind:
 
     def sync_journal(self) -> None:
         """The journal's records fdatasynced (those of background final states wait up to LAZY_SYNC)."""
-        assert self.writer.journal is not None
+        log_file = self.writer.journal
+        assert log_file is not None
         try:
-            self.writer.journal.sync()
+            log_file.sync()
         except OSError as e:
             log.error("spool: the journal's fdatasync failed ({error}): final states of the last jobs may be "
                       "lost at a power loss (those jobs then run again)", error=describe(e))
 
     def grow_journal(self) -> None:
         """More space given to the journal ahead of its records."""
-        assert self.writer.journal is not None
+        log_file = self.writer.journal
+        assert log_file is not None
         try:
-            self.writer.journal.grow()
+            log_file.grow()
         except OSError as e:
             log.warn("spool: cannot give the journal more space ahead: {error}", error=describe(e))
 
     def empty_journal(self) -> None:
         """The index made durable, then the journal emptied (not while records wait for it)."""
-        log_file, conn = self.writer.journal, self.writer.conn
+        writer = self.writer
+        log_file, conn = writer.journal, writer.conn
         if log_file is None or conn is None or not log_file.size or self.unapplied or self.rows:
             return
         try:
