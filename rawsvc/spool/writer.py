@@ -5,8 +5,8 @@ It takes everything queued since its last commit and writes it at once,
 for as many jobs as arrived meanwhile (group commit).  The new jobs and
 final states of a batch are made durable by the journal
 (L{rawsvc.spool.journal}): one record, one C{writev}, one C{fdatasync}, and
-they are acknowledged right then (L{Writer._ack_at_journal}: the results so
-far go back to the reactor with one C{callFromThread}).  The SQLite index
+they are acknowledged right then (L{IndexBehind.ack}: the results so far
+go back to the reactor with one C{callFromThread}).  The SQLite index
 follows in the same order, committed with C{synchronous=NORMAL} (no fsync):
 the rows of groups of new jobs, progress and final states alone gather for
 up to L{INDEX_DELAY} into one transaction; any read or other write first
@@ -22,8 +22,11 @@ the reactor never waits on the disk.
 
 Runs of new jobs, progress and final states are written as one multi-row
 statement each; should a write fail, the batch starts over with a savepoint
-per write, so that it fails alone.  A failed commit (a full disk) fails the
-whole batch; the thread never dies.
+per write, so that it fails alone (L{rawsvc.spool.index_apply}).  A failed
+commit (a full disk) fails the whole batch; the thread never dies.
+
+This module keeps the thread, its queue, the batches and their results;
+the journal side, and the index behind it, is L{rawsvc.spool.index_behind}.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from rawsvc.spool import journal, records
+from rawsvc.spool import journal
 from rawsvc.spool.check import mark_clean
-from rawsvc.spool.files import fsync_dir, unlink, write_file
+from rawsvc.spool.index_apply import Applier
+# INDEX_DELAY and KILL_DELAY stay importable from here with the other settings; PROGRESS is for the store.
+from rawsvc.spool.index_behind import INDEX_DELAY, KILL_DELAY, RETRY_INTERVAL, IndexBehind
 from rawsvc.spool.ops import ADD, FINISH, PROGRESS, Op, Results, deliver
 from rawsvc.spool.schema import DB_NAME, SpoolError, describe, is_damage, spool_error
 
@@ -52,9 +57,6 @@ MAX_BATCH = 2000
 #: thousand jobs completing together) lets the thread start on the first
 #: ones while it makes the rest, rather than leave it idle until the end.
 HAND_OVER = 256
-
-#: Seconds between attempts to write final states again after a failed commit.
-RETRY_INTERVAL = 1.0
 
 #: Seconds a batch of background final states (no one waits for them) may
 #: stay in the journal before its fdatasync, unless a batch that someone
@@ -69,14 +71,6 @@ LAZY_SYNC = 0.005
 #: with new jobs from then on) and its acknowledgements (L{KILL_DELAY}),
 #: before their SQLite commit.  Read once, when a writer is made; unset in service.
 KILL_AFTER_JOURNAL_ENV = "RAWSVC_TEST_KILL_AFTER_JOURNAL"
-
-#: Seconds the index may lag behind the journal (new jobs, progress and final
-#: states alone; any read or other write first writes it): one transaction
-#: for the rows of as many groups.
-INDEX_DELAY = 0.05
-
-#: Seconds the kill hook waits before the kill, for the reactor to send the acknowledgements.
-KILL_DELAY = 0.5
 
 _STOP = object()
 
@@ -95,36 +89,23 @@ class Writer:
         #: This reactor turn's writes, handed over at its end.
         self._pending: list[Op] = []
         self._thread: threading.Thread | None = None
-        self._synchronous = ""
-        self._dir_dirty = False
         self.batches = 0
         self.commits_full = 0
-        self.variables = records.LeanVariables()
+        #: The rows of each group's writes, written into the index.
+        self.applier = Applier(files_dir)
         #: Final states whose group was lost (see L{_lost}), written again first.
         self._retry: list[Op] = []
         self._retry_error = ""
         #: The journal (once open) and the last sequence number written to it.
         self.journal: journal.Journal | None = None
         self.journal_seq = 0
-        #: This group's insert rows and final-state rows, for its journal record.
-        self._rows: tuple[list[tuple], list[tuple]] = ([], [])
-        #: Journal records acknowledged whose index commit failed (a full disk): applied again, in order,
-        #: every RETRY_INTERVAL s before any other write; until then every other write is refused.
-        self._unapplied: list[journal.Record] = []
-        self._unapplied_error = ""
-        #: The batch's results not yet handed back (see L{_hand_back}).
+        #: The batch's results not yet handed back (see L{hand_back}).
         self._results: Results = []
         self._handed: list[Results] = []
-        #: Rows acknowledged at the journal, not yet in the index: (runs of rows, journal seq or None, record),
-        #: how many writes they are, the new jobs' ids; written by L{_write_index} from C{_index_due} on.
-        self._index_rows: list[tuple[list[tuple], int | None, journal.Record]] = []
-        self._index_count = 0
-        self._index_ids: set[str] = set()
-        self._index_due = 0.0
-        #: No job id in the index (or acknowledged for it) sorts after this one (None: not known now);
-        #: see L{_stored_twice}.
-        self._newest: str | None = None
-        self._kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
+        #: The journal side: what is acknowledged and not in the index yet.
+        self.behind = IndexBehind(self)
+        #: Test only: see L{KILL_AFTER_JOURNAL_ENV}.
+        self.kill_after = int(os.environ.get(KILL_AFTER_JOURNAL_ENV) or 0)
 
     @property
     def running(self) -> bool:
@@ -176,15 +157,14 @@ class Writer:
     def opened(self, conn: sqlite3.Connection, log_file: journal.Journal | None = None, seq: int = 0) -> None:
         """(Writer thread) C{conn} (and C{log_file}, the journal) from now on."""
         self.conn = conn
-        self._synchronous = ""
+        self.applier.synchronous = ""
         self.error = None
         if self.journal is not None and self.journal is not log_file:
             self.journal.close()
         self.journal = log_file
         self.journal_seq = seq
-        self._unapplied = []  # the open replayed the journal
-        self._index_rows, self._index_count, self._index_ids = [], 0, set()
-        self._newest = None
+        self.behind.opened()
+        self.applier.newest = None
 
     # The thread -------------------------------------------------------------
 
@@ -197,13 +177,13 @@ class Writer:
             except queue.Empty:
                 item = []
                 if self.journal is not None and self.journal.unsynced:
-                    self._sync_journal()
-                if self._index_rows and time.monotonic() >= self._index_due:
+                    self.behind.sync_journal()
+                if self.behind.rows and time.monotonic() >= self.behind.due:
                     self._write_index()
-                if not (self._retry or self._unapplied):
+                if not (self._retry or self.behind.unapplied):
                     continue
-            if self._unapplied:
-                self._apply_unapplied()
+            if self.behind.unapplied:
+                self.behind.apply_unapplied()
             ops, self._retry = self._retry, []  # final states not yet written go first, in order
             retried = len(ops)
             while True:
@@ -229,21 +209,21 @@ class Writer:
             self._results = []
             if results:
                 self.reactor.callFromThread(deliver, results)
-            if self._index_rows and (self._index_count >= MAX_BATCH or time.monotonic() >= self._index_due):
+            if self.behind.rows and (self.behind.count >= MAX_BATCH or time.monotonic() >= self.behind.due):
                 self._write_index()
             if self.journal is not None:
                 if self.journal.size >= journal.ROTATE_BYTES:
                     self._write_index()
-                    self._empty_journal()
+                    self.behind.empty_journal()
                 elif self.journal.wants_space():
-                    self._grow_journal()
+                    self.behind.grow_journal()
             if retried and not self._retry:
                 log.info("spool: {n} final state(s) written at last", n=retried)
                 self._retry_error = ""
         self._write_index()
-        if self._unapplied and not self._apply_unapplied():
+        if self.behind.unapplied and not self.behind.apply_unapplied():
             log.error("spool: {n} journal record(s) still not in the index ({error}); the next start writes them "
-                      "into it", n=len(self._unapplied), error=self._unapplied_error)
+                      "into it", n=len(self.behind.unapplied), error=self.behind.unapplied_error)
         if self._retry:
             log.error("spool: the final state of {n} job(s) could not be written ({error}); they run again at the "
                       "next start: {jobs}", n=len(self._retry), error=self._retry_error,
@@ -255,9 +235,9 @@ class Writer:
             except sqlite3.Error as e:
                 log.warn("spool: cannot mark the spool closed cleanly: {error}", error=spool_error(e))
             else:
-                self._empty_journal()
+                self.behind.empty_journal()
             if self.journal is not None:
-                self._sync_journal()
+                self.behind.sync_journal()
                 self.journal.close()
                 self.journal = None
             try:
@@ -274,9 +254,9 @@ class Writer:
         due: list[float] = []
         if self.journal is not None and self.journal.unsynced:
             due.append(LAZY_SYNC)
-        if self._index_rows:
-            due.append(max(0.0, self._index_due - time.monotonic()))
-        if self._retry or self._unapplied:
+        if self.behind.rows:
+            due.append(max(0.0, self.behind.due - time.monotonic()))
+        if self._retry or self.behind.unapplied:
             due.append(RETRY_INTERVAL)
         return min(due) if due else None
 
@@ -289,7 +269,7 @@ class Writer:
                 self._write_index()  # a flush, an open: after the index holds every write before it
                 self._results.extend(done)  # after the group: it may have handed the list back
                 group = []
-                self._newest = None  # any other write may add jobs: L{_stored_twice} looks again
+                self.applier.newest = None  # any other write may add jobs: L{Applier.stored_twice} looks again
                 try:
                     assert op.fn is not None  # only a row of a run has no fn; raw ops have one
                     self._results.append((op.deferred, True, op.fn(*op.args)))
@@ -300,8 +280,11 @@ class Writer:
         done = self._run_group(group)
         self._results.extend(done)
 
-    def _hand_back(self) -> None:
-        """(Writer thread) The results so far to the reactor, with one C{callFromThread}."""
+    # Groups (the journal side, IndexBehind, calls the public ones) ----------
+
+    def hand_back(self, results: Results) -> None:
+        """(Writer thread) The results so far, then C{results}, to the reactor with one C{callFromThread}."""
+        self._results.extend(results)
         if self._results:
             self.reactor.callFromThread(deliver, self._results)
             self._handed.append(self._results)
@@ -318,42 +301,37 @@ class Writer:
         rows_only = log_file is not None and all(op.kind is not None for op in ops)
         if not rows_only:
             self._write_index()  # a read, any other write: after the rows before it
-        if self._unapplied:  # the index cannot take writes: refused (see _apply_unapplied)
-            return self._lost(ops, SpoolError(self._unapplied_error))
-        self._rows = ([], [])
+        if self.behind.unapplied:  # the index cannot take writes: refused (see L{IndexBehind.apply_unapplied})
+            return self._lost(ops, SpoolError(self.behind.unapplied_error))
+        self.applier.rows = ([], [])
         if log_file is not None and (rows_only or any(op.kind == ADD or op.kind == FINISH for op in ops)):
-            return self._ack_at_journal(conn, ops, log_file, rows_only)
-        return self._commit_group(conn, ops, log_file)
+            return self.behind.ack(conn, ops, log_file, rows_only)
+        return self.commit_group(conn, ops, log_file)
 
-    def _commit_group(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal | None) -> Results:
+    def commit_group(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal | None) -> Results:
         """The group applied and committed, then answered (without a journal, or nothing to journal)."""
-        self._rows = ([], [])
+        self.applier.rows = ([], [])
         try:
             # New jobs and final states are made durable by the journal.
             sync = "FULL" if any(op.durable and (op.kind is None or log_file is None) for op in ops) else "NORMAL"
-            if sync != self._synchronous:
-                conn.execute(f"PRAGMA synchronous={sync}")
-                self._synchronous = sync
-            conn.execute("BEGIN IMMEDIATE")
+            self.applier.begin(conn, sync)
         except sqlite3.Error as e:
-            self._note_damage(e)
+            self.note_damage(e)
             return self._lost(ops, spool_error(e))
         try:
-            values = self._apply_all(conn, ops)
+            values = self.applier.apply_all(conn, ops)
             # Background writes that succeeded have no one to tell.
             out: Results = [(op.deferred, True, value) for op, value in zip(ops, values) if op.deferred is not None]
         except Exception as e:
-            self._note_damage(e)
-            one_by_one = self._one_by_one(conn, ops)
+            self.note_damage(e)
+            one_by_one = self.applier.one_by_one(conn, ops)
             if isinstance(one_by_one, SpoolError):
-                return self._fail_group(ops, one_by_one)
+                return self.fail_group(ops, one_by_one)
             out = one_by_one
         cut_to: int | None = None
         try:
-            if self._dir_dirty:
-                fsync_dir(self.files_dir)  # before the record that names the files
-                self._dir_dirty = False
-            inserts, finals = self._rows
+            self.applier.sync_files()  # before the record that names the files
+            inserts, finals = self.applier.rows
             if log_file is not None and (inserts or finals):
                 seq = self.journal_seq + 1
                 journal.set_seq(conn, seq)
@@ -364,18 +342,16 @@ class Writer:
                                     sync=bool(inserts) or any(op.deferred is not None for op in ops))
                 except OSError:
                     cut_to = None  # cut back already
-                    if log_file.broken and not self.error:
-                        self.error = f"{log_file.broken}; new jobs are refused: restart the service"
-                        log.critical("spool: {error}", error=self.error)
+                    self.note_broken(log_file)
                     raise
                 self.journal_seq = seq
-                if self._kill_after and log_file.records >= self._kill_after:
+                if self.kill_after and log_file.records >= self.kill_after:
                     os.kill(os.getpid(), 9)  # test only: see KILL_AFTER_JOURNAL_ENV
             conn.execute("COMMIT")
             self.batches += 1
             self.commits_full += sync == "FULL" or cut_to is not None
         except Exception as e:  # the transaction is rolled back, whatever failed
-            self._note_damage(e)
+            self.note_damage(e)
             error = spool_error(e)
             log.error("spool: commit of {n} write(s) failed: {error}", n=len(ops), error=error)
             if cut_to is not None and log_file is not None:  # journaled, not committed: not stored
@@ -385,284 +361,21 @@ class Writer:
                 except OSError as cut_error:
                     self.error = f"{log_file.path} cannot be cut back: {describe(cut_error)}; new jobs are refused"
                     log.critical("spool: {error}", error=self.error)
-            return self._fail_group(ops, error)
+            return self.fail_group(ops, error)
         return out
-
-    def _ack_at_journal(self, conn: sqlite3.Connection, ops: list[Op], log_file: journal.Journal,
-                        rows_only: bool) -> Results:
-        """
-        New jobs and final states acknowledged at their journal record's
-        fdatasync (the batch's results so far handed back with them, one
-        C{callFromThread}); the SQLite index is written behind, in the same
-        order: at once when the group has other writes, else (C{rows_only})
-        with the rows of the next groups, in one transaction (L{INDEX_DELAY},
-        L{_write_index}).  Should the index commit fail (a full disk), the
-        record stays in the journal and in L{_unapplied}, written into the
-        index before any later write; the group's other writes fail.
-        """
-        refused = self._stored_twice(conn, ops)
-        if refused:
-            ops = [op for op in ops if op not in refused]
-        values: list[Any] = [None] * len(ops)
-        #: In order: (None, rows) for a run of rows, (index, None) for any other write.
-        items: list[tuple[int | None, tuple | None]] = []
-        try:
-            run: list[int] = []
-            for i, op in enumerate(ops):
-                if op.kind is not None:
-                    run.append(i)
-                    continue
-                if run:
-                    items.append((None, self._run_rows(ops, run, values)))
-                    run = []
-                items.append((i, None))
-            if run:
-                items.append((None, self._run_rows(ops, run, values)))
-            if self._dir_dirty:
-                fsync_dir(self.files_dir)  # before the record that names the files
-                self._dir_dirty = False
-        except Exception:  # a payload file not written (a full disk): each write on its own, in a transaction
-            for op in ops:
-                if op.undo is not None:
-                    op.undo()
-                    op.undo = None
-            self.variables.forget()
-            return [*refused.values(), *self._commit_group(conn, ops, log_file)]
-        inserts, finals = self._rows
-        seq = self.journal_seq + 1
-        try:
-            if inserts or finals:
-                # Someone waits for it (a new job): fdatasynced now; else soon (LAZY_SYNC).
-                log_file.append(journal.encode(seq, inserts, finals),
-                                sync=bool(inserts) or any(op.deferred is not None for op in ops))
-        except OSError as e:
-            if log_file.broken and not self.error:
-                self.error = f"{log_file.broken}; new jobs are refused: restart the service"
-                log.critical("spool: {error}", error=self.error)
-            error = spool_error(e)
-            log.error("spool: journal write of {n} write(s) failed: {error}", n=len(ops), error=error)
-            return [*refused.values(), *self._fail_group(ops, error)]
-        if inserts or finals:
-            self.journal_seq = seq
-        for i, op in enumerate(ops):
-            if op.kind == ADD or op.kind == FINISH or rows_only:  # progress: in order before any read
-                op.acked = True
-                op.undo = None  # named by the record: kept
-                if op.deferred is not None:
-                    self._results.append((op.deferred, True, values[i]))
-        self._results.extend(refused.values())
-        self._hand_back()
-        if self._kill_after and inserts and log_file.records >= self._kill_after:
-            time.sleep(KILL_DELAY)  # test only (see KILL_AFTER_JOURNAL_ENV): the acknowledgements sent first
-            os.kill(os.getpid(), 9)
-        record = journal.Record(seq, inserts, finals)  # in the index's form only if it must be applied again
-        if rows_only:
-            if not self._index_rows:
-                self._index_due = time.monotonic() + INDEX_DELAY
-            self._index_rows.append(([rows for _, rows in items if rows is not None],
-                                     seq if inserts or finals else None, record))
-            self._index_count += len(ops)
-            self._index_ids.update(row[0] for row in inserts)
-            return []
-        sync = "FULL" if any(op.durable and op.kind is None for op in ops) else "NORMAL"
-        try:
-            if sync != self._synchronous:
-                conn.execute(f"PRAGMA synchronous={sync}")
-                self._synchronous = sync
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = self._apply_items(conn, ops, items, values, False)
-            except Exception as e:  # again, one savepoint per write that is not a run of rows
-                self._note_damage(e)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                out = self._apply_items(conn, ops, items, values, True)
-            if inserts or finals:
-                journal.set_seq(conn, seq)
-            conn.execute("COMMIT")
-        except Exception as e:
-            error = self._index_failed(conn, e, f"{len(ops)} write(s)", [record] if inserts or finals else [])
-            return [(op.deferred, False, error) for op in ops if not op.acked]
-        self.batches += 1
-        self.commits_full += 1
-        return out
-
-    def _index_failed(self, conn: sqlite3.Connection, e: Exception, what: str, kept: list) -> SpoolError:
-        """
-        (Writer thread) An index transaction failed: roll it back, keep the
-        journal C{kept} records to write again, refuse other writes meanwhile;
-        the error as the spool reports it.
-        """
-        self._note_damage(e)
-        error = spool_error(e)
-        self.variables.forget()
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        if not self._unapplied:
-            log.error("spool: the index commit of {what} failed ({error}); the journal keeps them and they are "
-                      "written into the index every {s:g} s until they can be; until then other writes are "
-                      "refused", what=what, error=error, s=RETRY_INTERVAL)
-        self._unapplied.extend(kept)
-        self._unapplied_error = f"the spool's index cannot be written: {error}"
-        return error
 
     def _write_index(self) -> None:
-        """
-        (Writer thread) The rows acknowledged at the journal and not yet in
-        the index, written into it in one transaction; should it fail, their
-        records go to L{_unapplied}.
-        """
-        pending, self._index_rows = self._index_rows, []
-        self._index_count = 0
-        self._index_ids = set()
-        conn = self.conn
-        if not pending or conn is None:
-            return
-        seqs = [seq for _, seq, _ in pending if seq is not None]
-        try:
-            if self._synchronous != "NORMAL":
-                conn.execute("PRAGMA synchronous=NORMAL")
-                self._synchronous = "NORMAL"
-            conn.execute("BEGIN IMMEDIATE")
-            records.write_behind(conn, [rows for runs, _, _ in pending for rows in runs])
-            if seqs:
-                journal.set_seq(conn, seqs[-1])
-            conn.execute("COMMIT")
-        except Exception as e:
-            self._index_failed(conn, e, f"{len(seqs)} journal record(s)",
-                               [record for _, seq, record in pending if seq is not None])
-            return
-        self.batches += 1
-        self.commits_full += 1
+        """(Writer thread) The rows acknowledged at the journal written into the index (L{IndexBehind.write})."""
+        # By this name for bench/spool_writer_cpu.py, which runs it on other trees' writers too.
+        self.behind.write()
 
-    def _stored_twice(self, conn: sqlite3.Connection, ops: list[Op]) -> dict[Op, tuple[Any, bool, Any]]:
-        """
-        The new jobs whose id the index holds already (or an earlier job of
-        the group has), with their failure: checked before the journal, as
-        the index's C{UNIQUE} constraint would after it.  An id that sorts
-        after every id the index holds or was given (L{_newest}) is new
-        without a look: this process's ids grow with time (L{rawsvc.job.new_job_id}),
-        so only ids from elsewhere (a resumed or copied job) are looked up.
-        """
-        ids = [op.args[0].job_id for op in ops if op.kind == ADD]
-        if not ids:
-            return {}
-        newest = self._newest
-        if newest is None:
-            top = conn.execute("SELECT max(job_id) FROM jobs").fetchone()[0]
-            newest = "" if top is None else top if isinstance(top, str) else None  # a blob sorts after any text
-        older = newest is None
-        if newest is not None:
-            for job_id in ids:
-                if job_id > newest:
-                    newest = job_id
-                else:
-                    older = True
-            self._newest = newest
-        if not older:
-            return {}
-        held: set[str] = set()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            sql = f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * len(chunk))})"
-            held.update(row[0] for row in conn.execute(sql, chunk))
-        held.update(job_id for job_id in ids if job_id in self._index_ids)  # acknowledged, the index behind
-        if not held and len(set(ids)) == len(ids):
-            return {}
-        refused: dict[Op, tuple[Any, bool, Any]] = {}
-        error = spool_error(sqlite3.IntegrityError("UNIQUE constraint failed: jobs.job_id"))
-        for op in ops:
-            if op.kind == ADD:
-                job_id = op.args[0].job_id
-                if job_id in held:
-                    refused[op] = (op.deferred, False, error)
-                held.add(job_id)
-        return refused
+    def note_broken(self, log_file: journal.Journal) -> None:
+        """(Writer thread) A journal that cannot be written any more: the spool refuses new jobs from now on."""
+        if log_file.broken and not self.error:
+            self.error = f"{log_file.broken}; new jobs are refused: restart the service"
+            log.critical("spool: {error}", error=self.error)
 
-    def _apply_items(self, conn: sqlite3.Connection, ops: list[Op], items: list[tuple[int | None, tuple | None]],
-                     values: list[Any], savepoints: bool) -> Results:
-        """
-        (In a transaction) L{_ack_at_journal}'s writes, in order; the results
-        of those not acknowledged yet.  With C{savepoints}, a write other
-        than a run of rows fails alone; a run that fails fails them all.
-        """
-        failed: set[int] = set()
-        for i, rows in items:
-            if rows is not None:
-                records.write_rows(conn, *rows)
-                continue
-            assert i is not None
-            op = ops[i]
-            assert op.fn is not None  # an op without a kind has its fn
-            self._newest = None  # it may add jobs: L{_stored_twice} looks again
-            if not savepoints:
-                values[i] = op.fn(conn, *op.args)
-                continue
-            try:
-                conn.execute("SAVEPOINT op")
-                values[i] = op.fn(conn, *op.args)
-                conn.execute("RELEASE op")
-            except Exception as e:
-                if not self._rollback_to_savepoint(conn):
-                    raise  # the whole transaction is gone (a full disk)
-                values[i] = spool_error(e)
-                failed.add(i)
-        return [(op.deferred, i not in failed, values[i]) for i, op in enumerate(ops)
-                if not op.acked and (op.deferred is not None or i in failed)]
-
-    def _apply_unapplied(self) -> bool:
-        """(Writer thread) The acknowledged records the index lacks, written into it in order; True once done."""
-        conn = self.conn
-        if conn is None:
-            return False
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            journal.apply(conn, self._unapplied)
-            conn.execute("COMMIT")
-        except Exception as e:
-            self._note_damage(e)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            self._unapplied_error = f"the spool's index cannot be written: {spool_error(e)}"
-            return False
-        log.info("spool: {n} journal record(s) written into the index at last", n=len(self._unapplied))
-        self._unapplied = []
-        self.batches += 1
-        return True
-
-    def _sync_journal(self) -> None:
-        assert self.journal is not None
-        try:
-            self.journal.sync()
-        except OSError as e:
-            log.error("spool: the journal's fdatasync failed ({error}): final states of the last jobs may be "
-                      "lost at a power loss (those jobs then run again)", error=describe(e))
-
-    def _grow_journal(self) -> None:
-        assert self.journal is not None
-        try:
-            self.journal.grow()
-        except OSError as e:
-            log.warn("spool: cannot give the journal more space ahead: {error}", error=describe(e))
-
-    def _empty_journal(self) -> None:
-        """(Writer thread) the index made durable, then the journal emptied (not while records wait for it)."""
-        if self.journal is None or self.conn is None or not self.journal.size or self._unapplied or self._index_rows:
-            return
-        try:
-            journal.durable_index(self.conn)
-            self.journal.emptied()
-        except (sqlite3.Error, OSError) as e:
-            log.warn("spool: cannot empty the journal yet: {error}", error=spool_error(e))
-
-    def _note_damage(self, e: BaseException) -> None:
+    def note_damage(self, e: BaseException) -> None:
         """(Writer thread) A damaged database file: the spool refuses new jobs from now on."""
         if is_damage(e) and not self.error:
             db = os.path.join(os.path.dirname(self.files_dir), DB_NAME)
@@ -670,141 +383,10 @@ class Writer:
                           f"rawsvc spool check --state-dir {os.path.dirname(db)}")
             log.critical("spool: {error}", error=self.error)
 
-    def _one_by_one(self, conn: sqlite3.Connection, ops: list[Op]) -> Results | SpoolError:
-        """Start the batch over, one savepoint per write; a L{SpoolError} when all are lost."""
-        for op in ops:
-            if op.undo is not None:
-                op.undo()
-                op.undo = None
-        self.variables.forget()
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        out: Results = []
-        inserts, finals = self._rows = ([], [])
-        for op in ops:
-            had = len(inserts), len(finals)
-            try:
-                conn.execute("SAVEPOINT op")
-                value = self._apply_all(conn, [op])[0]
-                conn.execute("RELEASE op")
-            except Exception as e:
-                del inserts[had[0]:], finals[had[1]:]
-                if op.undo is not None:
-                    op.undo()
-                    op.undo = None
-                if not self._rollback_to_savepoint(conn):
-                    # SQLite rolled the whole transaction back (a full disk
-                    # does): every write of the batch is lost, so all fail.
-                    return spool_error(e)
-                out.append((op.deferred, False, spool_error(e)))
-            else:
-                out.append((op.deferred, True, value))
-        return out
-
-    def _apply_all(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
-        """
-        Every write, in order, with runs of new jobs, progress and final
-        states written as one multi-row statement each: fewer SQLite calls,
-        so fewer hand-overs of the GIL to and from the reactor thread.
-        """
-        values: list[Any] = [None] * len(ops)
-        run: list[int] = []
-        for i, op in enumerate(ops):
-            if op.kind is not None:
-                run.append(i)
-                continue
-            if run:
-                self._apply_run(conn, ops, run, values)
-                run = []
-            assert op.fn is not None  # an op without a kind (not a row of a run) has its fn
-            self._newest = None  # it may add jobs: L{_stored_twice} looks again
-            values[i] = op.fn(conn, *op.args)
-        if run:
-            self._apply_run(conn, ops, run, values)
-        return values
-
-    def _apply_run(self, conn: sqlite3.Connection, ops: list[Op], run: list[int], values: list[Any]) -> None:
-        records.write_rows(conn, *self._run_rows(ops, run, values))
-
-    def _run_rows(self, ops: list[Op], run: list[int], values: list[Any]) -> tuple[list, list, list]:
-        """
-        The rows of a run (also added to the group's journal rows, C{self._rows}):
-        New jobs, then progress, then final states.  Within a run only a
-        job's latest progress matters, and none at all when its final state
-        is in the run too (before it: the bytes each one delivered add up;
-        after it: ignored, as the statement of a later batch ignores it).
-        """
-        lean = self.variables
-        inserts = []
-        progress: dict[str, list] = {}
-        finals: dict[str, list] = {}
-        for i in run:
-            op = ops[i]
-            if op.kind == ADD:
-                job, flow, variables, now = op.args
-                if variables is None:
-                    variables = job.variables.snapshot()
-                blob, path = self._payload(job)
-                if path is not None:
-                    values[i] = path
-                    op.undo = lambda path=path: unlink(path)
-                inserts.append(records.insert_params(job, flow, now, lean.for_insert(job, variables), blob, path))
-                continue
-            if op.kind == PROGRESS:
-                job_id, index, variables, delivery, now = op.args
-                latest = [index, variables, now]
-            else:
-                job_id, state, error, index, variables, delivery, now = op.args
-                latest = [state, error, index, variables, now]
-            dest, sent = delivery or (None, 0)
-            if op.kind == PROGRESS and job_id in finals:
-                continue  # progress of a finished job changes nothing (as in a later batch)
-            earlier = progress.pop(job_id, None) or finals.pop(job_id, None)
-            if earlier is not None:
-                dest, sent = dest or earlier[-2], sent + earlier[-1]
-            (progress if op.kind == PROGRESS else finals)[job_id] = latest + [dest, sent]
-        progress_rows = [
-            records.progress_params(job_id, index, lean.for_update(job_id, variables, False), now, dest, sent)
-            for job_id, (index, variables, now, dest, sent) in progress.items()
-        ]
-        final_rows = [
-            records.finish_params(job_id, state, error, index, lean.for_update(job_id, variables, True), dest, sent, now)
-            for job_id, (state, error, index, variables, now, dest, sent) in finals.items()
-        ]
-        journaled_inserts, journaled_finals = self._rows
-        journaled_inserts.extend(inserts)
-        for row, (_, _, _, variables, _, _, _) in zip(final_rows, finals.values()):
-            # Plain values for marshal (a state is a StrEnum); variables unchanged since the
-            # last write (None in the index row), which the journal may not hold: whole.
-            journaled_finals.append((row[0], str(row[1]), None if row[2] is None else str(row[2]), row[3],
-                                     dict(variables) if row[4] is None else row[4]) + row[5:])
-        return inserts, progress_rows, final_rows
-
-    def _payload(self, job: Any) -> tuple[bytes | None, str | None]:
-        """The payload as a blob, or (larger) in its own file, fsynced."""
-        payload = job.payload
-        if payload.in_memory and payload.size <= records.BLOB_MAX:
-            return payload.bytes(), None
-        target = os.path.join(self.files_dir, f"{job.job_id}.job")
-        write_file(payload.bytes() if payload.in_memory else payload.path, target)
-        self._dir_dirty = True
-        return None, target
-
-    def _rollback_to_savepoint(self, conn: sqlite3.Connection) -> bool:
-        """Undo one write; False when the whole transaction is already gone."""
-        if not conn.in_transaction:
-            return False
-        try:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return True
-        except sqlite3.Error:
-            return False
-
-    def _fail_group(self, ops: list[Op], error: SpoolError) -> Results:
+    def fail_group(self, ops: list[Op], error: SpoolError) -> Results:
+        """(Writer thread) The group's transaction rolled back, its payload files removed; see L{_lost}."""
         assert self.conn is not None
-        self.variables.forget()
+        self.applier.forget()
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
