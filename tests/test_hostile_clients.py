@@ -190,7 +190,9 @@ def test_silent_and_trickling_connections_are_closed_by_their_timeouts_while_oth
     try:
         result = yield deferToThread(_hold_and_trickle, port, silent, trickling, 30.0)
     finally:
-        normal.stop()
+        # Off the reactor's thread: a round trip under way needs the reactor to finish, and a
+        # join on the reactor's thread held it 10 s, until the round trip timed out (CI saw it).
+        yield deferToThread(normal.stop)
         sampler.stop()
     yield wait_until(lambda: trig.counters.connections_open == 0)
 
@@ -313,7 +315,9 @@ def test_a_client_that_never_reads_cannot_make_the_service_buffer_without_bound(
     try:
         result = yield deferToThread(_flood_without_reading, port, 4.0)
     finally:
-        normal.stop()
+        # Off the reactor's thread: a round trip under way needs the reactor to finish, and a
+        # join on the reactor's thread held it 10 s, until the round trip timed out (CI saw it).
+        yield deferToThread(normal.stop)
         sampler.stop()
     jobs = result["sent"] // LINE
     read_while_writing = read_at[0] if read_at else "?"
@@ -400,7 +404,9 @@ def test_a_connection_flood_beyond_max_connections_evicts_the_silent_without_lea
         outcome = yield deferToThread(_read_outcomes, socks, 15.0)
         served_after = yield deferToThread(NormalClient(port).once)
     finally:
-        normal.stop()
+        # Off the reactor's thread: a round trip under way needs the reactor to finish, and a
+        # join on the reactor's thread held it 10 s, until the round trip timed out (CI saw it).
+        yield deferToThread(normal.stop)
         sampler.stop()
     for s in socks:
         s.close()
