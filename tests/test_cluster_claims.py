@@ -437,6 +437,16 @@ def _two_jobs_of(conn, owner):
     return [job.job_id for job in jobs]
 
 
+def _fenced_and_joined(pg_server, name):
+    """A new database; a node's fenced incarnation owning two running jobs, and its new one."""
+    uri = pg_server.new_database(name)
+    with _connect(uri) as conn:
+        migrate(conn)
+        old = sql.register(conn, "n1", 600)
+        new = sql.register(conn, "n1-again", 600)
+        return uri, old, new, _two_jobs_of(conn, old)
+
+
 def _wait_until_blocked(conn, count=1, timeout=10.0):
     deadline = time.monotonic() + timeout
     while conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] < count:
@@ -454,12 +464,7 @@ def test_taking_back_jobs_never_deadlocks_with_a_batch_writing_them(pg_server):
     """
     from rawsvc.spool import pg_ops
 
-    uri = pg_server.new_database("take_back")
-    with _connect(uri) as conn:
-        migrate(conn)
-        old = sql.register(conn, "n1", 600)
-        new = sql.register(conn, "n1-again", 600)
-        first, second = _two_jobs_of(conn, old)
+    uri, old, new, (first, second) = _fenced_and_joined(pg_server, "take_back")
     with _connect(uri) as batch, _connect(uri) as work:
         result: list[object] = []
         taker = threading.Thread(target=lambda: result.append(_catch(sql.take_back, work, old, new, [first, second])))
@@ -490,12 +495,7 @@ def test_the_node_takes_back_its_jobs_alone_not_in_a_batch_transaction(pg_server
     from rawsvc.cluster.node import Db
     from rawsvc.spool import pg_ops
 
-    uri = pg_server.new_database("take_back_solo")
-    with _connect(uri) as conn:
-        migrate(conn)
-        old = sql.register(conn, "n1", 600)
-        new = sql.register(conn, "n1-again", 600)
-        first, second = _two_jobs_of(conn, old)
+    uri, old, new, (first, second) = _fenced_and_joined(pg_server, "take_back_solo")
     db = Db(reactor, uri, "work")
     try:
         batched = yield db.run(lambda conn: conn.info.transaction_status)

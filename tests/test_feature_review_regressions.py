@@ -32,12 +32,7 @@ from rawsvc.client.pools import PrinterPool
 from rawsvc.client.protocol import SendSettings
 from rawsvc.client.retry import RetryPolicy
 from rawsvc.testing import FakePrinter
-
-
-def _free_port_0():
-    from pg_support import free_port
-
-    return free_port()
+from pg_support import free_port
 
 
 @pytest_twisted.inlineCallbacks
@@ -47,7 +42,7 @@ def test_an_http_job_the_stop_interrupts_is_answered_202_and_prints_once_after_t
     from rawsvc.service import RawService
     from rawsvc.testing import FakePrinter
 
-    pport = _free_port_0()  # nothing listens yet: refused -> waiting
+    pport = free_port()  # nothing listens yet: refused -> waiting
     text = f"""
 [service]
 state_dir = "{tmp_path}/state"
@@ -157,12 +152,6 @@ actions = [ { type = "log" } ]
     assert max(gaps) < 1.0
 
 
-def _free_port_3():
-    from pg_support import free_port
-
-    return free_port()
-
-
 @pytest_twisted.inlineCallbacks
 def test_the_console_lists_the_jobs_of_a_postgresql_spool(reactor, tmp_path, pg_server, http):
     from rawsvc.config import loads
@@ -170,7 +159,7 @@ def test_the_console_lists_the_jobs_of_a_postgresql_spool(reactor, tmp_path, pg_
     from rawsvc.service import RawService
 
     uri = pg_server.new_database("rv")
-    admin = _free_port_3()
+    admin = free_port()
     text = f"""
 [service]
 state_dir = "{tmp_path}/state"

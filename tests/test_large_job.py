@@ -12,16 +12,10 @@ import time
 import pytest
 
 from conftest import ROOT
+from pg_support import free_port as _free_port
 from support import recv_all
 
 GIB = 1 << 30
-
-
-def _free_port() -> int:
-    """L{pg_support.free_port}: never the same port twice in one run."""
-    from pg_support import free_port as _pick
-
-    return _pick()
 
 
 def _rss_kib(pid: int, field: str) -> int:

@@ -17,6 +17,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from printer_support import archive_flow, archived, printer, wait_for
 from rawsvc.errors import ListenError
 from rawsvc.triggers.port_machine import RELISTEN_DELAY
+from pg_support import free_port as _free_port
 from support import port_of, recv_all, start_service
 
 
@@ -88,13 +89,6 @@ def test_a_printer_whose_port_is_taken_at_start_fails_the_start(tmp_path):
             start_service(tmp_path, text)
     assert str(caught.value) == (f"trigger 'p' cannot listen on 'tcp:{port}:interface=127.0.0.1': "
                                  f"Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use.")
-
-
-def _free_port() -> int:
-    """L{pg_support.free_port}: never the same port twice in one run."""
-    from pg_support import free_port as _pick
-
-    return _pick()
 
 
 @pytest_twisted.inlineCallbacks

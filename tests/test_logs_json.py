@@ -19,13 +19,7 @@ from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rawsvc.logs import JsonLineObserver, configured_format, flat_event, install, twistd_observer
-
-
-def _free_port() -> int:
-    """L{pg_support.free_port}: never the same port twice in one run."""
-    from pg_support import free_port as _pick
-
-    return _pick()
+from pg_support import free_port as _free_port
 
 
 def test_twistd_writes_one_json_object_per_line_and_a_jobs_line_has_its_job_id(tmp_path):

@@ -27,6 +27,7 @@ import time
 import pytest
 
 from conftest import ROOT, require_tool
+from pg_support import free_port
 
 README_ROOT = "/home/me/rawsvc"
 EXAMPLE_PORTS = (9200, 9201, 8080)
@@ -64,13 +65,6 @@ def normal(text: str) -> str:
     for pattern, placeholder in _PLACEHOLDERS:
         text = pattern.sub(placeholder, text)
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
-
-
-def free_port() -> int:
-    """L{pg_support.free_port}: never the same port twice in one run."""
-    from pg_support import free_port as _pick
-
-    return _pick()
 
 
 class Checkout:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from rawsvc.spool import records
@@ -24,6 +25,25 @@ from rawsvc.spool.schema import SpoolError, spool_error
 
 #: In order: (None, rows) for a run of rows, (index of the write, None) for any other write.
 Items = list[tuple[int | None, tuple | None]]
+
+
+def runs(ops: list[Op]) -> Iterator[tuple[int | None, list[int]]]:
+    """
+    The group's writes in order: C{(None, run)} for each run of row writes
+    (the indexes of consecutive ops with a kind), C{(i, [])} for each other
+    op.  A run is yielded before the op that ends it.
+    """
+    run: list[int] = []
+    for i, op in enumerate(ops):
+        if op.kind is not None:
+            run.append(i)
+            continue
+        if run:
+            yield None, run
+            run = []
+        yield i, []
+    if run:
+        yield None, run
 
 
 class Applier:
@@ -110,19 +130,7 @@ class Applier:
         The group's writes in order, each run of rows built (see L{run_rows});
         the values of new jobs (their payload file, if any) into C{values}.
         """
-        items: Items = []
-        run: list[int] = []
-        for i, op in enumerate(ops):
-            if op.kind is not None:
-                run.append(i)
-                continue
-            if run:
-                items.append((None, self.run_rows(ops, run, values)))
-                run = []
-            items.append((i, None))
-        if run:
-            items.append((None, self.run_rows(ops, run, values)))
-        return items
+        return [(None, self.run_rows(ops, run, values)) if i is None else (i, None) for i, run in runs(ops)]
 
     def apply_items(self, conn: sqlite3.Connection, ops: list[Op], items: Items, values: list[Any],
                     savepoints: bool) -> Results:
@@ -187,19 +195,14 @@ class Applier:
     def apply_all(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         """Every write, in order, with runs of new jobs, progress and final states one statement each."""
         values: list[Any] = [None] * len(ops)
-        run: list[int] = []
-        for i, op in enumerate(ops):
-            if op.kind is not None:
-                run.append(i)
-                continue
-            if run:
+        for i, run in runs(ops):
+            if i is None:
                 records.write_rows(conn, *self.run_rows(ops, run, values))
-                run = []
+                continue
+            op = ops[i]
             assert op.fn is not None  # an op without a kind (not a row of a run) has its fn
             self.newest = None  # it may add jobs: L{stored_twice} looks again
             values[i] = op.fn(conn, *op.args)
-        if run:
-            records.write_rows(conn, *self.run_rows(ops, run, values))
         return values
 
     def run_rows(self, ops: list[Op], run: list[int], values: list[Any]) -> tuple[list, list, list]:
